@@ -1,0 +1,1 @@
+"""peftrec: pretrained language models as recommenders, adapted with PEFT."""
