@@ -1,0 +1,82 @@
+"""The evaluation protocols of PROTOCOLS.md as row splits: p1 random, p2 cold-start items, p3
+leave-one-out by time."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal, NamedTuple, get_args
+
+import numpy as np
+
+from peftrec.data.errors import DataError
+from peftrec.data.tables import RecDataset
+
+Protocol = Literal["p1", "p2", "p3"]
+
+
+class Split(NamedTuple):
+    """Sorted int64 row indices into `RecDataset.interactions`; unpacks as train, valid, test."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+
+
+def fingerprint(rows: np.ndarray) -> str:
+    """`"{count}:{md5[:12]}"` of the sorted int64 row indices, as in PROTOCOLS.md."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    return f"{len(rows)}:{hashlib.md5(rows.tobytes()).hexdigest()[:12]}"
+
+
+def split_rows(dataset: RecDataset, protocol: Protocol, seed: int = 0) -> Split:
+    """Split the interaction rows by `protocol`.
+
+    p1: a random 80/10/10 split of the rows.
+    p2: 20% of the rated items are test items and the next 10% validation items; all their
+        ratings go to test/validation, so no test or validation item is seen in training.
+    p3: per user, rows ordered by (timestamp, row): the last is test, the one before it
+        validation, the rest train. Users with fewer than 3 rows keep all of them in train.
+    """
+    if protocol not in get_args(Protocol):
+        raise DataError(
+            f"unknown protocol {protocol!r}; choose 'p1' (random rating split), "
+            "'p2' (cold-start items) or 'p3' (leave-one-out by time)"
+        )
+    inter = dataset.interactions
+    n = len(inter)
+    rng = np.random.default_rng(seed)
+    if protocol == "p1":
+        perm = rng.permutation(n)
+        return _split(perm[: n * 8 // 10], perm[n * 8 // 10 : n * 9 // 10], perm[n * 9 // 10 :])
+    if protocol == "p2":
+        items = rng.permutation(_sorted_items(dataset))
+        n_test, n_held = len(items) * 2 // 10, len(items) * 3 // 10
+        is_test = np.isin(inter.items, items[:n_test])
+        is_valid = np.isin(inter.items, items[n_test:n_held])
+        return _split(*(np.flatnonzero(m) for m in (~is_test & ~is_valid, is_valid, is_test)))
+    if inter.timestamps is None:
+        raise DataError(f"protocol 'p3' needs timestamps, and dataset {dataset.name!r} has none")
+    rows = np.arange(n)
+    order = np.lexsort((rows, inter.timestamps, inter.users))  # by user, then time, then row
+    users = inter.users[order]
+    last = np.append(users[1:] != users[:-1], True)
+    second_last = np.append(last[1:] & (users[1:] == users[:-1]), False)
+    enough = np.bincount(inter.users)[users] >= 3
+    test, valid = order[last & enough], order[second_last & enough]
+    train = order[~((last | second_last) & enough)]
+    return _split(train, valid, test)
+
+
+def _sorted_items(dataset: RecDataset) -> np.ndarray:
+    """Indices of the rated items, sorted by id: numerically when every id is an integer."""
+    codes = np.unique(dataset.interactions.items)
+    ids = [dataset.item_ids[c] for c in codes]
+    try:
+        keys = [(int(i), i) for i in ids]
+    except ValueError:
+        keys = [(0, i) for i in ids]
+    return codes[sorted(range(len(codes)), key=keys.__getitem__)]
+
+
+def _split(train: np.ndarray, valid: np.ndarray, test: np.ndarray) -> Split:
+    return Split(*(np.sort(np.asarray(part, dtype=np.int64)) for part in (train, valid, test)))

@@ -1,0 +1,85 @@
+"""The two towers and the regression head that sit on top of the language model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RatingHead(nn.Module):
+    """rating(u, i) = mean + b_u + b_i + <p_u, q_i>.
+
+    Item tower: q_i = W h_i (+ e_i), b_i = w.h_i (+ c_i), with h_i the pooled LM encoding of the
+    item's text and e_i, c_i an optional item-ID embedding and bias. Items unknown to the ID table
+    (index -1: added after training) are scored from their text alone.
+    User tower: p_u = user-ID embedding (+ V g_u, g_u a fixed encoding of the user's profile text).
+    """
+
+    def __init__(self, text_dim: int, num_users: int, num_items: int, dim: int = 64, *,
+                 item_ids: bool = True, user_text_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        self.global_mean = nn.Parameter(torch.zeros(()))
+        self.item_proj = nn.Linear(text_dim, dim, bias=False)
+        self.item_text_bias = nn.Linear(text_dim, 1)
+        self.item_emb = nn.Embedding(num_items, dim) if item_ids else None
+        self.item_bias = nn.Embedding(num_items, 1) if item_ids else None
+        self.user_emb = nn.Embedding(num_users, dim)
+        self.user_bias = nn.Embedding(num_users, 1)
+        self.user_text_proj = nn.Linear(user_text_dim, dim, bias=False) if user_text_dim else None
+        self.register_buffer("user_text", torch.zeros(num_users, user_text_dim or 0), persistent=True)
+        self.dropout = nn.Dropout(dropout)
+        for table in (self.item_emb, self.item_bias, self.user_emb, self.user_bias):
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.01)
+        nn.init.normal_(self.item_proj.weight, std=0.01)
+        nn.init.zeros_(self.item_text_bias.weight)
+        nn.init.zeros_(self.item_text_bias.bias)
+
+    def items(self, text: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item vectors and biases from pooled text ``(n, text_dim)`` and ID indices (-1: unknown)."""
+        vector = self.item_proj(self.dropout(text))
+        bias = self.item_text_bias(text).squeeze(-1)
+        if self.item_emb is not None and index is not None:
+            known = (index >= 0).unsqueeze(-1).to(vector.dtype)
+            safe = index.clamp(min=0)
+            vector = vector + self.item_emb(safe) * known
+            bias = bias + self.item_bias(safe).squeeze(-1) * known.squeeze(-1)
+        return vector, bias
+
+    def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """User vectors and biases for user indices."""
+        vector = self.user_emb(index)
+        if self.user_text_proj is not None:
+            vector = vector + self.user_text_proj(self.user_text[index])
+        return vector, self.user_bias(index).squeeze(-1)
+
+    def score(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Ratings for aligned (user, item) rows of vectors and biases."""
+        return self.global_mean + user[1] + item[1] + (user[0] * item[0]).sum(-1)
+
+    def score_all(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Ratings of every user against every item: one matrix product, ``(users, items)``."""
+        return self.global_mean + user[1][:, None] + item[1][None, :] + user[0] @ item[0].T
+
+    @staticmethod
+    def penalty(user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean L2 of the whole user and item vectors and biases over the rows of a batch."""
+        return (user[0].square().sum(-1) + item[0].square().sum(-1) + user[1].square() + item[1].square()).mean()
+
+    @torch.no_grad()
+    def init_biases(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor,
+                    user_shrink: float = 10.0, item_shrink: float = 25.0) -> None:
+        """Global mean and user/item biases from regularised averages of the training ratings."""
+        mean = ratings.mean()
+        self.global_mean.fill_(mean)
+        num_items = self.item_bias.num_embeddings if self.item_bias is not None else int(items.max()) + 1
+        item_sum = torch.zeros(num_items).index_add_(0, items, ratings - mean)
+        item_count = torch.zeros(num_items).index_add_(0, items, torch.ones_like(ratings))
+        item_b = item_sum / (item_count + item_shrink)
+        if self.item_bias is not None:
+            self.item_bias.weight[:, 0] = item_b
+        residual = ratings - mean - (item_b[items] if self.item_bias is not None else 0.0)
+        num_users = self.user_bias.num_embeddings
+        user_sum = torch.zeros(num_users).index_add_(0, users, residual)
+        user_count = torch.zeros(num_users).index_add_(0, users, torch.ones_like(ratings))
+        self.user_bias.weight[:, 0] = user_sum / (user_count + user_shrink)

@@ -1,0 +1,69 @@
+"""The recommender network: a (PEFT-adapted) language model under a two-tower rating head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .backbones import Pooling, pool
+from .heads import RatingHead
+from .tokens import length_sorted_batches, pad_batch
+
+
+class RecModel(nn.Module):
+    """Backbone (wrapped by PEFT or not) + pooling + :class:`RatingHead`, kept outside the wrapper."""
+
+    def __init__(self, backbone: nn.Module, head: RatingHead, pooling: Pooling, pad_id: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.pooling = pooling
+        self.pad_id = pad_id
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled float32 text encodings ``(batch, hidden)``."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        return pool(out.last_hidden_state, attention_mask, self.pooling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_index: torch.Tensor,
+                users: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted ratings and L2 penalty for ratings ``(users, items[positions])``.
+
+        The batch holds each distinct item text once (``input_ids``); ``positions`` points every
+        rating at its item's row, so one LM pass serves all the ratings of its items.
+        """
+        items = self.head.items(self.encode(input_ids, attention_mask), item_index)
+        item = (items[0][positions], items[1][positions])
+        user = self.head.users(users)
+        return self.head.score(user, item), self.head.penalty(user, item)
+
+    @torch.no_grad()
+    def encode_texts(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
+        """Pooled encodings of many tokenized texts, in length-sorted batches, in input order."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = torch.empty(len(token_lists), self.head.item_proj.in_features)
+        for batch in length_sorted_batches(token_lists, batch_size):
+            input_ids, attention_mask = pad_batch([token_lists[i] for i in batch], self.pad_id)
+            out[batch] = self.encode(input_ids.to(device), attention_mask.to(device)).cpu()
+        self.train(was_training)
+        return out
+
+
+def build_model(backbone_cfg, adapter_cfg, model_cfg, *, num_users: int, num_items: int):
+    """``(RecModel, tokenizer)`` from the backbone, adapter and model sections of a config."""
+    from .adapters import apply_adapter
+    from .backbones import default_pooling, load_backbone, load_tokenizer
+
+    tokenizer = load_tokenizer(backbone_cfg.name, trust_remote_code=backbone_cfg.trust_remote_code)
+    backbone = load_backbone(backbone_cfg.name, dtype=backbone_cfg.dtype,
+                             trust_remote_code=backbone_cfg.trust_remote_code)
+    pooling = default_pooling(backbone.config) if backbone_cfg.pooling == "auto" else backbone_cfg.pooling
+    text_dim = backbone.config.hidden_size
+    backbone = apply_adapter(backbone, adapter_cfg)
+    head = RatingHead(text_dim, num_users, num_items, model_cfg.dim, item_ids=model_cfg.item_ids,
+                      user_text_dim=text_dim if model_cfg.user_text else None, dropout=model_cfg.dropout)
+    return RecModel(backbone, head, pooling, tokenizer.pad_token_id), tokenizer

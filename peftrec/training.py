@@ -1,0 +1,170 @@
+"""Small building blocks for the training recipes: item-amortised batches, warm-up, evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from .heads import RatingHead
+from .tokens import pad_batch
+
+logger = logging.getLogger(__name__)
+
+
+class ItemShuffler(Sampler[int]):
+    """Items in a new random order each epoch (seeded by ``seed`` and ``set_epoch``)."""
+
+    def __init__(self, items: Sequence[int], seed: int = 0):
+        self.items = np.asarray(items, dtype=np.int64)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        return iter(rng.permutation(self.items).tolist())
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class LengthBucketBatches(Sampler[list[int]]):
+    """Batches of ``batch_size`` distinct items whose texts have similar lengths.
+
+    Items come from ``sampler`` (so Accelerate can reach ``sampler.set_epoch``); each window of
+    ``batch_size * window`` items is sorted by token length and cut into batches, and the batch
+    order is shuffled again, so padding stays small without a fixed batch order.
+    """
+
+    def __init__(self, sampler: ItemShuffler, lengths: Sequence[int], batch_size: int, window: int = 16):
+        self.sampler = sampler
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.window = window
+        self.drop_last = False
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng = np.random.default_rng((self.sampler.seed, self.sampler.epoch, 1))
+        return iter([batches[i] for i in rng.permutation(len(batches))])
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+
+class ItemRatingsCollator:
+    """Turns a list of item indices into one LM batch plus every training rating of those items."""
+
+    def __init__(self, token_lists: Sequence[Sequence[int]], users: np.ndarray, items: np.ndarray,
+                 ratings: np.ndarray, pad_id: int):
+        self.token_lists = token_lists
+        self.pad_id = pad_id
+        order = np.argsort(items, kind="stable")
+        self.users = torch.as_tensor(users[order], dtype=torch.long)
+        self.ratings = torch.as_tensor(ratings[order], dtype=torch.float32)
+        counts = np.bincount(items, minlength=len(token_lists))
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    def items_with_ratings(self) -> list[int]:
+        return np.flatnonzero(np.diff(self.offsets) > 0).tolist()
+
+    def __call__(self, batch: list[int]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad_batch([self.token_lists[i] for i in batch], self.pad_id)
+        rows = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in batch]
+        positions = np.repeat(np.arange(len(batch)), [len(r) for r in rows])
+        rows = np.concatenate(rows)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "item_index": torch.as_tensor(batch, dtype=torch.long),
+            "users": self.users[rows],
+            "positions": torch.as_tensor(positions, dtype=torch.long),
+            "ratings": self.ratings[rows],
+        }
+
+
+def warm_up_head(head: RatingHead, item_text: torch.Tensor, users: np.ndarray, items: np.ndarray,
+                 ratings: np.ndarray, *, epochs: int, batch_size: int, lr: float, l2: float,
+                 seed: int, valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[float]:
+    """Train the towers on fixed pooled text features (``item_text``) before the backbone adapts.
+
+    Plain minibatch SGD over ratings, with no LM pass at all, so it costs seconds. Returns the
+    validation RMSE after each epoch (empty without ``valid``).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.as_tensor(users, dtype=torch.long)
+    i = torch.as_tensor(items, dtype=torch.long)
+    r = torch.as_tensor(ratings, dtype=torch.float32)
+    optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)
+    history = []
+    head.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(r), generator=generator).split(batch_size):
+            user = head.users(u[batch])
+            item = head.items(item_text[i[batch]], i[batch])
+            loss = (head.score(user, item) - r[batch]).square().mean() + l2 * head.penalty(user, item)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if valid is not None:
+            history.append(rmse(predict_ratings(head, item_text, *valid[:2]), valid[2]))
+    return history
+
+
+@torch.no_grad()
+def predict_ratings(head: RatingHead, item_text: torch.Tensor, users: np.ndarray, items: np.ndarray,
+                    batch_size: int = 65536) -> np.ndarray:
+    """Ratings for (user, item) index pairs from precomputed pooled item encodings."""
+    was_training = head.training
+    head.eval()
+    device = head.user_emb.weight.device
+    index = torch.arange(len(item_text), device=device)
+    vectors = head.items(item_text.to(device), index)
+    out = []
+    for start in range(0, len(users), batch_size):
+        u = torch.as_tensor(users[start : start + batch_size], dtype=torch.long, device=device)
+        i = torch.as_tensor(items[start : start + batch_size], dtype=torch.long, device=device)
+        out.append(head.score(head.users(u), (vectors[0][i], vectors[1][i])).cpu())
+    head.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def rmse(predictions: np.ndarray, references: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(predictions) - np.asarray(references)) ** 2)))
+
+
+@dataclass
+class EarlyStopping:
+    """Tracks the best validation score (lower is better) and keeps a copy of its weights."""
+
+    patience: int
+    best: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def update(self, score: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Record ``score``; returns True when training should stop."""
+        if score < self.best:
+            self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        if self.state:
+            model.load_state_dict(self.state)
