@@ -11,7 +11,6 @@ $(BIN)/python:
 
 # The CPU torch pin goes first, so the `torch>=` requirement below installs nothing more.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PIN)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
