@@ -59,6 +59,9 @@ def save_artifact(folder: str | Path, model: RecModel, tokenizer, catalog: Catal
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved model is an ordinary folder
     try:
         head = model.head
         meta = {

@@ -275,7 +275,7 @@ def test_help_lists_every_key_with_default_and_help(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "--config FILE" in out
-    assert "  train.lr = 0.001  learning rate of the adapter" in out
+    assert "  train.lr = 0.001  learning rate while the backbone adapts" in out
     assert '  data.protocol = "p1"' in out and "  train.max_steps = null" in out
     for key, f in all_keys(RatingRecipeConfig()):
         assert f"  {key} = " in out and f.metadata["help"] in out
