@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ["good", "bad", "movie", "film", "drama", "comedy", "action", "horror", "romance", "the", "a", "of", "and", "genres", "year", "old", "male", "female", "student", "writer", "engineer", "item"] + list("0123456789") + [".", ",", ":", "(", ")", "-", "'"]
+WORDS = ["good", "bad", "movie", "film", "drama", "comedy", "action", "horror", "romance", "the", "a", "of", "and", "genres", "year", "old", "male", "female", "student", "writer", "engineer", "item", *list("0123456789"), ".", ",", ":", "(", ")", "-", "'"]
 VOCAB_SIZE = 99
 
 

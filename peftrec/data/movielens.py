@@ -231,7 +231,7 @@ def read_grouplens_100k(archive: Path) -> RecDataset:
             "title": [title for title, _ in titles],
             "year": [year for _, year in titles],
             "genres": [
-                ", ".join(g for g, flag in zip(genres, row[-len(genres) :]) if flag == "1")
+                ", ".join(g for g, flag in zip(genres, row[-len(genres) :], strict=False) if flag == "1")
                 for row in items
             ],
         },

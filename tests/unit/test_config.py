@@ -164,7 +164,7 @@ def test_bad_literal_lists_allowed_values(tmp_path):
 
 @pytest.mark.parametrize("override", ["train.epochs", "=3", "train.epochs 3"])
 def test_override_without_equals_sign(override):
-    with pytest.raises(ConfigError, match="expected key.sub=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.sub=value"):
         load_config(RatingRecipeConfig, None, [override])
 
 

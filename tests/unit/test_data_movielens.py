@@ -261,5 +261,5 @@ def test_grouplens_1m_download_checks_the_pinned_md5(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(DataError, match="unknown MovieLens dataset 'ml-20m'.*ml-100k"):
+    with pytest.raises(DataError, match=r"unknown MovieLens dataset 'ml-20m'.*ml-100k"):
         fetch_movielens("ml-20m")

@@ -76,7 +76,7 @@ def test_p3_leaves_last_two_by_time_and_row_and_keeps_short_users_in_train():
 
 def test_p3_needs_timestamps_and_protocol_names_are_checked():
     ds = _dataset([0, 0, 0], [0, 1, 2])
-    with pytest.raises(DataError, match="p3.*timestamps"):
+    with pytest.raises(DataError, match=r"p3.*timestamps"):
         split_rows(ds, "p3")
     with pytest.raises(DataError, match="unknown protocol 'P1'"):
         split_rows(ds, "P1")

@@ -128,5 +128,5 @@ def test_item_amortised_batches_cover_every_rating_once():
 
 
 def test_bad_adapter_method_is_refused(tiny_bert):
-    with pytest.raises(ValueError, match="adapter.method 'prefix'"):
+    with pytest.raises(ValueError, match=r"adapter\.method 'prefix'"):
         make(tiny_bert, "prefix")
