@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -27,9 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .adapters import adapter_state
+from .adapters import adapter_state, disable_4bit_cpu_repacking, quantization_config
 from .backbones import load_backbone, load_tokenizer
-from .heads import RatingHead
+from .heads import HEADS, RankingHead
 from .model import RecModel
 
 FORMAT = "peftrec"
@@ -68,12 +69,13 @@ def save_artifact(folder: str | Path, model: RecModel, tokenizer, catalog: Catal
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "peftrec_version": __version__,
-            "task": "rating",
+            "task": "ranking" if isinstance(head, RankingHead) else "rating",
             "backbone": backbone,
             "model_type": model_config(model.backbone).model_type,
             "pooling": model.pooling,
             "max_length": max_length,
             "adapter": method,
+            "quant_bits": quant_bits(model_config(model.backbone)),
             "head": {
                 "text_dim": head.item_proj.in_features,
                 "num_users": head.user_emb.num_embeddings,
@@ -114,6 +116,16 @@ def replace_folder(new: Path, target: Path) -> None:
     os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def quant_bits(config) -> int | None:
+    """4 or 8 for a backbone loaded with bitsandbytes, else None."""
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is None:
+        return None
+    if isinstance(quantization, dict):
+        return 4 if quantization.get("load_in_4bit") else 8
+    return 4 if quantization.load_in_4bit else 8
 
 
 def model_config(backbone):
@@ -157,7 +169,12 @@ def load_artifact(folder: str | Path, *, backbone: str | None = None, trust_remo
         raise ArtifactError(f"{folder / 'peftrec.json'}: not a peftrec format-{FORMAT_VERSION} model")
     refuse_pickles(folder)
     tokenizer = load_tokenizer(str(folder / "tokenizer"))
-    base = load_backbone(backbone or meta["backbone"], trust_remote_code=trust_remote_code)
+    quantization = None
+    if meta.get("quant_bits"):
+        quantization = quantization_config(SimpleNamespace(method="qlora", quant_bits=meta["quant_bits"]))
+    base = load_backbone(backbone or meta["backbone"], trust_remote_code=trust_remote_code,
+                         quantization_config=quantization)
+    disable_4bit_cpu_repacking(base)
     if base.config.model_type != meta["model_type"]:
         raise ArtifactError(
             f"{folder}: trained on a '{meta['model_type']}' backbone, but {backbone or meta['backbone']} "
@@ -180,7 +197,9 @@ def load_artifact(folder: str | Path, *, backbone: str | None = None, trust_remo
                                 f"are not in backbone {meta['backbone']}")
         base.load_state_dict(state, strict=False)
     base.eval()
-    head = RatingHead(**meta["head"])
+    if meta.get("task") not in HEADS:
+        raise ArtifactError(f"{folder / 'peftrec.json'}: unknown task {meta.get('task')!r}")
+    head = HEADS[meta["task"]](**meta["head"])
     try:
         head.load_state_dict(read_safetensors(folder / "head.safetensors"))
     except RuntimeError as err:

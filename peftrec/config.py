@@ -84,15 +84,17 @@ class BackboneConfig:
 class AdapterConfig:
     """How the backbone is adapted."""
 
-    method: Literal["lora", "prefix", "top_layers", "full", "frozen", "qlora"] = option(
-        "lora", "adaptation method"
+    method: Literal["lora", "prefix", "top_layers", "full", "frozen", "qlora", "peft"] = option(
+        "lora", "adaptation method (peft: any PEFT method named by peft_type)"
     )
+    peft_type: str | None = option(None, 'PEFT method for method=peft, e.g. "IA3", "PROMPT_TUNING", "LOHA"')
     r: int = option(8, "LoRA rank")
     alpha: int = option(16, "LoRA alpha")
     dropout: float = option(0.1, "LoRA dropout")
     target_modules: list[str] | None = option(None, "LoRA target modules (null: per architecture)")
     num_virtual_tokens: int = option(16, "prefix length")
     top_k_layers: int = option(2, "layers trained by top_layers")
+    quant_bits: int = option(4, "qlora: load the backbone in 4-bit (nf4) or 8-bit")
     peft_kwargs: dict[str, Any] = option({}, "extra options passed to PEFT's config class")
 
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 
-class RatingHead(nn.Module):
-    """rating(u, i) = mean + b_u + b_i + <p_u, q_i>.
+class TwoTowers(nn.Module):
+    """Item and user towers over pooled LM encodings of item texts.
 
     Item tower: q_i = W h_i (+ e_i), b_i = w.h_i (+ c_i), with h_i the pooled LM encoding of the
     item's text and e_i, c_i an optional item-ID embedding and bias. Items unknown to the ID table
@@ -18,17 +18,15 @@ class RatingHead(nn.Module):
     def __init__(self, text_dim: int, num_users: int, num_items: int, dim: int = 64, *,
                  item_ids: bool = True, user_text_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
-        self.global_mean = nn.Parameter(torch.zeros(()))
         self.item_proj = nn.Linear(text_dim, dim, bias=False)
         self.item_text_bias = nn.Linear(text_dim, 1)
         self.item_emb = nn.Embedding(num_items, dim) if item_ids else None
         self.item_bias = nn.Embedding(num_items, 1) if item_ids else None
         self.user_emb = nn.Embedding(num_users, dim)
-        self.user_bias = nn.Embedding(num_users, 1)
         self.user_text_proj = nn.Linear(user_text_dim, dim, bias=False) if user_text_dim else None
         self.register_buffer("user_text", torch.zeros(num_users, user_text_dim or 0), persistent=True)
         self.dropout = nn.Dropout(dropout)
-        for table in (self.item_emb, self.item_bias, self.user_emb, self.user_bias):
+        for table in (self.item_emb, self.item_bias, self.user_emb):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.01)
         nn.init.normal_(self.item_proj.weight, std=0.01)
@@ -46,12 +44,33 @@ class RatingHead(nn.Module):
             bias = bias + self.item_bias(safe).squeeze(-1) * known.squeeze(-1)
         return vector, bias
 
-    def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """User vectors and biases for user indices."""
+    def user_vectors(self, index: torch.Tensor) -> torch.Tensor:
         vector = self.user_emb(index)
         if self.user_text_proj is not None:
             vector = vector + self.user_text_proj(self.user_text[index])
-        return vector, self.user_bias(index).squeeze(-1)
+        return vector
+
+    def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """User vectors and biases for user indices."""
+        raise NotImplementedError
+
+    @staticmethod
+    def penalty(user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean L2 of the whole user and item vectors and biases over the rows of a batch."""
+        return (user[0].square().sum(-1) + item[0].square().sum(-1) + user[1].square() + item[1].square()).mean()
+
+
+class RatingHead(TwoTowers):
+    """Regression head: rating(u, i) = mean + b_u + b_i + <p_u, q_i>."""
+
+    def __init__(self, text_dim: int, num_users: int, num_items: int, dim: int = 64, **kwargs):
+        super().__init__(text_dim, num_users, num_items, dim, **kwargs)
+        self.global_mean = nn.Parameter(torch.zeros(()))
+        self.user_bias = nn.Embedding(num_users, 1)
+        nn.init.normal_(self.user_bias.weight, std=0.01)
+
+    def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_vectors(index), self.user_bias(index).squeeze(-1)
 
     def score(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Ratings for aligned (user, item) rows of vectors and biases."""
@@ -60,11 +79,6 @@ class RatingHead(nn.Module):
     def score_all(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Ratings of every user against every item: one matrix product, ``(users, items)``."""
         return self.global_mean + user[1][:, None] + item[1][None, :] + user[0] @ item[0].T
-
-    @staticmethod
-    def penalty(user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Mean L2 of the whole user and item vectors and biases over the rows of a batch."""
-        return (user[0].square().sum(-1) + item[0].square().sum(-1) + user[1].square() + item[1].square()).mean()
 
     @torch.no_grad()
     def init_biases(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor,
@@ -83,3 +97,20 @@ class RatingHead(nn.Module):
         user_sum = torch.zeros(num_users).index_add_(0, users, residual)
         user_count = torch.zeros(num_users).index_add_(0, users, torch.ones_like(ratings))
         self.user_bias.weight[:, 0] = user_sum / (user_count + user_shrink)
+
+
+class RankingHead(TwoTowers):
+    """Ranking head: score(u, i) = b_i + <p_u, q_i>, so ranking all items is one matrix product."""
+
+    def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vector = self.user_vectors(index)
+        return vector, vector.new_zeros(vector.shape[:-1])
+
+    def score(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return item[1] + (user[0] * item[0]).sum(-1)
+
+    def score_all(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return item[1][None, :] + user[0] @ item[0].T
+
+
+HEADS = {"rating": RatingHead, "ranking": RankingHead}

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from .backbones import Pooling, pool
 from .heads import RatingHead
-from .tokens import length_sorted_batches, pad_batch
+from .tokens import length_sorted_batches, pad_batch, tokenize_texts
 
 
 class RecModel(nn.Module):
@@ -24,8 +25,9 @@ class RecModel(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled float32 text encodings ``(batch, hidden)``."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        return pool(out.last_hidden_state, attention_mask, self.pooling)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden[:, hidden.size(1) - input_ids.size(1) :]  # drop prompt-tuning virtual tokens
+        return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_index: torch.Tensor,
                 users: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,17 +55,29 @@ class RecModel(nn.Module):
         return out
 
 
-def build_model(backbone_cfg, adapter_cfg, model_cfg, *, num_users: int, num_items: int):
+def build_model(backbone_cfg, adapter_cfg, model_cfg, *, num_users: int, num_items: int,
+                task: str = "rating"):
     """``(RecModel, tokenizer)`` from the backbone, adapter and model sections of a config."""
-    from .adapters import apply_adapter
+    from .adapters import apply_adapter, disable_4bit_cpu_repacking, quantization_config
     from .backbones import default_pooling, load_backbone, load_tokenizer
+    from .heads import HEADS
 
     tokenizer = load_tokenizer(backbone_cfg.name, trust_remote_code=backbone_cfg.trust_remote_code)
     backbone = load_backbone(backbone_cfg.name, dtype=backbone_cfg.dtype,
-                             trust_remote_code=backbone_cfg.trust_remote_code)
+                             trust_remote_code=backbone_cfg.trust_remote_code,
+                             quantization_config=quantization_config(adapter_cfg))
+    disable_4bit_cpu_repacking(backbone)
     pooling = default_pooling(backbone.config) if backbone_cfg.pooling == "auto" else backbone_cfg.pooling
     text_dim = backbone.config.hidden_size
-    backbone = apply_adapter(backbone, adapter_cfg)
-    head = RatingHead(text_dim, num_users, num_items, model_cfg.dim, item_ids=model_cfg.item_ids,
-                      user_text_dim=text_dim if model_cfg.user_text else None, dropout=model_cfg.dropout)
-    return RecModel(backbone, head, pooling, tokenizer.pad_token_id), tokenizer
+    head = HEADS[task](text_dim, num_users, num_items, model_cfg.dim, item_ids=model_cfg.item_ids,
+                       user_text_dim=text_dim if model_cfg.user_text else None, dropout=model_cfg.dropout)
+    probe = tokenize_texts(tokenizer, ["a short check text"], 16)
+    before = RecModel(backbone, head, pooling, tokenizer.pad_token_id).encode_texts(probe)
+    model = RecModel(apply_adapter(backbone, adapter_cfg), head, pooling, tokenizer.pad_token_id)
+    if isinstance(model.backbone, PeftModel) and model.backbone.peft_config["default"].is_prompt_learning:
+        # guard against prefix/prompt tuning silently doing nothing (e.g. a transformers release
+        # that ignores past_key_values): the adapted encoding must differ from the base one
+        if torch.allclose(model.encode_texts(probe), before):
+            raise RuntimeError("the prompt/prefix adapter does not change the backbone's output: this "
+                               "transformers/PEFT combination ignores it (peftrec pins transformers<5.40)")
+    return model, tokenizer

@@ -34,8 +34,8 @@ def write_tiny_bert(folder: Path) -> Path:
     (folder / "vocab.txt").write_text("\n".join(bert_vocab()) + "\n")
     BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128)
     BertModel(config).save_pretrained(folder)
     return folder
 
@@ -56,7 +56,7 @@ def write_tiny_gpt2(folder: Path) -> Path:
                                    eos_token="<|endoftext|>", unk_token="<unk>")
     fast.save_pretrained(folder)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+    config = GPT2Config(vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=128,
                         bos_token_id=0, eos_token_id=0)
     GPT2Model(config).save_pretrained(folder)
     return folder

@@ -1,4 +1,4 @@
-"""The network on tiny backbones: shapes, parameter counts, what a step changes, pooling."""
+"""The network on tiny backbones: a matrix of {bert, gpt2} x methods x {rating, ranking}."""
 
 from __future__ import annotations
 
@@ -11,88 +11,136 @@ from peftrec.model import build_model
 from peftrec.tokens import pad_batch, tokenize_texts
 from peftrec.training import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
 
-NUM_USERS, NUM_ITEMS, DIM, HIDDEN, LAYERS, R = 7, 11, 8, 32, 2, 4
+NUM_USERS, NUM_ITEMS, DIM, HIDDEN, LAYERS, R = 7, 11, 8, 64, 2, 4
+INNER = 2 * HIDDEN  # BERT's feed-forward width in conftest
+NUM_VIRTUAL = 4
 TEXTS = [f"{'good' if i % 2 else 'bad'} movie {i} drama" for i in range(NUM_ITEMS)]
+METHODS = ["lora", "prefix", "top_layers", "full", "frozen", "qlora"]
+PEFT_EXTRA = {  # further PEFT methods, with no peftrec code per method
+    "ia3": {"method": "peft", "peft_type": "IA3"},
+    "prompt": {"method": "peft", "peft_type": "PROMPT_TUNING"},
+    "dora": {"method": "lora", "peft_kwargs": {"use_dora": True}},
+}
 
 
-def make(backbone_path, method: str, item_ids: bool = True):
+def adapter_config(method: str) -> AdapterConfig:
+    options = PEFT_EXTRA.get(method, {"method": method})
+    return AdapterConfig(r=R, dropout=0.0, num_virtual_tokens=NUM_VIRTUAL, top_k_layers=1, **options)
+
+
+def make(backbone_path, method: str, item_ids: bool = True, task: str = "rating"):
     torch.manual_seed(0)
-    return build_model(BackboneConfig(name=str(backbone_path)), AdapterConfig(method=method, r=R, dropout=0.0),
-                       ModelConfig(dim=DIM, item_ids=item_ids), num_users=NUM_USERS, num_items=NUM_ITEMS)
+    return build_model(BackboneConfig(name=str(backbone_path)), adapter_config(method),
+                       ModelConfig(dim=DIM, item_ids=item_ids), num_users=NUM_USERS, num_items=NUM_ITEMS,
+                       task=task)
 
 
-def head_parameters(item_ids: bool) -> int:
-    count = 1 + HIDDEN * DIM + HIDDEN + 1 + NUM_USERS * (DIM + 1)  # mean, projection, text bias, users
+def head_parameters(item_ids: bool, task: str = "rating") -> int:
+    count = HIDDEN * DIM + HIDDEN + 1 + NUM_USERS * DIM  # projection, text bias, user vectors
+    count += 1 + NUM_USERS if task == "rating" else 0  # global mean, user biases
     return count + (NUM_ITEMS * (DIM + 1) if item_ids else 0)
 
 
-def lora_parameters(kind: str) -> int:
-    # r x (in + out) per adapted matrix: BERT query and value (32->32), GPT-2 fused c_attn (32->96)
-    per_layer = 2 * R * (HIDDEN + HIDDEN) if kind == "bert" else R * (HIDDEN + 3 * HIDDEN)
-    return LAYERS * per_layer
+def bert_layer() -> int:  # q, k, v, o (with biases), 2 LayerNorms, feed-forward
+    return 4 * (HIDDEN * HIDDEN + HIDDEN) + 2 * 2 * HIDDEN + (HIDDEN * INNER + INNER) + (INNER * HIDDEN + HIDDEN)
 
 
-def batch_for(model, tokenizer, items=(0, 3, 5), users=(0, 1, 2, 3, 6), positions=(0, 0, 1, 2, 2)):
+def gpt2_block() -> int:  # 2 LayerNorms, fused qkv, out projection, MLP 4x wide
+    return (2 * 2 * HIDDEN + (HIDDEN * 3 * HIDDEN + 3 * HIDDEN) + (HIDDEN * HIDDEN + HIDDEN)
+            + (HIDDEN * 4 * HIDDEN + 4 * HIDDEN) + (4 * HIDDEN * HIDDEN + HIDDEN))
+
+
+def expected_backbone_parameters(kind: str, method: str, base: int) -> int:
+    lora = LAYERS * (2 * R * (HIDDEN + HIDDEN) if kind == "bert" else R * (HIDDEN + 3 * HIDDEN))
+    return {
+        "lora": lora,  # r x (in + out) per matrix: BERT query and value, GPT-2's fused c_attn
+        "qlora": lora,
+        "dora": lora + LAYERS * 2 * HIDDEN,  # + one magnitude per output feature
+        "prefix": NUM_VIRTUAL * LAYERS * 2 * HIDDEN,  # a key and a value per virtual token and layer
+        "prompt": NUM_VIRTUAL * HIDDEN,  # one input embedding per virtual token
+        "ia3": LAYERS * (HIDDEN + HIDDEN + HIDDEN + INNER),  # key, value outputs; both output.dense inputs
+        "top_layers": bert_layer() if kind == "bert" else gpt2_block() + 2 * HIDDEN,  # + GPT-2's ln_f
+        "full": base,
+        "frozen": 0,
+    }[method]
+
+
+def batch_for(tokenizer, items=(0, 3, 5), users=(0, 1, 2, 3, 6), positions=(0, 0, 1, 2, 2)):
     tokens = tokenize_texts(tokenizer, [TEXTS[i] for i in items], 32)
     input_ids, attention_mask = pad_batch(tokens, tokenizer.pad_token_id)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "item_index": torch.tensor(items),
-                "users": torch.tensor(users), "positions": torch.tensor(positions)}
+            "users": torch.tensor(users), "positions": torch.tensor(positions)}
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
-@pytest.mark.parametrize("method", ["lora", "full", "frozen"])
-def test_shapes_and_trainable_parameter_count(tiny_backbones, kind, method):
-    model, tokenizer = make(tiny_backbones[kind], method)
-    predictions, penalty = model(**batch_for(model, tokenizer))
+CASES = [(kind, method) for kind in ("bert", "gpt2") for method in METHODS] + [
+    ("bert", "ia3"), ("bert", "prompt"), ("gpt2", "prompt"), ("bert", "dora")]
+
+
+@pytest.mark.parametrize("task", ["rating", "ranking"])
+@pytest.mark.parametrize(("kind", "method"), CASES)
+def test_shapes_and_trainable_parameter_count(tiny_backbones, kind, method, task):
+    model, tokenizer = make(tiny_backbones[kind], method, task=task)
+    predictions, penalty = model(**batch_for(tokenizer))
     assert predictions.shape == (5,) and penalty.shape == ()
     backbone = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base = sum(p.numel() for n, p in model.backbone.named_parameters() if "lora_" not in n)
-    expected = {"lora": lora_parameters(kind), "full": base, "frozen": 0}[method]
-    assert backbone == expected
-    assert total - backbone == head_parameters(item_ids=True)
+    assert backbone == expected_backbone_parameters(kind, method, base)
+    assert total - backbone == head_parameters(item_ids=True, task=task)
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
-@pytest.mark.parametrize("method", ["lora", "full", "frozen"])
-def test_one_step_moves_only_what_trains(tiny_backbones, kind, method):
-    model, tokenizer = make(tiny_backbones[kind], method)
+@pytest.mark.parametrize("task", ["rating", "ranking"])
+@pytest.mark.parametrize(("kind", "method"), CASES)
+def test_one_step_moves_what_trains_and_nothing_else(tiny_backbones, kind, method, task):
+    model, tokenizer = make(tiny_backbones[kind], method, task=task)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     for _ in range(2):  # LoRA's B starts at zero: A only gets a gradient from the second step
-        predictions, penalty = model(**batch_for(model, tokenizer))
+        predictions, penalty = model(**batch_for(tokenizer))
         ((predictions - 4.0).square().mean() + penalty).backward()
         optimizer.step()
         optimizer.zero_grad()
+    partial = ("pooler", "item_emb", "item_bias", "user_emb", "user_bias")  # unused, or rows off the batch
     for name, param in model.named_parameters():
-        changed = not torch.equal(before[name], param)
-        if name.startswith("head."):
-            if name in ("head.item_emb.weight", "head.item_bias.weight", "head.user_emb.weight",
-                        "head.user_bias.weight"):
-                continue  # only the rows in the batch move
-            assert changed, name
-        elif param.requires_grad:
-            assert changed or "bias" in name or "pooler" in name or "LayerNorm" in name or "ln_" in name, name
+        if param.requires_grad:
+            assert not torch.equal(before[name], param) or any(p in name for p in partial), f"{name} did not move"
         else:
-            assert not changed, f"frozen weight {name} changed"
+            assert torch.equal(before[name], param), f"frozen weight {name} changed"
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffers[name], buffer), f"buffer {name} changed"
     rows = model.head.user_emb.weight.detach()
     assert not torch.equal(before["head.user_emb.weight"][0], rows[0])  # user 0 was in the batch
     assert torch.equal(before["head.user_emb.weight"][4], rows[4])  # user 4 was not
 
 
-def test_lora_weights_move_and_base_is_bit_identical(tiny_bert):
-    model, tokenizer = make(tiny_bert, "lora")
-    base_before = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if "lora_" not in n}
-    lora_before = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if "lora_" in n}
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    for _ in range(2):
-        predictions, _ = model(**batch_for(model, tokenizer))
-        (predictions - 4.0).square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    params = dict(model.backbone.named_parameters())
-    assert all(torch.equal(v, params[n]) for n, v in base_before.items())
-    assert all(not torch.equal(v, params[n]) for n, v in lora_before.items())
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_prompt_methods_really_change_the_encoding(tiny_backbones, kind, method):
+    adapted, tokenizer = make(tiny_backbones[kind], method)
+    plain, _ = make(tiny_backbones[kind], "frozen")
+    tokens = tokenize_texts(tokenizer, TEXTS[:3], 32)
+    assert not torch.allclose(adapted.encode_texts(tokens), plain.encode_texts(tokens), atol=1e-3)
+
+
+def test_qlora_backbone_is_quantized(tiny_bert):
+    import bitsandbytes as bnb
+
+    model, _ = make(tiny_bert, "qlora")
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.backbone.modules()) == LAYERS * 6 + 1  # + pooler
+
+
+def test_bad_adapter_settings_are_refused(tiny_bert):
+    def build(**adapter):
+        build_model(BackboneConfig(name=str(tiny_bert)), AdapterConfig(**adapter), ModelConfig(),
+                    num_users=2, num_items=2)
+
+    with pytest.raises(ValueError, match=r"adapter\.peft_type 'NOPE' is not a PEFT method"):
+        build(method="peft", peft_type="NOPE")
+    with pytest.raises(ValueError, match=r"top_k_layers must be between 1 and 2, got 3"):
+        build(method="top_layers", top_k_layers=3)
+    with pytest.raises(ValueError, match=r"quant_bits must be 4 or 8, got 3"):
+        build(method="qlora", quant_bits=3)
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
@@ -125,8 +173,3 @@ def test_item_amortised_batches_cover_every_rating_once():
     assert list(sampler) != first  # a new order each epoch
     sampler.sampler.set_epoch(0)
     assert list(sampler) == first  # and the same order for the same epoch
-
-
-def test_bad_adapter_method_is_refused(tiny_bert):
-    with pytest.raises(ValueError, match=r"adapter\.method 'prefix'"):
-        make(tiny_bert, "prefix")

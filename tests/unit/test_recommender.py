@@ -12,25 +12,27 @@ import torch
 from peftrec.artifact import ArtifactError, Catalog, save_artifact
 from peftrec.recommender import Recommender
 
-from .test_model import NUM_ITEMS, NUM_USERS, TEXTS, make
+from .test_model import CASES, NUM_ITEMS, NUM_USERS, TEXTS, adapter_config, make
 
 USERS = [f"u{k}" for k in range(NUM_USERS)]
 ITEMS = [f"i{k}" for k in range(NUM_ITEMS)]
 
 
-def trained(backbone_path, method="lora"):
+def trained(backbone_path, method="lora", task="rating"):
     """A model whose adapter and head are not at their initial values (so a lost weight shows)."""
-    model, tokenizer = make(backbone_path, method)
+    model, tokenizer = make(backbone_path, method, task=task)
     for name, param in model.named_parameters():
         if param.requires_grad:
             torch.nn.init.normal_(param, std=0.05 if "head." in name else 0.02, generator=torch.Generator().manual_seed(len(name)))
     return model, tokenizer
 
 
+CATALOG = Catalog(user_ids=USERS, item_ids=ITEMS, item_texts=TEXTS,
+                  seen_users=np.array([0, 0, 1]), seen_items=np.array([2, 5, 2]))
+
+
 def save(folder, model, tokenizer, backbone_path, method="lora"):
-    catalog = Catalog(user_ids=USERS, item_ids=ITEMS, item_texts=TEXTS,
-                      seen_users=np.array([0, 0, 1]), seen_items=np.array([2, 5, 2]))
-    return save_artifact(folder, model, tokenizer, catalog, backbone=str(backbone_path), method=method,
+    return save_artifact(folder, model, tokenizer, CATALOG, backbone=str(backbone_path), method=method,
                          max_length=32, config_yaml="x: 1\n")
 
 
@@ -41,17 +43,17 @@ def saved(tmp_path, tiny_bert):
     return folder, model, tokenizer
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
-@pytest.mark.parametrize("method", ["lora", "full", "frozen"])
-def test_round_trip_gives_identical_predictions(tmp_path, tiny_backbones, kind, method):
-    model, tokenizer = trained(tiny_backbones[kind], method)
-    catalog = Catalog(USERS, ITEMS, TEXTS, np.array([0]), np.array([1]))
-    in_memory = Recommender(model, tokenizer, catalog, {"max_length": 32})
-    folder = save(tmp_path / "model", model, tokenizer, tiny_backbones[kind], method)
+@pytest.mark.parametrize("task", ["rating", "ranking"])
+@pytest.mark.parametrize(("kind", "method"), CASES)
+def test_round_trip_gives_identical_predictions(tmp_path, tiny_backbones, kind, method, task):
+    model, tokenizer = trained(tiny_backbones[kind], method, task)
+    in_memory = Recommender(model, tokenizer, CATALOG, {"max_length": 32})
+    folder = save(tmp_path / "model", model, tokenizer, tiny_backbones[kind], adapter_config(method).method)
     loaded = Recommender.from_pretrained(folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["peftrec.json", "head.safetensors", "tokenizer", "catalog.json", "seen.safetensors", "config.yaml"]
         + (["adapter"] if method != "frozen" else []))
+    assert loaded.meta["task"] == task and loaded.meta["adapter"] == adapter_config(method).method
     np.testing.assert_array_equal(loaded.score_all(), in_memory.score_all())
     assert loaded.recommend("u0", k=3) == in_memory.recommend("u0", k=3)
 
