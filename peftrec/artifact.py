@@ -77,11 +77,12 @@ def save_artifact(folder: str | Path, model: RecModel, tokenizer, catalog: Catal
             "adapter": method,
             "quant_bits": quant_bits(model_config(model.backbone)),
             "head": {
-                "text_dim": head.item_proj.in_features,
+                "text_dim": head.text_dim,
                 "num_users": head.user_emb.num_embeddings,
                 "num_items": len(catalog.item_ids),
-                "dim": head.item_proj.out_features,
+                "dim": head.dim,
                 "item_ids": head.item_emb is not None,
+                "item_text": head.item_proj is not None,
                 "user_text_dim": head.user_text_proj.in_features if head.user_text_proj is not None else None,
             },
         }
@@ -199,7 +200,10 @@ def load_artifact(folder: str | Path, *, backbone: str | None = None, trust_remo
     base.eval()
     if meta.get("task") not in HEADS:
         raise ArtifactError(f"{folder / 'peftrec.json'}: unknown task {meta.get('task')!r}")
-    head = HEADS[meta["task"]](**meta["head"])
+    try:
+        head = HEADS[meta["task"]](**meta["head"])
+    except TypeError as err:
+        raise ArtifactError(f"{folder / 'peftrec.json'}: bad head settings {meta['head']!r} ({err})") from None
     try:
         head.load_state_dict(read_safetensors(folder / "head.safetensors"))
     except RuntimeError as err:

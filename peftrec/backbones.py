@@ -23,6 +23,8 @@ def resolve_backbone(name: str) -> str:
     """Turn a peftrec alias (``minilm``) into the folder of its installed package; other names pass."""
     package = ALIASES.get(name)
     if package is None:
+        if (Path(name).is_absolute() or name.startswith(("./", "../", "~"))) and not Path(name).expanduser().exists():
+            raise FileNotFoundError(f"backbone {name!r}: no such folder")
         return name
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:

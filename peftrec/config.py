@@ -19,7 +19,10 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import functools
 import json
+import math
+import os
 import re
 import types
 import typing
@@ -104,6 +107,7 @@ class ModelConfig:
 
     dim: int = option(64, "user/item vector size")
     item_ids: bool = option(True, "learn an item-ID embedding next to the text (false: text only)")
+    item_text: bool = option(True, "use the item text (false: ID-only baseline; needs adapter.method=frozen)")
     user_text: bool = option(False, "add a projection of the user's profile text")
     dropout: float = option(0.0, "dropout on the pooled text")
 
@@ -130,6 +134,10 @@ class TrainConfig:
     eval_batch_size: int = option(256, "texts per forward pass at evaluation")
     log_with: list[str] = option([], "Accelerate trackers, e.g. [tensorboard]")
     max_steps: int | None = option(None, "stop after this many steps (smoke tests)")
+    checkpoint_every: int | None = option(
+        None, "save a resumable checkpoint every this many optimizer steps (null: never)"
+    )
+    resume: bool = option(False, "continue from <output_dir>/checkpoints/latest if there is one")
 
 
 @dataclass
@@ -197,7 +205,10 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML; `load_config(type(cfg), path)` gives it back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+    data = config_to_dict(cfg)
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    if yaml.safe_load(text) != data:  # e.g. U+0085 written raw is read back as a line break
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
     path.write_text(text, encoding="utf-8")
 
 
@@ -342,3 +353,70 @@ def _nest(dotted: str, value: Any) -> dict:
 
 def _first_line(doc: str | None) -> str:
     return (doc or "").strip().split("\n")[0]
+
+
+@dataclass
+class RankingConfig:
+    """The ranking loss and its evaluation."""
+
+    loss: Literal["softmax", "bpr"] = option("softmax", "sampled softmax over the step's items, or BPR")
+    temperature: float = option(1.0, "softmax temperature")
+    negatives: int = option(0, "extra random items per step, as negatives (besides the step's items)")
+    k: int = option(10, "cut-off of NDCG@k and HR@k")
+
+
+@dataclass
+class RankingRecipeConfig:
+    """Top-K ranking: a language model encodes items, a dot-product head ranks them for a user."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(protocol="p3"))
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    output_dir: str = option("runs/minilm_lora_ranking", "folder for checkpoints and results")
+
+
+# Values the types allow but the recipes cannot use: key -> (test, requirement). Keys a recipe's
+# schema lacks are skipped.
+LIMITS = {
+    "data.max_length": (lambda v: v >= 1, "at least 1"),
+    "data.train_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "adapter.r": (lambda v: v >= 1, "at least 1"),
+    "adapter.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.dim": (lambda v: v >= 1, "at least 1"),
+    "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.epochs": (lambda v: v >= 1, "at least 1"),
+    "train.items_per_step": (lambda v: v >= 1, "at least 1"),
+    "train.grad_accum": (lambda v: v >= 1, "at least 1"),
+    "train.lr": (lambda v: 0 < v < math.inf, "a positive number"),
+    "train.head_lr": (lambda v: 0 < v < math.inf, "a positive number"),
+    "train.weight_decay": (lambda v: 0 <= v < math.inf, "zero or positive"),
+    "train.l2": (lambda v: 0 <= v < math.inf, "zero or positive"),
+    "train.warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.head_warmup_epochs": (lambda v: v >= 0, "zero or more"),
+    "train.head_batch_size": (lambda v: v >= 1, "at least 1"),
+    "train.patience": (lambda v: v >= 1, "at least 1"),
+    "train.eval_batch_size": (lambda v: v >= 1, "at least 1"),
+    "train.max_steps": (lambda v: v is None or v >= 1, "null or at least 1"),
+    "train.checkpoint_every": (lambda v: v is None or v >= 1, "null or at least 1"),
+    "ranking.temperature": (lambda v: 0 < v < math.inf, "a positive number"),
+    "ranking.negatives": (lambda v: v >= 0, "zero or more"),
+    "ranking.k": (lambda v: v >= 1, "at least 1"),
+}
+
+
+def check_settings(cfg: Any) -> None:
+    """Fail at start-up, naming the key, on values out of range or an output_dir we cannot write."""
+    missing = object()
+    for key, (ok, requirement) in LIMITS.items():
+        value = functools.reduce(lambda obj, name: getattr(obj, name, missing), key.split("."), cfg)
+        if value is not missing and not ok(value):
+            raise ConfigError(f"{key}={value!r}: must be {requirement}")
+    out = Path(cfg.output_dir)
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir={cfg.output_dir!r}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir={cfg.output_dir!r}: no permission to write in {existing}")

@@ -16,10 +16,13 @@ class TwoTowers(nn.Module):
     """
 
     def __init__(self, text_dim: int, num_users: int, num_items: int, dim: int = 64, *,
-                 item_ids: bool = True, user_text_dim: int | None = None, dropout: float = 0.0):
+                 item_ids: bool = True, item_text: bool = True, user_text_dim: int | None = None,
+                 dropout: float = 0.0):
         super().__init__()
-        self.item_proj = nn.Linear(text_dim, dim, bias=False)
-        self.item_text_bias = nn.Linear(text_dim, 1)
+        if not (item_ids or item_text):
+            raise ValueError("an item needs an ID embedding, its text, or both (model.item_ids, model.item_text)")
+        self.item_proj = nn.Linear(text_dim, dim, bias=False) if item_text else None
+        self.item_text_bias = nn.Linear(text_dim, 1) if item_text else None
         self.item_emb = nn.Embedding(num_items, dim) if item_ids else None
         self.item_bias = nn.Embedding(num_items, 1) if item_ids else None
         self.user_emb = nn.Embedding(num_users, dim)
@@ -29,14 +32,19 @@ class TwoTowers(nn.Module):
         for table in (self.item_emb, self.item_bias, self.user_emb):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.01)
-        nn.init.normal_(self.item_proj.weight, std=0.01)
-        nn.init.zeros_(self.item_text_bias.weight)
-        nn.init.zeros_(self.item_text_bias.bias)
+        if item_text:
+            nn.init.normal_(self.item_proj.weight, std=0.01)
+            nn.init.zeros_(self.item_text_bias.weight)
+            nn.init.zeros_(self.item_text_bias.bias)
+        self.text_dim, self.dim = text_dim, dim
 
     def items(self, text: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Item vectors and biases from pooled text ``(n, text_dim)`` and ID indices (-1: unknown)."""
-        vector = self.item_proj(self.dropout(text))
-        bias = self.item_text_bias(text).squeeze(-1)
+        if self.item_proj is not None:
+            vector = self.item_proj(self.dropout(text))
+            bias = self.item_text_bias(text).squeeze(-1)
+        else:  # ID-only items: the text is ignored
+            vector, bias = text.new_zeros(len(text), self.dim), text.new_zeros(len(text))
         if self.item_emb is not None and index is not None:
             known = (index >= 0).unsqueeze(-1).to(vector.dtype)
             safe = index.clamp(min=0)

@@ -10,6 +10,7 @@ from torch import nn
 
 from .backbones import Pooling, pool
 from .heads import RatingHead
+from .layer_cache import LowerLayerCache
 from .tokens import length_sorted_batches, pad_batch, tokenize_texts
 
 
@@ -22,35 +23,66 @@ class RecModel(nn.Module):
         self.head = head
         self.pooling = pooling
         self.pad_id = pad_id
+        self.layer_cache: LowerLayerCache | None = None
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled float32 text encodings ``(batch, hidden)``."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        hidden = hidden[:, hidden.size(1) - input_ids.size(1) :]  # drop prompt-tuning virtual tokens
+    def cache_lower_layers(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256,
+                           max_mib: float = 1024.0) -> LowerLayerCache:
+        """For ``top_layers``: run the frozen lower layers once per text, and only the trained
+        blocks from then on.
+
+        Afterwards ``forward`` (through ``item_index``, each row's position in ``token_lists``)
+        and ``encode_texts(token_lists)`` start from the cached hidden states. Calling it again
+        with the same tokens keeps the cache; other tokens (or changed frozen weights) rebuild it.
+        Build it once the model is on its device. See :mod:`peftrec.layer_cache`.
+        """
+        if self.layer_cache is None or not self.layer_cache.matches(token_lists):
+            self.layer_cache = None  # free the old states before computing new ones
+            self.layer_cache = LowerLayerCache(self.backbone, token_lists, self.pad_id, batch_size=batch_size,
+                                               max_mib=max_mib)
+        return self.layer_cache
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               item_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled float32 text encodings ``(batch, hidden)``.
+
+        With a lower-layer cache and ``item_index`` (the rows' texts in the cached token lists),
+        only the trained top blocks run, on the cached states.
+        """
+        if self.layer_cache is not None and item_index is not None:
+            hidden = self.layer_cache.top(item_index, input_ids, attention_mask)
+        else:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = hidden[:, hidden.size(1) - input_ids.size(1) :]  # drop prompt-tuning virtual tokens
         return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_index: torch.Tensor,
-                users: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted ratings and L2 penalty for ratings ``(users, items[positions])``.
+                users: torch.Tensor, positions: torch.Tensor, candidates: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and the L2 penalty for the pairs ``(users, items[positions])``.
 
         The batch holds each distinct item text once (``input_ids``); ``positions`` points every
-        rating at its item's row, so one LM pass serves all the ratings of its items.
+        pair at its item's row, so one LM pass serves all the pairs of its items. With
+        ``candidates``, each user is scored against every item of the batch: ``(pairs, items)``.
         """
-        items = self.head.items(self.encode(input_ids, attention_mask), item_index)
+        items = self.head.items(self.encode(input_ids, attention_mask, item_index), item_index)
         item = (items[0][positions], items[1][positions])
         user = self.head.users(users)
-        return self.head.score(user, item), self.head.penalty(user, item)
+        scores = self.head.score_all(user, items) if candidates else self.head.score(user, item)
+        return scores, self.head.penalty(user, item)
 
     @torch.no_grad()
     def encode_texts(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
-        """Pooled encodings of many tokenized texts, in length-sorted batches, in input order."""
+        """Pooled encodings of many tokenized texts, in length-sorted batches, in input order
+        (from the lower-layer cache when it holds exactly these texts)."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        out = torch.empty(len(token_lists), self.head.item_proj.in_features)
+        cached = self.layer_cache is not None and self.layer_cache.matches(token_lists)
+        out = torch.empty(len(token_lists), self.head.text_dim)
         for batch in length_sorted_batches(token_lists, batch_size):
             input_ids, attention_mask = pad_batch([token_lists[i] for i in batch], self.pad_id)
-            out[batch] = self.encode(input_ids.to(device), attention_mask.to(device)).cpu()
+            index = torch.as_tensor(batch, device=device) if cached else None
+            out[batch] = self.encode(input_ids.to(device), attention_mask.to(device), index).cpu()
         self.train(was_training)
         return out
 
@@ -70,7 +102,8 @@ def build_model(backbone_cfg, adapter_cfg, model_cfg, *, num_users: int, num_ite
     pooling = default_pooling(backbone.config) if backbone_cfg.pooling == "auto" else backbone_cfg.pooling
     text_dim = backbone.config.hidden_size
     head = HEADS[task](text_dim, num_users, num_items, model_cfg.dim, item_ids=model_cfg.item_ids,
-                       user_text_dim=text_dim if model_cfg.user_text else None, dropout=model_cfg.dropout)
+                       item_text=model_cfg.item_text, user_text_dim=text_dim if model_cfg.user_text else None,
+                       dropout=model_cfg.dropout)
     probe = tokenize_texts(tokenizer, ["a short check text"], 16)
     before = RecModel(backbone, head, pooling, tokenizer.pad_token_id).encode_texts(probe)
     model = RecModel(apply_adapter(backbone, adapter_cfg), head, pooling, tokenizer.pad_token_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -67,7 +68,9 @@ class Recommender:
         if not items:
             raise ValueError("add_items: no items given")
         for item_id, text in items.items():
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(text, str):
+                raise TypeError(f"add_items: the text of item '{item_id}' must be a string, got {text!r}")
+            if not text.strip():
                 raise ValueError(f"add_items: item '{item_id}' has an empty text")
         cache = self._item_text()
         ids = [str(i) for i in items]
@@ -113,6 +116,8 @@ class Recommender:
     @torch.no_grad()
     def predict(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """Predicted ratings for aligned pairs ``(user_ids[k], item_ids[k])``."""
+        if isinstance(user_ids, str) or isinstance(item_ids, str):
+            raise TypeError("predict: pass lists of ids, e.g. predict(['196'], ['242'])")
         if len(user_ids) != len(item_ids):
             raise ValueError(f"predict: {len(user_ids)} users but {len(item_ids)} items; pass aligned lists")
         if len(user_ids) == 0:
@@ -124,6 +129,8 @@ class Recommender:
     @torch.no_grad()
     def predict_texts(self, user_id: str, texts: Sequence[str]) -> np.ndarray:
         """Predicted ratings of one user for items given only by their texts (not stored)."""
+        if isinstance(texts, str):
+            raise TypeError("predict_texts: pass a list of texts, e.g. predict_texts('196', ['a comedy'])")
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float32)
         if any(not isinstance(t, str) or not t.strip() for t in texts):
@@ -142,8 +149,9 @@ class Recommender:
 
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
         """The ``k`` highest-scored items for ``user_id`` as ``(item_id, score)``, best first."""
-        if not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not hasattr(type(k), "__index__") or operator.index(k) < 1:
             raise ValueError(f"recommend: k must be a positive integer, got {k!r}")
+        k = operator.index(k)  # numpy and other integer types
         scores = self.score_all([user_id])[0]
         if exclude_seen:
             scores[self._seen[self._user_index[str(user_id)]]] = -np.inf

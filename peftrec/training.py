@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from .data import DataError
 from .heads import RatingHead
 from .tokens import pad_batch
 
@@ -66,12 +67,19 @@ class LengthBucketBatches(Sampler[list[int]]):
 
 
 class ItemRatingsCollator:
-    """Turns a list of item indices into one LM batch plus every training rating of those items."""
+    """Turns a list of item indices into one LM batch plus every training rating of those items.
+
+    With ``negatives``, that many other random items join the LM batch as extra candidates
+    (for ranking losses); no rating points at them. They are drawn from a generator seeded by
+    the batch itself, so a batch always gets the same negatives.
+    """
 
     def __init__(self, token_lists: Sequence[Sequence[int]], users: np.ndarray, items: np.ndarray,
-                 ratings: np.ndarray, pad_id: int):
+                 ratings: np.ndarray, pad_id: int, negatives: int = 0, seed: int = 0):
         self.token_lists = token_lists
         self.pad_id = pad_id
+        self.negatives = negatives
+        self.seed = seed
         order = np.argsort(items, kind="stable")
         self.users = torch.as_tensor(users[order], dtype=torch.long)
         self.ratings = torch.as_tensor(ratings[order], dtype=torch.float32)
@@ -82,10 +90,14 @@ class ItemRatingsCollator:
         return np.flatnonzero(np.diff(self.offsets) > 0).tolist()
 
     def __call__(self, batch: list[int]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = pad_batch([self.token_lists[i] for i in batch], self.pad_id)
         rows = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in batch]
         positions = np.repeat(np.arange(len(batch)), [len(r) for r in rows])
         rows = np.concatenate(rows)
+        if self.negatives:
+            rng = np.random.default_rng((self.seed, *batch))
+            others = np.setdiff1d(np.arange(len(self.token_lists)), batch)
+            batch = [*batch, *rng.choice(others, min(self.negatives, len(others)), replace=False).tolist()]
+        input_ids, attention_mask = pad_batch([self.token_lists[i] for i in batch], self.pad_id)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -148,7 +160,11 @@ def rmse(predictions: np.ndarray, references: np.ndarray) -> float:
 
 @dataclass
 class EarlyStopping:
-    """Tracks the best validation score (lower is better) and keeps a copy of its weights."""
+    """Tracks the best validation score (lower is better) and keeps a copy of its weights.
+
+    Only what can change is copied: trainable parameters and buffers, not the frozen backbone.
+    ``state_dict``/``load_state_dict`` let ``accelerator.register_for_checkpointing`` save it.
+    """
 
     patience: int
     best: float = math.inf
@@ -160,11 +176,76 @@ class EarlyStopping:
         """Record ``score``; returns True when training should stop."""
         if score < self.best:
             self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if k in keep}
         else:
             self.bad_epochs += 1
         return self.bad_epochs >= self.patience
 
     def restore(self, model: torch.nn.Module) -> None:
         if self.state:
-            model.load_state_dict(self.state)
+            unexpected = model.load_state_dict(self.state, strict=False).unexpected_keys
+            if unexpected:
+                raise KeyError(f"EarlyStopping.restore: weights {unexpected[:3]} are not in the model")
+
+    def state_dict(self) -> dict:
+        return {"patience": self.patience, "best": self.best, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+class SplitBatches(Sampler[list[int]]):
+    """Each item batch cut into ``parts`` interleaved pieces, one per process, in a row.
+
+    Accelerate hands the k-th batch a sampler yields to process ``k % parts``, so process p trains
+    on piece p of every batch and a step covers the same items as with one process. Pieces vary
+    in size (``batch_size = None``), so Accelerate neither drops nor pads them. A batch with fewer
+    items than processes (a short last batch) is merged into the one before it.
+    """
+
+    batch_size = None
+    drop_last = False
+
+    def __init__(self, batches: LengthBucketBatches, parts: int):
+        self.batches = batches
+        self.parts = parts
+        self.sampler = batches.sampler  # what DataLoader.set_epoch reaches
+        if len(batches.sampler) < parts:
+            raise DataError(f"only {len(batches.sampler)} items have training ratings, fewer than the "
+                            f"{parts} processes; train with fewer processes")
+
+    def steps(self) -> list[list[int]]:
+        steps = [list(batch) for batch in self.batches]
+        for k in reversed(range(len(steps))):
+            if len(steps[k]) < self.parts and len(steps) > 1:
+                small = steps.pop(k)
+                steps[max(k - 1, 0)] += small
+        return steps
+
+    def __iter__(self):
+        for batch in self.steps():
+            yield from (batch[p :: self.parts] for p in range(self.parts))
+
+    def __len__(self) -> int:
+        return len(self.steps()) * self.parts
+
+
+def evaluate_ratings(accelerator, head, item_text, loader, metric) -> dict[str, float]:
+    """RMSE/MSE/MAE (and the count) over a prepared loader of (user, item, rating), gathered
+    across processes; ``gather_for_metrics`` drops the samples that padded the last batch."""
+    count = 0
+    for users, items, ratings in loader:
+        predictions = predict_ratings(head, item_text, users.cpu().numpy(), items.cpu().numpy())
+        predictions, ratings = accelerator.gather_for_metrics((torch.as_tensor(predictions, device=ratings.device), ratings))
+        metric.add_batch(predictions=predictions.cpu().numpy(), references=ratings.cpu().numpy())
+        count += len(ratings)
+    return {**{k: float(v) for k, v in metric.compute().items()}, "count": count}
+
+
+def rating_loader(interactions, batch_size: int = 8192) -> DataLoader:
+    tensors = (torch.as_tensor(interactions.users), torch.as_tensor(interactions.items),
+               torch.as_tensor(interactions.ratings, dtype=torch.float32))
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size)

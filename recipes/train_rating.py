@@ -3,9 +3,12 @@
 Launch:
     accelerate launch recipes/train_rating.py --config recipes/configs/minilm_lora_rating.yaml
     python recipes/train_rating.py --config recipes/configs/minilm_lora_rating.yaml train.epochs=3
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/train_rating.py ...   (2 processes on CPU)
 
 Steps: accelerator, seed, data, model, head warm-up on frozen text features, optimizer,
 prepare, item-amortised training loop with validation and early stopping, test, save.
+With train.checkpoint_every=N a checkpoint is saved every N optimizer steps; train.resume=true
+continues a crashed run from <output_dir>/checkpoints/latest, exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -23,13 +27,29 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from peftrec.artifact import Catalog, save_artifact
-from peftrec.config import RatingRecipeConfig, config_to_dict, parse_cli, save_config
-from peftrec.data import load_data, split_rows
+from peftrec.checkpointing import (
+    CheckpointError,
+    TrainingProgress,
+    check_resumable,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic,
+)
+from peftrec.config import (
+    ConfigError,
+    RatingRecipeConfig,
+    check_settings,
+    config_to_dict,
+    parse_cli,
+    save_config,
+)
+from peftrec.data import DataError, check_splits, load_data, split_rows
 from peftrec.metrics import load_metric
 from peftrec.model import build_model
 from peftrec.tokens import tokenize_texts
@@ -38,30 +58,17 @@ from peftrec.training import (
     ItemRatingsCollator,
     ItemShuffler,
     LengthBucketBatches,
-    predict_ratings,
+    SplitBatches,
+    evaluate_ratings,
+    rating_loader,
     warm_up_head,
 )
 
 logger = get_logger("peftrec.train_rating")
 
-
-def evaluate_ratings(accelerator, head, item_text, loader, metric) -> dict[str, float]:
-    """RMSE/MSE/MAE over a prepared loader of (user, item, rating), gathered across processes."""
-    for users, items, ratings in loader:
-        predictions = predict_ratings(head, item_text, users.cpu().numpy(), items.cpu().numpy())
-        predictions, ratings = accelerator.gather_for_metrics((torch.as_tensor(predictions, device=ratings.device), ratings))
-        metric.add_batch(predictions=predictions.cpu().numpy(), references=ratings.cpu().numpy())
-    return {k: float(v) for k, v in metric.compute().items()}
-
-
-def rating_loader(interactions, batch_size: int = 8192) -> DataLoader:
-    tensors = (torch.as_tensor(interactions.users), torch.as_tensor(interactions.items),
-               torch.as_tensor(interactions.ratings, dtype=torch.float32))
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size)
-
-
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_cli(RatingRecipeConfig, argv)
+    check_settings(cfg)
     out = Path(cfg.output_dir)
 
     # accelerator and seed: the launcher owns hardware (processes, mixed precision)
@@ -69,28 +76,46 @@ def main(argv: list[str] | None = None) -> dict:
                               log_with=cfg.train.log_with or None, project_dir=str(out))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
                         datefmt="%H:%M:%S")
-    for noisy in ("httpx", "datasets", "peft", "transformers"):
+    for noisy in ("httpx", "datasets", "peft", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     set_seed(cfg.train.seed)
     started = time.perf_counter()
+    logger.info("%d process(es), device %s", accelerator.num_processes, accelerator.device)
 
-    # data: one tokenized text per item, ratings split by protocol
+    # checkpoint to resume from, checked against these settings before any work is done
+    checkpoints = out / "checkpoints"
+    resume_from = find_checkpoint(checkpoints) if cfg.train.resume else None
+    if resume_from is not None:
+        check_resumable(resume_from, config_to_dict(cfg), accelerator.num_processes)
+        logger.info("resuming from %s", resume_from)
+    elif cfg.train.resume:
+        logger.info("no checkpoint in %s: starting from the beginning", checkpoints)
+    elif (checkpoints / "latest").exists():
+        logger.warning("%s holds checkpoints of an earlier run; starting afresh (train.resume=true continues "
+                       "it), and the first new checkpoint replaces them", checkpoints)
+
+    # data: ratings split by protocol, one text per item (all checked before any model is loaded)
     dataset = load_data(cfg.data)
     split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
     train, valid, test = (dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test))
     if cfg.data.train_fraction < 1.0:
         keep = np.random.default_rng(cfg.data.seed).random(len(train)) < cfg.data.train_fraction
         train = train.subset(np.flatnonzero(keep))
+    check_splits(dataset, cfg.data.protocol, {"train": train, "validation": valid, "test": test},
+                 cfg.data.train_fraction)
+    item_texts = dataset.item_texts(cfg.data.item_template)
+    user_texts = dataset.user_texts(cfg.data.user_template) if cfg.model.user_text else None
+    if cfg.model.user_text and user_texts is None:
+        raise DataError(f"model.user_text=true needs user profile fields, and dataset {dataset.name!r} has none "
+                        "(data.users names a users file)")
     logger.info("%s %s: %d train / %d valid / %d test ratings, %d users, %d items", dataset.name,
                 cfg.data.protocol, len(train), len(valid), len(test), len(dataset.user_ids), len(dataset.item_ids))
 
     # model: backbone + adapter, towers and head outside the PEFT wrapper
     model, tokenizer = build_model(cfg.backbone, cfg.adapter, cfg.model,
                                    num_users=len(dataset.user_ids), num_items=len(dataset.item_ids))
-    item_texts = dataset.item_texts(cfg.data.item_template)
     tokens = tokenize_texts(tokenizer, item_texts, cfg.data.max_length)
-    if model.head.user_text_proj is not None:
-        user_texts = dataset.user_texts(cfg.data.user_template)
+    if user_texts is not None:
         model.head.user_text.copy_(model.encode_texts(tokenize_texts(tokenizer, user_texts, cfg.data.max_length)))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     backbone_trainable = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
@@ -98,19 +123,25 @@ def main(argv: list[str] | None = None) -> dict:
                 trainable - backbone_trainable)
 
     # warm-up: biases from regularised averages, then the towers on frozen pooled text features
+    # (a resumed run finds its result in the checkpoint)
     head = model.head
-    head.init_biases(torch.as_tensor(train.users), torch.as_tensor(train.items), torch.as_tensor(train.ratings))
-    item_text = model.encode_texts(tokens, cfg.train.eval_batch_size)
-    warm = warm_up_head(head, item_text, train.users, train.items, train.ratings,
-                        epochs=cfg.train.head_warmup_epochs, batch_size=cfg.train.head_batch_size,
-                        lr=cfg.train.head_lr, l2=cfg.train.l2, seed=cfg.train.seed)
-    logger.info("head warm-up: %d epochs on frozen text features", len(warm) or cfg.train.head_warmup_epochs)
+    if resume_from is None:
+        head.init_biases(torch.as_tensor(train.users), torch.as_tensor(train.items), torch.as_tensor(train.ratings))
+        item_text = model.encode_texts(tokens, cfg.train.eval_batch_size)
+        warm = warm_up_head(head, item_text, train.users, train.items, train.ratings,
+                            epochs=cfg.train.head_warmup_epochs, batch_size=cfg.train.head_batch_size,
+                            lr=cfg.train.head_lr, l2=cfg.train.l2, seed=cfg.train.seed)
+        logger.info("head warm-up: %d epochs on frozen text features", len(warm) or cfg.train.head_warmup_epochs)
 
-    # optimizer, schedule and item-amortised batches: one LM pass per distinct item per step
+    # optimizer, schedule and item-amortised batches: one LM pass per distinct item per step;
+    # with several processes each takes a piece of every step's items (SplitBatches). The loader
+    # has its own generator, so starting an epoch draws nothing from the global RNG (dropout's).
     collator = ItemRatingsCollator(tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id)
-    batches = LengthBucketBatches(ItemShuffler(collator.items_with_ratings(), seed=cfg.train.seed),
-                                  [len(t) for t in tokens], cfg.train.items_per_step)
-    train_loader = DataLoader(range(len(tokens)), batch_sampler=batches, collate_fn=collator)
+    batches = SplitBatches(LengthBucketBatches(ItemShuffler(collator.items_with_ratings(), seed=cfg.train.seed),
+                                               [len(t) for t in tokens], cfg.train.items_per_step),
+                           accelerator.num_processes)
+    train_loader = DataLoader(range(len(tokens)), batch_sampler=batches, collate_fn=collator,
+                              generator=torch.Generator().manual_seed(cfg.train.seed))
     valid_loader, test_loader = rating_loader(valid), rating_loader(test)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
                                   weight_decay=cfg.train.weight_decay)
@@ -127,43 +158,70 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.init_trackers("peftrec", config=json.loads(json.dumps(config_to_dict(cfg), default=str)))
     metric = load_metric("rating_error")
 
-    # loop: train on item batches, validate every epoch, keep the best weights
+    # loop state, saved in every checkpoint with the model, optimizer, scheduler and RNG states
+    progress, stopper = TrainingProgress(), EarlyStopping(cfg.train.patience)
+    accelerator.register_for_checkpointing(progress, stopper)
+
     def validate() -> dict[str, float]:
         item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
         return evaluate_ratings(accelerator, unwrapped.head, item_text, valid_loader, metric)
 
-    stopper = EarlyStopping(cfg.train.patience)
-    history = [{"epoch": 0, "phase": "head warm-up", **{f"valid_{k}": v for k, v in validate().items()}}]
-    stopper.update(history[0]["valid_rmse"], 0, unwrapped)
-    logger.info("epoch 0 (after head warm-up): valid RMSE %.4f", history[0]["valid_rmse"], main_process_only=True)
-    step, epoch_times = 0, []
-    for epoch in range(1, cfg.train.epochs + 1):
+    def finished() -> bool:
+        return cfg.train.max_steps is not None and progress.step >= cfg.train.max_steps
+
+    if resume_from is not None:
+        load_checkpoint(accelerator, resume_from)
+        logger.info("resumed at epoch %d, batch %d, step %d", progress.epoch, progress.batches_done, progress.step)
+    else:
+        progress.history.append({"epoch": 0, "phase": "head warm-up", **{f"valid_{k}": v for k, v in validate().items()}})
+        stopper.update(progress.history[0]["valid_rmse"], 0, unwrapped)
+        logger.info("epoch 0 (after head warm-up): valid RMSE %.4f", progress.history[0]["valid_rmse"])
+
+    # loop: train on item batches, validate every epoch, keep the best weights
+    for epoch in range(progress.epoch, cfg.train.epochs + 1):
         model.train()
         train_loader.set_epoch(epoch)
-        tick, total, count = time.perf_counter(), 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
+        tick = time.perf_counter()
+        remaining = train_loader
+        if progress.batches_done:  # resuming mid-epoch: the batches before the checkpoint are done
+            remaining = accelerator.skip_first_batches(train_loader, progress.batches_done)
+        bar = tqdm(remaining, desc=f"epoch {epoch}", initial=progress.batches_done, total=len(train_loader),
+                   disable=not accelerator.is_local_main_process, leave=False)
         for batch in bar:
+            if finished():
+                break
             with accelerator.accumulate(model):
                 ratings = batch.pop("ratings")
                 predictions, penalty = model(**batch)
-                mse = (predictions - ratings).square().mean()
-                accelerator.backward(mse + cfg.train.l2 * penalty)
+                squared = (predictions - ratings).square().sum()
+                # (squared error, ratings) of every process's piece of this step; dividing by the
+                # step's total makes the loss, and the gradient DDP averages, the 1-process one
+                pieces = accelerator.gather(torch.tensor([[squared.item(), len(ratings)]], dtype=torch.float64,
+                                                         device=accelerator.device))
+                loss = (squared + cfg.train.l2 * penalty * len(ratings)) * accelerator.num_processes
+                accelerator.backward(loss / pieces[:, 1].sum().item())
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            total, count = total + mse.item() * len(ratings), count + len(ratings)
-            bar.set_postfix(rmse=f"{math.sqrt(total / count):.4f}", ratings=count)
-            step += accelerator.sync_gradients
-            if cfg.train.max_steps is not None and step >= cfg.train.max_steps:
-                break
-        epoch_times.append(time.perf_counter() - tick)
+            progress.record(pieces)
+            bar.set_postfix(rmse=f"{math.sqrt(progress.squared_error / progress.ratings):.4f}", ratings=progress.ratings)
+            if accelerator.sync_gradients:
+                progress.step += 1
+                if cfg.train.checkpoint_every and progress.step % cfg.train.checkpoint_every == 0:
+                    save_checkpoint(accelerator, checkpoints, progress.step, config_to_dict(cfg))
+        seconds = time.perf_counter() - tick  # training only; validation is timed apart
+        tick = time.perf_counter()
         scores = validate()
-        history.append({"epoch": epoch, "train_rmse": math.sqrt(total / max(count, 1)),
-                        "epoch_seconds": epoch_times[-1], **{f"valid_{k}": v for k, v in scores.items()}})
-        accelerator.log(history[-1], step=epoch)
+        progress.history.append({"epoch": epoch, "train_rmse": math.sqrt(progress.squared_error / max(progress.ratings, 1)),
+                                 "epoch_seconds": seconds, "valid_seconds": time.perf_counter() - tick,
+                                 **{f"valid_{k}": v for k, v in scores.items()}})
+        accelerator.log(progress.history[-1], step=epoch)
         logger.info("epoch %d: train RMSE %.4f, valid RMSE %.4f (%.1f s, %d ratings)", epoch,
-                    history[-1]["train_rmse"], scores["rmse"], epoch_times[-1], count, main_process_only=True)
-        if stopper.update(scores["rmse"], epoch, unwrapped) or (cfg.train.max_steps and step >= cfg.train.max_steps):
+                    progress.history[-1]["train_rmse"], scores["rmse"], progress.history[-1]["epoch_seconds"],
+                    progress.ratings)
+        stop = stopper.update(scores["rmse"], epoch, unwrapped)
+        progress.next_epoch()
+        if stop or finished():
             break
 
     # evaluate: best validation weights on the test split
@@ -173,26 +231,30 @@ def main(argv: list[str] | None = None) -> dict:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    epoch_seconds = [h["epoch_seconds"] for h in progress.history if "epoch_seconds" in h]
     results = {
         "best_epoch": stopper.best_epoch, "valid_rmse": stopper.best,
         **{f"test_{k}": v for k, v in test_scores.items()},
         "trainable_parameters": trainable, "backbone_trainable_parameters": backbone_trainable,
-        "median_epoch_seconds": float(np.median(epoch_times)) if epoch_times else None,
+        "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
         "peak_memory_mib": peak_mib, "wall_seconds": time.perf_counter() - started,
-        "num_processes": accelerator.num_processes, "history": history,
+        "num_processes": accelerator.num_processes, "ratings_per_process": progress.ratings_per_process,
+        "steps": progress.step, "resumed_from": str(resume_from) if resume_from else None,
+        "history": progress.history,
     }
-    logger.info("best epoch %d: test RMSE %.4f, MAE %.4f", stopper.best_epoch, test_scores["rmse"], test_scores["mae"],
-                main_process_only=True)
+    logger.info("ratings trained on per process: %s", progress.ratings_per_process)
+    logger.info("best epoch %d: test RMSE %.4f, MAE %.4f", stopper.best_epoch, test_scores["rmse"], test_scores["mae"])
 
-    # save: the artifact apps load, the resolved config and the metrics
+    # save: the artifact apps load, the resolved config and the metrics (each written atomically)
     if accelerator.is_main_process:
         catalog = Catalog(user_ids=dataset.user_ids, item_ids=dataset.item_ids, item_texts=item_texts,
                           seen_users=train.users, seen_items=train.items)
-        save_config(cfg, out / "config.yaml")
+        save_config(cfg, out / ".config.yaml.tmp")
+        os.replace(out / ".config.yaml.tmp", out / "config.yaml")
         save_artifact(out / "model", unwrapped, tokenizer, catalog, backbone=cfg.backbone.name,
                       method=cfg.adapter.method, max_length=cfg.data.max_length,
                       config_yaml=(out / "config.yaml").read_text())
-        (out / "metrics.json").write_text(json.dumps(results, indent=2))
+        write_atomic(out / "metrics.json", json.dumps(results, indent=2))
         print(f"test RMSE {test_scores['rmse']:.4f}  MAE {test_scores['mae']:.4f}  (best epoch {stopper.best_epoch})")
         print(f"model saved to {out / 'model'}")
     accelerator.wait_for_everyone()
@@ -201,4 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, DataError, CheckpointError) as error:  # the user's input: a message, no traceback
+        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -4,7 +4,7 @@ from peftrec.data.errors import DataError
 from peftrec.data.loading import ColumnMap, load_files
 from peftrec.data.movielens import fetch_movielens, load_movielens
 from peftrec.data.sources import load_data
-from peftrec.data.splits import Protocol, Split, fingerprint, split_rows
+from peftrec.data.splits import Protocol, Split, check_splits, fingerprint, split_rows
 from peftrec.data.tables import Interactions, RecDataset
 from peftrec.data.text import DEFAULT_ITEM_TEMPLATE, DEFAULT_USER_TEMPLATE, render_texts
 
@@ -17,6 +17,7 @@ __all__ = [
     "Protocol",
     "RecDataset",
     "Split",
+    "check_splits",
     "fetch_movielens",
     "fingerprint",
     "load_data",

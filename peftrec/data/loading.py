@@ -3,6 +3,7 @@ Hugging Face `datasets`, validating every value with its position in the file.""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
 import tempfile
@@ -62,7 +63,7 @@ def load_files(
     inter.require([cols.user, cols.item, cols.rating])
     user_col = inter.ids(cols.user, "user")
     item_col = inter.ids(cols.item, "item")
-    ratings = inter.numbers(cols.rating).astype(np.float32)
+    ratings = inter.numbers(cols.rating, float(np.finfo(np.float32).max)).astype(np.float32)
     timestamps = None
     if cols.timestamp is not None and cols.timestamp in inter.columns:
         timestamps = inter.numbers(cols.timestamp)
@@ -128,9 +129,14 @@ class _Table:
             raise DataError(f"{path}: file not found")
         if path.stat().st_size == 0:
             raise DataError(f"{path}: file is empty")
+        if builder in ("csv", "json"):
+            _check_utf8(path)
         options: dict[str, Any] = {}
         if builder == "csv":
             header = _header(path)
+            repeated = next((c for k, c in enumerate(header) if c in header[:k]), None)
+            if repeated is not None:
+                raise DataError(f"{path}: duplicate column {repeated!r} in the header")
             options = {
                 "sep": "\t" if path.suffix.lower() == ".tsv" else ",",
                 "quoting": csv.QUOTE_NONE if path.suffix.lower() == ".tsv" else csv.QUOTE_MINIMAL,
@@ -151,7 +157,7 @@ class _Table:
             except Exception as err:  # the builders raise many types; all mean "unreadable"
                 if not _has_rows(path):
                     raise DataError(f"{path}: no data rows") from None
-                raise DataError(f"{path}: cannot read as {builder}: {err}") from err
+                raise DataError(f"{path}: cannot read as {builder}: {err.__cause__ or err}") from err
             columns = table.to_dict()
         if not columns or not len(next(iter(columns.values()))):
             raise DataError(f"{path}: no data rows")
@@ -191,9 +197,13 @@ class _Table:
             self.fail(empty, column, lambda r: f"empty {kind} id")
         return values
 
-    def numbers(self, column: str) -> np.ndarray:
-        """The column as float64; raises on anything that is not a finite number."""
+    def numbers(self, column: str, limit: float = np.inf) -> np.ndarray:
+        """The column as float64; raises on anything that is not a finite number of magnitude
+        at most `limit`."""
         raw = self.columns[column]
+        odd = [row for row, v in enumerate(raw) if isinstance(v, (bool, list, dict))]
+        if odd:
+            self.fail(odd, column, lambda r: f"{raw[r]!r} is not a number")
         try:
             values = np.asarray(raw, dtype=np.float64)
         except (TypeError, ValueError):
@@ -201,6 +211,9 @@ class _Table:
         bad = np.flatnonzero(~np.isfinite(values))
         if len(bad):
             self.fail(bad.tolist(), column, lambda r: _number_problem(raw[r]))
+        big = np.flatnonzero(np.abs(values) > limit)
+        if len(big):
+            self.fail(big.tolist(), column, lambda r: f"{raw[r]!r} is too large (the limit is {limit:.4g})")
         return values
 
     def encode(
@@ -236,6 +249,29 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def _check_utf8(path: Path, chunk_size: int = 1 << 20) -> None:
+    """Raise a DataError naming the line of the first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = offset = 0  # newlines and bytes before the current chunk
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_size)
+            if offset == 0 and chunk[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+                raise DataError(f"{path}: the file is UTF-16; save it as UTF-8")
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the last chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                line = lines + chunk[: max(err.start - pending, 0)].count(b"\n") + 1
+                raise DataError(
+                    f"{path}, line {line}: not valid UTF-8 (byte 0x{err.object[err.start]:02x} at offset "
+                    f"{offset - pending + err.start}); save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+                ) from None
+            if not chunk:
+                return
+            lines, offset = lines + chunk.count(b"\n"), offset + len(chunk)
 
 
 def _header(path: Path) -> list[str]:

@@ -80,3 +80,21 @@ def _sorted_items(dataset: RecDataset) -> np.ndarray:
 
 def _split(train: np.ndarray, valid: np.ndarray, test: np.ndarray) -> Split:
     return Split(*(np.sort(np.asarray(part, dtype=np.int64)) for part in (train, valid, test)))
+
+
+def check_splits(dataset: RecDataset, protocol: Protocol, parts: dict, train_fraction: float = 1.0) -> None:
+    """A protocol or train_fraction that leaves a split empty is a data error, reported now."""
+    for name, part in parts.items():
+        if len(part):
+            continue
+        hint = {
+            "p2": "p2 holds out the ratings of 20% (test) and 10% (validation) of the rated items, "
+                  "so it needs at least 10 rated items",
+            "p3": "p3 holds out each user's last two ratings, and only of users with at least 3 ratings",
+            "p1": "p1 splits the ratings 80/10/10, so it needs at least 10 ratings",
+        }[protocol]
+        if name == "train" and train_fraction < 1:
+            hint = f"data.train_fraction={train_fraction} kept none of the training ratings"
+        raise DataError(f"dataset {dataset.name!r} ({len(dataset.interactions)} ratings, {len(dataset.item_ids)} "
+                        f"items, {len(dataset.user_ids)} users): protocol {protocol} leaves no {name} "
+                        f"ratings; {hint}")

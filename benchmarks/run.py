@@ -1,0 +1,400 @@
+"""Run benchmark experiments: train with a recipe, measure the saved model, write one JSON each.
+
+    python benchmarks/run.py benchmarks/suites/ml100k/p1_lora.yaml --out benchmarks/results/ml100k
+    python benchmarks/run.py --suite quick --out benchmarks/results/quick --threads 1
+
+An experiment is a small YAML; its name is the file name:
+
+    task: rating                                   # the recipe: recipes/train_<task>.py
+    config: recipes/configs/minilm_lora_rating.yaml
+    defaults: _toy.yaml                            # optional: shared overrides, relative to this file
+    label: ID-only MF                              # optional: its name in the report (default: the method)
+    overrides:                                     # key.sub: value, as on the recipe's command line
+      adapter.method: frozen
+
+``${tiny_bert}``, ``${tiny_gpt2}`` and ``${toy}`` in an override stand for the tiny models and
+toy data of ``benchmarks/tiny.py``, built on first use. A suite (``--suite quick`` or a folder)
+runs every ``*.yaml`` of ``benchmarks/suites/<suite>/`` not starting with ``_``, in name order,
+then writes ``REPORT.md`` next to the JSON files.
+
+Each recipe runs as a subprocess, the same command a user types, with its output streamed live
+and kept in ``<runs>/<name>/log.txt``: the recipe's peak memory (the process's maximum RSS) then
+belongs to that experiment alone, and a crash fails that experiment, not the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from string import Template
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from safetensors import safe_open
+
+if TYPE_CHECKING:
+    import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import report  # noqa: E402
+from benchmarks.tiny import ASSETS, build_assets  # noqa: E402
+
+SCHEMA = "peftrec-benchmark/1"
+SUITES = REPO / "benchmarks" / "suites"
+TASKS = ("rating", "ranking")
+EXPERIMENT_KEYS = {"task", "config", "defaults", "label", "overrides"}
+PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "peftrec")
+INFERENCE_REPEATS = 7
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot be run: unknown keys, a missing config, a bad placeholder."""
+
+
+@dataclass
+class Experiment:
+    """One experiment file, with its shared defaults merged under its own overrides."""
+
+    name: str
+    path: Path
+    task: str
+    config: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """What the recipe gets: the shared defaults, then the experiment's own overrides."""
+    own: dict[str, Any] = field(default_factory=dict)
+    """The experiment's own overrides."""
+    defaults: Path | None = None
+    label: str | None = None
+
+    def override_args(self, assets: dict[str, str]) -> list[str]:
+        """The overrides as the recipe's ``key.sub=value`` arguments, placeholders filled in."""
+        args = []
+        for key, value in self.overrides.items():
+            if isinstance(value, str):
+                value = Template(value).substitute(assets)
+            args.append(f"{key}={json.dumps(value)}")  # JSON is YAML, which is how the recipe reads values
+        return args
+
+    def argv(self, assets: dict[str, str], output_dir: Path) -> list[str]:
+        """The recipe's command line."""
+        return [sys.executable, str(REPO / "recipes" / f"train_{self.task}.py"), "--config", str(self.config),
+                *self.override_args(assets), f"output_dir={output_dir}"]
+
+    def needs_assets(self) -> bool:
+        """Whether it runs on the tiny models or toy data of ``benchmarks/tiny.py``."""
+        return any(isinstance(v, str) and PLACEHOLDER.search(v) for v in self.overrides.values())
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ExperimentError(f"{path}: {error}") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Read and check an experiment file (see the module docstring for its keys)."""
+    raw = read_yaml(path)
+    unknown = set(raw) - EXPERIMENT_KEYS
+    if unknown:
+        raise ExperimentError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(EXPERIMENT_KEYS)}")
+    if raw.get("task") not in TASKS:
+        raise ExperimentError(f"{path}: task must be one of {TASKS}, got {raw.get('task')!r}")
+    config = REPO / str(raw.get("config", ""))
+    if not raw.get("config") or not config.is_file():
+        raise ExperimentError(f"{path}: config {raw.get('config')!r} is not a file (paths are relative to {REPO})")
+    defaults = path.parent / raw["defaults"] if raw.get("defaults") else None
+    own = raw.get("overrides") or {}
+    if not isinstance(own, dict):
+        raise ExperimentError(f"{path}: overrides must be a mapping of key.sub: value")
+    overrides = {**(read_yaml(defaults) if defaults else {}), **own}
+    for key, value in overrides.items():
+        unknown = set(PLACEHOLDER.findall(value)) - set(ASSETS) if isinstance(value, str) else set()
+        if unknown:
+            raise ExperimentError(f"{path}: override {key}: unknown placeholder(s) {sorted(unknown)}; "
+                                  f"known: {', '.join('${' + a + '}' for a in ASSETS)}")
+    if "output_dir" in overrides:
+        raise ExperimentError(f"{path}: output_dir is set by run.py (--runs); remove it from the overrides")
+    return Experiment(name=path.stem, path=path, task=raw["task"], config=config, overrides=overrides, own=own,
+                      defaults=defaults, label=raw.get("label"))
+
+
+def suite_files(suite: str) -> list[Path]:
+    folder = Path(suite) if Path(suite).is_dir() else SUITES / suite
+    files = sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("_"))
+    if not files:
+        raise ExperimentError(f"suite {suite!r}: no experiment files in {folder}")
+    return files
+
+
+# -- the environment ---------------------------------------------------------------------------
+
+
+def relative(path: Path) -> str:
+    """A path relative to the repository when it is inside it, so results read the same anywhere."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def git_state(exclude: Path) -> dict[str, Any]:
+    """Commit, and whether the working tree differs from it (ignoring ``exclude``: our own output)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        pathspec = ["--", "."]
+        if exclude.resolve().is_relative_to(REPO):
+            pathspec.append(f":(exclude){relative(exclude)}")
+        changed = [line[3:] for line in git("status", "--porcelain", *pathspec).splitlines()]
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None, "changed": []}
+    return {"commit": commit, "dirty": bool(changed), "changed": changed[:50]}
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    memory_gib = None
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        meminfo = Path("/proc/meminfo").read_text().split()
+        memory_gib = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),
+            "memory_gib": memory_gib, "gpus": gpus, "platform": platform.platform()}
+
+
+# -- measuring a saved model -------------------------------------------------------------------
+
+
+def tensor_elements(path: Path) -> int:
+    """Elements of every tensor in a safetensors file, read from its header."""
+    with safe_open(str(path), "np") as f:
+        return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+
+
+def parameter_elements(parameter: torch.nn.Parameter) -> int:
+    """Elements of a parameter as trained, also for bitsandbytes 4-bit weights (stored packed)."""
+    quant_state = getattr(parameter, "quant_state", None)
+    return math.prod(quant_state.shape) if quant_state is not None else parameter.numel()
+
+
+def folder_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def measure_model(folder: Path, device: str, repeats: int = INFERENCE_REPEATS) -> dict[str, Any]:
+    """Parameters, adapter size, training-set size and ``score_all`` speed of a saved model.
+
+    ``trainable_in_artifact`` counts the trained tensors as saved (``adapter/`` + the head's
+    parameters): the same count for every method, to check the recipe's ``requires_grad`` count.
+    """
+    # torch, transformers and peft are imported when first needed: a failing suite stops fast
+    from peftrec.recommender import Recommender
+
+    rec = Recommender.from_pretrained(folder, device=device)
+    adapter_files = sorted((folder / "adapter").glob("*.safetensors")) if (folder / "adapter").is_dir() else []
+    trainable = sum(tensor_elements(p) for p in adapter_files) + sum(p.numel() for p in rec.model.head.parameters())
+    with safe_open(str(folder / "seen.safetensors"), "np") as f:
+        train_ratings = f.get_slice("users").get_shape()[0]
+    tick = time.perf_counter()
+    rec.score_all()  # encodes the catalogue once; later calls reuse the cached item encodings
+    first = time.perf_counter() - tick
+    seconds = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        scores = rec.score_all()
+        seconds.append(time.perf_counter() - tick)
+    median = statistics.median(seconds)
+    return {
+        "total_parameters": sum(parameter_elements(p) for p in rec.model.parameters()),
+        "trainable_in_artifact": trainable,
+        "adapter_bytes": sum(folder_bytes(folder / name) for name in ("adapter", "head.safetensors")
+                             if (folder / name).exists()),
+        "train_ratings": train_ratings,
+        "inference": {"device": device, "users": scores.shape[0], "items": scores.shape[1],
+                      "first_call_seconds": first, "median_seconds": median, "repeats": repeats,
+                      "scores_per_second": scores.size / median if median > 0 else None},
+    }
+
+
+# -- one experiment ----------------------------------------------------------------------------
+
+
+def stream(argv: list[str], log: Path, env: dict[str, str]) -> int:
+    """Run ``argv``, copying its output live to our stdout and to ``log``; its exit status."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as f, subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(65536):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            f.write(chunk)
+        return proc.wait()
+
+
+def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Validation metrics at the best epoch (from the history) and the test metrics."""
+    best = next(h for h in metrics["history"] if h["epoch"] == metrics["best_epoch"])
+    valid = {k.removeprefix("valid_"): v for k, v in best.items() if k.startswith("valid_")}
+    test = {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
+    return valid, test
+
+
+def run_experiment(experiment: Experiment, runs: Path, assets_dir: Path, context: dict[str, Any],
+                   threads: int | None) -> dict[str, Any]:
+    """Train, measure, and return the experiment's JSON record (``status`` ok or failed)."""
+    run_dir = runs / experiment.name
+    assets = build_assets(assets_dir) if experiment.needs_assets() else {}
+    argv = experiment.argv(assets, run_dir)
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # a stale file must not pass for this run's
+    started, load_before = datetime.now(timezone.utc).isoformat(timespec="seconds"), os.getloadavg()[0]
+    tick = time.perf_counter()
+    returncode = stream(argv, run_dir / "log.txt", env)
+    wall = time.perf_counter() - tick
+    record: dict[str, Any] = {
+        "schema": SCHEMA, "name": experiment.name, "task": experiment.task, "status": "ok",
+        "started": started, "synthetic": experiment.needs_assets(),
+        "experiment": {"file": relative(experiment.path), "config": relative(experiment.config),
+                       "defaults": relative(experiment.defaults) if experiment.defaults else None,
+                       "overrides": experiment.own, "label": experiment.label},
+        "command": ["python", *(a.replace(f"{REPO}/", "") for a in argv[1:])],  # paths relative to the repo
+        "log": relative(run_dir / "log.txt"), "wall_seconds": wall, **context,
+    }
+    if returncode != 0 or not (run_dir / "metrics.json").is_file():
+        tail = (run_dir / "log.txt").read_text(errors="replace").splitlines()[-40:]
+        return {**record, "status": "failed", "returncode": returncode, "log_tail": tail}
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    import torch
+
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    measured = measure_model(run_dir / "model", device)
+    valid, test = split_metrics(metrics)
+    epoch_seconds = metrics.get("median_epoch_seconds")
+    trained = [h for h in metrics["history"] if "epoch_seconds" in h]
+    total = measured["total_parameters"]
+    return {
+        **record,
+        "label": experiment.label or ("ID-only MF" if not config["model"]["item_text"] else config["adapter"]["method"]),
+        "method": config["adapter"]["method"], "backbone": config["backbone"]["name"],
+        "dataset": config["data"]["dataset"], "protocol": config["data"]["protocol"], "seed": config["train"]["seed"],
+        "config": config,
+        "parameters": {"trainable": metrics["trainable_parameters"],
+                       "backbone_trainable": metrics["backbone_trainable_parameters"],
+                       "trainable_in_artifact": measured["trainable_in_artifact"], "total": total,
+                       "trainable_percent": 100 * metrics["trainable_parameters"] / total},
+        "adapter_bytes": measured["adapter_bytes"],
+        "train": {"ratings_per_epoch": measured["train_ratings"], "epochs_trained": len(trained),
+                  "best_epoch": metrics["best_epoch"], "median_epoch_seconds": epoch_seconds,
+                  "ratings_per_second": measured["train_ratings"] / epoch_seconds if epoch_seconds else None,
+                  "ratings_trained": sum(metrics["ratings_per_process"]) if "ratings_per_process" in metrics else None,
+                  "num_processes": metrics.get("num_processes"), "recipe_wall_seconds": metrics["wall_seconds"]},
+        "inference": measured["inference"],
+        "peak_memory_mib": metrics["peak_memory_mib"],
+        "peak_memory_kind": "cuda_max_allocated" if gpu else "cpu_max_rss",
+        "load_average": {"before": load_before, "after": os.getloadavg()[0]},
+        "valid": valid, "test": test, "history": metrics["history"],
+    }
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One line on a finished experiment, for the progress output."""
+    if record["status"] != "ok":
+        return f"FAILED (exit {record['returncode']}); log: {record['log']}"
+    split, value = report.headline(record)
+    metric = report.metrics_of(record["task"], report.ranking_k(record))[0]
+    rate = record["train"]["ratings_per_second"]
+    return (f"{split} {metric.title} {value:.4f}, {record['parameters']['trainable']:,} trainable parameters, "
+            f"{report.fmt_si(rate)} training ratings/s, {record['wall_seconds']:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("experiments", nargs="*", type=Path, help="experiment YAML files")
+    parser.add_argument("--suite", help="a suite under benchmarks/suites (quick, ml100k) or a folder of experiments")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the JSON results (and REPORT.md)")
+    parser.add_argument("--runs", type=Path, help="folder for the recipes' outputs (default: runs/benchmarks/<out name>)")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for training and inference (default: torch's)")
+    parser.add_argument("--skip-done", action="store_true", help="skip experiments whose JSON says ok")
+    parser.add_argument("--no-report", action="store_true", help="do not write REPORT.md after a suite")
+    args = parser.parse_args(argv)
+    if bool(args.experiments) == bool(args.suite):
+        parser.error("give experiment files or --suite, not both or neither")
+    try:
+        experiments = [load_experiment(p) for p in (suite_files(args.suite) if args.suite else args.experiments)]
+    except ExperimentError as error:
+        parser.error(str(error))
+    if args.threads is not None:  # before torch is imported: it reads OMP_NUM_THREADS then
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    runs = args.runs or REPO / "runs" / "benchmarks" / args.out.resolve().name
+    args.out.mkdir(parents=True, exist_ok=True)
+    context = {"git": git_state(exclude=args.out), "versions": versions(), "hardware": hardware()}
+    failed, started = [], time.perf_counter()
+    for k, experiment in enumerate(experiments, 1):
+        target = args.out / f"{experiment.name}.json"
+        if args.skip_done and target.is_file() and json.loads(target.read_text()).get("status") == "ok":
+            print(f"[{k}/{len(experiments)}] {experiment.name}: done before, skipped", flush=True)
+            continue
+        print(f"[{k}/{len(experiments)}] {experiment.name}: {experiment.task}, {relative(experiment.config)} "
+              f"({time.perf_counter() - started:.0f} s elapsed)", flush=True)
+        record = run_experiment(experiment, runs, runs / ".assets", context, args.threads)
+        tmp = target.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        tmp.replace(target)
+        print(f"[{k}/{len(experiments)}] {experiment.name}: {summary(record)}", flush=True)
+        if record["status"] != "ok":
+            failed.append(experiment.name)
+    if args.suite and not args.no_report:
+        written = report.write_report(args.out, args.out / "REPORT.md")
+        print(f"report: {relative(written)}", flush=True)
+    print(f"{len(experiments) - len(failed)} of {len(experiments)} experiments ok in "
+          f"{time.perf_counter() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

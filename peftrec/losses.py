@@ -1,0 +1,46 @@
+"""Ranking losses over the items of an item-amortised batch (positives and sampled negatives)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def other_positives(users: torch.Tensor, positions: torch.Tensor, num_items: int) -> torch.Tensor:
+    """``(pairs, items)`` mask: True where the batch item is another positive of the pair's user.
+
+    Those items are not negatives for that pair, so the losses leave them out.
+    """
+    _, user_row = torch.unique(users, return_inverse=True)
+    positive = torch.zeros(int(user_row.max()) + 1 if len(users) else 0, num_items, dtype=torch.bool,
+                           device=users.device)
+    positive[user_row, positions] = True
+    mask = positive[user_row]
+    mask[torch.arange(len(positions), device=users.device), positions] = False
+    return mask
+
+
+def sampled_softmax(scores: torch.Tensor, positions: torch.Tensor, exclude: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of each pair's positive item against the batch's other items.
+
+    ``scores`` is ``(pairs, batch items)``; the candidates are the step's items (each appears
+    once per step, sampled uniformly, so no popularity correction is needed) plus any extra
+    random negatives; ``exclude`` masks the user's other positives.
+    """
+    logits = (scores / temperature).masked_fill(exclude, float("-inf"))
+    return F.cross_entropy(logits, positions)
+
+
+def bpr(scores: torch.Tensor, positions: torch.Tensor, exclude: torch.Tensor,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bayesian personalised ranking: -log sigmoid(s_pos - s_neg), one sampled negative per pair."""
+    rows = torch.arange(len(positions), device=scores.device)
+    weights = (~exclude).float()
+    weights[rows, positions] = 0.0
+    weights[weights.sum(1) == 0] = 1.0  # no negative in the batch for this pair: loss is constant
+    negatives = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    return -F.logsigmoid(scores[rows, positions] - scores[rows, negatives]).mean()
+
+
+LOSSES = {"softmax": sampled_softmax, "bpr": bpr}

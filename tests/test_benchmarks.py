@@ -1,0 +1,281 @@
+"""The benchmark harness: the quick suite end to end (~1.5 min), the report on hand-made results,
+and every shipped experiment resolving against its recipe's config schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import report
+from benchmarks.run import ExperimentError, load_experiment, suite_files
+from peftrec.config import RankingRecipeConfig, RatingRecipeConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+MINILM = 22_713_216  # parameters of the loaded model, made up
+SCHEMAS = {"rating": RatingRecipeConfig, "ranking": RankingRecipeConfig}
+
+
+# -- the quick suite, for real -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--suite", "quick", "--out", str(tmp / "out"),
+                             "--runs", str(tmp / "runs"), "--threads", "1"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return tmp / "out", result
+
+
+def test_quick_suite_writes_a_complete_json_per_experiment(quick):
+    out, result = quick
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    names = [p.stem for p in suite_files("quick")]
+    assert f"[1/{len(names)}] {names[0]}" in result.stdout  # progress is printed
+    records = {name: json.loads((out / f"{name}.json").read_text()) for name in names}
+    for name, r in records.items():
+        assert r["status"] == "ok" and r["schema"] == report.SCHEMA, name
+        assert r["config"]["output_dir"].endswith(name) and r["config"]["train"]["seed"] == 0
+        assert len(r["git"]["commit"]) == 40 and isinstance(r["git"]["dirty"], bool)
+        assert all(r["versions"][p] for p in ("torch", "transformers", "peft", "accelerate", "datasets"))
+        assert r["hardware"]["cpu"] and r["hardware"]["usable_cores"] >= 1 and r["hardware"]["torch_threads"] == 1
+        params = r["parameters"]
+        assert params["trainable_in_artifact"] == params["trainable"], name  # one count for every method
+        assert 0 < params["trainable"] <= params["total"]
+        assert r["adapter_bytes"] >= 4 * params["trainable"]  # every trained fp32 element is saved
+        train = r["train"]
+        assert train["ratings_per_second"] == pytest.approx(train["ratings_per_epoch"] / train["median_epoch_seconds"])
+        if r["task"] == "rating":  # the recipe's own count agrees with the training-set size
+            assert train["ratings_trained"] == train["ratings_per_epoch"] * train["epochs_trained"]
+            assert r["test"]["rmse"] == pytest.approx(math.sqrt(r["test"]["mse"]))
+        inference = r["inference"]
+        assert (inference["users"], inference["items"]) == (30, 60) and inference["scores_per_second"] > 0
+        assert r["peak_memory_mib"] > 0 and r["wall_seconds"] > train["recipe_wall_seconds"] > 0
+        headline = report.metrics_of(r["task"])[0].key
+        assert len(r["history"]) >= 2 and all(f"valid_{headline}" in h for h in r["history"])
+        assert headline in r["valid"] and headline in r["test"]
+
+    # parameter counts against their formulas (tiny BERT: hidden 64, 2 layers)
+    head = records["rating_frozen"]["parameters"]["trainable"]
+    lora, prefix = records["rating_lora"]["parameters"], records["rating_prefix"]["parameters"]
+    assert lora["backbone_trainable"] == 2 * 2 * 8 * (64 + 64)  # r=8 on query and value, 2 layers
+    assert prefix["backbone_trainable"] == 4 * 2 * 2 * 64  # 4 virtual tokens x (key, value) x 2 layers
+    assert lora["trainable"] == head + lora["backbone_trainable"]
+    assert records["rating_full"]["parameters"]["trainable"] == records["rating_full"]["parameters"]["total"]
+    assert records["rating_frozen"]["parameters"]["backbone_trainable"] == 0
+    assert records["rating_idonly"]["label"] == "ID-only MF"
+    assert records["rating_idonly"]["parameters"]["trainable"] < head  # no text projection
+    assert records["rating_p2_lora"]["protocol"] == "p2" and records["ranking_lora"]["protocol"] == "p3"
+
+
+def test_quick_suite_writes_the_report_and_its_plots(quick):
+    out, result = quick
+    assert result.returncode == 0
+    text = (out / "REPORT.md").read_text()
+    for name in (p.stem for p in suite_files("quick")):
+        assert f"`{name}`" in text
+    for title in ("Rating prediction: toy, P1", "Rating prediction: toy, P2", "Top-K ranking: toy, P3",
+                  "Warm (P1) against cold-start items (P2)", "tiny models and toy data"):
+        assert title in text
+    pngs = sorted(out.glob("REPORT_*.png"))
+    assert len(pngs) == 3
+    for png in pngs:
+        assert png.read_bytes().startswith(PNG) and f"]({png.name})" in text
+
+
+def test_a_crash_fails_its_experiment_not_the_suite(tmp_path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "a_crash.yaml").write_text("task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\n"
+                                        "overrides: {train.epochs: 0}\n")  # refused by the recipe at start-up
+    (suite / "b_done.yaml").write_text("task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b_done.json").write_text(json.dumps({"status": "ok"}))
+    result = subprocess.run([sys.executable, "benchmarks/run.py", "--suite", str(suite), "--out", str(out),
+                             "--runs", str(tmp_path / "runs"), "--skip-done", "--no-report"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "b_done: done before, skipped" in result.stdout and "failed: a_crash" in result.stdout
+    record = json.loads((out / "a_crash.json").read_text())
+    assert record["status"] == "failed" and record["returncode"] == 2
+    assert any("train.epochs" in line for line in record["log_tail"])
+    assert not (out / "REPORT.md").exists()
+
+
+# -- experiment files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [*suite_files("quick"), *suite_files("ml100k")], ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_shipped_experiment_resolves_against_its_recipe(path):
+    experiment = load_experiment(path)
+    assets = {"tiny_bert": "/x/tiny-bert", "tiny_gpt2": "/x/tiny-gpt2", "toy": "/x/toy"}
+    cfg = load_config(SCHEMAS[experiment.task], experiment.config, experiment.override_args(assets))
+    if path.parent.name == "ml100k":
+        assert cfg.data.dataset == "ml-100k" and cfg.backbone.name == "minilm"
+        assert cfg.data.protocol == {"p1": "p1", "p2": "p2", "p3": "p3"}[path.stem[:2]]
+        assert cfg.adapter.method == ("frozen" if path.stem.endswith("idonly") else path.stem[3:])
+        assert cfg.model.item_text == (not path.stem.endswith("idonly"))
+    else:
+        assert cfg.data.dataset == "files" and cfg.backbone.name.startswith("/x/")
+
+
+def test_ml100k_suite_covers_every_method_and_protocol():
+    names = {p.stem for p in suite_files("ml100k")}
+    methods = ("lora", "prefix", "top_layers", "full", "frozen", "idonly")
+    assert names == {f"{p}_{m}" for p in ("p1", "p2", "p3") for m in methods}
+
+
+def test_an_experiment_with_a_typo_or_an_unknown_placeholder_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\noverides: {}\n")
+    with pytest.raises(ExperimentError, match="overides"):
+        load_experiment(bad)
+    bad.write_text("task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\n"
+                   "overrides: {backbone.name: '${tiny_bret}'}\n")
+    with pytest.raises(ExperimentError, match="tiny_bret"):
+        load_experiment(bad)
+    bad.write_text("task: rating\nconfig: recipes/configs/nope.yaml\n")
+    with pytest.raises(ExperimentError, match=r"nope\.yaml"):
+        load_experiment(bad)
+
+
+# -- the report on hand-made results -------------------------------------------------------------
+
+
+def make_record(name: str, task: str = "rating", protocol: str = "p1", label: str = "lora",
+                headline: float = 0.9, trainable: int = 1000, **changes: Any) -> dict[str, Any]:
+    key = "rmse" if task == "rating" else "ndcg@10"
+    metrics = {"rmse": headline, "mse": headline**2, "mae": 0.7} if task == "rating" else \
+        {"ndcg@10": headline, "hr@10": 0.2, "mrr": 0.05}
+    record = {
+        "schema": report.SCHEMA, "name": name, "task": task, "status": "ok", "synthetic": False, "label": label,
+        "method": label, "backbone": "minilm", "dataset": "ml-100k", "protocol": protocol, "seed": 0,
+        "experiment": {"file": f"benchmarks/suites/ml100k/{name}.yaml", "config": "recipes/configs/x.yaml",
+                       "defaults": None, "overrides": {"adapter.method": label}, "label": None},
+        "command": ["python", f"recipes/train_{task}.py"], "log": f"runs/{name}/log.txt",
+        "config": {"data": {"dataset": "ml-100k", "protocol": protocol}, "ranking": {"k": 10}},
+        "git": {"commit": "a" * 40, "dirty": False, "changed": []},
+        "versions": {"python": "3.11", "torch": "2.13", "transformers": "5.24", "peft": "0.21",
+                     "accelerate": "1.15", "datasets": "5.2"},
+        "hardware": {"cpu": "Test CPU", "logical_cores": 2, "usable_cores": 2, "torch_threads": 2,
+                     "memory_gib": 8, "gpus": []},
+        "parameters": {"trainable": trainable, "backbone_trainable": 0, "trainable_in_artifact": trainable,
+                       "total": MINILM, "trainable_percent": 100 * trainable / MINILM},
+        "adapter_bytes": 4 * trainable,
+        "train": {"ratings_per_epoch": 80000, "median_epoch_seconds": 16.0, "ratings_per_second": 5000.0,
+                  "epochs_trained": 2, "best_epoch": 2, "num_processes": 1, "recipe_wall_seconds": 60.0},
+        "inference": {"scores_per_second": 2.0e7}, "peak_memory_mib": 2048.0, "peak_memory_kind": "cpu_max_rss",
+        "wall_seconds": 75.0, "load_average": {"before": 0.5, "after": 1.5},
+        "valid": {key: headline + 0.01}, "test": metrics,
+        "history": [{"epoch": e, f"valid_{key}": headline + 0.1 / (e + 1)} for e in range(3)],
+    }
+    for dotted, value in changes.items():  # e.g. train__ratings_per_second=...
+        target = record
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            target = target[part]
+        target[leaf] = value
+    return record
+
+
+def write_records(folder: Path, records: list[dict[str, Any]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        (folder / f"{record['name']}.json").write_text(json.dumps(record))
+    return folder
+
+
+def table_rows(text: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table after ``heading``, as lists of cells."""
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+HAND_MADE = [
+    make_record("p1_lora", label="lora", headline=0.912, trainable=269_315),
+    make_record("p1_full", label="full", headline=0.905, trainable=MINILM, train__ratings_per_second=800.0),
+    make_record("p1_idonly", label="ID-only MF", headline=0.940, trainable=140_000),
+    make_record("p2_lora", protocol="p2", label="lora", headline=1.010),
+    make_record("p3_lora", task="ranking", protocol="p3", label="lora", headline=0.080),
+    make_record("p3_frozen", task="ranking", protocol="p3", label="frozen", headline=0.085, trainable=120_000),
+]
+
+
+def test_report_tables_are_sorted_best_first_with_units(tmp_path):
+    results = write_records(tmp_path / "results", HAND_MADE)
+    text = report.write_report(results, tmp_path / "REPORT.md").read_text()
+    p1 = table_rows(text, "## Rating prediction: ml-100k, P1")
+    assert [row[0] for row in p1] == ["full", "lora", "ID-only MF"]  # lowest RMSE first
+    assert p1[0][1] == "**0.9050**" and p1[1][1] == "0.9120"
+    assert p1[1][6] == "269,315" and p1[0][7] == "100.0%"  # trainable params; % of all (capped by total)
+    assert "2 GiB" in p1[0] and "1 min 15 s" in p1[0] and "800" in p1[0] and "20M" in p1[0]
+    p3 = table_rows(text, "## Top-K ranking: ml-100k, P3")
+    assert [row[0] for row in p3] == ["frozen", "lora"]  # highest NDCG first
+    assert all(row[4] == "test" for row in p1 + p3)
+    warm_cold = table_rows(text, "## Warm (P1) against cold-start items (P2)")
+    assert ["lora", "minilm", "0.9120 (test)", "1.0100 (test)"] in warm_cold
+    assert "Test CPU, 2 usable of 2 logical cores" in text and "commit aaaaaaaaaa;" in text and "seed 0" in text
+    assert "full (minilm) has the best test RMSE, 0.9050" in text
+    for name in ("p1_lora", "p1_full", "p1_idonly", "p2_lora", "p3_lora", "p3_frozen"):
+        assert f"`{name}`" in text
+    assert len(list(tmp_path.glob("REPORT_*.png"))) == 3
+
+
+def test_report_flags_failures_dirty_trees_load_and_validation_only_numbers(tmp_path):
+    failed = {**make_record("p1_prefix"), "status": "failed", "returncode": 1, "log_tail": ["RuntimeError: boom"]}
+    dirty = make_record("p1_lora", git={"commit": "b" * 40, "dirty": True, "changed": ["peftrec/model.py"]},
+                        load_average={"before": 3.9, "after": 4.2})
+    valid_only = make_record("p1_top", label="top_layers", headline=0.95, test={})
+    results = write_records(tmp_path / "results", [failed, dirty, valid_only])
+    text = report.write_report(results, tmp_path / "REPORT.md", plots=False).read_text()
+    assert "## Failed experiments" in text and "`p1_prefix`" in text and "RuntimeError: boom" in text
+    assert "1 experiment(s) failed" in text
+    assert "with uncommitted changes" in text and "load average 0.5 to 4.2 on 2 cores" in text
+    rows = {row[0]: row for row in table_rows(text, "## Rating prediction: ml-100k, P1")}
+    assert rows["top_layers"][1] == "0.9600" and rows["top_layers"][4] == "valid"
+    assert "![" not in text and not list(tmp_path.glob("*.png"))
+
+
+def test_report_has_a_slot_for_the_seed_style_baseline(tmp_path):
+    results = write_records(tmp_path / "results", HAND_MADE[:1])
+    text = report.write_report(results, tmp_path / "REPORT.md", plots=False).read_text()
+    assert "## Seed-style baseline (benchmarks/speed.py)" in text and "Not measured here" in text
+    speed = {"environment": {"model": "MiniLM", "data": "ml-100k P1"},  # in the results' parent, as speed.py writes
+             "methods": {"lora": {"seed_style": {"ratings_per_second": 90.0}, "peftrec": {"ratings_per_second": 5691.0},
+                                  "ratios": {"ratings_per_second": 63.23}}}}
+    (tmp_path / "speed_ml100k.json").write_text(json.dumps(speed))
+    (tmp_path / "speed_ml100k.md").write_text("# speed\n")
+    text = report.write_report(results, tmp_path / "REPORT.md", plots=False).read_text()
+    assert "[`speed_ml100k.md`](speed_ml100k.md) (MiniLM, ml-100k P1)" in text
+    assert ["lora", "90", "5.69k", "63.2x"] in table_rows(text, "## Seed-style baseline")
+    (tmp_path / "speed_ml100k.json").write_text(json.dumps({"other": {"layout": 1.5}}))
+    text = report.write_report(results, tmp_path / "REPORT.md", plots=False).read_text()
+    assert ["`other.layout`", "1.5"] in table_rows(text, "## Seed-style baseline")
+
+
+def test_report_ignores_other_json_and_refuses_an_empty_folder(tmp_path):
+    (tmp_path / "notes.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="no benchmark results"):
+        report.write_report(tmp_path, tmp_path / "REPORT.md")
+    write_records(tmp_path, [copy.deepcopy(HAND_MADE[0])])
+    assert [r["name"] for r in report.load_results(tmp_path)] == ["p1_lora"]
+
+
+def test_number_formats():
+    assert report.fmt_si(1_234_567) == "1.23M" and report.fmt_si(950) == "950" and report.fmt_si(None) == report.NA
+    assert report.fmt_bytes(1536) == "1.5 KiB" and report.fmt_bytes(3 * 2**30) == "3 GiB"
+    assert report.fmt_seconds(12.34) == "12.3 s" and report.fmt_seconds(125) == "2 min 05 s"
+    assert report.fmt_seconds(3 * 3600 + 600) == "3 h 10 min"
+    assert report.fmt_percent(0.0123) == "0.012%" and report.fmt_percent(1.2) == "1.20%"

@@ -1,0 +1,29 @@
+"""Every shipped recipe config parses under its recipe's schema and names its launch command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from peftrec.config import RankingRecipeConfig, RatingRecipeConfig, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+SCHEMAS = {"rating": (RatingRecipeConfig, "recipes/train_rating.py"),
+           "ranking": (RankingRecipeConfig, "recipes/train_ranking.py")}
+
+
+def test_configs_are_shipped_for_both_tasks():
+    assert {path.stem.rsplit("_", 1)[1] for path in CONFIGS} == set(SCHEMAS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_parses(path):
+    schema, recipe = SCHEMAS[path.stem.rsplit("_", 1)[1]]
+    cfg = load_config(schema, path)
+    header = path.read_text().splitlines()[:4]
+    assert any(f"{recipe} --config recipes/configs/{path.name}" in line for line in header), path.name
+    assert cfg.output_dir.endswith(path.stem), "output_dir names the config"
+    backbone, method = path.stem.split("_")[0], path.stem.split("_", 1)[1].rsplit("_", 1)[0]
+    assert method == "idonly" or cfg.adapter.method == method
+    assert backbone in cfg.backbone.name
