@@ -15,8 +15,9 @@ trained blocks on them, with the library's own attention-mask helper.
   A cache larger than ``max_mib`` is refused before anything is computed.
 - Invalidated when texts change: it is keyed by a hash of the token lists (:meth:`matches`),
   every lookup checks the batch's token ids against the cached ones, and a lookup after a frozen
-  weight was modified in place (``load_state_dict``, an optimizer) raises instead of returning
-  stale states.
+  weight changed raises instead of returning stale states. (A write to a frozen weight is seen
+  through its version counter; reloading the same values, as resuming a checkpoint does, is then
+  told apart by a checksum and keeps the cache.)
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ class _Captured(Exception):
 class LowerLayerCache:
     """Hidden states entering the first trained block, for every text of ``token_lists``.
 
-    Build it on the backbone's device (after ``accelerator.prepare``); :meth:`top` then gives the
-    last hidden states of any batch of those texts by running only the trained blocks.
+    The states stay on the device the backbone had when the cache was built (build it after
+    ``accelerator.prepare`` to keep them on the GPU); :meth:`top` gives the last hidden states of
+    any batch of those texts by running only the trained blocks.
     """
 
     def __init__(self, backbone: nn.Module, token_lists: Sequence[Sequence[int]], pad_id: int, *,
@@ -86,7 +88,7 @@ class LowerLayerCache:
         if moving:
             raise ValueError(f"lower-layer cache: the layers below block {self.start} must be frozen, but "
                              f"{moving[:3]} train (adapter.method=top_layers freezes them)")
-        self.version = self._weights_version()
+        self.version, self.checksum = self._weights_version(), self._weights_checksum()
 
         lengths = torch.tensor([len(t) for t in token_lists])
         parameter = next(backbone.parameters())
@@ -112,12 +114,21 @@ class LowerLayerCache:
 
     def matches(self, token_lists: Sequence[Sequence[int]]) -> bool:
         """True when the cache holds exactly these tokenized texts and the frozen weights it saw."""
-        return self.version == self._weights_version() and token_key(token_lists) == self.key
+        return self.weights_unchanged() and token_key(token_lists) == self.key
+
+    def weights_unchanged(self) -> bool:
+        """Whether the frozen weights are those the cache was built from."""
+        if self._weights_version() == self.version:
+            return True
+        if torch.equal(self._weights_checksum(), self.checksum):  # written, but with the same values
+            self.version = self._weights_version()
+            return True
+        return False
 
     def top(self, item_index: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states ``(batch, width, hidden)`` of right-padded texts ``input_ids``,
         texts number ``item_index`` of the cached token lists, from the trained blocks alone."""
-        if self.version != self._weights_version():
+        if not self.weights_unchanged():
             raise RuntimeError("lower-layer cache: a frozen weight changed since the cache was built; "
                                "build it again (RecModel.cache_lower_layers)")
         items = item_index.cpu()
@@ -152,6 +163,10 @@ class LowerLayerCache:
 
     def _weights_version(self) -> int:
         return sum(p._version for _, p in self.frozen)  # bumped by every in-place write
+
+    @torch.no_grad()
+    def _weights_checksum(self) -> torch.Tensor:
+        return torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]).cpu() for _, p in self.frozen])
 
     @torch.no_grad()
     def _fill(self, backbone: nn.Module, token_lists: Sequence[Sequence[int]], pad_id: int, batch_size: int) -> None:

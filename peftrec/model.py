@@ -10,7 +10,7 @@ from torch import nn
 
 from .backbones import Pooling, pool
 from .heads import RatingHead
-from .layer_cache import LowerLayerCache
+from .layer_cache import LowerLayerCache, token_key
 from .tokens import length_sorted_batches, pad_batch, tokenize_texts
 
 
@@ -24,6 +24,17 @@ class RecModel(nn.Module):
         self.pooling = pooling
         self.pad_id = pad_id
         self.layer_cache: LowerLayerCache | None = None
+        self.feature_cache: tuple[str, torch.Tensor] | None = None  # (token key, pooled features)
+
+    def cache_features(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> None:
+        """For a frozen backbone: encode each text once; ``forward`` (through ``item_index``) and
+        ``encode_texts(token_lists)`` then look the pooled features up, so training runs no LM."""
+        if any(p.requires_grad for p in self.backbone.parameters()):
+            raise ValueError("cache_features: the backbone trains, so cached features would go stale")
+        key = token_key(token_lists)
+        if self.feature_cache is None or self.feature_cache[0] != key:
+            self.feature_cache = None
+            self.feature_cache = (key, self.encode_texts(token_lists, batch_size))
 
     def cache_lower_layers(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256,
                            max_mib: float = 1024.0) -> LowerLayerCache:
@@ -48,6 +59,8 @@ class RecModel(nn.Module):
         With a lower-layer cache and ``item_index`` (the rows' texts in the cached token lists),
         only the trained top blocks run, on the cached states.
         """
+        if self.feature_cache is not None and item_index is not None:
+            return self.feature_cache[1][item_index.cpu()].to(input_ids.device)
         if self.layer_cache is not None and item_index is not None:
             hidden = self.layer_cache.top(item_index, input_ids, attention_mask)
         else:
@@ -74,6 +87,8 @@ class RecModel(nn.Module):
     def encode_texts(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
         """Pooled encodings of many tokenized texts, in length-sorted batches, in input order
         (from the lower-layer cache when it holds exactly these texts)."""
+        if self.feature_cache is not None and self.feature_cache[0] == token_key(token_lists):
+            return self.feature_cache[1].clone()
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device

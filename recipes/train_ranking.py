@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
                                    num_items=num_items, task="ranking")
     item_texts = dataset.item_texts(cfg.data.item_template)
     tokens = tokenize_texts(tokenizer, item_texts, cfg.data.max_length)
+    if cfg.adapter.method == "top_layers":  # the frozen lower blocks run once per item text
+        model.cache_lower_layers(tokens, cfg.train.eval_batch_size)
+    elif not any(p.requires_grad for p in model.backbone.parameters()):  # frozen: the LM runs once
+        model.cache_features(tokens, cfg.train.eval_batch_size)
     if model.head.user_text_proj is not None:
         user_texts = dataset.user_texts(cfg.data.user_template)
         model.head.user_text.copy_(model.encode_texts(tokenize_texts(tokenizer, user_texts, cfg.data.max_length)))

@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer = build_model(cfg.backbone, cfg.adapter, cfg.model,
                                    num_users=len(dataset.user_ids), num_items=len(dataset.item_ids))
     tokens = tokenize_texts(tokenizer, item_texts, cfg.data.max_length)
+    if cfg.adapter.method == "top_layers":  # the frozen lower blocks run once per item text
+        model.cache_lower_layers(tokens, cfg.train.eval_batch_size)
+    elif not any(p.requires_grad for p in model.backbone.parameters()):  # frozen: the LM runs once
+        model.cache_features(tokens, cfg.train.eval_batch_size)
     if user_texts is not None:
         model.head.user_text.copy_(model.encode_texts(tokenize_texts(tokenizer, user_texts, cfg.data.max_length)))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -106,6 +106,10 @@ def test_changed_texts_or_weights_invalidate_the_cache(tiny_bert):
     model(**batch(model, changed))
 
     model.eval()
+    kept, version = model.layer_cache, model.layer_cache.version
+    model.load_state_dict(model.state_dict())  # the same values written again (resuming a checkpoint)
+    assert kept._weights_version() != version and model.cache_lower_layers(changed) is kept
+    before = model(**batch(model, changed))[0]
     with torch.no_grad():
         model.backbone.embeddings.word_embeddings.weight.mul_(2.0)  # a frozen weight changes
     with pytest.raises(RuntimeError, match="frozen weight changed"):
@@ -114,6 +118,7 @@ def test_changed_texts_or_weights_invalidate_the_cache(tiny_bert):
     model.cache_lower_layers(changed)
     cached = model.encode(fresh["input_ids"], fresh["attention_mask"], fresh["item_index"])
     assert (cached - model.encode(fresh["input_ids"], fresh["attention_mask"])).abs().max() < 1e-5
+    assert not torch.allclose(model(**fresh)[0], before)
 
 
 def test_cache_size_is_bounded_and_stated(tiny_bert):
@@ -151,3 +156,24 @@ def test_other_bert_family_encoders(kind):
     cached = cache.top(torch.arange(4), input_ids, attention_mask)
     real = attention_mask.bool()
     assert (cached[real] - full[real]).abs().max() < 1e-5
+
+
+def test_frozen_backbone_features_are_encoded_once(tiny_bert):
+    """A frozen backbone's pooled features are cached: training steps and evaluation run no LM."""
+    model, tokenizer = build_model(BackboneConfig(name=str(tiny_bert)), AdapterConfig(method="frozen"),
+                                   ModelConfig(dim=4), num_users=3, num_items=4)
+    tokens = tokenize_texts(tokenizer, ["good movie", "bad film", "drama", "comedy of the year"], 16)
+    expected = model.encode_texts(tokens)
+    model.cache_features(tokens)
+    calls = []
+    model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    assert torch.equal(model.encode_texts(tokens), expected)
+    input_ids, attention_mask = pad_batch([tokens[i] for i in (2, 0)], tokenizer.pad_token_id)
+    scores, _ = model(input_ids, attention_mask, torch.tensor([2, 0]), torch.tensor([1, 1, 0]),
+                      torch.tensor([0, 1, 1]))
+    assert calls == [] and scores.shape == (3,)
+    assert torch.allclose(model.encode(input_ids, attention_mask, torch.tensor([2, 0])), expected[[2, 0]])
+    lora, _ = build_model(BackboneConfig(name=str(tiny_bert)), AdapterConfig(method="lora"), ModelConfig(),
+                          num_users=3, num_items=4)
+    with pytest.raises(ValueError, match="the backbone trains"):
+        lora.cache_features(tokens)
