@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from transformers import BertModel
 
+from benchmarks.tiny import write_toy_data
 from peftrec.data import DataError, load_files, split_rows
 from peftrec.training import ItemShuffler, LengthBucketBatches
 
-from ..conftest import write_toy_data
 from .test_train_rating import BIN, RECIPE, REPO, tiny_overrides
 
 SETTINGS = ["train.epochs=2", "train.items_per_step=8", "adapter.dropout=0.0"]
