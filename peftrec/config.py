@@ -81,6 +81,7 @@ class BackboneConfig:
     )
     trust_remote_code: bool = option(False, "allow custom model code from the Hub")
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype")
+    dropout: float | None = option(None, "set every dropout inside the backbone to this (null: keep its own)")
 
 
 @dataclass
@@ -387,6 +388,7 @@ LIMITS = {
     "adapter.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "model.dim": (lambda v: v >= 1, "at least 1"),
     "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "backbone.dropout": (lambda v: v is None or 0 <= v < 1, "null or in [0, 1)"),
     "train.epochs": (lambda v: v >= 1, "at least 1"),
     "train.items_per_step": (lambda v: v >= 1, "at least 1"),
     "train.grad_accum": (lambda v: v >= 1, "at least 1"),

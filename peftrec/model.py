@@ -114,6 +114,10 @@ def build_model(backbone_cfg, adapter_cfg, model_cfg, *, num_users: int, num_ite
                              trust_remote_code=backbone_cfg.trust_remote_code,
                              quantization_config=quantization_config(adapter_cfg))
     disable_4bit_cpu_repacking(backbone)
+    if backbone_cfg.dropout is not None:  # e.g. 0: train on the same features the head warmed up on
+        for module in backbone.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = backbone_cfg.dropout
     pooling = default_pooling(backbone.config) if backbone_cfg.pooling == "auto" else backbone_cfg.pooling
     text_dim = backbone.config.hidden_size
     head = HEADS[task](text_dim, num_users, num_items, model_cfg.dim, item_ids=model_cfg.item_ids,

@@ -173,3 +173,15 @@ def test_item_amortised_batches_cover_every_rating_once():
     assert list(sampler) != first  # a new order each epoch
     sampler.sampler.set_epoch(0)
     assert list(sampler) == first  # and the same order for the same epoch
+
+
+def test_backbone_dropout_can_be_switched_off(tiny_bert):
+    """backbone.dropout=0 makes training-mode encodings deterministic (no dropout anywhere inside)."""
+    model, tokenizer = build_model(BackboneConfig(name=str(tiny_bert), dropout=0.0), AdapterConfig(dropout=0.0),
+                                   ModelConfig(dim=DIM), num_users=NUM_USERS, num_items=NUM_ITEMS)
+    default, _ = make(tiny_bert, "lora")
+    input_ids, attention_mask = pad_batch(tokenize_texts(tokenizer, TEXTS[:4], 32), tokenizer.pad_token_id)
+    model.train()
+    default.train()
+    assert torch.equal(model.encode(input_ids, attention_mask), model.encode(input_ids, attention_mask))
+    assert not torch.equal(default.encode(input_ids, attention_mask), default.encode(input_ids, attention_mask))
