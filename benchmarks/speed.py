@@ -330,7 +330,7 @@ def serving(model: RecModel, tokenizer, setup: dict, repeats: int) -> dict:
     return out
 
 
-def load_setup(quick: bool, folder: Path) -> dict:
+def load_setup(quick: bool, folder: Path, extra: list[str] = ()) -> dict:
     """Data, tokens and tokenizer shared by all methods (``quick``: tiny BERT and toy data)."""
     overrides = []
     if quick:
@@ -339,6 +339,7 @@ def load_setup(quick: bool, folder: Path) -> dict:
                      "data.item_template={title}. Genres: {genres}.", "data.max_length=16", "model.dim=8",
                      f"backbone.name={write_tiny_bert(folder / 'tiny-bert')}", "train.items_per_step=16",
                      "train.head_warmup_epochs=2", "adapter.top_k_layers=1"]
+    overrides += list(extra)
     cfg = recipe_config("lora", overrides)
     dataset = load_data(cfg.data)
     split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
@@ -436,13 +437,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, one per core; --quick: 1)")
     parser.add_argument("--note", action="append", default=[], help="a line for the Markdown report")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every method, e.g. adapter.top_k_layers=1")
+    parser.add_argument("--name", default=None, help="result file name (default from model and threads)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
-    name = "quick" if args.quick else f"minilm_p1_{torch.get_num_threads()}thread"
+    name = args.name or ("quick" if args.quick else f"minilm_p1_{torch.get_num_threads()}thread")
     load_before = os.getloadavg()
     log(f"speed benchmark ({name}); load average {load_before[0]:.2f}, {torch.get_num_threads()} torch threads")
     with tempfile.TemporaryDirectory() as folder:
-        setup = load_setup(args.quick, Path(folder))
+        setup = load_setup(args.quick, Path(folder), args.set)
         log(f"{len(setup['train']):,} training ratings, {len(setup['tokens']):,} item texts "
             f"({len(setup['train']) / len(setup['tokens']):.1f} ratings per text)")
         log(f"torch 1024x1024 fp32 matmul: {matmul_flops_per_second() / 1e9:.1f} GFLOP/s")
@@ -455,7 +459,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "torch": torch.__version__, "dtype": "float32", "load_before": load_before,
                         "load_after": os.getloadavg()},
-        "train_config": asdict(setup["train_config"]), "methods": methods, "serving": serve, "notes": args.note,
+        "train_config": asdict(setup["train_config"]), "overrides": args.set, "methods": methods, "serving": serve,
+        "notes": args.note,
     }
     full_run = not args.quick and {"lora", "top_layers"} <= set(methods)
     results["bars"] = {bar: bool(test(results)) for bar, test in BARS.items()} if full_run else {}
