@@ -203,14 +203,16 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML; `load_config(type(cfg), path)` gives it back."""
+    """Write the resolved config as YAML, atomically; `load_config(type(cfg), path)` gives it back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = config_to_dict(cfg)
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     if yaml.safe_load(text) != data:  # e.g. U+0085 written raw is read back as a line break
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=False)
-    path.write_text(text, encoding="utf-8")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)  # a crash mid-write never leaves a truncated config
 
 
 def parse_cli(cls: type[T], argv: Sequence[str] | None = None) -> T:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import resource
 import sys
 import time
@@ -253,8 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         catalog = Catalog(user_ids=dataset.user_ids, item_ids=dataset.item_ids, item_texts=item_texts,
                           seen_users=train.users, seen_items=train.items)
-        save_config(cfg, out / ".config.yaml.tmp")
-        os.replace(out / ".config.yaml.tmp", out / "config.yaml")
+        save_config(cfg, out / "config.yaml")
         save_artifact(out / "model", unwrapped, tokenizer, catalog, backbone=cfg.backbone.name,
                       method=cfg.adapter.method, max_length=cfg.data.max_length,
                       config_yaml=(out / "config.yaml").read_text())
