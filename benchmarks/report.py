@@ -142,7 +142,8 @@ def fmt_bytes(n: float | None) -> str:
         return NA
     for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if n >= scale:
-            return f"{n / scale:.3g} {suffix}"
+            value = n / scale
+            return f"{value:.3g} {suffix}" if value < 1000 else f"{value:.0f} {suffix}"  # not 1.01e+03
     return f"{n:.0f} B"
 
 
