@@ -154,6 +154,15 @@ def predict_ratings(head: RatingHead, item_text: torch.Tensor, users: np.ndarray
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
+def peak_memory_mib() -> float:
+    """Peak memory of this process: CUDA's allocator peak on a GPU, else the maximum RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rmse(predictions: np.ndarray, references: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(predictions) - np.asarray(references)) ** 2)))
 

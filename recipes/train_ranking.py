@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import resource
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,13 @@ from peftrec.metrics import load_metric
 from peftrec.model import build_model
 from peftrec.ranking import ranking_step_loss, seen_mask, target_ranks, warm_up_ranking_head
 from peftrec.tokens import tokenize_texts
-from peftrec.training import EarlyStopping, ItemRatingsCollator, ItemShuffler, LengthBucketBatches
+from peftrec.training import (
+    EarlyStopping,
+    ItemRatingsCollator,
+    ItemShuffler,
+    LengthBucketBatches,
+    peak_memory_mib,
+)
 
 logger = get_logger("peftrec.train_ranking")
 
@@ -186,8 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         **{f"test_{key}": v for key, v in test_scores.items()},
         "trainable_parameters": trainable, "backbone_trainable_parameters": backbone_trainable,
         "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
-        "peak_memory_mib": (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
-                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_memory_mib": peak_memory_mib(),
         "wall_seconds": time.perf_counter() - started, "num_processes": accelerator.num_processes,
         "history": history,
     }

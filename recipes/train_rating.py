@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import resource
 import sys
 import time
 from pathlib import Path
@@ -59,6 +58,7 @@ from peftrec.training import (
     LengthBucketBatches,
     SplitBatches,
     evaluate_ratings,
+    peak_memory_mib,
     rating_loader,
     warm_up_head,
 )
@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     if resume_from is None:
         head.init_biases(torch.as_tensor(train.users), torch.as_tensor(train.items), torch.as_tensor(train.ratings))
         item_text = model.encode_texts(tokens, cfg.train.eval_batch_size)
-        warm = warm_up_head(head, item_text, train.users, train.items, train.ratings,
-                            epochs=cfg.train.head_warmup_epochs, batch_size=cfg.train.head_batch_size,
-                            lr=cfg.train.head_lr, l2=cfg.train.l2, seed=cfg.train.seed)
-        logger.info("head warm-up: %d epochs on frozen text features", len(warm) or cfg.train.head_warmup_epochs)
+        warm_up_head(head, item_text, train.users, train.items, train.ratings,
+                     epochs=cfg.train.head_warmup_epochs, batch_size=cfg.train.head_batch_size,
+                     lr=cfg.train.head_lr, l2=cfg.train.l2, seed=cfg.train.seed)
+        logger.info("head warm-up: %d epochs on frozen text features", cfg.train.head_warmup_epochs)
 
     # optimizer, schedule and item-amortised batches: one LM pass per distinct item per step;
     # with several processes each takes a piece of every step's items (SplitBatches). The loader
@@ -231,16 +231,13 @@ def main(argv: list[str] | None = None) -> dict:
     stopper.restore(unwrapped)
     item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
     test_scores = evaluate_ratings(accelerator, unwrapped.head, item_text, test_loader, metric)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if torch.cuda.is_available():
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
     epoch_seconds = [h["epoch_seconds"] for h in progress.history if "epoch_seconds" in h]
     results = {
         "best_epoch": stopper.best_epoch, "valid_rmse": stopper.best,
         **{f"test_{k}": v for k, v in test_scores.items()},
         "trainable_parameters": trainable, "backbone_trainable_parameters": backbone_trainable,
         "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
-        "peak_memory_mib": peak_mib, "wall_seconds": time.perf_counter() - started,
+        "peak_memory_mib": peak_memory_mib(), "wall_seconds": time.perf_counter() - started,
         "num_processes": accelerator.num_processes, "ratings_per_process": progress.ratings_per_process,
         "steps": progress.step, "resumed_from": str(resume_from) if resume_from else None,
         "history": progress.history,
