@@ -4,8 +4,11 @@
 
 The report has one table per task, dataset and protocol (best first), warm (P1) against cold-start
 (P2) rating side by side, and three PNG plots next to it: accuracy against trainable parameters,
-throughput per method, and learning curves. A ``speed_*.json`` of ``benchmarks/speed.py`` in the
-results folder or its parent (the seed-style baseline) gets its own section.
+throughput per method, and learning curves. Runs of one task, dataset and protocol that differ in
+``data.train_fraction`` (the sparse suite) also get a "Sparse data" section: the headline metric
+per fraction of the training ratings and model, and a plot of it (``<report>_sparse.png``). A
+``speed_*.json`` of ``benchmarks/speed.py`` in the results folder or its parent (the seed-style
+baseline) gets its own section.
 """
 
 from __future__ import annotations
@@ -101,22 +104,51 @@ def group_phrase(key: tuple[str, str, str]) -> str:
     return f"{task} on {dataset} {name}" + (f" ({detail})" if detail else "")
 
 
+def label_of(record: dict[str, Any]) -> str:
+    """The run's label, which says "random init" when the backbone's weights were not the
+    pretrained ones (``backbone.init: random``)."""
+    label = record["label"]
+    random = record["config"].get("backbone", {}).get("init") == "random"
+    return f"{label}, random init" if random and "random" not in label.lower() else label
+
+
 def display_name(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
     """The method's label, with the backbone when the results hold several backbones."""
     if len({r["backbone"] for r in records if r["status"] == "ok"}) > 1:
-        return f"{record['label']} ({backbone_name(record)})"
-    return record["label"]
+        return f"{label_of(record)} ({backbone_name(record)})"
+    return label_of(record)
+
+
+def train_fraction(record: dict[str, Any]) -> float:
+    """The fraction of the training ratings the run trained on (``data.train_fraction``)."""
+    return record["config"]["data"].get("train_fraction", 1.0)
+
+
+def fmt_fraction(fraction: float) -> str:
+    return f"{100 * fraction:.3g}%"
+
+
+def several_fractions(records: list[dict[str, Any]]) -> bool:
+    return len({train_fraction(r) for r in records if r["status"] == "ok"}) > 1
+
+
+def run_name(record: dict[str, Any], records: list[dict[str, Any]], name: str | None = None) -> str:
+    """``name`` (default: ``display_name``), with the fraction of the training ratings when the
+    runs differ in it."""
+    name = name or display_name(record, records)
+    return f"{name}, {fmt_fraction(train_fraction(record))}" if several_fractions(records) else name
 
 
 def grouped(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
-    """Successful records by (task, dataset, protocol), each group sorted best first."""
+    """Successful records by (task, dataset, protocol), each group sorted best first (the runs on
+    the most training ratings first, when they differ in ``data.train_fraction``)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for record in records:
         if record["status"] == "ok":
             groups.setdefault(group_key(record), []).append(record)
     for key, members in groups.items():
         lower = metrics_of(key[0])[0].lower_is_better
-        members.sort(key=lambda r: headline(r)[1] if lower else -headline(r)[1])
+        members.sort(key=lambda r: (-train_fraction(r), headline(r)[1] if lower else -headline(r)[1]))
     return dict(sorted(groups.items(), key=lambda item: (item[0][0] != "rating", item[0][1], item[0][2])))
 
 
@@ -177,27 +209,32 @@ def table(header: list[str], rows: list[list[str]], align: str) -> str:
 
 def task_table(members: list[dict[str, Any]]) -> str:
     """One row per experiment, best first; the best headline value in bold. A backbone column
-    only when the table holds several backbones (else the section title names it)."""
+    only when the table holds several backbones (else the section title names it), a train
+    fraction column (and the best of each fraction in bold) only when the runs differ in it."""
     task, k = members[0]["task"], ranking_k(members[0])
     metrics = metrics_of(task, k)
     several = len({r["backbone"] for r in members}) > 1
+    fractions = several_fractions(members)
     arrow = "↓" if metrics[0].lower_is_better else "↑"
-    header = ["method", *(["backbone"] if several else []), f"{metrics[0].title} {arrow}",
+    header = ["method", *(["backbone"] if several else []), *(["train fraction"] if fractions else []),
+              f"{metrics[0].title} {arrow}",
               *(m.title for m in metrics[1:]), "on", f"valid {metrics[0].title}", "trainable params", "% of all",
               "adapter + head", "train ratings/s", "serving scores/s", "peak memory", "wall time"]
     rows = []
     for rank, r in enumerate(members):
         split, value = headline(r)
         best = fmt_metric(value)
+        first = rank == 0 or train_fraction(members[rank - 1]) != train_fraction(r)  # sorted by fraction first
         rows.append([
-            r["label"], *([backbone_name(r)] if several else []), f"**{best}**" if rank == 0 else best,
+            label_of(r), *([backbone_name(r)] if several else []),
+            *([fmt_fraction(train_fraction(r))] if fractions else []), f"**{best}**" if first else best,
             *(fmt_metric(r[split].get(m.key)) for m in metrics[1:]), split,
             fmt_metric(r["valid"].get(metrics[0].key)), fmt_int(r["parameters"]["trainable"]),
             fmt_percent(r["parameters"]["trainable_percent"]), fmt_bytes(r["adapter_bytes"]),
             fmt_si(r["train"]["ratings_per_second"]), fmt_si(r["inference"]["scores_per_second"]),
             fmt_bytes(r["peak_memory_mib"] * 2**20), fmt_seconds(r["wall_seconds"]),
         ])
-    return table(header, rows, "l" + "l" * several + "r" * len(metrics) + "l" + "r" * 8)
+    return table(header, rows, "l" + "l" * several + "r" * fractions + "r" * len(metrics) + "l" + "r" * 8)
 
 
 def section_title(key: tuple[str, str, str], members: list[dict[str, Any]]) -> str:
@@ -212,9 +249,9 @@ def warm_cold_table(groups: dict[tuple[str, str, str], list[dict[str, Any]]]) ->
         warm, cold = groups.get(("rating", dataset, "p1"), []), groups.get(("rating", dataset, "p2"), [])
         if not (warm and cold):
             continue
-        by_label = {(r["label"], backbone_name(r)): {"p1": headline(r)} for r in warm}
+        by_label = {(run_name(r, warm + cold, label_of(r)), backbone_name(r)): {"p1": headline(r)} for r in warm}
         for r in cold:
-            by_label.setdefault((r["label"], backbone_name(r)), {})["p2"] = headline(r)
+            by_label.setdefault((run_name(r, warm + cold, label_of(r)), backbone_name(r)), {})["p2"] = headline(r)
         rows = []
         for (label, backbone), found in sorted(by_label.items(), key=lambda kv: kv[1].get("p1", ("", math.inf))[1]):
             cells = [f"{found[p][1]:.4f} ({found[p][0]})" if p in found else NA for p in ("p1", "p2")]
@@ -236,12 +273,14 @@ def summary(groups: dict[tuple[str, str, str], list[dict[str, Any]]], records: l
         metric = metrics_of(key[0], ranking_k(members[0]))[0]
         best = members[0]
         split, value = headline(best)
-        text = (f"On {group_phrase(key)}, {best['label']} ({backbone_name(best)}) has the best {split} "
+        most = f" with {fmt_fraction(train_fraction(best))} of the training ratings" if several_fractions(members) else ""
+        text = (f"On {group_phrase(key)}{most}, {label_of(best)} ({backbone_name(best)}) has the best {split} "
                 f"{metric.title}, {value:.4f}, training {fmt_int(best['parameters']['trainable'])} parameters "
                 f"({fmt_percent(best['parameters']['trainable_percent'])} of the model)")
-        fewest = min(members, key=lambda r: r["parameters"]["trainable"])
+        fewest = min((r for r in members if train_fraction(r) == train_fraction(best)),
+                     key=lambda r: r["parameters"]["trainable"])
         if fewest is not best:
-            text += (f"; {fewest['label']}, with the fewest ({fmt_int(fewest['parameters']['trainable'])}), "
+            text += (f"; {label_of(fewest)}, with the fewest ({fmt_int(fewest['parameters']['trainable'])}), "
                      f"scores {headline(fewest)[1]:.4f}")
         sentences.append(text + ".")
     rates = [r for r in ok if r["train"]["ratings_per_second"]]
@@ -249,8 +288,8 @@ def summary(groups: dict[tuple[str, str, str], list[dict[str, Any]]], records: l
         slow = min(rates, key=lambda r: r["train"]["ratings_per_second"])
         fast = max(rates, key=lambda r: r["train"]["ratings_per_second"])
         sentences.append(f"Training throughput ranges from {fmt_si(slow['train']['ratings_per_second'])} ratings/s "
-                         f"({slow['label']}, {slow['task']}) to {fmt_si(fast['train']['ratings_per_second'])} "
-                         f"({fast['label']}, {fast['task']}).")
+                         f"({label_of(slow)}, {slow['task']}) to {fmt_si(fast['train']['ratings_per_second'])} "
+                         f"({label_of(fast)}, {fast['task']}).")
     if ok:
         seeds = sorted({r["seed"] for r in ok})
         sentences.append(f"Every number comes from one run with seed {', '.join(map(str, seeds))}, so small "
@@ -339,12 +378,142 @@ def relative_link(path: Path, base: Path) -> str:
         return "../" + path.name if path.parent.resolve() == base.resolve().parent else str(path)
 
 
+# -- sparse data -------------------------------------------------------------------------------
+
+
+SPARSE_PLOT = "Accuracy against the fraction of training ratings"
+
+
+def sparse_groups(groups: dict[tuple[str, str, str], list[dict[str, Any]]]) -> dict[tuple[str, str, str], list]:
+    """The groups whose runs differ in ``data.train_fraction``."""
+    return {key: members for key, members in groups.items() if several_fractions(members)}
+
+
+def by_fraction(members: list[dict[str, Any]], records: list[dict[str, Any]]
+                ) -> tuple[list[str], dict[float, dict[str, list[dict[str, Any]]]]]:
+    """The models (those run on the most fractions first, then the best on the most training
+    ratings) and, per fraction (smallest first), each model's runs (several when, say, seeds differ)."""
+    runs: dict[float, dict[str, list[dict[str, Any]]]] = {}
+    for r in sorted(members, key=train_fraction):
+        runs.setdefault(train_fraction(r), {}).setdefault(display_name(r, records), []).append(r)
+    models = list(dict.fromkeys(display_name(r, records) for r in members))  # members are sorted best first
+    models.sort(key=lambda model: -sum(model in found for found in runs.values()))  # a stable sort
+    return models, runs
+
+
+def cold_items(record: dict[str, Any], metric: Metric) -> tuple[float | None, int | None]:
+    """The headline metric on the test ratings of items without a training rating, and their
+    number (None when the recipe did not report them or there were none)."""
+    test = record["test"]
+    return test.get(f"{metric.key}_cold_items"), test.get("count_cold_items", test.get("n_cold_items"))
+
+
+def has_cold_items(members: list[dict[str, Any]], metric: Metric) -> bool:
+    return any(cold_items(r, metric)[0] is not None for r in members)
+
+
+def sparse_table(members: list[dict[str, Any]], records: list[dict[str, Any]]) -> str:
+    """Rows: fractions of the training ratings (and how many ratings that is); columns: models;
+    cells: the headline metric, the best of each row in bold, and the cold-item part if known."""
+    metric = metrics_of(members[0]["task"], ranking_k(members[0]))[0]
+    cold = has_cold_items(members, metric)
+    models, runs = by_fraction(members, records)
+    pick = min if metric.lower_is_better else max
+    rows = []
+    for fraction, found in runs.items():
+        row_runs = [r for rs in found.values() for r in rs]
+        best = pick(headline(r)[1] for r in row_runs)
+        row = [fmt_fraction(fraction), " / ".join(fmt_int(n) for n in sorted(
+            {r["train"]["ratings_per_epoch"] for r in row_runs}))]
+        if cold:
+            row.append(" / ".join(sorted({fmt_int(n) for r in row_runs if (n := cold_items(r, metric)[1]) is not None}))
+                       or NA)
+        for model in models:
+            cells = []
+            for r in found.get(model, []):
+                split, value = headline(r)
+                text = fmt_metric(value) + ("" if split == "test" else " (valid)")
+                text = f"**{text}**" if value == best and len(row_runs) > 1 else text
+                if cold and (cold_value := cold_items(r, metric)[0]) is not None:
+                    text += f" (cold {fmt_metric(cold_value)})"
+                cells.append(text)
+            row.append(" / ".join(cells) or NA)
+        rows.append(row)
+    header = ["train fraction", "training ratings", *(["test ratings of cold items"] if cold else []), *models]
+    return table(header, rows, "r" * len(header))
+
+
+def sparse_section(groups: dict[tuple[str, str, str], list[dict[str, Any]]], records: list[dict[str, Any]],
+                   plot: Path | None, base: Path) -> str:
+    """What a model gains from more training ratings: a paragraph, a table per group and the plot."""
+    ok = [r for r in records if r["status"] == "ok"]
+    parts = []
+    for key, members in sparse_groups(groups).items():
+        metric = metrics_of(key[0], ranking_k(members[0]))[0]
+        _, runs = by_fraction(members, ok)
+        pick = min if metric.lower_is_better else max
+        about = [f"**{group_title(key)}.** Each run trains on a random subset of the training ratings "
+                 "(`data.train_fraction`, drawn with `data.seed`) and is scored on the full validation and "
+                 f"test splits. Cells: {headline(members[0])[0]} {metric.title} "
+                 f"({'lower' if metric.lower_is_better else 'higher'} is better), the best of each row in bold"]
+        if has_cold_items(members, metric):
+            about.append(f"; *cold*: the {metric.title} on the test ratings of items without a training rating "
+                         "at that fraction")
+        for fraction in (min(runs), max(runs)):
+            best = pick((r for rs in runs[fraction].values() for r in rs), key=lambda r: headline(r)[1])
+            about.append(f". With {fmt_fraction(fraction)} of the training ratings "
+                         f"({fmt_int(best['train']['ratings_per_epoch'])}) {display_name(best, ok)} is best, "
+                         f"{headline(best)[1]:.4f}")
+        parts += ["".join(about) + ".", sparse_table(members, ok)]
+    if plot is not None:
+        parts.append(f"![{SPARSE_PLOT}]({relative_link(plot, base)})")
+    return "\n\n".join(parts)
+
+
+def sparse_plot(plt, groups, records, colors):
+    """The headline metric against the fraction of training ratings (log x), one line per model;
+    a second panel with the cold-item part where the runs report it."""
+    sparse = sparse_groups(groups)
+    panels_of = [(key, members, metric, part) for key, members in sparse.items()
+                 for metric in [metrics_of(key[0], ranking_k(members[0]))[0]]
+                 for part in ("all", "cold")[:1 + has_cold_items(members, metric)]]
+    fig, axes = panels(plt, len(panels_of))
+    for ax, (key, members, metric, part) in zip(axes, panels_of, strict=False):
+        models, runs = by_fraction(members, records)
+        palette = {model: plt.get_cmap("tab10")(i % 10) for i, model in enumerate(models)}
+        for model in models:
+            points = []
+            for fraction, found in runs.items():
+                values = [headline(r)[1] if part == "all" else cold_items(r, metric)[0] for r in found.get(model, [])]
+                values = [v for v in values if v is not None]
+                if values:
+                    points.append((fraction, sum(values) / len(values)))  # several runs: their mean
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=5, label=model, color=palette[model])
+        ax.set_xscale("log")
+        ticks = list(runs)
+        ratings = [min(r["train"]["ratings_per_epoch"] for rs in runs[f].values() for r in rs) for f in ticks]
+        ax.set_xticks(ticks, [f"{fmt_fraction(f)}\n{fmt_si(n)}" for f, n in zip(ticks, ratings, strict=True)])
+        ax.minorticks_off()
+        ax.set_xlim(min(ticks) / 1.4, max(ticks) * 1.4)  # the same in both panels, even with one point
+        ax.set_xlabel("fraction of the training ratings (log scale), and their number")
+        split = headline(members[0])[0]
+        ax.set_ylabel(f"{split} {metric.title}" + (", cold items" if part == "cold" else "")
+                      + f" ({'lower' if metric.lower_is_better else 'higher'} is better)")
+        ax.set_title(group_title(key) + (": items without training ratings" if part == "cold" else ""), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # -- plots -------------------------------------------------------------------------------------
 
 
 def plot_all(groups: dict[tuple[str, str, str], list[dict[str, Any]]], records: list[dict[str, Any]],
              stem: Path) -> dict[str, Path]:
-    """The three PNG plots, named ``<stem>_<plot>.png``; their paths by title."""
+    """The three PNG plots (four with a sparse-data study), named ``<stem>_<plot>.png``; their
+    paths by title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,6 +525,8 @@ def plot_all(groups: dict[tuple[str, str, str], list[dict[str, Any]]], records: 
     plots = {"Accuracy against trainable parameters": (accuracy_plot, "accuracy_vs_params"),
              "Throughput per method": (throughput_plot, "throughput"),
              "Learning curves (validation, per epoch)": (curves_plot, "learning_curves")}
+    if sparse_groups(groups):
+        plots[SPARSE_PLOT] = (sparse_plot, "sparse")
     written = {}
     for title, (draw, name) in plots.items():
         fig = draw(plt, groups, ok, colors)
@@ -396,9 +567,8 @@ def accuracy_plot(plt, groups, records, colors):
         metric = metrics_of(key[0], ranking_k(members[0]))[0]
         for r in members:
             x, y = r["parameters"]["trainable"], headline(r)[1]
-            name = display_name(r, records)
-            ax.scatter(x, y, s=40, color=colors[name], zorder=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.scatter(x, y, s=40, color=colors[display_name(r, records)], zorder=3)
+            ax.annotate(run_name(r, records), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_xscale("log")
         si_axis(ax.xaxis, [r["parameters"]["trainable"] for r in members])
         ax.margins(x=0.15, y=0.12)
@@ -414,7 +584,7 @@ def accuracy_plot(plt, groups, records, colors):
 def throughput_plot(plt, groups, records, colors):
     """Dots on a log axis (bars would start at an arbitrary point), each labelled with its value."""
     rows = [r for members in groups.values() for r in members]
-    names = [f"{display_name(r, records)} · {r['task']} {r['protocol'].upper()}" for r in rows]
+    names = [f"{run_name(r, records)} · {r['task']} {r['protocol'].upper()}" for r in rows]
     measures: list[tuple[str, Callable[[dict[str, Any]], float | None]]] = [
         ("training ratings/s", lambda r: r["train"]["ratings_per_second"]),
         ("serving user-item scores/s (score_all)", lambda r: r["inference"]["scores_per_second"])]
@@ -444,9 +614,9 @@ def curves_plot(plt, groups, records, colors):
         metric = metrics_of(key[0], ranking_k(members[0]))[0]
         for r in members:
             points = [(h["epoch"], h[f"valid_{metric.key}"]) for h in r["history"] if f"valid_{metric.key}" in h]
-            name = display_name(r, records)
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name, color=colors[name])
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=run_name(r, records),
+                        color=colors[display_name(r, records)])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (0: after the head warm-up)")
         ax.set_ylabel(f"validation {metric.title} ({'lower' if metric.lower_is_better else 'higher'} is better)")
@@ -468,9 +638,12 @@ def render(records: list[dict[str, Any]], plots: dict[str, Path], speed: list[Pa
     warm_cold = warm_cold_table(groups)
     if warm_cold:
         parts += ["## Warm (P1) against cold-start items (P2)", warm_cold]
-    if plots:
+    if sparse_groups(groups):
+        parts += ["## Sparse data", sparse_section(groups, records, plots.get(SPARSE_PLOT), base)]
+    others = {title: path for title, path in plots.items() if title != SPARSE_PLOT}
+    if others:
         parts.append("## Plots")
-        parts += [f"![{title}]({relative_link(path, base)})" for title, path in plots.items()]
+        parts += [f"![{title}]({relative_link(path, base)})" for title, path in others.items()]
     parts += ["## Seed-style baseline (benchmarks/speed.py)", speed_section(speed, base)]
     failed = [r for r in records if r["status"] != "ok"]
     if failed:

@@ -355,7 +355,7 @@ def summary(record: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("experiments", nargs="*", type=Path, help="experiment YAML files")
-    parser.add_argument("--suite", help="a suite under benchmarks/suites (quick, ml100k) or a folder of experiments")
+    parser.add_argument("--suite", help="a suite under benchmarks/suites (quick, ml100k, sparse) or a folder of experiments")
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON results (and REPORT.md)")
     parser.add_argument("--runs", type=Path, help="folder for the recipes' outputs (default: runs/benchmarks/<out name>)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for training and inference (default: torch's)")

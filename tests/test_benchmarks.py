@@ -1,4 +1,4 @@
-"""The benchmark harness: the quick suite end to end (~1.5 min), the report on hand-made results,
+"""The benchmark harness: the quick suite end to end (~2 min), the report on hand-made results,
 and every shipped experiment resolving against its recipe's config schema."""
 
 from __future__ import annotations
@@ -85,12 +85,44 @@ def test_quick_suite_writes_the_report_and_its_plots(quick):
     for name in (p.stem for p in suite_files("quick")):
         assert f"`{name}`" in text
     for title in ("Rating prediction: toy, P1", "Rating prediction: toy, P2", "Top-K ranking: toy, P3",
-                  "Warm (P1) against cold-start items (P2)", "tiny models and toy data"):
+                  "Warm (P1) against cold-start items (P2)", "Sparse data", "tiny models and toy data"):
         assert title in text
     pngs = sorted(out.glob("REPORT_*.png"))
-    assert len(pngs) == 3
+    assert len(pngs) == 4
     for png in pngs:
         assert png.read_bytes().startswith(PNG) and f"]({png.name})" in text
+
+
+def test_quick_suite_report_compares_models_on_part_of_the_training_ratings(quick):
+    """rating_lora and rating_idonly on 100% and 10% of the toy training ratings: the sparse
+    table has a row per fraction whose numbers are the JSON's, and the plot is linked in it."""
+    out, result = quick
+    assert result.returncode == 0
+    runs = {name: json.loads((out / f"{name}.json").read_text())
+            for name in ("rating_lora", "rating_lora_10pct", "rating_idonly", "rating_idonly_10pct")}
+    assert [runs[n]["config"]["data"]["train_fraction"] for n in runs] == [1.0, 0.1, 1.0, 0.1]
+    full, tenth = runs["rating_lora"]["train"]["ratings_per_epoch"], runs["rating_lora_10pct"]["train"]["ratings_per_epoch"]
+    assert 0 < tenth < 0.25 * full and runs["rating_idonly_10pct"]["train"]["ratings_per_epoch"] == tenth
+    text = (out / "REPORT.md").read_text()
+    section = "## Sparse data" + text.split("## Sparse data", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in section.splitlines() if line.startswith("|"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    rows = {row[0]: dict(zip(columns, row, strict=True)) for row in table_rows(text, "## Sparse data")}
+    assert list(rows) == ["10%", "100%"]  # fewest ratings first
+    assert rows["10%"]["training ratings"] == f"{tenth:,}" and rows["100%"]["training ratings"] == f"{full:,}"
+    for label, names in {"lora": ("rating_lora_10pct", "rating_lora"),
+                         "ID-only MF": ("rating_idonly_10pct", "rating_idonly")}.items():
+        for fraction, name in zip(("10%", "100%"), names, strict=True):
+            test = runs[name]["test"]
+            cell = rows[fraction][label].replace("**", "")
+            assert cell.startswith(f"{test['rmse']:.4f}"), (label, fraction, cell)
+            if test.get("rmse_cold_items") is not None:  # the recipe reports the cold-item part
+                assert f"(cold {test['rmse_cold_items']:.4f})" in cell
+    assert rows["10%"]["frozen"] == report.NA  # a method run on all ratings only has no 10% cell
+    best = min(("lora", "ID-only MF"), key=lambda label: runs[{"lora": "rating_lora_10pct",
+                                                                "ID-only MF": "rating_idonly_10pct"}[label]]["test"]["rmse"])
+    assert rows["10%"][best].startswith("**")
+    assert "](REPORT_sparse.png)" in section and (out / "REPORT_sparse.png").read_bytes().startswith(PNG)
 
 
 def test_a_crash_fails_its_experiment_not_the_suite(tmp_path):
@@ -116,7 +148,12 @@ def test_a_crash_fails_its_experiment_not_the_suite(tmp_path):
 # -- experiment files ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [*suite_files("quick"), *suite_files("ml100k")], ids=lambda p: f"{p.parent.name}/{p.stem}")
+SPARSE_FRACTIONS = {"001": 0.01, "005": 0.05, "010": 0.1, "050": 0.5, "100": 1.0}
+SPARSE_MODELS = ("lora", "lora_random", "idonly")
+
+
+@pytest.mark.parametrize("path", [*suite_files("quick"), *suite_files("ml100k"), *suite_files("sparse")],
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_shipped_experiment_resolves_against_its_recipe(path):
     experiment = load_experiment(path)
     assets = {"tiny_bert": "/x/tiny-bert", "tiny_gpt2": "/x/tiny-gpt2", "toy": "/x/toy"}
@@ -126,8 +163,23 @@ def test_every_shipped_experiment_resolves_against_its_recipe(path):
         assert cfg.data.protocol == {"p1": "p1", "p2": "p2", "p3": "p3"}[path.stem[:2]]
         assert cfg.adapter.method == ("frozen" if path.stem.endswith("idonly") else path.stem[3:])
         assert cfg.model.item_text == (not path.stem.endswith("idonly"))
+    elif path.parent.name == "sparse":  # frac<percent>_<model>: P1 of MovieLens-100K, as p1_lora / p1_idonly
+        fraction, model = path.stem.removeprefix("frac").split("_", 1)
+        assert cfg.data.dataset == "ml-100k" and cfg.data.protocol == "p1" and cfg.backbone.name == "minilm"
+        assert cfg.data.train_fraction == SPARSE_FRACTIONS[fraction] and cfg.data.seed == 0
+        assert cfg.backbone.init == ("random" if model == "lora_random" else "pretrained")
+        assert cfg.adapter.method == ("frozen" if model == "idonly" else "lora")
+        assert cfg.model.item_text == (model != "idonly")
     else:
         assert cfg.data.dataset == "files" and cfg.backbone.name.startswith("/x/")
+
+
+def test_sparse_suite_runs_every_model_on_every_fraction_under_one_label_each():
+    experiments = [load_experiment(p) for p in suite_files("sparse")]
+    assert {e.name for e in experiments} == {f"frac{f}_{m}" for f in SPARSE_FRACTIONS for m in SPARSE_MODELS}
+    labels = {m: {e.label for e in experiments if e.name.split("_", 1)[1] == m} for m in SPARSE_MODELS}
+    assert all(len(found) == 1 and None not in found for found in labels.values())  # one line per model
+    assert len({next(iter(found)) for found in labels.values()}) == len(SPARSE_MODELS)
 
 
 def test_ml100k_suite_covers_every_method_and_protocol():
@@ -231,6 +283,57 @@ def test_report_tables_are_sorted_best_first_with_units(tmp_path):
     for name in ("p1_lora", "p1_full", "p1_idonly", "p2_lora", "p3_lora", "p3_frozen"):
         assert f"`{name}`" in text
     assert len(list(tmp_path.glob("REPORT_*.png"))) == 3
+    assert "Sparse data" not in text and "train fraction" not in text  # every run on all training ratings
+
+
+def sparse_record(model: str, fraction: float, rmse: float, ratings: int, init: str = "pretrained",
+                  label: str = "lora", cold: tuple[float, int] | None = None) -> dict[str, Any]:
+    record = make_record(f"frac{round(100 * fraction):03d}_{model}", label=label, headline=rmse,
+                         train__ratings_per_epoch=ratings)
+    record["config"]["data"]["train_fraction"] = fraction
+    record["config"]["backbone"] = {"init": init}
+    if cold is not None:  # as the rating recipe reports the test ratings of items without training ratings
+        record["test"]["rmse_cold_items"], record["test"]["count_cold_items"] = cold
+    return record
+
+
+def test_report_has_a_sparse_data_section_when_runs_differ_in_train_fraction(tmp_path):
+    records = [
+        sparse_record("lora", 0.01, 1.05, 797, cold=(1.21, 2400)),
+        sparse_record("lora_random", 0.01, 1.02, 797, init="random", cold=(1.19, 2400)),  # same label
+        sparse_record("idonly", 0.01, 1.10, 797, label="ID-only MF", cold=(1.30, 2400)),
+        sparse_record("lora", 0.1, 0.99, 8001, cold=(1.10, 900)),
+        sparse_record("idonly", 0.1, 1.01, 8001, label="ID-only MF", cold=(1.20, 900)),  # no lora_random at 10%
+        sparse_record("lora", 1.0, 0.912, 80000, cold=(None, 0)),
+        sparse_record("lora_random", 1.0, 0.930, 80000, init="random", cold=(None, 0)),
+        sparse_record("idonly", 1.0, 0.913, 80000, label="ID-only MF", cold=(None, 0)),
+    ]
+    results = write_records(tmp_path / "results", records)
+    text = report.write_report(results, tmp_path / "REPORT.md").read_text()
+    header = ["train fraction", "training ratings", "test ratings of cold items", "lora", "ID-only MF",
+              "lora, random init"]  # models in the order of the most training ratings, best first
+    assert "| " + " | ".join(header) + " |" in text
+    assert table_rows(text, "## Sparse data") == [
+        ["1%", "797", "2,400", "1.0500 (cold 1.2100)", "1.1000 (cold 1.3000)", "**1.0200** (cold 1.1900)"],
+        ["10%", "8,001", "900", "**0.9900** (cold 1.1000)", "1.0100 (cold 1.2000)", report.NA],
+        ["100%", "80,000", "0", "**0.9120**", "0.9130", "0.9300"],
+    ]
+    assert "With 1% of the training ratings (797) lora, random init is best, 1.0200" in text
+    assert "![Accuracy against the fraction of training ratings](REPORT_sparse.png)" in text
+    assert (tmp_path / "REPORT_sparse.png").read_bytes().startswith(PNG)
+    p1 = table_rows(text, "## Rating prediction: ml-100k, P1")  # a fraction column; most ratings first
+    assert [(row[0], row[1], row[2]) for row in p1[:3]] == [("lora", "100%", "**0.9120**"),
+                                                         ("ID-only MF", "100%", "0.9130"), ("lora, random init", "100%", "0.9300")]
+    assert [row[1] for row in p1] == ["100%"] * 3 + ["10%"] * 2 + ["1%"] * 3 and p1[-3][2] == "**1.0200**"
+    assert "with 100% of the training ratings, lora (minilm) has the best test RMSE, 0.9120" in text
+
+    for record in records:  # a recipe without the cold-item split: no cold column, nothing fails
+        for key in ("rmse_cold_items", "count_cold_items"):
+            record["test"].pop(key)
+    text = report.write_report(write_records(tmp_path / "older", records), tmp_path / "OLDER.md",
+                               plots=False).read_text()
+    assert table_rows(text, "## Sparse data")[0] == ["1%", "797", "1.0500", "1.1000", "**1.0200**"]
+    assert "cold" not in text.split("## Sparse data", 1)[1].split("\n## ", 1)[0]
 
 
 def test_report_flags_failures_dirty_trees_load_and_validation_only_numbers(tmp_path):
