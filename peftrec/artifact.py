@@ -75,6 +75,7 @@ def save_artifact(folder: str | Path, model: RecModel, tokenizer, catalog: Catal
             "pooling": model.pooling,
             "max_length": max_length,
             "adapter": method,
+            "init": "random" if model.random_base is not None else "pretrained",
             "quant_bits": quant_bits(model_config(model.backbone)),
             "head": {
                 "text_dim": head.text_dim,
@@ -87,6 +88,8 @@ def save_artifact(folder: str | Path, model: RecModel, tokenizer, catalog: Catal
             },
         }
         (tmp / "peftrec.json").write_text(json.dumps(meta, indent=2))
+        if model.random_base is not None:  # random base weights exist nowhere else
+            save_file({k: v.cpu().contiguous() for k, v in model.random_base.items()}, tmp / "base.safetensors")
         if isinstance(model.backbone, PeftModel):
             model.backbone.save_pretrained(tmp / "adapter")
         elif (state := adapter_state(model.backbone)) is not None:
@@ -173,8 +176,14 @@ def load_artifact(folder: str | Path, *, backbone: str | None = None, trust_remo
     quantization = None
     if meta.get("quant_bits"):
         quantization = quantization_config(SimpleNamespace(method="qlora", quant_bits=meta["quant_bits"]))
+    init = meta.get("init", "pretrained")
     base = load_backbone(backbone or meta["backbone"], trust_remote_code=trust_remote_code,
-                         quantization_config=quantization)
+                         quantization_config=quantization, init=init)
+    if init == "random":
+        try:
+            base.load_state_dict(read_safetensors(folder / "base.safetensors"))
+        except RuntimeError as err:
+            raise ArtifactError(f"{folder / 'base.safetensors'}: does not fit backbone {meta['backbone']} ({err})") from None
     disable_4bit_cpu_repacking(base)
     if base.config.model_type != meta["model_type"]:
         raise ArtifactError(

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 logger = logging.getLogger(__name__)
@@ -67,8 +67,23 @@ def load_backbone(
     dtype: str = "float32",
     trust_remote_code: bool = False,
     quantization_config=None,
+    init: str = "pretrained",
 ) -> PreTrainedModel:
-    """The bare model (no task head) behind a Hub id, a local folder or a peftrec alias."""
+    """The bare model (no task head) behind a Hub id, a local folder or a peftrec alias.
+
+    ``init="random"`` builds the same architecture from its config with fresh random weights
+    (drawn from torch's global RNG: seed it first), the ablation that shows what pretraining adds.
+    """
+    if init == "random":
+        if quantization_config is not None:
+            raise ValueError("backbone.init=random cannot be quantized: use another adapter.method than qlora")
+        config = AutoConfig.from_pretrained(resolve_backbone(name), trust_remote_code=trust_remote_code)
+        model = AutoModel.from_config(config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        logger.info("built backbone %s with random weights (%s, %d parameters)", name, config.model_type,
+                    model.num_parameters())
+        return model
+    if init != "pretrained":
+        raise ValueError(f"backbone init {init!r}: use pretrained or random")
     model = AutoModel.from_pretrained(
         resolve_backbone(name),
         dtype=DTYPES[dtype],

@@ -65,15 +65,19 @@ class TrainingProgress:
     """Sum of squared training errors in this epoch, over all processes."""
     ratings: int = 0
     """Training ratings seen in this epoch, over all processes."""
+    source_loss: float = 0.0
+    """Sum over this epoch's batches of L_S (the source-domain term), averaged over processes."""
     ratings_per_process: list[int] = field(default_factory=list)
     """Training ratings each process has trained on, over the whole run."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One record per finished epoch (epoch 0: after the head warm-up)."""
 
     def record(self, pieces: torch.Tensor) -> None:
-        """Add one batch: ``pieces[p] = (squared error, ratings)`` of process ``p``."""
+        """Add one batch: ``pieces[p] = (squared error, ratings[, L_S])`` of process ``p``."""
         pieces = pieces.double().cpu()
         self.squared_error += float(pieces[:, 0].sum())
+        if pieces.size(1) > 2:
+            self.source_loss += float(pieces[:, 2].mean())
         counts = pieces[:, 1].round().long().tolist()
         self.ratings += sum(counts)
         if not self.ratings_per_process:
@@ -83,6 +87,7 @@ class TrainingProgress:
 
     def next_epoch(self) -> None:
         self.epoch, self.batches_done, self.squared_error, self.ratings = self.epoch + 1, 0, 0.0, 0
+        self.source_loss = 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

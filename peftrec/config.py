@@ -61,8 +61,8 @@ class DataConfig:
     interactions: str | None = option(None, 'interactions file (dataset="files")')
     items: str | None = option(None, 'item metadata file (dataset="files")')
     users: str | None = option(None, 'user metadata file (dataset="files")')
-    protocol: Literal["p1", "p2", "p3"] = option(
-        "p1", "p1 random split, p2 cold-start items, p3 leave-one-out ranking"
+    protocol: Literal["p1", "p2", "p3", "p2u"] = option(
+        "p1", "p1 random split, p2 cold-start items, p3 leave-one-out ranking, p2u cold-start users"
     )
     seed: int = option(0, "split seed")
     item_template: str = option("{title} ({year}). Genres: {genres}.", "text of an item")
@@ -80,6 +80,9 @@ class BackboneConfig:
         "auto", "how token states become one vector (auto: per architecture)"
     )
     trust_remote_code: bool = option(False, "allow custom model code from the Hub")
+    init: Literal["pretrained", "random"] = option(
+        "pretrained", "pretrained weights, or the same architecture randomly initialised (ablation)"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = option("float32", "weights dtype")
     dropout: float | None = option(None, "set every dropout inside the backbone to this (null: keep its own)")
 
@@ -114,6 +117,19 @@ class ModelConfig:
 
 
 @dataclass
+class TransferConfig:
+    """Source-domain term of the objective: loss = L_T + weight * L_S (weight 0: off)."""
+
+    loss: Literal["none", "l2sp", "lm", "distill"] = option(
+        "none", "l2sp: distance of the adapted weights from the pretrained ones; lm: the backbone's "
+        "own pretraining loss on item texts (masked LM for encoders, causal LM for decoders); "
+        "distill: distance of item encodings from the frozen pretrained ones"
+    )
+    weight: float = option(0.0, "lambda, the weight of L_S")
+    mask_prob: float = option(0.15, "lm on encoders: fraction of tokens masked")
+
+
+@dataclass
 class TrainConfig:
     """The training loop."""
 
@@ -127,6 +143,7 @@ class TrainConfig:
     head_lr: float = option(5e-3, "learning rate of the towers during head warm-up")
     weight_decay: float = option(0.0, "AdamW weight decay")
     l2: float = option(0.1, "L2 on user/item vectors and biases, per rating")
+    text_l2: float = option(0.0, "L2 on the weights mapping item text to item vector and bias (cold items)")
     warmup_ratio: float = option(0.1, "fraction of steps with a rising learning rate")
     scheduler: Literal["linear", "cosine", "constant"] = option("cosine", "learning-rate schedule")
     head_warmup_epochs: int = option(8, "epochs training the head on frozen pooled text first")
@@ -150,6 +167,7 @@ class RatingRecipeConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     output_dir: str = option("runs/minilm_lora_rating", "folder for checkpoints and results")
 
 
@@ -377,6 +395,7 @@ class RankingRecipeConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     output_dir: str = option("runs/minilm_lora_ranking", "folder for checkpoints and results")
 
@@ -398,6 +417,7 @@ LIMITS = {
     "train.head_lr": (lambda v: 0 < v < math.inf, "a positive number"),
     "train.weight_decay": (lambda v: 0 <= v < math.inf, "zero or positive"),
     "train.l2": (lambda v: 0 <= v < math.inf, "zero or positive"),
+    "train.text_l2": (lambda v: 0 <= v < math.inf, "zero or positive"),
     "train.warmup_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.head_warmup_epochs": (lambda v: v >= 0, "zero or more"),
     "train.head_batch_size": (lambda v: v >= 1, "at least 1"),
@@ -405,6 +425,8 @@ LIMITS = {
     "train.eval_batch_size": (lambda v: v >= 1, "at least 1"),
     "train.max_steps": (lambda v: v is None or v >= 1, "null or at least 1"),
     "train.checkpoint_every": (lambda v: v is None or v >= 1, "null or at least 1"),
+    "transfer.weight": (lambda v: 0 <= v < math.inf, "zero or positive"),
+    "transfer.mask_prob": (lambda v: 0 < v < 1, "in (0, 1)"),
     "ranking.temperature": (lambda v: 0 < v < math.inf, "a positive number"),
     "ranking.negatives": (lambda v: v >= 0, "zero or more"),
     "ranking.k": (lambda v: v >= 1, "at least 1"),

@@ -62,6 +62,13 @@ class TwoTowers(nn.Module):
         """User vectors and biases for user indices."""
         raise NotImplementedError
 
+    def weight_penalty(self) -> torch.Tensor:
+        """Sum of squares of the text-to-item weights (a ridge on the map from text to item vector
+        and bias: what lets items never rated, scored from their text alone, generalise)."""
+        if self.item_proj is None:
+            return self.user_emb.weight.new_zeros(())
+        return self.item_proj.weight.square().sum() + self.item_text_bias.weight.square().sum()
+
     @staticmethod
     def penalty(user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Mean L2 of the whole user and item vectors and biases over the rows of a batch."""

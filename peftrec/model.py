@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from peft import PeftModel
@@ -12,6 +13,14 @@ from .backbones import Pooling, pool
 from .heads import RatingHead
 from .layer_cache import LowerLayerCache, token_key
 from .tokens import length_sorted_batches, pad_batch, tokenize_texts
+
+
+class RecOutput(NamedTuple):
+    """What ``RecModel.forward`` returns."""
+
+    scores: torch.Tensor  # (pairs,) or, with candidates, (pairs, items)
+    penalty: torch.Tensor  # mean L2 of the pairs' user and item vectors and biases
+    source: torch.Tensor  # L_S of the step (0 without a source objective, or in eval mode)
 
 
 class RecModel(nn.Module):
@@ -25,6 +34,9 @@ class RecModel(nn.Module):
         self.pad_id = pad_id
         self.layer_cache: LowerLayerCache | None = None
         self.feature_cache: tuple[str, torch.Tensor] | None = None  # (token key, pooled features)
+        # a randomly initialised backbone's base weights (saved with the model: no hub copy exists)
+        self.random_base: dict[str, torch.Tensor] | None = None
+        self.source: nn.Module | None = None  # L_S while training (peftrec.transfer)
 
     def cache_features(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> None:
         """For a frozen backbone: encode each text once; ``forward`` (through ``item_index``) and
@@ -69,19 +81,22 @@ class RecModel(nn.Module):
         return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_index: torch.Tensor,
-                users: torch.Tensor, positions: torch.Tensor, candidates: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores and the L2 penalty for the pairs ``(users, items[positions])``.
+                users: torch.Tensor, positions: torch.Tensor, candidates: bool = False) -> RecOutput:
+        """Scores, the L2 penalty and L_S for the pairs ``(users, items[positions])``.
 
         The batch holds each distinct item text once (``input_ids``); ``positions`` points every
         pair at its item's row, so one LM pass serves all the pairs of its items. With
         ``candidates``, each user is scored against every item of the batch: ``(pairs, items)``.
         """
-        items = self.head.items(self.encode(input_ids, attention_mask, item_index), item_index)
+        text = self.encode(input_ids, attention_mask, item_index)
+        items = self.head.items(text, item_index)
         item = (items[0][positions], items[1][positions])
         user = self.head.users(users)
         scores = self.head.score_all(user, items) if candidates else self.head.score(user, item)
-        return scores, self.head.penalty(user, item)
+        source = text.new_zeros(())
+        if self.source is not None and self.training:
+            source = self.source(self, input_ids, attention_mask, item_index, text)
+        return RecOutput(scores, self.head.penalty(user, item), source)
 
     @torch.no_grad()
     def encode_texts(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
@@ -112,7 +127,7 @@ def build_model(backbone_cfg, adapter_cfg, model_cfg, *, num_users: int, num_ite
     tokenizer = load_tokenizer(backbone_cfg.name, trust_remote_code=backbone_cfg.trust_remote_code)
     backbone = load_backbone(backbone_cfg.name, dtype=backbone_cfg.dtype,
                              trust_remote_code=backbone_cfg.trust_remote_code,
-                             quantization_config=quantization_config(adapter_cfg))
+                             quantization_config=quantization_config(adapter_cfg), init=backbone_cfg.init)
     disable_4bit_cpu_repacking(backbone)
     if backbone_cfg.dropout is not None:  # e.g. 0: train on the same features the head warmed up on
         for module in backbone.modules():
@@ -125,7 +140,10 @@ def build_model(backbone_cfg, adapter_cfg, model_cfg, *, num_users: int, num_ite
                        dropout=model_cfg.dropout)
     probe = tokenize_texts(tokenizer, ["a short check text"], 16)
     before = RecModel(backbone, head, pooling, tokenizer.pad_token_id).encode_texts(probe)
+    random_base = ({k: v.detach().clone() for k, v in backbone.state_dict().items()}
+                   if backbone_cfg.init == "random" else None)
     model = RecModel(apply_adapter(backbone, adapter_cfg), head, pooling, tokenizer.pad_token_id)
+    model.random_base = random_base
     if isinstance(model.backbone, PeftModel) and model.backbone.peft_config["default"].is_prompt_learning:
         # guard against prefix/prompt tuning silently doing nothing (e.g. a transformers release
         # that ignores past_key_values): the adapted encoding must differ from the base one

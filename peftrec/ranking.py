@@ -28,7 +28,7 @@ def ranking_step_loss(scores: torch.Tensor, users: torch.Tensor, positions: torc
 
 def warm_up_ranking_head(head: TwoTowers, item_text: torch.Tensor, users: np.ndarray, items: np.ndarray, *,
                          epochs: int, lr: float, l2: float, loss: str, temperature: float, seed: int,
-                         items_per_step: int = 128, optimizer: torch.optim.Optimizer | None = None) -> None:
+                         items_per_step: int = 128, text_l2: float = 0.0, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Train the towers on fixed pooled text features with the same loss as the adapted phase.
 
     Each step samples ``items_per_step`` items and uses all their training pairs, exactly like
@@ -53,6 +53,8 @@ def warm_up_ranking_head(head: TwoTowers, item_text: torch.Tensor, users: np.nda
             scores = head.score_all(user, vectors)
             penalty = head.penalty(user, (vectors[0][positions], vectors[1][positions]))
             step_loss = ranking_step_loss(scores, u, positions, loss, temperature) + l2 * penalty
+            if text_l2:
+                step_loss = step_loss + text_l2 * head.weight_penalty()
             optimizer.zero_grad()
             step_loss.backward()
             optimizer.step()

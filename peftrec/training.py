@@ -110,7 +110,8 @@ class ItemRatingsCollator:
 
 def warm_up_head(head: RatingHead, item_text: torch.Tensor, users: np.ndarray, items: np.ndarray,
                  ratings: np.ndarray, *, epochs: int, batch_size: int, lr: float, l2: float,
-                 seed: int, valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[float]:
+                 seed: int, text_l2: float = 0.0,
+                 valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[float]:
     """Train the towers on fixed pooled text features (``item_text``) before the backbone adapts.
 
     Plain minibatch SGD over ratings, with no LM pass at all, so it costs seconds. Returns the
@@ -128,6 +129,8 @@ def warm_up_head(head: RatingHead, item_text: torch.Tensor, users: np.ndarray, i
             user = head.users(u[batch])
             item = head.items(item_text[i[batch]], i[batch])
             loss = (head.score(user, item) - r[batch]).square().mean() + l2 * head.penalty(user, item)
+            if text_l2:
+                loss = loss + text_l2 * head.weight_penalty()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -242,16 +245,35 @@ class SplitBatches(Sampler[list[int]]):
         return len(self.steps()) * self.parts
 
 
-def evaluate_ratings(accelerator, head, item_text, loader, metric) -> dict[str, float]:
+def evaluate_ratings(accelerator, head, item_text, loader, metric, *, known_users: np.ndarray | None = None,
+                     known_items: np.ndarray | None = None) -> dict[str, float | int | None]:
     """RMSE/MSE/MAE (and the count) over a prepared loader of (user, item, rating), gathered
-    across processes; ``gather_for_metrics`` drops the samples that padded the last batch."""
-    count = 0
+    across processes; ``gather_for_metrics`` drops the samples that padded the last batch.
+
+    With ``known_users``/``known_items`` (boolean masks: has training ratings), the errors are
+    also reported apart for warm pairs (both known), cold items and cold users: ``rmse_warm``,
+    ``rmse_cold_items``, ``rmse_cold_users`` and their counts ``count_*`` (None when empty).
+    """
+    parts = {"predictions": [], "references": [], "users": [], "items": []}
     for users, items, ratings in loader:
-        predictions = predict_ratings(head, item_text, users.cpu().numpy(), items.cpu().numpy())
-        predictions, ratings = accelerator.gather_for_metrics((torch.as_tensor(predictions, device=ratings.device), ratings))
-        metric.add_batch(predictions=predictions.cpu().numpy(), references=ratings.cpu().numpy())
-        count += len(ratings)
-    return {**{k: float(v) for k, v in metric.compute().items()}, "count": count}
+        predictions = torch.as_tensor(predict_ratings(head, item_text, users.cpu().numpy(), items.cpu().numpy()),
+                                      device=ratings.device)
+        gathered = accelerator.gather_for_metrics((predictions, ratings, users, items))
+        for key, value in zip(parts, gathered, strict=True):
+            parts[key].append(value.cpu().numpy())
+    arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    scores = {k: float(v) for k, v in metric.compute(predictions=arrays["predictions"],
+                                                     references=arrays["references"]).items()}
+    scores["count"] = len(arrays["references"])
+    if known_users is not None and known_items is not None:
+        warm_user = np.asarray(known_users, dtype=bool)[arrays["users"].astype(np.int64)]
+        warm_item = np.asarray(known_items, dtype=bool)[arrays["items"].astype(np.int64)]
+        for group, rows in (("warm", warm_user & warm_item), ("cold_items", ~warm_item), ("cold_users", ~warm_user)):
+            scores[f"count_{group}"] = int(rows.sum())
+            scores[f"rmse_{group}"] = (metric.compute(predictions=arrays["predictions"][rows],
+                                                      references=arrays["references"][rows])["rmse"]
+                                       if rows.any() else None)
+    return scores
 
 
 def rating_loader(interactions, batch_size: int = 8192) -> DataLoader:

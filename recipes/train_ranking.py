@@ -36,6 +36,7 @@ from peftrec.metrics import load_metric
 from peftrec.model import build_model
 from peftrec.ranking import ranking_step_loss, seen_mask, target_ranks, warm_up_ranking_head
 from peftrec.tokens import tokenize_texts
+from peftrec.transfer import build_source_objective
 from peftrec.training import (
     EarlyStopping,
     ItemRatingsCollator,
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     if model.head.user_text_proj is not None:
         user_texts = dataset.user_texts(cfg.data.user_template)
         model.head.user_text.copy_(model.encode_texts(tokenize_texts(tokenizer, user_texts, cfg.data.max_length)))
+    # source-domain term L_S (transfer.loss): what keeps the backbone close to its pretraining
+    model.source = build_source_objective(cfg.transfer, model, tokens, tokenizer, cfg.train.eval_batch_size)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     backbone_trainable = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
     logger.info("trainable parameters: %d (backbone %d, towers %d)", trainable, backbone_trainable,
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {key: float(v) for key, v in metric.compute(predictions=ranks.numpy(), k=k).items()}
 
     metric = load_metric("ranking")
-    warm_up = dict(lr=cfg.train.head_lr, l2=cfg.train.l2, loss=cfg.ranking.loss,
+    warm_up = dict(lr=cfg.train.head_lr, l2=cfg.train.l2, text_l2=cfg.train.text_l2, loss=cfg.ranking.loss,
                    temperature=cfg.ranking.temperature, items_per_step=cfg.train.items_per_step)
     stopper = EarlyStopping(cfg.train.patience)  # minimises: we pass -NDCG@k
     history: list[dict] = []
@@ -156,10 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
             for batch in bar:
                 with accelerator.accumulate(model):
                     batch.pop("ratings")
-                    scores_matrix, penalty = model(**batch, candidates=True)
-                    loss = ranking_step_loss(scores_matrix, batch["users"], batch["positions"], cfg.ranking.loss,
+                    output = model(**batch, candidates=True)
+                    loss = ranking_step_loss(output.scores, batch["users"], batch["positions"], cfg.ranking.loss,
                                              cfg.ranking.temperature)
-                    accelerator.backward(loss + cfg.train.l2 * penalty)
+                    accelerator.backward(loss + cfg.train.l2 * output.penalty + cfg.transfer.weight * output.source
+                                         + cfg.train.text_l2 * unwrapped.head.weight_penalty())
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()

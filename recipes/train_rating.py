@@ -51,6 +51,7 @@ from peftrec.data import DataError, check_splits, load_data, split_rows
 from peftrec.metrics import load_metric
 from peftrec.model import build_model
 from peftrec.tokens import tokenize_texts
+from peftrec.transfer import build_source_objective
 from peftrec.training import (
     EarlyStopping,
     ItemRatingsCollator,
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
         model.cache_features(tokens, cfg.train.eval_batch_size)
     if user_texts is not None:
         model.head.user_text.copy_(model.encode_texts(tokenize_texts(tokenizer, user_texts, cfg.data.max_length)))
+    # source-domain term L_S (transfer.loss): what keeps the backbone close to its pretraining
+    model.source = build_source_objective(cfg.transfer, model, tokens, tokenizer, cfg.train.eval_batch_size)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     backbone_trainable = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
     logger.info("trainable parameters: %d (backbone %d, towers and head %d)", trainable, backbone_trainable,
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         item_text = model.encode_texts(tokens, cfg.train.eval_batch_size)
         warm_up_head(head, item_text, train.users, train.items, train.ratings,
                      epochs=cfg.train.head_warmup_epochs, batch_size=cfg.train.head_batch_size,
-                     lr=cfg.train.head_lr, l2=cfg.train.l2, seed=cfg.train.seed)
+                     lr=cfg.train.head_lr, l2=cfg.train.l2, text_l2=cfg.train.text_l2, seed=cfg.train.seed)
         logger.info("head warm-up: %d epochs on frozen text features", cfg.train.head_warmup_epochs)
 
     # optimizer, schedule and item-amortised batches: one LM pass per distinct item per step;
@@ -195,14 +198,15 @@ def main(argv: list[str] | None = None) -> dict:
                 break
             with accelerator.accumulate(model):
                 ratings = batch.pop("ratings")
-                predictions, penalty = model(**batch)
-                squared = (predictions - ratings).square().sum()
-                # (squared error, ratings) of every process's piece of this step; dividing by the
-                # step's total makes the loss, and the gradient DDP averages, the 1-process one
-                pieces = accelerator.gather(torch.tensor([[squared.item(), len(ratings)]], dtype=torch.float64,
-                                                         device=accelerator.device))
-                loss = (squared + cfg.train.l2 * penalty * len(ratings)) * accelerator.num_processes
-                accelerator.backward(loss / pieces[:, 1].sum().item())
+                output = model(**batch)
+                squared = (output.scores - ratings).square().sum()
+                # (squared error, ratings, L_S) of every process's piece of this step; dividing by
+                # the step's total makes the loss, and the gradient DDP averages, the 1-process one
+                pieces = accelerator.gather(torch.tensor([[squared.item(), len(ratings), output.source.item()]],
+                                                         dtype=torch.float64, device=accelerator.device))
+                loss = (squared + cfg.train.l2 * output.penalty * len(ratings)) * accelerator.num_processes
+                accelerator.backward(loss / pieces[:, 1].sum().item() + cfg.transfer.weight * output.source
+                                     + cfg.train.text_l2 * unwrapped.head.weight_penalty())
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         tick = time.perf_counter()
         scores = validate()
         progress.history.append({"epoch": epoch, "train_rmse": math.sqrt(progress.squared_error / max(progress.ratings, 1)),
+                                 "train_source_loss": progress.source_loss / max(progress.batches_done, 1),
                                  "epoch_seconds": seconds, "valid_seconds": time.perf_counter() - tick,
                                  **{f"valid_{k}": v for k, v in scores.items()}})
         accelerator.log(progress.history[-1], step=epoch)
@@ -230,7 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
     # evaluate: best validation weights on the test split
     stopper.restore(unwrapped)
     item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
-    test_scores = evaluate_ratings(accelerator, unwrapped.head, item_text, test_loader, metric)
+    known_users = np.bincount(train.users, minlength=len(dataset.user_ids)) > 0
+    known_items = np.bincount(train.items, minlength=len(dataset.item_ids)) > 0
+    test_scores = evaluate_ratings(accelerator, unwrapped.head, item_text, test_loader, metric,
+                                   known_users=known_users, known_items=known_items)
     epoch_seconds = [h["epoch_seconds"] for h in progress.history if "epoch_seconds" in h]
     results = {
         "best_epoch": stopper.best_epoch, "valid_rmse": stopper.best,
@@ -244,6 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     logger.info("ratings trained on per process: %s", progress.ratings_per_process)
     logger.info("best epoch %d: test RMSE %.4f, MAE %.4f", stopper.best_epoch, test_scores["rmse"], test_scores["mae"])
+    logger.info("test RMSE by group: %s", ", ".join(
+        f"{group} {test_scores[f'rmse_{group}']:.4f} ({test_scores[f'count_{group}']} ratings)"
+        for group in ("warm", "cold_items", "cold_users") if test_scores[f"count_{group}"]))
 
     # save: the artifact apps load, the resolved config and the metrics (each written atomically)
     if accelerator.is_main_process:
@@ -255,6 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
                       config_yaml=(out / "config.yaml").read_text())
         write_atomic(out / "metrics.json", json.dumps(results, indent=2))
         print(f"test RMSE {test_scores['rmse']:.4f}  MAE {test_scores['mae']:.4f}  (best epoch {stopper.best_epoch})")
+        print("  warm / cold items / cold users: " + " / ".join(
+            "-" if test_scores[f"rmse_{g}"] is None else f"{test_scores[f'rmse_{g}']:.4f}"
+            for g in ("warm", "cold_items", "cold_users")))
         print(f"model saved to {out / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -1,0 +1,145 @@
+"""Source-domain terms L_S of the objective ``L = L_T + lambda * L_S``.
+
+Each keeps the adapted backbone close to what it learned from general text, so the little
+interaction data there is cannot pull it far away from it:
+
+- ``l2sp``: squared distance of the adapted weights from the pretrained ones (L2-SP). For LoRA
+  the distance is that of the effective weight change ``scale * B @ A`` of every adapted matrix;
+  any other trained weight counts as ``||w - w_0||^2`` from its value when training started.
+- ``lm``: the backbone's own pretraining loss on the item texts of the step: masked LM for
+  encoders (15% of tokens, BERT's 80/10/10 corruption), causal LM for decoders. The output layer
+  is the input embedding matrix (tied, as in BERT and GPT-2); an encoder's MLM transform is
+  trained with it, freshly initialised (sentence encoders such as all-MiniLM-L6-v2 ship without
+  their MLM head). Costs one more LM pass per step.
+- ``distill``: relative squared distance of the step's pooled item encodings from those of the
+  frozen pretrained backbone, computed once before training.
+
+``build_source_objective`` returns an ``nn.Module`` that :class:`peftrec.model.RecModel` calls in
+``forward`` while training; its output is the (unweighted) L_S of the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import nn
+
+from .backbones import is_encoder
+
+
+class L2SP(nn.Module):
+    """Squared distance of the trained backbone weights from their pretrained values."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.lora_layers = [m for m in backbone.modules() if _is_lora(m)]
+        self.others = [(name, p) for name, p in backbone.named_parameters()
+                       if p.requires_grad and "lora_" not in name]
+        for k, (_, p) in enumerate(self.others):
+            self.register_buffer(f"start_{k}", p.detach().clone(), persistent=False)
+        if not self.lora_layers and not self.others:
+            raise ValueError("transfer.loss=l2sp: the backbone has no trained weights (adapter.method=frozen?)")
+
+    def forward(self, model, input_ids, attention_mask, item_index, pooled) -> torch.Tensor:
+        total = pooled.new_zeros(())
+        for layer in self.lora_layers:
+            for name in layer.active_adapters:
+                if name in layer.lora_A:
+                    total = total + layer.get_delta_weight(name).float().square().sum()
+        for k, (_, p) in enumerate(self.others):
+            total = total + (p.float() - getattr(self, f"start_{k}").float()).square().sum()
+        return total
+
+
+class Distillation(nn.Module):
+    """Relative squared distance of pooled item encodings from the frozen pretrained ones."""
+
+    def __init__(self, targets: torch.Tensor):
+        super().__init__()
+        self.register_buffer("targets", targets.float(), persistent=False)
+
+    def forward(self, model, input_ids, attention_mask, item_index, pooled) -> torch.Tensor:
+        target = self.targets[item_index].to(pooled.device)
+        return ((pooled - target).square().sum(-1) / target.square().sum(-1).clamp(min=1e-8)).mean()
+
+
+class LanguageModelling(nn.Module):
+    """Masked LM (encoders) or causal LM (decoders) on the step's item texts, tied output layer."""
+
+    def __init__(self, backbone: nn.Module, config, *, mask_token_id: int | None, special_ids: Sequence[int],
+                 mask_prob: float = 0.15):
+        super().__init__()
+        self.masked = is_encoder(config)
+        hidden = config.hidden_size
+        self._embeddings = [_base(backbone).get_input_embeddings()]  # the backbone's own, not registered twice
+        if self.masked:
+            if mask_token_id is None:
+                raise ValueError("transfer.loss=lm: this encoder's tokenizer has no mask token")
+            self.transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
+                                           nn.LayerNorm(hidden, eps=getattr(config, "layer_norm_eps", 1e-12)))
+        elif not getattr(config, "tie_word_embeddings", True):
+            raise ValueError("transfer.loss=lm on a decoder needs tied input/output embeddings (as GPT-2); "
+                             "use l2sp or distill for this backbone")
+        self.bias = nn.Parameter(torch.zeros(self._embeddings[0].num_embeddings))
+        self.mask_token_id, self.mask_prob = mask_token_id, mask_prob
+        self.register_buffer("special", torch.as_tensor(sorted(set(special_ids)), dtype=torch.long), persistent=False)
+
+    def forward(self, model, input_ids, attention_mask, item_index, pooled) -> torch.Tensor:
+        real = attention_mask.bool() & ~torch.isin(input_ids, self.special)
+        if self.masked:
+            chosen = (torch.rand(input_ids.shape, device=input_ids.device) < self.mask_prob) & real
+            if not chosen.any():  # tiny batches: always predict at least one token
+                chosen = real & (torch.cumsum(real, 1) == 1)
+            roll = torch.rand(input_ids.shape, device=input_ids.device)
+            corrupted = input_ids.clone()
+            corrupted[chosen & (roll < 0.8)] = self.mask_token_id
+            swap = chosen & (roll >= 0.8) & (roll < 0.9)
+            corrupted[swap] = torch.randint(self._embeddings[0].num_embeddings, (int(swap.sum()),), device=input_ids.device)
+            hidden = model.backbone(input_ids=corrupted, attention_mask=attention_mask).last_hidden_state
+            hidden = self.transform(hidden[:, hidden.size(1) - input_ids.size(1):][chosen].float())
+            targets = input_ids[chosen]
+        else:  # next token: state t predicts token t+1, among the text's real tokens
+            hidden = model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = hidden[:, hidden.size(1) - input_ids.size(1):]
+            follows = attention_mask[:, 1:].bool()
+            hidden, targets = hidden[:, :-1][follows].float(), input_ids[:, 1:][follows]
+        logits = hidden @ self._embeddings[0].weight.float().T + self.bias
+        return F.cross_entropy(logits, targets)
+
+
+def build_source_objective(transfer_cfg, model, token_lists: Sequence[Sequence[int]], tokenizer,
+                           batch_size: int = 256) -> nn.Module | None:
+    """The L_S module for ``transfer.loss`` (None for ``none``); call before training starts."""
+    if transfer_cfg.loss == "none":
+        return None
+    if not any(p.requires_grad for p in model.backbone.parameters()):
+        raise ValueError(f"transfer.loss={transfer_cfg.loss}: the backbone does not train "
+                         "(adapter.method=frozen); L_S only acts on an adapted backbone")
+    if transfer_cfg.loss == "l2sp":
+        return L2SP(model.backbone)
+    if transfer_cfg.loss == "distill":
+        return Distillation(pretrained_encodings(model, token_lists, batch_size))
+    if transfer_cfg.loss == "lm":
+        return LanguageModelling(model.backbone, _base(model.backbone).config, mask_token_id=tokenizer.mask_token_id,
+                                 special_ids=tokenizer.all_special_ids, mask_prob=transfer_cfg.mask_prob)
+    raise ValueError(f"unknown transfer.loss {transfer_cfg.loss!r}: use none, l2sp, lm or distill")
+
+
+@torch.no_grad()
+def pretrained_encodings(model, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
+    """Pooled encodings of the texts by the backbone before any adaptation (PEFT adapters off)."""
+    if isinstance(model.backbone, PeftModel):
+        with model.backbone.disable_adapter():
+            return model.encode_texts(token_lists, batch_size)
+    return model.encode_texts(token_lists, batch_size)
+
+
+def _is_lora(module: nn.Module) -> bool:
+    return hasattr(module, "lora_A") and hasattr(module, "get_delta_weight")
+
+
+def _base(backbone: nn.Module) -> nn.Module:
+    return backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone
