@@ -1,5 +1,5 @@
 """The evaluation protocols of PROTOCOLS.md as row splits: p1 random, p2 cold-start items, p3
-leave-one-out by time."""
+leave-one-out by time; and p2u, cold-start users, which is peftrec's own (not in PROTOCOLS.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from peftrec.data.errors import DataError
 from peftrec.data.tables import RecDataset
 
-Protocol = Literal["p1", "p2", "p3"]
+Protocol = Literal["p1", "p2", "p3", "p2u"]
 
 
 class Split(NamedTuple):
@@ -36,11 +36,14 @@ def split_rows(dataset: RecDataset, protocol: Protocol, seed: int = 0) -> Split:
         ratings go to test/validation, so no test or validation item is seen in training.
     p3: per user, rows ordered by (timestamp, row): the last is test, the one before it
         validation, the rest train. Users with fewer than 3 rows keep all of them in train.
+    p2u: p2's procedure applied to users (peftrec's own protocol, not in PROTOCOLS.md): 20% of
+        the users who rated are test users and the next 10% validation users; all their ratings
+        go to test/validation, so no test or validation user is seen in training.
     """
     if protocol not in get_args(Protocol):
         raise DataError(
             f"unknown protocol {protocol!r}; choose 'p1' (random rating split), "
-            "'p2' (cold-start items) or 'p3' (leave-one-out by time)"
+            "'p2' (cold-start items), 'p3' (leave-one-out by time) or 'p2u' (cold-start users)"
         )
     inter = dataset.interactions
     n = len(inter)
@@ -48,11 +51,12 @@ def split_rows(dataset: RecDataset, protocol: Protocol, seed: int = 0) -> Split:
     if protocol == "p1":
         perm = rng.permutation(n)
         return _split(perm[: n * 8 // 10], perm[n * 8 // 10 : n * 9 // 10], perm[n * 9 // 10 :])
-    if protocol == "p2":
-        items = rng.permutation(_sorted_items(dataset))
-        n_test, n_held = len(items) * 2 // 10, len(items) * 3 // 10
-        is_test = np.isin(inter.items, items[:n_test])
-        is_valid = np.isin(inter.items, items[n_test:n_held])
+    if protocol in ("p2", "p2u"):  # hold out whole items (p2) or whole users (p2u)
+        codes, ids = (inter.items, dataset.item_ids) if protocol == "p2" else (inter.users, dataset.user_ids)
+        held = rng.permutation(_sorted_rated(codes, ids))
+        n_test, n_held = len(held) * 2 // 10, len(held) * 3 // 10
+        is_test = np.isin(codes, held[:n_test])
+        is_valid = np.isin(codes, held[n_test:n_held])
         return _split(*(np.flatnonzero(m) for m in (~is_test & ~is_valid, is_valid, is_test)))
     if inter.timestamps is None:
         raise DataError(f"protocol 'p3' needs timestamps, and dataset {dataset.name!r} has none")
@@ -67,10 +71,11 @@ def split_rows(dataset: RecDataset, protocol: Protocol, seed: int = 0) -> Split:
     return _split(train, valid, test)
 
 
-def _sorted_items(dataset: RecDataset) -> np.ndarray:
-    """Indices of the rated items, sorted by id: numerically when every id is an integer."""
-    codes = np.unique(dataset.interactions.items)
-    ids = [dataset.item_ids[c] for c in codes]
+def _sorted_rated(codes: np.ndarray, id_list: list[str]) -> np.ndarray:
+    """Indices of the items (or users) that occur in ``codes``, sorted by id: numerically when
+    every id is an integer."""
+    codes = np.unique(codes)
+    ids = [id_list[c] for c in codes]
     try:
         keys = [(int(i), i) for i in ids]
     except ValueError:
@@ -90,6 +95,8 @@ def check_splits(dataset: RecDataset, protocol: Protocol, parts: dict, train_fra
         hint = {
             "p2": "p2 holds out the ratings of 20% (test) and 10% (validation) of the rated items, "
                   "so it needs at least 10 rated items",
+            "p2u": "p2u holds out the ratings of 20% (test) and 10% (validation) of the users who "
+                   "rated, so it needs at least 10 of them",
             "p3": "p3 holds out each user's last two ratings, and only of users with at least 3 ratings",
             "p1": "p1 splits the ratings 80/10/10, so it needs at least 10 ratings",
         }[protocol]

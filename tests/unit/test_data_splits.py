@@ -1,4 +1,4 @@
-"""The p1/p2/p3 split rules on small synthetic data (the published fingerprints are checked on
+"""The p1/p2/p3/p2u split rules on small synthetic data (the published fingerprints are checked on
 the real ml-100k in test_data_ml100k.py)."""
 
 import hashlib
@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from peftrec.data import DataError, Interactions, RecDataset, fingerprint, split_rows
+from peftrec.data import DataError, Interactions, RecDataset, check_splits, fingerprint, split_rows
 
 
 def _dataset(users, items, timestamps=None, item_ids=None):
@@ -28,7 +28,7 @@ def _random(n=1000, n_users=30, n_items=50, seed=1):
     )
 
 
-@pytest.mark.parametrize("protocol", ["p1", "p2", "p3"])
+@pytest.mark.parametrize("protocol", ["p1", "p2", "p3", "p2u"])
 def test_splits_partition_the_rows(protocol):
     split = split_rows(_random(), protocol)
     parts = np.concatenate([split.train, split.valid, split.test])
@@ -51,6 +51,25 @@ def test_p2_holds_out_whole_items():
     train, valid, test = (set(items[part].tolist()) for part in split)
     assert not train & valid and not train & test and not valid & test
     assert (len(test), len(valid)) == (10, 5)  # 20% and 10% of 50 rated items
+
+
+def test_p2u_holds_out_whole_users():
+    ds = _random()
+    split = split_rows(ds, "p2u", seed=2)
+    users = ds.interactions.users
+    train, valid, test = (set(users[part].tolist()) for part in split)
+    assert not train & valid and not train & test and not valid & test
+    assert (len(test), len(valid)) == (6, 3)  # 20% and 10% of 30 users
+    order = np.random.default_rng(2).permutation(np.arange(30))  # ids "0".."29" sort numerically
+    assert test == set(order[:6].tolist()) and valid == set(order[6:9].tolist())
+
+
+def test_p2u_needs_ten_users():
+    ds = _dataset([0, 1, 2, 3, 4] * 3, list(range(15)))
+    split = split_rows(ds, "p2u")
+    assert len(split.valid) == 0  # 5 users: 1 test user, 5 * 3 // 10 = 1 held, so no validation user
+    with pytest.raises(DataError, match=r"protocol p2u leaves no valid ratings; p2u holds out .* at least 10"):
+        check_splits(ds, "p2u", {"train": split.train, "valid": split.valid, "test": split.test})
 
 
 def test_p2_sorts_integer_ids_numerically_else_lexicographically():
