@@ -100,9 +100,20 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("trainable parameters: %d (backbone %d, towers %d)", trainable, backbone_trainable,
                 trainable - backbone_trainable)
 
-    def validate(item_text: torch.Tensor, users: np.ndarray, targets: np.ndarray, exclude) -> dict[str, float]:
-        ranks = target_ranks(accelerator.unwrap_model(model).head, item_text, users, targets, exclude)
-        return {key: float(v) for key, v in metric.compute(predictions=ranks.numpy(), k=k).items()}
+    known_items = np.bincount(train.items, minlength=num_items) > 0
+
+    def validate(item_text: torch.Tensor, users: np.ndarray, targets: np.ndarray, exclude,
+                 by_group: bool = False) -> dict[str, float | int | None]:
+        """Ranking metrics of the targets; with ``by_group``, also apart for warm and cold target items."""
+        ranks = target_ranks(accelerator.unwrap_model(model).head, item_text, users, targets, exclude).numpy()
+        scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
+        if by_group:
+            cold = ~known_items[targets]
+            for group, rows in (("warm", ~cold), ("cold_items", cold)):
+                scores[f"count_{group}"] = int(rows.sum())
+                part = metric.compute(predictions=ranks[rows], k=k) if rows.any() else {}
+                scores.update({f"{key}_{group}": float(part[key]) if part else None for key in (f"ndcg@{k}", f"hr@{k}", "mrr")})
+        return scores
 
     metric = load_metric("ranking")
     warm_up = dict(lr=cfg.train.head_lr, l2=cfg.train.l2, text_l2=cfg.train.text_l2, loss=cfg.ranking.loss,
@@ -188,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     # evaluate: best validation weights, test targets, train and validation items excluded
     stopper.restore(unwrapped)
     item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
-    test_scores = validate(item_text, test.users, test.items, test_seen)
+    test_scores = validate(item_text, test.users, test.items, test_seen, by_group=True)
     epoch_seconds = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
     results = {
         "best_epoch": stopper.best_epoch, f"valid_ndcg@{k}": -stopper.best,
@@ -201,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     logger.info("best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f", stopper.best_epoch, k,
                 test_scores[f"ndcg@{k}"], k, test_scores[f"hr@{k}"], test_scores["mrr"])
+    logger.info("test NDCG@%d by target item: warm %s (%d users), cold %s (%d users)", k,
+                test_scores[f"ndcg@{k}_warm"], test_scores["count_warm"], test_scores[f"ndcg@{k}_cold_items"],
+                test_scores["count_cold_items"])
 
     # save: the artifact apps load, the resolved config and the metrics
     if accelerator.is_main_process:

@@ -29,6 +29,7 @@ def test_ranking_recipe_trains_evaluates_and_saves(tmp_path, toy_files, tiny_ber
     for key in ("test_ndcg@10", "test_hr@10", "test_mrr"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["test_ndcg@10"] <= metrics["test_hr@10"]
+    assert metrics["test_count_warm"] + metrics["test_count_cold_items"] == 30  # every toy user has a target
     rec = Recommender.from_pretrained(out / "model")
     assert rec.meta["task"] == "ranking"
     top = rec.recommend("u0", k=5)

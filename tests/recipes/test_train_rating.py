@@ -36,11 +36,15 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 def test_recipe_trains_saves_and_the_app_loads_it(tmp_path, toy_files, tiny_gpt2):
     out = tmp_path / "run"
     result = run([sys.executable, str(RECIPE), "--config", str(REPO / "recipes/configs/minilm_lora_rating.yaml"),
-                  *tiny_overrides(toy_files, tiny_gpt2, out), "adapter.target_modules=null"])  # GPT-2's default
+                  *tiny_overrides(toy_files, tiny_gpt2, out), "adapter.target_modules=null",  # GPT-2's default
+                  "transfer.loss=lm", "transfer.weight=0.1"])  # + causal LM on the item texts
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test RMSE" in result.stdout and f"model saved to {out / 'model'}" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["history"][0]["phase"] == "head warm-up" and len(metrics["history"]) == 3
+    assert all(h["train_source_loss"] > 0 for h in metrics["history"][1:])  # L_S was computed every epoch
+    groups = [metrics[f"test_count_{g}"] for g in ("warm", "cold_items", "cold_users")]
+    assert groups[0] <= metrics["test_count"] <= sum(groups) and np.isfinite(metrics["test_rmse_warm"])
     assert np.isfinite(metrics["test_rmse"]) and metrics["test_rmse"] == pytest.approx(np.sqrt(metrics["test_mse"]))
     assert metrics["trainable_parameters"] > metrics["backbone_trainable_parameters"] > 0
     resolved = load_config(RatingRecipeConfig, out / "config.yaml")  # the resolved config reloads
