@@ -382,3 +382,23 @@ def test_number_formats():
     assert report.fmt_seconds(12.34) == "12.3 s" and report.fmt_seconds(125) == "2 min 05 s"
     assert report.fmt_seconds(3 * 3600 + 600) == "3 h 10 min"
     assert report.fmt_percent(0.0123) == "0.012%" and report.fmt_percent(1.2) == "1.20%"
+
+
+def test_cold_items_bootstrap_resamples_whole_items_and_pairs_the_methods():
+    import numpy as np
+
+    from benchmarks.cold_items import interval, item_bootstrap
+
+    rng = np.random.default_rng(1)
+    items = rng.integers(0, 40, 2000)
+    errors = rng.normal(0, 0.6, 40)[items] + rng.normal(0, 1, 2000)  # an item effect: ratings correlate
+    boot = item_bootstrap(np.stack([errors, errors, 0.5 * errors]), items, resamples=300)
+    point = np.sqrt(np.mean(errors**2))
+    low, high = interval(boot[0])
+    assert boot.shape == (3, 300) and low < point < high
+    assert np.all(boot[1] == boot[0])  # an identical model: a zero-width paired difference
+    assert np.all(boot[2] < boot[0])  # the same resampled items for every method
+    assert np.allclose(item_bootstrap(errors, np.zeros(2000), resamples=20), point)  # one item: no spread
+    per_rating = interval(item_bootstrap(errors, np.arange(2000), resamples=300)[0])
+    assert high - low > 1.5 * (per_rating[1] - per_rating[0])  # items, not ratings, are the unit
+    assert np.array_equal(item_bootstrap(errors, items, resamples=50), item_bootstrap(errors, items, resamples=50))
