@@ -440,9 +440,29 @@ def check_settings(cfg: Any) -> None:
         value = functools.reduce(lambda obj, name: getattr(obj, name, missing), key.split("."), cfg)
         if value is not missing and not ok(value):
             raise ConfigError(f"{key}={value!r}: must be {requirement}")
+    for problem in _conflicts(cfg):
+        raise ConfigError(problem)
     out = Path(cfg.output_dir)
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise ConfigError(f"output_dir={cfg.output_dir!r}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"output_dir={cfg.output_dir!r}: no permission to write in {existing}")
+
+
+def _conflicts(cfg: Any) -> list[str]:
+    """Settings that are valid one by one but not together."""
+    problems = []
+    adapter, transfer = getattr(cfg, "adapter", None), getattr(cfg, "transfer", None)
+    backbone = getattr(cfg, "backbone", None)
+    if transfer is not None and adapter is not None:
+        if transfer.loss != "none" and adapter.method == "frozen":
+            problems.append(f"transfer.loss={transfer.loss} needs a backbone that trains, and adapter.method=frozen "
+                            "trains none; pick another adapter.method or transfer.loss=none")
+        if transfer.loss == "none" and transfer.weight > 0:
+            problems.append(f"transfer.weight={transfer.weight} but transfer.loss=none: name the L_S to weigh "
+                            "(l2sp, lm or distill)")
+    if backbone is not None and adapter is not None and backbone.init == "random" and adapter.method == "qlora":
+        problems.append("backbone.init=random cannot be combined with adapter.method=qlora (a quantized "
+                        "backbone is loaded from pretrained weights)")
+    return problems

@@ -57,12 +57,27 @@ def write(path: Path, data: str | bytes) -> Path:
     ("data.max_length=0", "data.max_length=0: must be at least 1"),
     ("model.dim=0", "model.dim=0: must be at least 1"),
     ("adapter.dropout=1", "adapter.dropout=1.0: must be in [0, 1)"),
+    ("transfer.weight=-1", "transfer.weight=-1.0: must be zero or positive"),
+    ("transfer.mask_prob=1", "transfer.mask_prob=1.0: must be in (0, 1)"),
+    ("train.text_l2=.inf", "train.text_l2=inf: must be zero or positive"),
 ])
 def test_out_of_range_settings_name_the_key(recipe, tmp_path, override, message):
     out = tmp_path / "run"
     with pytest.raises(ConfigError) as error:
         recipe.main([override, f"output_dir={out}"])
     assert str(error.value) == message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["adapter.method=frozen", "transfer.loss=l2sp"], "transfer.loss=l2sp needs a backbone that trains"),
+    (["transfer.weight=0.1"], "transfer.weight=0.1 but transfer.loss=none"),
+    (["backbone.init=random", "adapter.method=qlora"], "backbone.init=random cannot be combined with adapter.method=qlora"),
+])
+def test_conflicting_settings_are_refused_at_start_up(recipe, tmp_path, overrides, message):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message):
+        recipe.main([*overrides, f"output_dir={out}"])
     assert not out.exists()
 
 
