@@ -36,7 +36,6 @@ from peftrec.metrics import load_metric
 from peftrec.model import build_model
 from peftrec.ranking import ranking_step_loss, seen_mask, target_ranks, warm_up_ranking_head
 from peftrec.tokens import tokenize_texts
-from peftrec.transfer import build_source_objective
 from peftrec.training import (
     EarlyStopping,
     ItemRatingsCollator,
@@ -44,6 +43,7 @@ from peftrec.training import (
     LengthBucketBatches,
     peak_memory_mib,
 )
+from peftrec.transfer import build_source_objective
 
 logger = get_logger("peftrec.train_ranking")
 

@@ -51,7 +51,6 @@ from peftrec.data import DataError, check_splits, load_data, split_rows
 from peftrec.metrics import load_metric
 from peftrec.model import build_model
 from peftrec.tokens import tokenize_texts
-from peftrec.transfer import build_source_objective
 from peftrec.training import (
     EarlyStopping,
     ItemRatingsCollator,
@@ -63,6 +62,7 @@ from peftrec.training import (
     rating_loader,
     warm_up_head,
 )
+from peftrec.transfer import build_source_objective
 
 logger = get_logger("peftrec.train_rating")
 
