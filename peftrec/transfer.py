@@ -106,6 +106,8 @@ class LanguageModelling(nn.Module):
             hidden = hidden[:, hidden.size(1) - input_ids.size(1):]
             follows = attention_mask[:, 1:].bool()
             hidden, targets = hidden[:, :-1][follows].float(), input_ids[:, 1:][follows]
+        if targets.numel() == 0:  # e.g. one-token texts leave nothing to predict
+            return pooled.new_zeros(())
         logits = hidden @ self._embeddings[0].weight.float().T + self.bias
         return F.cross_entropy(logits, targets)
 

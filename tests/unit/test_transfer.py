@@ -173,3 +173,11 @@ def test_test_errors_are_reported_apart_for_warm_and_cold(tiny_bert):
     scores = evaluate_ratings(Accelerator(cpu=True), model.head, item_text, rating_loader(interactions),
                               load_metric("rating_error"), known_users=known_users, known_items=known_items)
     assert scores["count_cold_users"] == 0 and scores["rmse_cold_users"] is None
+
+
+def test_causal_lm_with_nothing_to_predict_is_zero_not_nan(tiny_gpt2):
+    model, tokenizer, _ = make(tiny_gpt2, loss="lm")
+    model.train()
+    one_token = torch.tensor([[tokenizer.encode("good")[0]]])
+    loss = model.source(model, one_token, torch.ones_like(one_token), torch.tensor([0]), torch.zeros(1, 64))
+    assert loss.item() == 0.0
