@@ -179,9 +179,11 @@ def load_artifact(folder: str | Path, *, backbone: str | None = None, trust_remo
     init = meta.get("init", "pretrained")
     base = load_backbone(backbone or meta["backbone"], trust_remote_code=trust_remote_code,
                          quantization_config=quantization, init=init)
+    random_base = None
     if init == "random":
+        random_base = read_safetensors(folder / "base.safetensors")
         try:
-            base.load_state_dict(read_safetensors(folder / "base.safetensors"))
+            base.load_state_dict(random_base)
         except RuntimeError as err:
             raise ArtifactError(f"{folder / 'base.safetensors'}: does not fit backbone {meta['backbone']} ({err})") from None
     disable_4bit_cpu_repacking(base)
@@ -228,4 +230,5 @@ def load_artifact(folder: str | Path, *, backbone: str | None = None, trust_remo
     if len(catalog.item_ids) != meta["head"]["num_items"] or len(catalog.user_ids) != meta["head"]["num_users"]:
         raise ArtifactError(f"{folder / 'catalog.json'}: id lists do not match the head's sizes")
     model = RecModel(base, head, meta["pooling"], tokenizer.pad_token_id)
+    model.random_base = random_base  # saving it again keeps the random base weights
     return model, tokenizer, catalog, meta

@@ -31,15 +31,19 @@ from .backbones import is_encoder
 
 
 class L2SP(nn.Module):
-    """Squared distance of the trained backbone weights from their pretrained values."""
+    """Squared distance of the trained backbone weights from their pretrained values.
+
+    The starting values are plain attributes, not buffers, so DDP does not broadcast a copy of
+    every trained weight at each step; they follow the weights to their device on first use.
+    """
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.lora_layers = [m for m in backbone.modules() if _is_lora(m)]
-        self.others = [(name, p) for name, p in backbone.named_parameters()
-                       if p.requires_grad and "lora_" not in name]
-        for k, (_, p) in enumerate(self.others):
-            self.register_buffer(f"start_{k}", p.detach().clone(), persistent=False)
+        in_lora = {id(p) for layer in self.lora_layers for name in _LORA_PARTS
+                   for p in getattr(layer, name).parameters()}
+        self.others = [p for p in backbone.parameters() if p.requires_grad and id(p) not in in_lora]
+        self._start = [p.detach().clone() for p in self.others]  # DoRA magnitudes, prefixes, full weights
         if not self.lora_layers and not self.others:
             raise ValueError("transfer.loss=l2sp: the backbone has no trained weights (adapter.method=frozen?)")
 
@@ -47,22 +51,32 @@ class L2SP(nn.Module):
         total = pooled.new_zeros(())
         for layer in self.lora_layers:
             for name in layer.active_adapters:
-                if name in layer.lora_A:
+                if name in layer.lora_A or name in getattr(layer, "lora_embedding_A", {}):
                     total = total + layer.get_delta_weight(name).float().square().sum()
-        for k, (_, p) in enumerate(self.others):
-            total = total + (p.float() - getattr(self, f"start_{k}").float()).square().sum()
+        for k, p in enumerate(self.others):
+            if self._start[k].device != p.device:
+                self._start[k] = self._start[k].to(p.device)
+            total = total + (p.float() - self._start[k].float()).square().sum()
         return total
 
 
 class Distillation(nn.Module):
-    """Relative squared distance of pooled item encodings from the frozen pretrained ones."""
+    """Relative squared distance of pooled item encodings from the frozen pretrained ones.
+
+    The targets (items x hidden) stay a plain attribute: a buffer would be broadcast by DDP at
+    every step. Rows are moved to the encodings' device as they are used.
+    """
 
     def __init__(self, targets: torch.Tensor):
         super().__init__()
-        self.register_buffer("targets", targets.float(), persistent=False)
+        self._targets = [targets.float()]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self._targets[0]
 
     def forward(self, model, input_ids, attention_mask, item_index, pooled) -> torch.Tensor:
-        target = self.targets[item_index].to(pooled.device)
+        target = self.targets[item_index.to(self.targets.device)].to(pooled.device)
         return ((pooled - target).square().sum(-1) / target.square().sum(-1).clamp(min=1e-8)).mean()
 
 
@@ -106,16 +120,18 @@ class LanguageModelling(nn.Module):
             hidden = hidden[:, hidden.size(1) - input_ids.size(1):]
             follows = attention_mask[:, 1:].bool()
             hidden, targets = hidden[:, :-1][follows].float(), input_ids[:, 1:][follows]
-        if targets.numel() == 0:  # e.g. one-token texts leave nothing to predict
-            return pooled.new_zeros(())
+        if targets.numel() == 0:  # e.g. one-token texts leave nothing to predict: a zero that still
+            # reaches the head's parameters, so DDP finds every gradient it waits for
+            return sum(p.sum() for p in self.parameters()) * 0.0
         logits = hidden @ self._embeddings[0].weight.float().T + self.bias
         return F.cross_entropy(logits, targets)
 
 
 def build_source_objective(transfer_cfg, model, token_lists: Sequence[Sequence[int]], tokenizer,
                            batch_size: int = 256) -> nn.Module | None:
-    """The L_S module for ``transfer.loss`` (None for ``none``); call before training starts."""
-    if transfer_cfg.loss == "none":
+    """The L_S module for ``transfer.loss``; call before training starts. None for ``none`` or a
+    zero weight, so the lambda = 0 ablation runs exactly the plain objective (no extra pass)."""
+    if transfer_cfg.loss == "none" or transfer_cfg.weight == 0:
         return None
     if not any(p.requires_grad for p in model.backbone.parameters()):
         raise ValueError(f"transfer.loss={transfer_cfg.loss}: the backbone does not train "
@@ -137,6 +153,9 @@ def pretrained_encodings(model, token_lists: Sequence[Sequence[int]], batch_size
         with model.backbone.disable_adapter():
             return model.encode_texts(token_lists, batch_size)
     return model.encode_texts(token_lists, batch_size)
+
+
+_LORA_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
 
 
 def _is_lora(module: nn.Module) -> bool:

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         for epoch in range(1, cfg.train.epochs + 1):
             model.train()
             train_loader.set_epoch(epoch)
-            tick, total, count = time.perf_counter(), 0.0, 0
+            tick, total, count, source = time.perf_counter(), 0.0, 0, 0.0
             bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
             for batch in bar:
                 with accelerator.accumulate(model):
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
                     scheduler.step()
                     optimizer.zero_grad()
                 total, count = total + loss.item() * len(batch["users"]), count + len(batch["users"])
+                source += output.source.item()
                 bar.set_postfix(loss=f"{total / count:.4f}", pairs=count)
                 step += accelerator.sync_gradients
                 if cfg.train.max_steps is not None and step >= cfg.train.max_steps:
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
             seconds, tick = time.perf_counter() - tick, time.perf_counter()  # training only
             item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
             scores = validate(item_text, valid.users, valid.items, train_seen)
-            history.append({"epoch": epoch, "train_loss": total / max(count, 1), "epoch_seconds": seconds,
+            history.append({"epoch": epoch, "train_loss": total / max(count, 1),
+                            "train_source_loss": source / max(len(train_loader), 1), "epoch_seconds": seconds,
                             "valid_seconds": time.perf_counter() - tick,
                             **{f"valid_{key}": v for key, v in scores.items()}})
             accelerator.log(history[-1], step=epoch)

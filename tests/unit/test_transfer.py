@@ -29,7 +29,7 @@ def make(path, method="lora", init="pretrained", loss="none"):
                                    AdapterConfig(method=method, r=4, dropout=0.0, top_k_layers=1),
                                    ModelConfig(dim=DIM), num_users=NUM_USERS, num_items=NUM_ITEMS)
     tokens = tokenize_texts(tokenizer, TEXTS, 32)
-    model.source = build_source_objective(TransferConfig(loss=loss), model, tokens, tokenizer)
+    model.source = build_source_objective(TransferConfig(loss=loss, weight=1.0), model, tokens, tokenizer)
     return model, tokenizer, tokens
 
 
@@ -181,3 +181,15 @@ def test_causal_lm_with_nothing_to_predict_is_zero_not_nan(tiny_gpt2):
     one_token = torch.tensor([[tokenizer.encode("good")[0]]])
     loss = model.source(model, one_token, torch.ones_like(one_token), torch.tensor([0]), torch.zeros(1, 64))
     assert loss.item() == 0.0
+
+
+def test_l2sp_counts_dora_magnitudes_and_no_lora_factor_twice(tiny_bert):
+    torch.manual_seed(0)
+    model, tokenizer = build_model(BackboneConfig(name=str(tiny_bert)),
+                                   AdapterConfig(method="lora", r=4, dropout=0.0, peft_kwargs={"use_dora": True}),
+                                   ModelConfig(dim=DIM), num_users=NUM_USERS, num_items=NUM_ITEMS)
+    source = build_source_objective(TransferConfig(loss="l2sp", weight=1.0), model, [], tokenizer)
+    magnitudes = [p for n, p in model.backbone.named_parameters() if "magnitude" in n]
+    assert magnitudes and {id(p) for p in magnitudes} <= {id(p) for p in source.others}
+    assert not any("lora_A" in n or "lora_B" in n for n, p in model.backbone.named_parameters()
+                   if id(p) in {id(q) for q in source.others})
