@@ -9,8 +9,8 @@ interaction data there is cannot pull it far away from it:
 - ``lm``: the backbone's own pretraining loss on the item texts of the step: masked LM for
   encoders (15% of tokens, BERT's 80/10/10 corruption), causal LM for decoders. The output layer
   is the input embedding matrix (tied, as in BERT and GPT-2); an encoder's MLM transform is
-  trained with it, freshly initialised (sentence encoders such as all-MiniLM-L6-v2 ship without
-  their MLM head). Costs one more LM pass per step.
+  new (sentence encoders such as all-MiniLM-L6-v2 ship without their MLM head): it is fitted to
+  the unadapted backbone first, then trains along. Costs one more LM pass per step.
 - ``distill``: relative squared distance of the step's pooled item encodings from those of the
   frozen pretrained backbone, computed once before training.
 
@@ -20,6 +20,8 @@ interaction data there is cannot pull it far away from it:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +30,9 @@ from peft import PeftModel
 from torch import nn
 
 from .backbones import is_encoder
+from .tokens import pad_batch
+
+logger = logging.getLogger(__name__)
 
 
 class L2SP(nn.Module):
@@ -102,6 +107,14 @@ class LanguageModelling(nn.Module):
         self.register_buffer("special", torch.as_tensor(sorted(set(special_ids)), dtype=torch.long), persistent=False)
 
     def forward(self, model, input_ids, attention_mask, item_index, pooled) -> torch.Tensor:
+        hidden, targets = self.states_and_targets(model, input_ids, attention_mask)
+        if targets.numel() == 0:  # e.g. one-token texts leave nothing to predict: a zero that still
+            # reaches the head's parameters, so DDP finds every gradient it waits for
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        return self.loss(hidden, targets)
+
+    def states_and_targets(self, model, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's states at the predicted positions (masked or next token) and their targets."""
         real = attention_mask.bool() & ~torch.isin(input_ids, self.special)
         if self.masked:
             chosen = (torch.rand(input_ids.shape, device=input_ids.device) < self.mask_prob) & real
@@ -113,18 +126,44 @@ class LanguageModelling(nn.Module):
             swap = chosen & (roll >= 0.8) & (roll < 0.9)
             corrupted[swap] = torch.randint(self._embeddings[0].num_embeddings, (int(swap.sum()),), device=input_ids.device)
             hidden = model.backbone(input_ids=corrupted, attention_mask=attention_mask).last_hidden_state
-            hidden = self.transform(hidden[:, hidden.size(1) - input_ids.size(1):][chosen].float())
-            targets = input_ids[chosen]
-        else:  # next token: state t predicts token t+1, among the text's real tokens
-            hidden = model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            hidden = hidden[:, hidden.size(1) - input_ids.size(1):]
-            follows = attention_mask[:, 1:].bool()
-            hidden, targets = hidden[:, :-1][follows].float(), input_ids[:, 1:][follows]
-        if targets.numel() == 0:  # e.g. one-token texts leave nothing to predict: a zero that still
-            # reaches the head's parameters, so DDP finds every gradient it waits for
-            return sum(p.sum() for p in self.parameters()) * 0.0
-        logits = hidden @ self._embeddings[0].weight.float().T + self.bias
-        return F.cross_entropy(logits, targets)
+            return hidden[:, hidden.size(1) - input_ids.size(1):][chosen].float(), input_ids[chosen]
+        # next token: state t predicts token t+1, among the text's real tokens
+        hidden = model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden[:, hidden.size(1) - input_ids.size(1):]
+        follows = attention_mask[:, 1:].bool()
+        return hidden[:, :-1][follows].float(), input_ids[:, 1:][follows]
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.masked:
+            hidden = self.transform(hidden)
+        return F.cross_entropy(hidden @ self._embeddings[0].weight.float().T + self.bias, targets)
+
+    def fit_head(self, model, token_lists: Sequence[Sequence[int]], pad_id: int, *, epochs: int = 2,
+                 batch_size: int = 128, lr: float = 1e-3) -> list[float]:
+        """Fit a fresh MLM head on the unadapted backbone's states before training starts, so L_S
+        measures what the backbone already knows rather than a random head's error. Returns the
+        mean loss per epoch."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        device = self.bias.device
+        was_training = model.training
+        model.eval()
+        history = []
+        for _ in range(epochs):
+            losses = []
+            for start in range(0, len(token_lists), batch_size):
+                input_ids, attention_mask = pad_batch(token_lists[start : start + batch_size], pad_id)
+                with torch.no_grad(), _adapters_off(model):
+                    hidden, targets = self.states_and_targets(model, input_ids.to(device), attention_mask.to(device))
+                if targets.numel() == 0:
+                    continue
+                loss = self.loss(hidden, targets)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            history.append(sum(losses) / max(len(losses), 1))
+        model.train(was_training)
+        return history
 
 
 def build_source_objective(transfer_cfg, model, token_lists: Sequence[Sequence[int]], tokenizer,
@@ -141,18 +180,26 @@ def build_source_objective(transfer_cfg, model, token_lists: Sequence[Sequence[i
     if transfer_cfg.loss == "distill":
         return Distillation(pretrained_encodings(model, token_lists, batch_size))
     if transfer_cfg.loss == "lm":
-        return LanguageModelling(model.backbone, _base(model.backbone).config, mask_token_id=tokenizer.mask_token_id,
-                                 special_ids=tokenizer.all_special_ids, mask_prob=transfer_cfg.mask_prob)
+        objective = LanguageModelling(model.backbone, _base(model.backbone).config,
+                                      mask_token_id=tokenizer.mask_token_id, special_ids=tokenizer.all_special_ids,
+                                      mask_prob=transfer_cfg.mask_prob)
+        if objective.masked:  # its MLM transform is new: fit it to the pretrained states first
+            history = objective.fit_head(model, token_lists, tokenizer.pad_token_id)
+            logger.info("MLM head fitted to the pretrained backbone: loss %s", " -> ".join(f"{x:.3f}" for x in history))
+        return objective
     raise ValueError(f"unknown transfer.loss {transfer_cfg.loss!r}: use none, l2sp, lm or distill")
+
+
+def _adapters_off(model):
+    """PEFT adapters disabled (the backbone as pretrained), or nothing to do."""
+    return model.backbone.disable_adapter() if isinstance(model.backbone, PeftModel) else contextlib.nullcontext()
 
 
 @torch.no_grad()
 def pretrained_encodings(model, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
     """Pooled encodings of the texts by the backbone before any adaptation (PEFT adapters off)."""
-    if isinstance(model.backbone, PeftModel):
-        with model.backbone.disable_adapter():
-            return model.encode_texts(token_lists, batch_size)
-    return model.encode_texts(token_lists, batch_size)
+    with _adapters_off(model):
+        return model.encode_texts(token_lists, batch_size)
 
 
 _LORA_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")

@@ -193,3 +193,10 @@ def test_l2sp_counts_dora_magnitudes_and_no_lora_factor_twice(tiny_bert):
     assert magnitudes and {id(p) for p in magnitudes} <= {id(p) for p in source.others}
     assert not any("lora_A" in n or "lora_B" in n for n, p in model.backbone.named_parameters()
                    if id(p) in {id(q) for q in source.others})
+
+
+def test_a_new_mlm_head_is_fitted_to_the_pretrained_states_first(tiny_bert):
+    model, tokenizer, tokens = make(tiny_bert, loss="lm")
+    history = model.source.fit_head(model, tokens, tokenizer.pad_token_id, epochs=30, lr=1e-2)
+    assert history[-1] < history[0]  # the head learned to read the frozen states
+    assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
