@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -97,6 +98,11 @@ class RecModel(nn.Module):
         if self.source is not None and self.training:
             source = self.source(self, input_ids, attention_mask, item_index, text)
         return RecOutput(scores, self.head.penalty(user, item), source)
+
+    def adapters_disabled(self) -> contextlib.AbstractContextManager:
+        """A context in which the backbone runs as pretrained: PEFT adapters off (nothing to do
+        for a plain backbone)."""
+        return self.backbone.disable_adapter() if isinstance(self.backbone, PeftModel) else contextlib.nullcontext()
 
     @torch.no_grad()
     def encode_texts(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:

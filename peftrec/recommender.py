@@ -3,7 +3,6 @@ new users by profile text or a few ratings."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import numbers
@@ -163,10 +162,10 @@ class Recommender:
         recipe encodes them once, before training, so with the backbone as it was then."""
         backbone, method = self.model.backbone, self.meta.get("adapter")
         if isinstance(backbone, PeftModel) and not backbone.active_peft_config.is_prompt_learning:
-            return backbone.disable_adapter()  # LoRA, IA3, ...: the adapter starts as the identity
+            return self.model.adapters_disabled()  # LoRA, IA3, ...: the adapter starts as the identity
         if method == "frozen" or (method is None and not isinstance(backbone, PeftModel)
                                   and not any(p.requires_grad for p in backbone.parameters())):
-            return contextlib.nullcontext()
+            return self.model.adapters_disabled()  # a plain, untrained backbone: nothing to turn off
         raise ValueError(f"add_users: this model's profile encodings came from its backbone before training "
                          f"(adapter {method or 'prompt/prefix'}), which the model folder does not keep, so a "
                          "new profile cannot be encoded the same way; fold_in(id, {item_id: rating}) works")

@@ -20,7 +20,6 @@ interaction data there is cannot pull it far away from it:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -152,7 +151,7 @@ class LanguageModelling(nn.Module):
             losses = []
             for start in range(0, len(token_lists), batch_size):
                 input_ids, attention_mask = pad_batch(token_lists[start : start + batch_size], pad_id)
-                with torch.no_grad(), _adapters_off(model):
+                with torch.no_grad(), model.adapters_disabled():
                     hidden, targets = self.states_and_targets(model, input_ids.to(device), attention_mask.to(device))
                 if targets.numel() == 0:
                     continue
@@ -190,15 +189,10 @@ def build_source_objective(transfer_cfg, model, token_lists: Sequence[Sequence[i
     raise ValueError(f"unknown transfer.loss {transfer_cfg.loss!r}: use none, l2sp, lm or distill")
 
 
-def _adapters_off(model):
-    """PEFT adapters disabled (the backbone as pretrained), or nothing to do."""
-    return model.backbone.disable_adapter() if isinstance(model.backbone, PeftModel) else contextlib.nullcontext()
-
-
 @torch.no_grad()
 def pretrained_encodings(model, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
     """Pooled encodings of the texts by the backbone before any adaptation (PEFT adapters off)."""
-    with _adapters_off(model):
+    with model.adapters_disabled():
         return model.encode_texts(token_lists, batch_size)
 
 
