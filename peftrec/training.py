@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from .data import DataError
 from .heads import RatingHead
+from .metrics import scores_by_group
 from .tokens import pad_batch
 
 logger = logging.getLogger(__name__)
@@ -268,11 +269,9 @@ def evaluate_ratings(accelerator, head, item_text, loader, metric, *, known_user
     if known_users is not None and known_items is not None:
         warm_user = np.asarray(known_users, dtype=bool)[arrays["users"].astype(np.int64)]
         warm_item = np.asarray(known_items, dtype=bool)[arrays["items"].astype(np.int64)]
-        for group, rows in (("warm", warm_user & warm_item), ("cold_items", ~warm_item), ("cold_users", ~warm_user)):
-            scores[f"count_{group}"] = int(rows.sum())
-            scores[f"rmse_{group}"] = (metric.compute(predictions=arrays["predictions"][rows],
-                                                      references=arrays["references"][rows])["rmse"]
-                                       if rows.any() else None)
+        groups = {"warm": warm_user & warm_item, "cold_items": ~warm_item, "cold_users": ~warm_user}
+        scores.update(scores_by_group(groups, lambda rows: metric.compute(
+            predictions=arrays["predictions"][rows], references=arrays["references"][rows]), ("rmse",)))
     return scores
 
 

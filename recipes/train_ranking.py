@@ -32,7 +32,7 @@ from peftrec.artifact import Catalog, save_artifact
 from peftrec.checkpointing import write_atomic
 from peftrec.config import ConfigError, RankingRecipeConfig, check_settings, parse_cli, save_config
 from peftrec.data import DataError, check_splits, load_data, split_rows
-from peftrec.metrics import load_metric
+from peftrec.metrics import load_metric, scores_by_group
 from peftrec.model import build_model
 from peftrec.ranking import ranking_step_loss, seen_mask, target_ranks, warm_up_ranking_head
 from peftrec.tokens import tokenize_texts
@@ -108,11 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
         ranks = target_ranks(accelerator.unwrap_model(model).head, item_text, users, targets, exclude).numpy()
         scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
         if by_group:
-            cold = ~known_items[targets]
-            for group, rows in (("warm", ~cold), ("cold_items", cold)):
-                scores[f"count_{group}"] = int(rows.sum())
-                part = metric.compute(predictions=ranks[rows], k=k) if rows.any() else {}
-                scores.update({f"{key}_{group}": float(part[key]) if part else None for key in (f"ndcg@{k}", f"hr@{k}", "mrr")})
+            warm = known_items[targets]
+            scores.update(scores_by_group({"warm": warm, "cold_items": ~warm},
+                                          lambda rows: metric.compute(predictions=ranks[rows], k=k),
+                                          (f"ndcg@{k}", f"hr@{k}", "mrr")))
         return scores
 
     metric = load_metric("ranking")

@@ -15,9 +15,11 @@ The ranking cut-offs are a `compute` argument, `k` (an int or a list; default 10
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 MetricName = Literal["rating_error", "ranking"]
@@ -71,3 +73,16 @@ def rank_of_targets(
             raise ValueError("a target is among the excluded items")
         ahead &= ~exclude_mask
     return 1 + ahead.sum(dim=1)
+
+
+def scores_by_group(groups: Mapping[str, np.ndarray], compute: Callable[[np.ndarray], Mapping[str, float]],
+                    keys: tuple[str, ...]) -> dict[str, float | int | None]:
+    """Metrics apart for each group of rows (warm, cold items, ...): ``count_<group>`` and
+    ``<key>_<group>`` for each boolean row mask in ``groups``, None where a group is empty.
+    ``compute(rows)`` returns the metrics of those rows."""
+    scores: dict[str, float | int | None] = {}
+    for group, rows in groups.items():
+        scores[f"count_{group}"] = int(rows.sum())
+        part = compute(rows) if rows.any() else None
+        scores.update({f"{key}_{group}": None if part is None else float(part[key]) for key in keys})
+    return scores
