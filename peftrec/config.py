@@ -440,8 +440,9 @@ def check_settings(cfg: Any) -> None:
         value = functools.reduce(lambda obj, name: getattr(obj, name, missing), key.split("."), cfg)
         if value is not missing and not ok(value):
             raise ConfigError(f"{key}={value!r}: must be {requirement}")
-    for problem in _conflicts(cfg):
-        raise ConfigError(problem)
+    problems = _conflicts(cfg)
+    if problems:
+        raise ConfigError(problems[0])
     out = Path(cfg.output_dir)
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir():
