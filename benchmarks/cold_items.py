@@ -47,10 +47,11 @@ import numpy as np
 
 from peftrec.config import RatingRecipeConfig, load_config
 from peftrec.data import fingerprint, load_data, split_rows
+from peftrec.heads import ITEM_SHRINK, Biases, shrunk_biases
+from peftrec.metrics import rmse
 
 RESAMPLES = 1000
 SEED = 0
-ITEM_SHRINK = 25.0  # as RatingHead.init_biases
 USER_SHRINK_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)  # RatingHead.init_biases uses 10
 ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 USER_RIDGE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
@@ -83,24 +84,13 @@ def interval(samples: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def rmse(errors: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(errors))))
-
-
 # -- reference points from the training ratings ---------------------------------------------------
 
 
-class Biases:
-    """mu, b_i (shrinkage 25) and b_u (shrinkage ``user_shrink``, net of b_i) of the training ratings."""
-
-    def __init__(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, num_users: int,
-                 num_items: int, user_shrink: float):
-        self.mean = float(ratings.mean())
-        item_bias = np.bincount(items, ratings - self.mean, num_items) / (np.bincount(items, minlength=num_items)
-                                                                         + ITEM_SHRINK)
-        residual = ratings - self.mean - item_bias[items]
-        self.user_bias = np.bincount(users, residual, num_users) / (np.bincount(users, minlength=num_users)
-                                                                     + user_shrink)
+def fit_biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, num_users: int, num_items: int,
+               user_shrink: float) -> Biases:
+    """mu, b_i (shrinkage 25, as the rating head) and b_u (shrinkage ``user_shrink``, net of b_i)."""
+    return shrunk_biases(users, items, ratings, num_users, num_items, user_shrink=user_shrink)
 
 
 def item_features(dataset) -> tuple[np.ndarray, list[str]]:
@@ -147,13 +137,13 @@ class References:
         self.inter, self.shape = inter, (len(dataset.user_ids), len(dataset.item_ids))
         self.features, self.feature_names = item_features(dataset)
         train, valid = split.train, split.valid
-        self.fitted = {l_u: Biases(inter.users[train], inter.items[train], inter.ratings[train], *self.shape, l_u)
+        self.fitted = {l_u: fit_biases(inter.users[train], inter.items[train], inter.ratings[train], *self.shape, l_u)
                        for l_u in USER_SHRINK_GRID}
         self.tuning_a = {l_u: rmse(self.predict_a(valid, l_u) - inter.ratings[valid]) for l_u in USER_SHRINK_GRID}
         self.tuning_b = {}
         for l_u in USER_SHRINK_GRID:
             biases = self.fitted[l_u]
-            residual = inter.ratings[train] - biases.mean - biases.user_bias[inter.users[train]]
+            residual = inter.ratings[train] - biases.mean - biases.user[inter.users[train]]
             for alpha in ALPHA_GRID:
                 ridge = fit_ridge(self.features[inter.items[train]], residual, alpha)
                 self.tuning_b[l_u, alpha] = (rmse(self.predict_b(valid, l_u, ridge) - inter.ratings[valid]), ridge)
@@ -171,7 +161,7 @@ class References:
 
     def predict_a(self, rows: np.ndarray, l_u: float | None = None) -> np.ndarray:
         biases = self.fitted[self.l_u if l_u is None else l_u]
-        return biases.mean + biases.user_bias[self.inter.users[rows]]
+        return biases.mean + biases.user[self.inter.users[rows]]
 
     def predict_b(self, rows: np.ndarray, l_u: float | None = None, ridge=None) -> np.ndarray:
         weights, intercept = self.ridge if ridge is None else ridge

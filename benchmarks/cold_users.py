@@ -34,11 +34,12 @@ import torch
 
 from peftrec.config import RatingRecipeConfig, load_config
 from peftrec.data import load_data, split_rows
+from peftrec.heads import shrunk_biases
+from peftrec.metrics import rmse
 from peftrec.recommender import Recommender
 
 KS = (0, 1, 3, 5, 10)
 L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-ITEM_SHRINK = 25.0  # as RatingHead.init_biases
 METHODS = {"profile": "(a) profile + fold-in", "ratings": "(b) fold-in only", "baseline": "(c) baseline biases"}
 
 
@@ -56,10 +57,9 @@ class Baseline:
 
     def __init__(self, dataset, train_rows: np.ndarray):
         inter = dataset.interactions
-        ratings, items = inter.ratings[train_rows], inter.items[train_rows]
-        self.mean = ratings.mean()
-        sums = np.bincount(items, ratings - self.mean, minlength=len(dataset.item_ids))
-        self.item_bias = sums / (np.bincount(items, minlength=len(dataset.item_ids)) + ITEM_SHRINK)
+        biases = shrunk_biases(inter.users[train_rows], inter.items[train_rows], inter.ratings[train_rows],
+                               len(dataset.user_ids), len(dataset.item_ids))
+        self.mean, self.item_bias = biases.mean, biases.item
 
     def predict(self, known_items, known_ratings, items, l2: float) -> np.ndarray:
         residual = np.asarray(known_ratings) - self.mean - self.item_bias[known_items]
@@ -87,7 +87,7 @@ def rmse_by_k(rec, baseline, dataset, users: dict[int, np.ndarray], method: str,
     for k in KS:
         errors = [predictions(rec, baseline, dataset, u, rows, method, k, l2) - inter.ratings[rows[max(KS):]]
                   for u, rows in users.items()]
-        result[k] = float(np.sqrt(np.mean(np.square(np.concatenate(errors)))))
+        result[k] = rmse(np.concatenate(errors))
     return result
 
 

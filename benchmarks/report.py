@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "peftrec-benchmark/1"
+from peftrec.tasks import BENCHMARK_SCHEMA, TASKS
+
+SCHEMA = BENCHMARK_SCHEMA
 PROTOCOLS = {"p1": "P1, random split", "p2": "P2, cold-start items", "p3": "P3, leave-one-out, full ranking"}
 NA = "\u2013"  # an en dash: a value that was not measured
-TASK_TITLES = {"rating": "Rating prediction", "ranking": "Top-K ranking"}
+TASK_TITLES = {name: task.title for name, task in TASKS.items()}
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,8 @@ class Metric:
 
 
 def metrics_of(task: str, k: int = 10) -> list[Metric]:
-    """The task's metrics, headline first."""
-    if task == "rating":
-        return [Metric("rmse", "RMSE", True), Metric("mse", "MSE", True), Metric("mae", "MAE", True)]
-    return [Metric(f"ndcg@{k}", f"NDCG@{k}", False), Metric(f"hr@{k}", f"HR@{k}", False), Metric("mrr", "MRR", False)]
+    """The task's metrics (``peftrec.tasks``), headline first."""
+    return [Metric(m.key.format(k=k), m.label.format(k=k), not m.higher_is_better) for m in TASKS[task].reported]
 
 
 # -- reading results ---------------------------------------------------------------------------

@@ -53,10 +53,9 @@ if __package__ in (None, ""):  # run as a script: make the `benchmarks` package 
 
 from benchmarks import report  # noqa: E402
 from benchmarks.tiny import ASSETS, build_assets  # noqa: E402
+from peftrec.tasks import BENCHMARK_SCHEMA, TASKS  # noqa: E402
 
-SCHEMA = "peftrec-benchmark/1"
 SUITES = REPO / "benchmarks" / "suites"
-TASKS = ("rating", "ranking")
 EXPERIMENT_KEYS = {"task", "config", "defaults", "label", "overrides"}
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "peftrec")
@@ -93,7 +92,7 @@ class Experiment:
 
     def argv(self, assets: dict[str, str], output_dir: Path) -> list[str]:
         """The recipe's command line."""
-        return [sys.executable, str(REPO / "recipes" / f"train_{self.task}.py"), "--config", str(self.config),
+        return [sys.executable, str(TASKS[self.task].recipe_path()), "--config", str(self.config),
                 *self.override_args(assets), f"output_dir={output_dir}"]
 
     def needs_assets(self) -> bool:
@@ -118,7 +117,7 @@ def load_experiment(path: Path) -> Experiment:
     if unknown:
         raise ExperimentError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(EXPERIMENT_KEYS)}")
     if raw.get("task") not in TASKS:
-        raise ExperimentError(f"{path}: task must be one of {TASKS}, got {raw.get('task')!r}")
+        raise ExperimentError(f"{path}: task must be one of {tuple(TASKS)}, got {raw.get('task')!r}")
     config = REPO / str(raw.get("config", ""))
     if not raw.get("config") or not config.is_file():
         raise ExperimentError(f"{path}: config {raw.get('config')!r} is not a file (paths are relative to {REPO})")
@@ -294,7 +293,7 @@ def run_experiment(experiment: Experiment, runs: Path, assets_dir: Path, context
     returncode = stream(argv, run_dir / "log.txt", env)
     wall = time.perf_counter() - tick
     record: dict[str, Any] = {
-        "schema": SCHEMA, "name": experiment.name, "task": experiment.task, "status": "ok",
+        "schema": BENCHMARK_SCHEMA, "name": experiment.name, "task": experiment.task, "status": "ok",
         "started": started, "synthetic": experiment.needs_assets(),
         "experiment": {"file": relative(experiment.path), "config": relative(experiment.config),
                        "defaults": relative(experiment.defaults) if experiment.defaults else None,
@@ -368,8 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         experiments = [load_experiment(p) for p in (suite_files(args.suite) if args.suite else args.experiments)]
     except ExperimentError as error:
         parser.error(str(error))
-    if args.threads is not None:  # before torch is imported: it reads OMP_NUM_THREADS then
+    if args.threads is not None:  # for the recipes' processes, and for this one's measurements
+        import torch
+
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
     runs = args.runs or REPO / "runs" / "benchmarks" / args.out.resolve().name
     args.out.mkdir(parents=True, exist_ok=True)
     context = {"git": git_state(exclude=args.out), "versions": versions(), "hardware": hardware()}

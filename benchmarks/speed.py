@@ -120,7 +120,7 @@ def train_step(model: RecModel, optimizer: torch.optim.Optimizer, batch: Batch, 
     batch = dict(batch)
     ratings = batch.pop("ratings")
     tick = time.perf_counter()
-    predictions, penalty, _ = model(**batch)
+    predictions, penalty = model(**batch)[:2]
     ((predictions - ratings).square().mean() + l2 * penalty).backward()
     seconds = time.perf_counter() - tick
     optimizer.step()
@@ -133,7 +133,7 @@ def flops_per_padded_token(model: RecModel, batches: list[Batch]) -> float:
     with FlopCounterMode(display=False) as counter:
         for batch in batches:
             batch = {k: v for k, v in batch.items() if k != "ratings"}
-            predictions, penalty, _ = model(**batch)
+            predictions, penalty = model(**batch)[:2]
             (predictions.sum() + penalty).backward()
     model.zero_grad()
     return counter.get_total_flops() / sum(b["input_ids"].numel() for b in batches)

@@ -15,27 +15,18 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# LoRA targets per architecture (attention query and value projections); override with
-# adapter.target_modules. Unknown architectures fall back to every linear layer.
-LORA_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "electra": ["query", "value"],
+# LoRA targets for architectures PEFT has no default for (PEFT's own table,
+# TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, covers BERT, GPT-2, LLaMA, Qwen, ... and PEFT
+# applies it itself); override with adapter.target_modules. Others fall back to every linear layer.
+EXTRA_LORA_TARGETS: dict[str, list[str]] = {
     "mpnet": ["q", "v"],
     "distilbert": ["q_lin", "v_lin"],
-    "gpt2": ["c_attn"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "qwen3": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
     "phi3": ["qkv_proj"],
-    "opt": ["q_proj", "v_proj"],
 }
 CONV1D_ARCHITECTURES = {"gpt2"}  # weights stored transposed: LoRA needs fan_in_fan_out
 # Where the stack of transformer blocks lives, per architecture (top_layers).
@@ -61,13 +52,15 @@ PROMPT_METHODS = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"}
 
 def lora_config(model_type: str, cfg) -> LoraConfig:
     """PEFT's LoraConfig with per-architecture defaults; ``cfg.peft_kwargs`` pass straight through."""
-    targets = cfg.target_modules or LORA_TARGETS.get(model_type, "all-linear")
+    targets = cfg.target_modules
+    if not targets and model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        targets = EXTRA_LORA_TARGETS.get(model_type, "all-linear")
     options: dict[str, Any] = {
         "task_type": TaskType.FEATURE_EXTRACTION,
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
-        "target_modules": "all-linear" if targets == ["all-linear"] else targets,
+        "target_modules": "all-linear" if targets == ["all-linear"] else targets or None,
         "fan_in_fan_out": model_type in CONV1D_ARCHITECTURES,
     }
     return LoraConfig(**{**options, **cfg.peft_kwargs})

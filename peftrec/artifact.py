@@ -1,50 +1,54 @@
 """Save and load a trained recommender as a folder of JSON and safetensors files (never pickle).
 
-Layout::
+Layout (format 2)::
 
-    peftrec.json        format version, backbone, pooling, adapter method, head sizes
-    adapter/            PEFT's own adapter format (LoRA ...), or backbone.safetensors (full)
-    head.safetensors    towers and regression head
+    peftrec.json        format version and the model's spec (peftrec.spec.ModelSpec)
+    README.md           a model card: backbone, method, task, data, metrics
+    adapter/            PEFT's own adapter format, or backbone.safetensors (top_layers, full)
+    base.safetensors    a randomly initialised backbone's base weights (backbone.init=random)
+    head.safetensors    towers and head
     tokenizer/          the tokenizer the model was trained with
-    catalog.json        user ids, item ids and item texts (the id maps)
-    seen.safetensors    training interactions (user, item index pairs), to exclude seen items
+    catalog.json        user ids, item ids and texts (the id maps)
+    seen.safetensors    known interactions (user, item index pairs), to exclude seen items
     config.yaml         the resolved training config
+
+:func:`required_files` says which of these a spec needs; loading refuses a folder that lacks
+one, names it, and checks that the catalogue matches the head. Format-1 folders (peftrec 0.1
+before the spec) still load; their backbone dtype was not recorded and is float32.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
 from peft import PeftModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from . import __version__
-from .adapters import adapter_state, disable_4bit_cpu_repacking, quantization_config
-from .backbones import load_backbone, load_tokenizer
-from .heads import HEADS, RankingHead
+from .adapters import adapter_state
+from .assembly import assemble, read_safetensors
+from .files import write_folder_atomic
 from .model import RecModel
+from .spec import ArtifactError, ModelSpec, SpecError, spec_from_format1
+from .tasks import task_of
 
 FORMAT = "peftrec"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+PEFT_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors")
 
-
-class ArtifactError(ValueError):
-    """A saved model folder that cannot be loaded safely: missing, corrupt or mismatched files."""
+__all__ = ["ArtifactError", "Catalog", "load_artifact", "required_files", "save_artifact"]
 
 
 @dataclass
 class Catalog:
-    """What the model knows by id: users, items with their texts, and who rated what in training."""
+    """What the model knows by id: users, items with their texts, and who rated what."""
 
     user_ids: list[str]
     item_ids: list[str]
@@ -54,86 +58,89 @@ class Catalog:
     user_texts: list[str] | None = None
 
 
-def save_artifact(folder: str | Path, model: RecModel, tokenizer, catalog: Catalog, *, backbone: str,
-                  method: str, max_length: int, config_yaml: str = "") -> Path:
-    """Write the model to ``folder`` atomically: a crash mid-save leaves any previous one intact."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved model is an ordinary folder
-    try:
-        head = model.head
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "peftrec_version": __version__,
-            "task": "ranking" if isinstance(head, RankingHead) else "rating",
-            "backbone": backbone,
-            "model_type": model_config(model.backbone).model_type,
-            "pooling": model.pooling,
-            "max_length": max_length,
-            "adapter": method,
-            "init": "random" if model.random_base is not None else "pretrained",
-            "quant_bits": quant_bits(model_config(model.backbone)),
-            "head": {
-                "text_dim": head.text_dim,
-                "num_users": head.user_emb.num_embeddings,
-                "num_items": len(catalog.item_ids),
-                "dim": head.dim,
-                "item_ids": head.item_emb is not None,
-                "item_text": head.item_proj is not None,
-                "user_text_dim": head.user_text_proj.in_features if head.user_text_proj is not None else None,
-            },
-        }
+def required_files(spec: ModelSpec) -> list[str]:
+    """The files (relative paths) a model folder with this spec must hold."""
+    files = ["peftrec.json", "head.safetensors", "tokenizer", "catalog.json", "seen.safetensors"]
+    method = spec.adapter.method
+    if method in ("top_layers", "full"):
+        files.append("adapter/backbone.safetensors")
+    elif method != "frozen":
+        files += PEFT_FILES
+    if spec.init == "random":
+        files.append("base.safetensors")
+    return files
+
+
+def save_artifact(folder: str | Path, model: RecModel, tokenizer, catalog: Catalog, *, config_yaml: str = "",
+                  card: dict[str, Any] | None = None) -> Path:
+    """Write the model to ``folder`` atomically: a crash mid-save leaves any previous one intact.
+
+    ``card`` (data, protocol, metrics ...) goes into ``README.md`` and ``peftrec.json``.
+    """
+    spec = model.spec
+    if spec is None:
+        raise ValueError("save_artifact: the model has no spec (build it with peftrec.assembly.assemble)")
+    check_catalog(catalog, spec, Path(folder) / "catalog.json")
+
+    def fill(tmp: Path) -> None:
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "peftrec_version": __version__,
+                "spec": spec.to_dict(), "card": card or {}}
         (tmp / "peftrec.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "README.md").write_text(model_card(spec, card or {}))
         if model.random_base is not None:  # random base weights exist nowhere else
             save_file({k: v.cpu().contiguous() for k, v in model.random_base.items()}, tmp / "base.safetensors")
         if isinstance(model.backbone, PeftModel):
             model.backbone.save_pretrained(tmp / "adapter")
+            make_portable(tmp / "adapter", spec)
         elif (state := adapter_state(model.backbone)) is not None:
             (tmp / "adapter").mkdir()
             save_file(state, tmp / "adapter" / "backbone.safetensors")
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, tmp / "head.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
+                  tmp / "head.safetensors")
         tokenizer.save_pretrained(tmp / "tokenizer")
         catalog_json = {"user_ids": catalog.user_ids, "item_ids": catalog.item_ids,
                         "item_texts": catalog.item_texts, "user_texts": catalog.user_texts}
         (tmp / "catalog.json").write_text(json.dumps(catalog_json, ensure_ascii=False))
-        save_file({"users": torch.as_tensor(catalog.seen_users, dtype=torch.int64),
-                   "items": torch.as_tensor(catalog.seen_items, dtype=torch.int64)}, tmp / "seen.safetensors")
+        save_file({"users": torch.as_tensor(np.asarray(catalog.seen_users), dtype=torch.int64),
+                   "items": torch.as_tensor(np.asarray(catalog.seen_items), dtype=torch.int64)},
+                  tmp / "seen.safetensors")
         (tmp / "config.yaml").write_text(config_yaml)
-        replace_folder(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+        missing = [f for f in required_files(spec) if not (tmp / f).exists()]
+        if missing:
+            raise ArtifactError(f"save_artifact: the {spec.adapter.method} model wrote no {', '.join(missing)}")
+
+    return write_folder_atomic(folder, fill)
 
 
-def replace_folder(new: Path, target: Path) -> None:
-    """Swap ``new`` into place of ``target``; the old folder is removed only once ``new`` is there."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+def make_portable(adapter_dir: Path, spec: ModelSpec) -> None:
+    """PEFT records where the base model was on the training machine (an absolute path into its
+    virtualenv for ``minilm``): name the backbone as the spec does, and drop PEFT's README."""
+    config_path = adapter_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = spec.backbone if not Path(spec.backbone).is_absolute() else None
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    (adapter_dir / "README.md").unlink(missing_ok=True)
 
 
-def quant_bits(config) -> int | None:
-    """4 or 8 for a backbone loaded with bitsandbytes, else None."""
-    quantization = getattr(config, "quantization_config", None)
-    if quantization is None:
-        return None
-    if isinstance(quantization, dict):
-        return 4 if quantization.get("load_in_4bit") else 8
-    return 4 if quantization.load_in_4bit else 8
-
-
-def model_config(backbone):
-    return backbone.get_base_model().config if isinstance(backbone, PeftModel) else backbone.config
+def model_card(spec: ModelSpec, card: dict[str, Any]) -> str:
+    """A short Markdown card: what the model is, what it was trained on, how well it did."""
+    lines = [f"# peftrec {spec.task} model", "",
+             f"- task: {spec.task} ({task_of(spec.task).summary})",
+             f"- backbone: `{spec.backbone}` ({spec.model_type}, {spec.dtype}, {spec.pooling} pooling, "
+             f"{'pretrained' if spec.init == 'pretrained' else 'randomly initialised'})",
+             f"- adaptation: {spec.adapter.method}"
+             + (f", {spec.adapter.quant_bits}-bit base" if spec.adapter.quant_bits else ""),
+             f"- catalogue: {spec.head['num_items']} items, {spec.head['num_users']} users"]
+    if card.get("data"):
+        lines.append(f"- data: {card['data']}")
+    if card.get("protocol"):
+        lines.append(f"- protocol: {card['protocol']}")
+    metrics = card.get("metrics") or {}
+    if metrics:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += ["", "Load it with `peftrec.Recommender.from_pretrained(folder)`."]
+    return "\n".join(lines) + "\n"
 
 
 def read_json(path: Path) -> dict:
@@ -145,90 +152,88 @@ def read_json(path: Path) -> dict:
         raise ArtifactError(f"{path}: not valid JSON ({err})") from None
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ArtifactError(f"{path}: corrupt or truncated safetensors file ({err})") from None
-
-
 def refuse_pickles(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.suffix in UNSAFE_SUFFIXES:
             raise ArtifactError(f"{path}: refusing to load a pickle-based file; peftrec loads safetensors only")
 
 
+def read_spec(folder: Path) -> tuple[ModelSpec, dict]:
+    """The spec in ``folder/peftrec.json`` (format 1 or 2) and the whole file."""
+    path = folder / "peftrec.json"
+    meta = read_json(path)
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a peftrec model file (no \"format\": \"{FORMAT}\")")
+    if version not in READABLE_VERSIONS:
+        raise ArtifactError(f"{path}: a peftrec format-{version} model; this peftrec "
+                            f"({__version__}) reads formats {READABLE_VERSIONS[0]}-{READABLE_VERSIONS[-1]}: "
+                            f"install the peftrec that wrote it ({meta.get('peftrec_version', 'unknown')})")
+    try:
+        spec = spec_from_format1(meta) if version == 1 else ModelSpec.from_dict(meta.get("spec"), f"{path}: spec")
+    except (KeyError, TypeError) as err:
+        raise ArtifactError(f"{path}: incomplete model description ({err})") from None
+    except SpecError as err:
+        raise ArtifactError(str(err)) from None
+    task_of(spec.task)
+    return spec, meta
+
+
+def check_catalog(catalog: Catalog, spec: ModelSpec, where: Path) -> None:
+    """The id lists and texts match the head's tables, ids are unique, seen pairs are in range."""
+    head = spec.head
+    problems = []
+    if len(catalog.item_ids) != head["num_items"]:
+        problems.append(f"{len(catalog.item_ids)} item ids for the head's {head['num_items']} items")
+    if len(catalog.item_texts) != len(catalog.item_ids):
+        problems.append(f"{len(catalog.item_texts)} item texts for {len(catalog.item_ids)} item ids")
+    if len(catalog.user_ids) != head["num_users"]:
+        problems.append(f"{len(catalog.user_ids)} user ids for the head's {head['num_users']} users")
+    if catalog.user_texts is not None and len(catalog.user_texts) != len(catalog.user_ids):
+        problems.append(f"{len(catalog.user_texts)} user texts for {len(catalog.user_ids)} user ids")
+    for kind, ids in (("item", catalog.item_ids), ("user", catalog.user_ids)):
+        if len(set(ids)) != len(ids):
+            problems.append(f"a {kind} id appears twice")
+    users, items = np.asarray(catalog.seen_users), np.asarray(catalog.seen_items)
+    if len(users) != len(items):
+        problems.append("seen users and items differ in length")
+    elif len(users) and (users.min() < 0 or users.max() >= len(catalog.user_ids)
+                         or items.min() < 0 or items.max() >= len(catalog.item_ids)):
+        problems.append("seen interactions point outside the id lists")
+    if problems:
+        raise ArtifactError(f"{where}: does not match the model ({'; '.join(problems)})")
+
+
 def load_artifact(folder: str | Path, *, backbone: str | None = None, trust_remote_code: bool = False):
     """Load ``(model, tokenizer, catalog, meta)`` from a folder written by :func:`save_artifact`.
 
     ``backbone`` overrides where the base weights come from (a local copy of the same model).
+    ``meta`` is ``peftrec.json`` with the spec as an object (``meta["spec"]``).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such model folder")
-    meta = read_json(folder / "peftrec.json")
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{folder / 'peftrec.json'}: not a peftrec format-{FORMAT_VERSION} model")
+    spec, meta = read_spec(folder)
+    missing = [f for f in required_files(spec) if not (folder / f).exists()]
+    if missing:
+        raise ArtifactError(f"{folder / missing[0]}: missing; a {spec.adapter.method} {spec.task} model needs "
+                            f"{', '.join(required_files(spec))}")
+    if not (folder / "tokenizer" / "tokenizer_config.json").is_file():
+        raise ArtifactError(f"{folder / 'tokenizer' / 'tokenizer_config.json'}: missing; the tokenizer folder "
+                            "is incomplete")
     refuse_pickles(folder)
-    tokenizer = load_tokenizer(str(folder / "tokenizer"))
-    quantization = None
-    if meta.get("quant_bits"):
-        quantization = quantization_config(SimpleNamespace(method="qlora", quant_bits=meta["quant_bits"]))
-    init = meta.get("init", "pretrained")
-    base = load_backbone(backbone or meta["backbone"], trust_remote_code=trust_remote_code,
-                         quantization_config=quantization, init=init)
-    random_base = None
-    if init == "random":
-        random_base = read_safetensors(folder / "base.safetensors")
-        try:
-            base.load_state_dict(random_base)
-        except RuntimeError as err:
-            raise ArtifactError(f"{folder / 'base.safetensors'}: does not fit backbone {meta['backbone']} ({err})") from None
-    disable_4bit_cpu_repacking(base)
-    if base.config.model_type != meta["model_type"]:
-        raise ArtifactError(
-            f"{folder}: trained on a '{meta['model_type']}' backbone, but {backbone or meta['backbone']} "
-            f"is a '{base.config.model_type}'"
-        )
-    adapter_dir = folder / "adapter"
-    if (adapter_dir / "adapter_config.json").is_file():
-        if not (adapter_dir / "adapter_model.safetensors").is_file():
-            raise ArtifactError(f"{adapter_dir}: adapter_model.safetensors is missing")
-        read_safetensors(adapter_dir / "adapter_model.safetensors")  # fail early, with the file name
-        try:
-            base = PeftModel.from_pretrained(base, adapter_dir)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ArtifactError(f"{adapter_dir}: adapter does not fit backbone {meta['backbone']} ({err})") from None
-    elif (adapter_dir / "backbone.safetensors").is_file():
-        state = read_safetensors(adapter_dir / "backbone.safetensors")
-        unknown = set(state) - set(dict(base.named_parameters()))
-        if unknown:
-            raise ArtifactError(f"{adapter_dir / 'backbone.safetensors'}: weights {sorted(unknown)[:3]} "
-                                f"are not in backbone {meta['backbone']}")
-        base.load_state_dict(state, strict=False)
-    base.eval()
-    if meta.get("task") not in HEADS:
-        raise ArtifactError(f"{folder / 'peftrec.json'}: unknown task {meta.get('task')!r}")
-    try:
-        head = HEADS[meta["task"]](**meta["head"])
-    except TypeError as err:
-        raise ArtifactError(f"{folder / 'peftrec.json'}: bad head settings {meta['head']!r} ({err})") from None
-    try:
-        head.load_state_dict(read_safetensors(folder / "head.safetensors"))
-    except RuntimeError as err:
-        raise ArtifactError(f"{folder / 'head.safetensors'}: does not match peftrec.json ({err})") from None
-    head.eval()
-    catalog_json = read_json(folder / "catalog.json")
+    catalog = read_catalog(folder)
+    check_catalog(catalog, spec, folder / "catalog.json")
+    model, tokenizer = assemble(spec, saved=folder, base=backbone, trust_remote_code=trust_remote_code)
+    return model, tokenizer, catalog, {**meta, "spec": spec}
+
+
+def read_catalog(folder: Path) -> Catalog:
+    raw = read_json(folder / "catalog.json")
     seen = read_safetensors(folder / "seen.safetensors")
-    catalog = Catalog(
-        user_ids=catalog_json["user_ids"], item_ids=catalog_json["item_ids"],
-        item_texts=catalog_json["item_texts"], user_texts=catalog_json.get("user_texts"),
-        seen_users=seen["users"].numpy(), seen_items=seen["items"].numpy(),
-    )
-    if len(catalog.item_ids) != meta["head"]["num_items"] or len(catalog.user_ids) != meta["head"]["num_users"]:
-        raise ArtifactError(f"{folder / 'catalog.json'}: id lists do not match the head's sizes")
-    model = RecModel(base, head, meta["pooling"], tokenizer.pad_token_id)
-    model.random_base = random_base  # saving it again keeps the random base weights
-    return model, tokenizer, catalog, meta
+    try:
+        return Catalog(user_ids=list(raw["user_ids"]), item_ids=list(raw["item_ids"]),
+                       item_texts=list(raw["item_texts"]), user_texts=raw.get("user_texts"),
+                       seen_users=seen["users"].numpy(), seen_items=seen["items"].numpy())
+    except (KeyError, TypeError) as err:
+        raise ArtifactError(f"{folder / 'catalog.json'} or seen.safetensors: missing field {err}") from None

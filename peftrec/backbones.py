@@ -56,6 +56,11 @@ def default_pooling(config) -> Pooling:
     return "mean" if is_encoder(config) else "last"
 
 
+def backbone_config(name: str, trust_remote_code: bool = False):
+    """The backbone's config (architecture, sizes) without loading its weights."""
+    return AutoConfig.from_pretrained(resolve_backbone(name), trust_remote_code=trust_remote_code)
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A right-padding tokenizer with a pad token (decoders such as GPT-2 ship without one)."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(name), trust_remote_code=trust_remote_code)

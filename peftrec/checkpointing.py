@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import yaml
 
+from .files import write_atomic
+
 logger = logging.getLogger(__name__)
 
 POINTER = "latest"
@@ -61,32 +63,42 @@ class TrainingProgress:
     """Batches of this epoch already trained on (what a resumed run skips)."""
     step: int = 0
     """Optimizer steps so far."""
-    squared_error: float = 0.0
-    """Sum of squared training errors in this epoch, over all processes."""
-    ratings: int = 0
-    """Training ratings seen in this epoch, over all processes."""
+    loss_sum: float = 0.0
+    """Sum of the per-example training losses in this epoch (squared errors for ratings), over
+    all processes."""
+    examples: int = 0
+    """Training examples (ratings, positive pairs) seen in this epoch, over all processes."""
     source_loss: float = 0.0
     """Sum over this epoch's batches of L_S (the source-domain term), averaged over processes."""
-    ratings_per_process: list[int] = field(default_factory=list)
-    """Training ratings each process has trained on, over the whole run."""
+    examples_per_process: list[int] = field(default_factory=list)
+    """Training examples each process has trained on, over the whole run."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """One record per finished epoch (epoch 0: after the head warm-up)."""
 
     def record(self, pieces: torch.Tensor) -> None:
-        """Add one batch: ``pieces[p] = (squared error, ratings[, L_S])`` of process ``p``."""
+        """Add one batch: ``pieces[p] = (loss sum, examples[, L_S])`` of process ``p``."""
         pieces = pieces.double().cpu()
-        self.squared_error += float(pieces[:, 0].sum())
+        self.loss_sum += float(pieces[:, 0].sum())
         if pieces.size(1) > 2:
             self.source_loss += float(pieces[:, 2].mean())
         counts = pieces[:, 1].round().long().tolist()
-        self.ratings += sum(counts)
-        if not self.ratings_per_process:
-            self.ratings_per_process = [0] * len(counts)
-        self.ratings_per_process = [a + b for a, b in zip(self.ratings_per_process, counts, strict=True)]
+        self.examples += sum(counts)
+        if not self.examples_per_process:
+            self.examples_per_process = [0] * len(counts)
+        self.examples_per_process = [a + b for a, b in zip(self.examples_per_process, counts, strict=True)]
         self.batches_done += 1
 
+    @property
+    def mean_loss(self) -> float:
+        """The epoch's mean training loss per example so far."""
+        return self.loss_sum / max(self.examples, 1)
+
+    @property
+    def mean_source_loss(self) -> float:
+        return self.source_loss / max(self.batches_done, 1)
+
     def next_epoch(self) -> None:
-        self.epoch, self.batches_done, self.squared_error, self.ratings = self.epoch + 1, 0, 0.0, 0
+        self.epoch, self.batches_done, self.loss_sum, self.examples = self.epoch + 1, 0, 0.0, 0
         self.source_loss = 0.0
 
     def state_dict(self) -> dict[str, Any]:
@@ -182,17 +194,6 @@ def load_checkpoint(accelerator, checkpoint: Path) -> None:
         except Exception as err:  # anything torch cannot load this way is refused
             raise CheckpointError(f"{path}: not plain tensors and values, refusing to unpickle it ({err})") from None
     accelerator.load_state(str(checkpoint))
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _write_pointer(folder: Path, name: str) -> None:

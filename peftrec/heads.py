@@ -2,8 +2,38 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import torch
 from torch import nn
+
+USER_SHRINK, ITEM_SHRINK = 10.0, 25.0
+
+
+class Biases(NamedTuple):
+    """Mean rating and regularised user and item offsets from it."""
+
+    mean: float
+    user: np.ndarray
+    item: np.ndarray
+
+
+def shrunk_biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, num_users: int, num_items: int, *,
+                  user_shrink: float = USER_SHRINK, item_shrink: float = ITEM_SHRINK,
+                  item_biases: bool = True) -> Biases:
+    """``mean``, ``b_i = sum(r - mean) / (n_i + item_shrink)`` and ``b_u`` the same over the
+    residuals ``r - mean - b_i`` (over ``r - mean`` with ``item_biases=False``).
+
+    The regularised averages a rating head starts from, and the classical baseline the
+    benchmarks compare with. Shrinkage pulls users and items with few ratings towards 0.
+    """
+    ratings = np.asarray(ratings, dtype=np.float64)
+    mean = float(ratings.mean())
+    item = np.bincount(items, ratings - mean, num_items) / (np.bincount(items, minlength=num_items) + item_shrink)
+    residual = ratings - mean - (item[items] if item_biases else 0.0)
+    user = np.bincount(users, residual, num_users) / (np.bincount(users, minlength=num_users) + user_shrink)
+    return Biases(mean, user, item)
 
 
 class TwoTowers(nn.Module):
@@ -96,22 +126,15 @@ class RatingHead(TwoTowers):
         return self.global_mean + user[1][:, None] + item[1][None, :] + user[0] @ item[0].T
 
     @torch.no_grad()
-    def init_biases(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor,
-                    user_shrink: float = 10.0, item_shrink: float = 25.0) -> None:
+    def init_biases(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         """Global mean and user/item biases from regularised averages of the training ratings."""
-        mean = ratings.mean()
-        self.global_mean.fill_(mean)
         num_items = self.item_bias.num_embeddings if self.item_bias is not None else int(items.max()) + 1
-        item_sum = torch.zeros(num_items).index_add_(0, items, ratings - mean)
-        item_count = torch.zeros(num_items).index_add_(0, items, torch.ones_like(ratings))
-        item_b = item_sum / (item_count + item_shrink)
+        biases = shrunk_biases(users.numpy(), items.numpy(), ratings.numpy(), self.user_bias.num_embeddings,
+                               num_items, item_biases=self.item_bias is not None)
+        self.global_mean.fill_(biases.mean)
         if self.item_bias is not None:
-            self.item_bias.weight[:, 0] = item_b
-        residual = ratings - mean - (item_b[items] if self.item_bias is not None else 0.0)
-        num_users = self.user_bias.num_embeddings
-        user_sum = torch.zeros(num_users).index_add_(0, users, residual)
-        user_count = torch.zeros(num_users).index_add_(0, users, torch.ones_like(ratings))
-        self.user_bias.weight[:, 0] = user_sum / (user_count + user_shrink)
+            self.item_bias.weight[:, 0] = torch.as_tensor(biases.item, dtype=self.item_bias.weight.dtype)
+        self.user_bias.weight[:, 0] = torch.as_tensor(biases.user, dtype=self.user_bias.weight.dtype)
 
 
 class RankingHead(TwoTowers):
@@ -127,5 +150,3 @@ class RankingHead(TwoTowers):
     def score_all(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return item[1][None, :] + user[0] @ item[0].T
 
-
-HEADS = {"rating": RatingHead, "ranking": RankingHead}

@@ -22,25 +22,26 @@ def other_positives(users: torch.Tensor, positions: torch.Tensor, num_items: int
 
 def sampled_softmax(scores: torch.Tensor, positions: torch.Tensor, exclude: torch.Tensor,
                     temperature: float = 1.0) -> torch.Tensor:
-    """Cross-entropy of each pair's positive item against the batch's other items.
+    """Cross-entropy of each pair's positive item against the batch's other items, per pair.
 
     ``scores`` is ``(pairs, batch items)``; the candidates are the step's items (each appears
     once per step, sampled uniformly, so no popularity correction is needed) plus any extra
     random negatives; ``exclude`` masks the user's other positives.
     """
     logits = (scores / temperature).masked_fill(exclude, float("-inf"))
-    return F.cross_entropy(logits, positions)
+    return F.cross_entropy(logits, positions, reduction="none")
 
 
 def bpr(scores: torch.Tensor, positions: torch.Tensor, exclude: torch.Tensor,
         generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bayesian personalised ranking: -log sigmoid(s_pos - s_neg), one sampled negative per pair."""
+    """Bayesian personalised ranking: -log sigmoid(s_pos - s_neg), one sampled negative per pair
+    (per pair, like :func:`sampled_softmax`)."""
     rows = torch.arange(len(positions), device=scores.device)
     weights = (~exclude).float()
     weights[rows, positions] = 0.0
     weights[weights.sum(1) == 0] = 1.0  # no negative in the batch for this pair: loss is constant
     negatives = torch.multinomial(weights, 1, generator=generator).squeeze(1)
-    return -F.logsigmoid(scores[rows, positions] - scores[rows, negatives]).mean()
+    return -F.logsigmoid(scores[rows, positions] - scores[rows, negatives])
 
 
 LOSSES = {"softmax": sampled_softmax, "bpr": bpr}

@@ -1,4 +1,4 @@
-"""The recommender network: a (PEFT-adapted) language model under a two-tower rating head."""
+"""The recommender network: a (PEFT-adapted) language model under a task's two-tower head."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from peft import PeftModel
 from torch import nn
 
 from .backbones import Pooling, pool
-from .heads import RatingHead
+from .heads import TwoTowers
 from .layer_cache import LowerLayerCache, token_key
-from .tokens import length_sorted_batches, pad_batch, tokenize_texts
+from .spec import ModelSpec
+from .tokens import length_sorted_batches, pad_batch
 
 
 class RecOutput(NamedTuple):
@@ -22,13 +23,17 @@ class RecOutput(NamedTuple):
     scores: torch.Tensor  # (pairs,) or, with candidates, (pairs, items)
     penalty: torch.Tensor  # mean L2 of the pairs' user and item vectors and biases
     source: torch.Tensor  # L_S of the step (0 without a source objective, or in eval mode)
+    user: tuple[torch.Tensor, torch.Tensor]  # the pairs' user vectors and biases
+    items: tuple[torch.Tensor, torch.Tensor]  # the batch items' vectors and biases
 
 
 class RecModel(nn.Module):
-    """Backbone (wrapped by PEFT or not) + pooling + :class:`RatingHead`, kept outside the wrapper."""
+    """Backbone (wrapped by PEFT or not) + pooling + the task's head, kept outside the wrapper."""
 
-    def __init__(self, backbone: nn.Module, head: RatingHead, pooling: Pooling, pad_id: int):
+    def __init__(self, backbone: nn.Module, head: TwoTowers, pooling: Pooling, pad_id: int,
+                 spec: ModelSpec | None = None):
         super().__init__()
+        self.spec = spec  # what peftrec.json holds (None only for a bare encoder used in a probe)
         self.backbone = backbone
         self.head = head
         self.pooling = pooling
@@ -97,7 +102,7 @@ class RecModel(nn.Module):
         source = text.new_zeros(())
         if self.source is not None and self.training:
             source = self.source(self, input_ids, attention_mask, item_index, text)
-        return RecOutput(scores, self.head.penalty(user, item), source)
+        return RecOutput(scores, self.head.penalty(user, item), source, user, items)
 
     def adapters_disabled(self) -> contextlib.AbstractContextManager:
         """A context in which the backbone runs as pretrained: PEFT adapters off (nothing to do
@@ -124,36 +129,13 @@ class RecModel(nn.Module):
 
 
 def build_model(backbone_cfg, adapter_cfg, model_cfg, *, num_users: int, num_items: int,
-                task: str = "rating"):
-    """``(RecModel, tokenizer)`` from the backbone, adapter and model sections of a config."""
-    from .adapters import apply_adapter, disable_4bit_cpu_repacking, quantization_config
-    from .backbones import default_pooling, load_backbone, load_tokenizer
-    from .heads import HEADS
+                task: str = "rating", max_length: int = 64):
+    """``(RecModel, tokenizer)`` with a new adapter, from the backbone, adapter and model sections
+    of a config: the spec they describe, assembled (:func:`peftrec.assembly.assemble`)."""
+    from .assembly import assemble
+    from .spec import make_spec
 
-    tokenizer = load_tokenizer(backbone_cfg.name, trust_remote_code=backbone_cfg.trust_remote_code)
-    backbone = load_backbone(backbone_cfg.name, dtype=backbone_cfg.dtype,
-                             trust_remote_code=backbone_cfg.trust_remote_code,
-                             quantization_config=quantization_config(adapter_cfg), init=backbone_cfg.init)
-    disable_4bit_cpu_repacking(backbone)
-    if backbone_cfg.dropout is not None:  # e.g. 0: train on the same features the head warmed up on
-        for module in backbone.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = backbone_cfg.dropout
-    pooling = default_pooling(backbone.config) if backbone_cfg.pooling == "auto" else backbone_cfg.pooling
-    text_dim = backbone.config.hidden_size
-    head = HEADS[task](text_dim, num_users, num_items, model_cfg.dim, item_ids=model_cfg.item_ids,
-                       item_text=model_cfg.item_text, user_text_dim=text_dim if model_cfg.user_text else None,
-                       dropout=model_cfg.dropout)
-    probe = tokenize_texts(tokenizer, ["a short check text"], 16)
-    before = RecModel(backbone, head, pooling, tokenizer.pad_token_id).encode_texts(probe)
-    random_base = ({k: v.detach().clone() for k, v in backbone.state_dict().items()}
-                   if backbone_cfg.init == "random" else None)
-    model = RecModel(apply_adapter(backbone, adapter_cfg), head, pooling, tokenizer.pad_token_id)
-    model.random_base = random_base
-    if isinstance(model.backbone, PeftModel) and model.backbone.peft_config["default"].is_prompt_learning:
-        # guard against prefix/prompt tuning silently doing nothing (e.g. a transformers release
-        # that ignores past_key_values): the adapted encoding must differ from the base one
-        if torch.allclose(model.encode_texts(probe), before):
-            raise RuntimeError("the prompt/prefix adapter does not change the backbone's output: this "
-                               "transformers/PEFT combination ignores it (peftrec pins transformers<5.40)")
-    return model, tokenizer
+    spec = make_spec(backbone_cfg, adapter_cfg, model_cfg, task=task, num_users=num_users,
+                     num_items=num_items, max_length=max_length)
+    return assemble(spec, adapter=adapter_cfg, trust_remote_code=backbone_cfg.trust_remote_code,
+                    backbone_dropout=backbone_cfg.dropout)

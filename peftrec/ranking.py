@@ -1,13 +1,16 @@
-"""Building blocks of the ranking recipe: head warm-up on fixed text features, P3 evaluation."""
+"""Building blocks of the ranking task: the step's candidates across processes, its loss, head
+warm-up on fixed text features, and P3 evaluation."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .heads import TwoTowers
 from .losses import LOSSES, other_positives
 from .metrics import rank_of_targets
+from .training import ItemGroups
 
 
 def seen_mask(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> torch.Tensor:
@@ -19,40 +22,86 @@ def seen_mask(users: np.ndarray, items: np.ndarray, num_users: int, num_items: i
 
 def ranking_step_loss(scores: torch.Tensor, users: torch.Tensor, positions: torch.Tensor, loss: str,
                       temperature: float) -> torch.Tensor:
-    """The ranking loss of one step: each pair's positive against the step's other items."""
+    """The ranking loss of each pair of a step: its positive against the step's other items."""
     exclude = other_positives(users, positions, scores.shape[1])
     if loss == "softmax":
         return LOSSES["softmax"](scores, positions, exclude, temperature)
     return LOSSES["bpr"](scores, positions, exclude)
 
 
+class _GatherRows(torch.autograd.Function):
+    """Every process's rows, concatenated in process order, with gradients flowing back to each
+    process's own rows (the sum of every process's gradient for them)."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        padded = local.new_zeros(max(sizes), *local.shape[1:])
+        padded[: len(local)] = local
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None
+
+
+def gather_rows(accelerator, local: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(all processes' rows, where this process's rows start)``; differentiable."""
+    if accelerator.num_processes == 1:
+        return local, 0
+    sizes = accelerator.gather(torch.tensor([len(local)], device=local.device)).tolist()
+    return _GatherRows.apply(local, sizes), sum(sizes[: accelerator.process_index])
+
+
+def step_loss_sum(accelerator, head: TwoTowers, output, users: torch.Tensor, positions: torch.Tensor, loss: str,
+                  temperature: float) -> tuple[torch.Tensor, int]:
+    """This process's summed ranking loss over its pairs, with the candidates of the whole step:
+    every process's items (one softmax over the step's items, as with one process), and each
+    pair's other positives anywhere in the step left out. Returns ``(loss sum, pairs)``."""
+    vectors, offset = gather_rows(accelerator, output.items[0])
+    biases, _ = gather_rows(accelerator, output.items[1].unsqueeze(-1))
+    global_positions = positions + offset
+    all_users, _ = gather_rows(accelerator, users.unsqueeze(-1).detach())
+    all_positions, pair_offset = gather_rows(accelerator, global_positions.unsqueeze(-1).detach())
+    exclude = other_positives(all_users.squeeze(-1), all_positions.squeeze(-1), len(vectors))
+    exclude = exclude[pair_offset : pair_offset + len(users)]
+    scores = head.score_all(output.user, (vectors, biases.squeeze(-1)))
+    if loss == "softmax":
+        per_pair = LOSSES["softmax"](scores, global_positions, exclude, temperature)
+    else:
+        per_pair = LOSSES["bpr"](scores, global_positions, exclude)
+    return per_pair.sum(), len(users)
+
+
 def warm_up_ranking_head(head: TwoTowers, item_text: torch.Tensor, users: np.ndarray, items: np.ndarray, *,
                          epochs: int, lr: float, l2: float, loss: str, temperature: float, seed: int,
-                         items_per_step: int = 128, text_l2: float = 0.0, optimizer: torch.optim.Optimizer | None = None) -> None:
+                         items_per_step: int = 128, text_l2: float = 0.0) -> None:
     """Train the towers on fixed pooled text features with the same loss as the adapted phase.
 
     Each step samples ``items_per_step`` items and uses all their training pairs, exactly like
-    the item-amortised LM phase, but without any LM pass (seconds per epoch). Pass ``optimizer``
-    to continue across calls (one call per epoch, with validation in between).
+    the item-amortised LM phase, but without any LM pass (seconds per epoch).
     """
     generator = torch.Generator().manual_seed(seed)
-    order = np.argsort(items, kind="stable")
-    pair_users = torch.as_tensor(users[order])
-    counts = np.bincount(items, minlength=len(item_text))
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    rated = torch.as_tensor(np.flatnonzero(counts))
-    optimizer = optimizer or torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)
+    groups = ItemGroups(items, len(item_text))
+    pair_users = torch.as_tensor(users[groups.order])
+    rated = torch.as_tensor(groups.rated())
+    optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)
     head.train()
     for _ in range(epochs):
         for step_items in rated[torch.randperm(len(rated), generator=generator)].split(items_per_step):
-            rows = [np.arange(offsets[i], offsets[i + 1]) for i in step_items.tolist()]
-            positions = torch.as_tensor(np.repeat(np.arange(len(rows)), [len(r) for r in rows]))
-            u = pair_users[np.concatenate(rows)]
+            rows, positions = groups.rows(step_items.tolist())
+            positions = torch.as_tensor(positions)
+            u = pair_users[rows]
             vectors = head.items(item_text[step_items], step_items)
             user = head.users(u)
             scores = head.score_all(user, vectors)
             penalty = head.penalty(user, (vectors[0][positions], vectors[1][positions]))
-            step_loss = ranking_step_loss(scores, u, positions, loss, temperature) + l2 * penalty
+            step_loss = ranking_step_loss(scores, u, positions, loss, temperature).mean() + l2 * penalty
             if text_l2:
                 step_loss = step_loss + text_l2 * head.weight_penalty()
             optimizer.zero_grad()

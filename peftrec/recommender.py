@@ -30,10 +30,12 @@ class Recommender:
     :meth:`fold_in` (a few ratings) get a vector and bias of their own, next to the trained ones.
     """
 
-    def __init__(self, model, tokenizer, catalog, meta: dict, device: str = "cpu", batch_size: int = 256):
+    def __init__(self, model, tokenizer, catalog, meta: dict | None = None, device: str = "cpu",
+                 batch_size: int = 256):
         self.model = model.to(device).eval()
+        self.spec = model.spec
         self.tokenizer = tokenizer
-        self.meta = meta
+        self.meta = meta or {"spec": model.spec}
         self.device = device
         self.batch_size = batch_size
         self.user_ids = list(catalog.user_ids)
@@ -62,7 +64,7 @@ class Recommender:
 
     # -- catalogue ---------------------------------------------------------------------------
     def _encode(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = tokenize_texts(self.tokenizer, texts, self.meta["max_length"])
+        tokens = tokenize_texts(self.tokenizer, texts, self.spec.max_length)
         return self.model.encode_texts(tokens, self.batch_size)
 
     def _item_text(self) -> torch.Tensor:
@@ -160,11 +162,10 @@ class Recommender:
     def _profile_encoding(self):
         """A context in which the backbone encodes texts as it did for the training profiles: the
         recipe encodes them once, before training, so with the backbone as it was then."""
-        backbone, method = self.model.backbone, self.meta.get("adapter")
+        backbone, method = self.model.backbone, self.spec.adapter.method
         if isinstance(backbone, PeftModel) and not backbone.active_peft_config.is_prompt_learning:
             return self.model.adapters_disabled()  # LoRA, IA3, ...: the adapter starts as the identity
-        if method == "frozen" or (method is None and not isinstance(backbone, PeftModel)
-                                  and not any(p.requires_grad for p in backbone.parameters())):
+        if method == "frozen":
             return self.model.adapters_disabled()  # a plain, untrained backbone: nothing to turn off
         raise ValueError(f"add_users: this model's profile encodings came from its backbone before training "
                          f"(adapter {method or 'prompt/prefix'}), which the model folder does not keep, so a "

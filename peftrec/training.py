@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from .data import DataError
 from .heads import RatingHead
-from .metrics import scores_by_group
+from .metrics import rmse, scores_by_group
 from .tokens import pad_batch
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,27 @@ class LengthBucketBatches(Sampler[list[int]]):
         return math.ceil(len(self.sampler) / self.batch_size)
 
 
+class ItemGroups:
+    """Interactions grouped by item, the core of item-amortised batching: the rows of item ``i``
+    are ``order[offsets[i]:offsets[i + 1]]`` (file order within an item)."""
+
+    def __init__(self, items: np.ndarray, num_items: int):
+        self.order = np.argsort(items, kind="stable")
+        counts = np.bincount(items, minlength=num_items)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    def rated(self) -> list[int]:
+        """The items that have interactions."""
+        return np.flatnonzero(np.diff(self.offsets) > 0).tolist()
+
+    def rows(self, batch: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, positions)``: every interaction of the batch's items (positions in
+        ``self.order``), and for each the position of its item within ``batch``."""
+        spans = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in batch]
+        positions = np.repeat(np.arange(len(batch)), [len(r) for r in spans])
+        return (np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)), positions
+
+
 class ItemRatingsCollator:
     """Turns a list of item indices into one LM batch plus every training rating of those items.
 
@@ -81,19 +102,15 @@ class ItemRatingsCollator:
         self.pad_id = pad_id
         self.negatives = negatives
         self.seed = seed
-        order = np.argsort(items, kind="stable")
-        self.users = torch.as_tensor(users[order], dtype=torch.long)
-        self.ratings = torch.as_tensor(ratings[order], dtype=torch.float32)
-        counts = np.bincount(items, minlength=len(token_lists))
-        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.groups = ItemGroups(items, len(token_lists))
+        self.users = torch.as_tensor(users[self.groups.order], dtype=torch.long)
+        self.ratings = torch.as_tensor(ratings[self.groups.order], dtype=torch.float32)
 
     def items_with_ratings(self) -> list[int]:
-        return np.flatnonzero(np.diff(self.offsets) > 0).tolist()
+        return self.groups.rated()
 
     def __call__(self, batch: list[int]) -> dict[str, torch.Tensor]:
-        rows = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in batch]
-        positions = np.repeat(np.arange(len(batch)), [len(r) for r in rows])
-        rows = np.concatenate(rows)
+        rows, positions = self.groups.rows(batch)
         if self.negatives:
             rng = np.random.default_rng((self.seed, *batch))
             others = np.setdiff1d(np.arange(len(self.token_lists)), batch)
@@ -165,10 +182,6 @@ def peak_memory_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def rmse(predictions: np.ndarray, references: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.asarray(predictions) - np.asarray(references)) ** 2)))
 
 
 @dataclass

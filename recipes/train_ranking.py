@@ -3,240 +3,194 @@
 Launch:
     accelerate launch recipes/train_ranking.py --config recipes/configs/minilm_lora_ranking.yaml
     python recipes/train_ranking.py --config recipes/configs/minilm_lora_ranking.yaml ranking.loss=bpr
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/train_ranking.py ...   (2 processes on CPU)
 
 Steps: accelerator, seed, data, model, head warm-up on frozen text features, optimizer, prepare,
-item-amortised training loop (each step's items are the candidates of a sampled softmax or BPR)
-with full-ranking validation and early stopping on NDCG@k, test, save.
-A frozen backbone skips the LM entirely after one encoding pass: only the towers train.
+item-amortised training loop (each step's items, over all processes, are the candidates of one
+sampled softmax or BPR) with full-ranking validation and early stopping on NDCG@k, test, save.
+A frozen backbone runs no LM after one encoding pass: the same loop trains its towers.
+With train.checkpoint_every=N a checkpoint is saved every N optimizer steps; train.resume=true
+continues a crashed run from <output_dir>/checkpoints/latest, exactly where it stopped.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
-from peftrec.artifact import Catalog, save_artifact
-from peftrec.checkpointing import write_atomic
-from peftrec.config import ConfigError, RankingRecipeConfig, check_settings, parse_cli, save_config
-from peftrec.data import DataError, check_splits, load_data, split_rows
+from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
+from peftrec.config import RankingRecipeConfig, config_to_dict
 from peftrec.metrics import load_metric, scores_by_group
-from peftrec.model import build_model
-from peftrec.ranking import ranking_step_loss, seen_mask, target_ranks, warm_up_ranking_head
-from peftrec.tokens import tokenize_texts
-from peftrec.training import (
-    EarlyStopping,
-    ItemRatingsCollator,
-    ItemShuffler,
-    LengthBucketBatches,
-    peak_memory_mib,
+from peftrec.ranking import seen_mask, step_loss_sum, target_ranks, warm_up_ranking_head
+from peftrec.recipe import (
+    build_run_model,
+    exit_on_user_error,
+    item_batches,
+    load_run_data,
+    make_optimizer,
+    make_scheduler,
+    resume_point,
+    run_summary,
+    save_run,
+    start,
+    trainable_counts,
 )
-from peftrec.transfer import build_source_objective
+from peftrec.tasks import TASKS
+from peftrec.training import EarlyStopping, ItemRatingsCollator
 
+TASK = TASKS["ranking"]
 logger = get_logger("peftrec.train_ranking")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_cli(RankingRecipeConfig, argv)
-    check_settings(cfg)
-    out = Path(cfg.output_dir)
+    # accelerator and seed: the launcher owns hardware (processes, mixed precision)
+    cfg, accelerator = start(RankingRecipeConfig, argv, TASK)
+    started = time.perf_counter()
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
+    resume_from = resume_point(cfg, accelerator)
     k = cfg.ranking.k
 
-    # accelerator and seed: the launcher owns hardware (processes, mixed precision)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum,
-                              log_with=cfg.train.log_with or None, project_dir=str(out))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
-                        datefmt="%H:%M:%S")
-    for noisy in ("httpx", "datasets", "peft", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    set_seed(cfg.train.seed)
-    started = time.perf_counter()
-
     # data: leave-one-out by time; every interaction is an implicit positive
-    if cfg.data.protocol != "p3":
-        raise DataError(f"the ranking recipe evaluates leave-one-out targets: data.protocol must be p3, "
-                        f"not {cfg.data.protocol}")
-    dataset = load_data(cfg.data)
-    split = split_rows(dataset, "p3", seed=cfg.data.seed)
-    train, valid, test = (dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test))
-    if cfg.data.train_fraction < 1.0:
-        keep = np.random.default_rng(cfg.data.seed).random(len(train)) < cfg.data.train_fraction
-        train = train.subset(np.flatnonzero(keep))
-    check_splits(dataset, "p3", {"train": train, "validation": valid, "test": test}, cfg.data.train_fraction)
-    num_users, num_items = len(dataset.user_ids), len(dataset.item_ids)
+    data = load_run_data(cfg, TASK)
+    train, valid, test = data.train, data.valid, data.test
+    num_users, num_items = len(data.dataset.user_ids), len(data.dataset.item_ids)
     train_seen = seen_mask(train.users, train.items, num_users, num_items)
     test_seen = train_seen | seen_mask(valid.users, valid.items, num_users, num_items)
-    logger.info("%s p3: %d train interactions, %d valid / %d test users, %d items", dataset.name, len(train),
-                len(valid), len(test), num_items)
 
-    # model: backbone + adapter, towers and a dot-product head outside the PEFT wrapper
-    model, tokenizer = build_model(cfg.backbone, cfg.adapter, cfg.model, num_users=num_users,
-                                   num_items=num_items, task="ranking")
-    item_texts = dataset.item_texts(cfg.data.item_template)
-    tokens = tokenize_texts(tokenizer, item_texts, cfg.data.max_length)
-    if cfg.adapter.method == "top_layers":  # the frozen lower blocks run once per item text
-        model.cache_lower_layers(tokens, cfg.train.eval_batch_size)
-    elif not any(p.requires_grad for p in model.backbone.parameters()):  # frozen: the LM runs once
-        model.cache_features(tokens, cfg.train.eval_batch_size)
-    if model.head.user_text_proj is not None:
-        user_texts = dataset.user_texts(cfg.data.user_template)
-        model.head.user_text.copy_(model.encode_texts(tokenize_texts(tokenizer, user_texts, cfg.data.max_length)))
-    # source-domain term L_S (transfer.loss): what keeps the backbone close to its pretraining
-    model.source = build_source_objective(cfg.transfer, model, tokens, tokenizer, cfg.train.eval_batch_size)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    backbone_trainable = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
-    logger.info("trainable parameters: %d (backbone %d, towers %d)", trainable, backbone_trainable,
-                trainable - backbone_trainable)
+    # model: spec -> backbone + adapter, towers and a dot-product head; caches, L_S
+    model, tokenizer, tokens = build_run_model(cfg, TASK, data)
+    trainable, backbone_trainable = trainable_counts(model)
+    metric = load_metric(TASK.metric)
 
-    known_items = np.bincount(train.items, minlength=num_items) > 0
-
-    def validate(item_text: torch.Tensor, users: np.ndarray, targets: np.ndarray, exclude,
-                 by_group: bool = False) -> dict[str, float | int | None]:
+    def evaluate(users: np.ndarray, targets: np.ndarray, exclude, by_group: bool = False) -> dict:
         """Ranking metrics of the targets; with ``by_group``, also apart for warm and cold target items."""
-        ranks = target_ranks(accelerator.unwrap_model(model).head, item_text, users, targets, exclude).numpy()
+        item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
+        ranks = target_ranks(unwrapped.head, item_text, users, targets, exclude).numpy()
         scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
         if by_group:
-            warm = known_items[targets]
+            warm = data.known_items[targets]
             scores.update(scores_by_group({"warm": warm, "cold_items": ~warm},
                                           lambda rows: metric.compute(predictions=ranks[rows], k=k),
                                           (f"ndcg@{k}", f"hr@{k}", "mrr")))
         return scores
 
-    metric = load_metric("ranking")
-    warm_up = dict(lr=cfg.train.head_lr, l2=cfg.train.l2, text_l2=cfg.train.text_l2, loss=cfg.ranking.loss,
-                   temperature=cfg.ranking.temperature, items_per_step=cfg.train.items_per_step)
-    stopper = EarlyStopping(cfg.train.patience)  # minimises: we pass -NDCG@k
-    history: list[dict] = []
-    item_text = model.encode_texts(tokens, cfg.train.eval_batch_size)
+    # warm-up: the towers on frozen pooled text features, with the loss of the loop
+    # (a resumed run finds its result in the checkpoint)
+    if resume_from is None:
+        warm_up_ranking_head(model.head, model.encode_texts(tokens, cfg.train.eval_batch_size), train.users,
+                             train.items, epochs=cfg.train.head_warmup_epochs, lr=cfg.train.head_lr,
+                             l2=cfg.train.l2, text_l2=cfg.train.text_l2, loss=cfg.ranking.loss,
+                             temperature=cfg.ranking.temperature, items_per_step=cfg.train.items_per_step,
+                             seed=cfg.train.seed)
+        logger.info("head warm-up: %d epochs on frozen text features", cfg.train.head_warmup_epochs)
 
-    if backbone_trainable == 0:
-        # frozen backbone (or ID-only items): text features are fixed, so encode once, train the towers
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.head_lr)
-        for epoch in range(1, cfg.train.epochs + 1):
-            tick = time.perf_counter()
-            warm_up_ranking_head(model.head, item_text, train.users, train.items, epochs=1,
-                                 seed=cfg.train.seed + epoch, optimizer=optimizer, **warm_up)
-            seconds, tick = time.perf_counter() - tick, time.perf_counter()
-            scores = validate(item_text, valid.users, valid.items, train_seen)
-            history.append({"epoch": epoch, "epoch_seconds": seconds, "valid_seconds": time.perf_counter() - tick,
-                            **{f"valid_{key}": v for key, v in scores.items()}})
-            logger.info("epoch %d: valid NDCG@%d %.4f, HR@%d %.4f", epoch, k, scores[f"ndcg@{k}"], k,
-                        scores[f"hr@{k}"])
-            if stopper.update(-scores[f"ndcg@{k}"], epoch, model):
-                break
-        unwrapped = model
+    # optimizer, schedule and item-amortised batches: one LM pass per distinct item per step
+    collator = ItemRatingsCollator(tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id,
+                                   negatives=cfg.ranking.negatives, seed=cfg.train.seed)
+    train_loader = item_batches(collator, tokens, cfg, accelerator)
+    optimizer = make_optimizer(cfg, model)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    scheduler = make_scheduler(cfg, optimizer, len(train_loader), accelerator)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # loop state, saved in every checkpoint with the model, optimizer, scheduler and RNG states
+    progress, stopper = TrainingProgress(), EarlyStopping(cfg.train.patience)  # minimises -NDCG@k
+    accelerator.register_for_checkpointing(progress, stopper)
+
+    def finished() -> bool:
+        return cfg.train.max_steps is not None and progress.step >= cfg.train.max_steps
+
+    if resume_from is not None:
+        load_checkpoint(accelerator, resume_from)
+        logger.info("resumed at epoch %d, batch %d, step %d", progress.epoch, progress.batches_done, progress.step)
     else:
-        # warm-up on frozen text features, then the adapter and towers train on item batches
-        warm_up_ranking_head(model.head, item_text, train.users, train.items, epochs=cfg.train.head_warmup_epochs,
-                             seed=cfg.train.seed, **warm_up)
-        collator = ItemRatingsCollator(tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id,
-                                       negatives=cfg.ranking.negatives, seed=cfg.train.seed)
-        batches = LengthBucketBatches(ItemShuffler(collator.items_with_ratings(), seed=cfg.train.seed),
-                                      [len(t) for t in tokens], cfg.train.items_per_step)
-        train_loader = DataLoader(range(len(tokens)), batch_sampler=batches, collate_fn=collator)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                      weight_decay=cfg.train.weight_decay)
-        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-        steps = math.ceil(len(train_loader) / cfg.train.grad_accum) * cfg.train.epochs
-        if cfg.train.max_steps is not None:
-            steps = min(steps, cfg.train.max_steps)
-        scheduler = accelerator.prepare(get_scheduler(
-            cfg.train.scheduler, optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * steps) * accelerator.num_processes,
-            num_training_steps=steps * accelerator.num_processes))
-        unwrapped = accelerator.unwrap_model(model)
-        scores = validate(item_text, valid.users, valid.items, train_seen)
-        history.append({"epoch": 0, "phase": "head warm-up", **{f"valid_{key}": v for key, v in scores.items()}})
+        scores = evaluate(valid.users, valid.items, train_seen)
+        progress.history.append({"epoch": 0, "phase": "head warm-up", **{f"valid_{key}": v for key, v in scores.items()}})
         stopper.update(-scores[f"ndcg@{k}"], 0, unwrapped)
         logger.info("epoch 0 (after head warm-up): valid NDCG@%d %.4f", k, scores[f"ndcg@{k}"])
-        step = 0
-        for epoch in range(1, cfg.train.epochs + 1):
-            model.train()
-            train_loader.set_epoch(epoch)
-            tick, total, count, source = time.perf_counter(), 0.0, 0, 0.0
-            bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
-            for batch in bar:
-                with accelerator.accumulate(model):
-                    batch.pop("ratings")
-                    output = model(**batch, candidates=True)
-                    loss = ranking_step_loss(output.scores, batch["users"], batch["positions"], cfg.ranking.loss,
-                                             cfg.ranking.temperature)
-                    accelerator.backward(loss + cfg.train.l2 * output.penalty + cfg.transfer.weight * output.source
-                                         + cfg.train.text_l2 * unwrapped.head.weight_penalty())
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                total, count = total + loss.item() * len(batch["users"]), count + len(batch["users"])
-                source += output.source.item()
-                bar.set_postfix(loss=f"{total / count:.4f}", pairs=count)
-                step += accelerator.sync_gradients
-                if cfg.train.max_steps is not None and step >= cfg.train.max_steps:
-                    break
-            seconds, tick = time.perf_counter() - tick, time.perf_counter()  # training only
-            item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
-            scores = validate(item_text, valid.users, valid.items, train_seen)
-            history.append({"epoch": epoch, "train_loss": total / max(count, 1),
-                            "train_source_loss": source / max(len(train_loader), 1), "epoch_seconds": seconds,
-                            "valid_seconds": time.perf_counter() - tick,
-                            **{f"valid_{key}": v for key, v in scores.items()}})
-            accelerator.log(history[-1], step=epoch)
-            logger.info("epoch %d: loss %.4f, valid NDCG@%d %.4f, HR@%d %.4f (%.1f s, %d pairs)", epoch,
-                        history[-1]["train_loss"], k, scores[f"ndcg@{k}"], k, scores[f"hr@{k}"], seconds, count)
-            if stopper.update(-scores[f"ndcg@{k}"], epoch, unwrapped) or (
-                    cfg.train.max_steps and step >= cfg.train.max_steps):
+
+    # loop: train on item batches, validate every epoch, keep the best weights
+    for epoch in range(progress.epoch, cfg.train.epochs + 1):
+        model.train()
+        train_loader.set_epoch(epoch)
+        tick = time.perf_counter()
+        remaining = train_loader
+        if progress.batches_done:  # resuming mid-epoch: the batches before the checkpoint are done
+            remaining = accelerator.skip_first_batches(train_loader, progress.batches_done)
+        bar = tqdm(remaining, desc=f"epoch {epoch}", initial=progress.batches_done, total=len(train_loader),
+                   disable=not accelerator.is_local_main_process, leave=False)
+        for batch in bar:
+            if finished():
                 break
+            with accelerator.accumulate(model):
+                batch.pop("ratings")
+                output = model(**batch)
+                # each pair's positive against every item of the step (all processes' pieces);
+                # dividing by the step's total pairs makes the gradient DDP averages the 1-process one
+                summed, pairs = step_loss_sum(accelerator, unwrapped.head, output, batch["users"],
+                                              batch["positions"], cfg.ranking.loss, cfg.ranking.temperature)
+                pieces = accelerator.gather(torch.tensor([[summed.item(), pairs, output.source.item()]],
+                                                         dtype=torch.float64, device=accelerator.device))
+                loss = (summed + cfg.train.l2 * output.penalty * pairs) * accelerator.num_processes
+                accelerator.backward(loss / pieces[:, 1].sum().item() + cfg.transfer.weight * output.source
+                                     + cfg.train.text_l2 * unwrapped.head.weight_penalty())
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            progress.record(pieces)
+            bar.set_postfix(loss=f"{progress.mean_loss:.4f}", pairs=progress.examples)
+            if accelerator.sync_gradients:
+                progress.step += 1
+                if cfg.train.checkpoint_every and progress.step % cfg.train.checkpoint_every == 0:
+                    save_checkpoint(accelerator, checkpoints, progress.step, config_to_dict(cfg))
+        seconds = time.perf_counter() - tick  # training only; validation is timed apart
+        tick = time.perf_counter()
+        scores = evaluate(valid.users, valid.items, train_seen)
+        progress.history.append({"epoch": epoch, "train_loss": progress.mean_loss,
+                                 "train_source_loss": progress.mean_source_loss, "epoch_seconds": seconds,
+                                 "valid_seconds": time.perf_counter() - tick,
+                                 **{f"valid_{key}": v for key, v in scores.items()}})
+        accelerator.log(progress.history[-1], step=epoch)
+        logger.info("epoch %d: loss %.4f, valid NDCG@%d %.4f, HR@%d %.4f (%.1f s, %d pairs)", epoch,
+                    progress.mean_loss, k, scores[f"ndcg@{k}"], k, scores[f"hr@{k}"], seconds, progress.examples)
+        stop = stopper.update(-scores[f"ndcg@{k}"], epoch, unwrapped)
+        progress.next_epoch()
+        if stop or finished():
+            break
 
     # evaluate: best validation weights, test targets, train and validation items excluded
     stopper.restore(unwrapped)
-    item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
-    test_scores = validate(item_text, test.users, test.items, test_seen, by_group=True)
-    epoch_seconds = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
-    results = {
+    test_scores = evaluate(test.users, test.items, test_seen, by_group=True)
+    results = run_summary({
         "best_epoch": stopper.best_epoch, f"valid_ndcg@{k}": -stopper.best,
         **{f"test_{key}": v for key, v in test_scores.items()},
         "trainable_parameters": trainable, "backbone_trainable_parameters": backbone_trainable,
-        "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
-        "peak_memory_mib": peak_memory_mib(),
-        "wall_seconds": time.perf_counter() - started, "num_processes": accelerator.num_processes,
-        "history": history,
-    }
+        "pairs_per_process": progress.examples_per_process, "steps": progress.step,
+        "resumed_from": str(resume_from) if resume_from else None,
+    }, started, accelerator, progress.history)
     logger.info("best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f", stopper.best_epoch, k,
                 test_scores[f"ndcg@{k}"], k, test_scores[f"hr@{k}"], test_scores["mrr"])
     logger.info("test NDCG@%d by target item: warm %s (%d users), cold %s (%d users)", k,
                 test_scores[f"ndcg@{k}_warm"], test_scores["count_warm"], test_scores[f"ndcg@{k}_cold_items"],
                 test_scores["count_cold_items"])
 
-    # save: the artifact apps load, the resolved config and the metrics
+    # save: the artifact apps load (with its model card), the resolved config and the metrics
+    save_run(accelerator, cfg, unwrapped, tokenizer, data, results,
+             {f"valid NDCG@{k}": -stopper.best, f"test NDCG@{k}": test_scores[f"ndcg@{k}"],
+              f"test HR@{k}": test_scores[f"hr@{k}"], "test MRR": test_scores["mrr"]})
     if accelerator.is_main_process:
-        save_config(cfg, out / "config.yaml")
-        catalog = Catalog(user_ids=dataset.user_ids, item_ids=dataset.item_ids, item_texts=item_texts,
-                          seen_users=train.users, seen_items=train.items)
-        save_artifact(out / "model", unwrapped, tokenizer, catalog, backbone=cfg.backbone.name,
-                      method=cfg.adapter.method, max_length=cfg.data.max_length,
-                      config_yaml=(out / "config.yaml").read_text())
-        write_atomic(out / "metrics.json", json.dumps(results, indent=2))
         print(f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} {test_scores[f'hr@{k}']:.4f}  "
               f"MRR {test_scores['mrr']:.4f}  (best epoch {stopper.best_epoch})")
-        print(f"model saved to {out / 'model'}")
+        print(f"model saved to {Path(cfg.output_dir) / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ConfigError, DataError) as error:  # the user's input: a message, no traceback
-        print(f"{Path(__file__).name}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(main)

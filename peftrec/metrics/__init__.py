@@ -75,6 +75,14 @@ def rank_of_targets(
     return 1 + ahead.sum(dim=1)
 
 
+def rmse(predictions: np.ndarray, references: np.ndarray | None = None) -> float:
+    """Root mean squared error; with one argument, of the given errors."""
+    errors = np.asarray(predictions, dtype=np.float64)
+    if references is not None:
+        errors = errors - np.asarray(references, dtype=np.float64)
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
 def scores_by_group(groups: Mapping[str, np.ndarray], compute: Callable[[np.ndarray], Mapping[str, float]],
                     keys: tuple[str, ...]) -> dict[str, float | int | None]:
     """Metrics apart for each group of rows (warm, cold items, ...): ``count_<group>`` and

@@ -24,11 +24,9 @@ from transformers import BertModel
 
 from benchmarks.tiny import write_toy_data
 from peftrec.data import DataError, load_files, split_rows
-from peftrec.training import ItemShuffler, LengthBucketBatches
+from peftrec.training import ItemShuffler, LengthBucketBatches, SplitBatches
 
 from .test_train_rating import BIN, RECIPE, REPO, tiny_overrides
-
-SETTINGS = ["train.epochs=2", "train.items_per_step=8", "adapter.dropout=0.0"]
 
 
 def load_recipe():
@@ -36,6 +34,9 @@ def load_recipe():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+SETTINGS = ["train.epochs=2", "train.items_per_step=8", "adapter.dropout=0.0"]
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +92,10 @@ def test_two_processes_match_one_process(tmp_path, bert_without_dropout):
 
 
 def test_split_batches_give_every_process_a_piece_of_every_step():
-    recipe = load_recipe()
     lengths = np.random.default_rng(0).integers(3, 20, size=37)
     for items_per_step, parts in [(8, 1), (8, 2), (8, 3), (9, 4), (12, 5)]:
         batches = LengthBucketBatches(ItemShuffler(range(37), seed=1), lengths, items_per_step, window=2)
-        split = recipe.SplitBatches(batches, parts)
+        split = SplitBatches(batches, parts)
         split.sampler.set_epoch(3)
         pieces = list(split)
         assert len(pieces) == len(split) and len(pieces) % parts == 0
@@ -108,4 +108,4 @@ def test_split_batches_give_every_process_a_piece_of_every_step():
         else:
             assert [sorted(s) for s in steps] == expected
     with pytest.raises(DataError, match="only 3 items have training ratings, fewer than the 4 processes"):
-        recipe.SplitBatches(LengthBucketBatches(ItemShuffler(range(3)), [5, 5, 5], 2), 4)
+        SplitBatches(LengthBucketBatches(ItemShuffler(range(3)), [5, 5, 5], 2), 4)

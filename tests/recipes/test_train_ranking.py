@@ -31,7 +31,7 @@ def test_ranking_recipe_trains_evaluates_and_saves(tmp_path, toy_files, tiny_ber
     assert metrics["test_ndcg@10"] <= metrics["test_hr@10"]
     assert metrics["test_count_warm"] + metrics["test_count_cold_items"] == 30  # every toy user has a target
     rec = Recommender.from_pretrained(out / "model")
-    assert rec.meta["task"] == "ranking"
+    assert rec.spec.task == "ranking"
     top = rec.recommend("u0", k=5)
     seen = set(np.asarray(rec.item_ids)[rec._seen[rec._user_index["u0"]]])
     assert len(top) == 5 and seen.isdisjoint(item for item, _ in top)
@@ -40,5 +40,5 @@ def test_ranking_recipe_trains_evaluates_and_saves(tmp_path, toy_files, tiny_ber
 def test_ranking_recipe_refuses_a_rating_split(tmp_path, toy_files, tiny_bert):
     result = run([sys.executable, str(RECIPE), *tiny_overrides(toy_files, tiny_bert, tmp_path / "x"),
                   "data.protocol=p1"])
-    assert result.returncode != 0 and "data.protocol must be p3" in result.stderr
+    assert result.returncode != 0 and "data.protocol=p1: the ranking recipe evaluates p3" in result.stderr
     assert not (tmp_path / "x").exists()

@@ -313,7 +313,8 @@ def test_trust_remote_code_stays_off_unless_set(remote_code_model, tiny_bert, tm
     model, tokenizer = trained(tiny_bert)
     artifact = save(tmp_path / "model", model, tokenizer, tiny_bert)
     meta = json.loads((artifact / "peftrec.json").read_text())
-    (artifact / "peftrec.json").write_text(json.dumps({**meta, "backbone": str(folder)}))
+    meta["spec"]["backbone"] = str(folder)
+    (artifact / "peftrec.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="contains custom code which must be executed"):
         Recommender.from_pretrained(artifact)
     assert not marker.exists()

@@ -16,10 +16,10 @@ from peftrec.config import (
     RatingRecipeConfig,
     config_to_dict,
     load_config,
-    option,
     parse_cli,
     save_config,
 )
+from peftrec.config_loading import option
 
 
 def write_yaml(tmp_path, data, name="cfg.yaml"):

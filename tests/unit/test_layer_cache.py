@@ -72,7 +72,7 @@ def test_training_through_the_cache_moves_the_same_parameters(tiny_backbones, ki
         model.eval()  # no dropout, so both paths compute the same function
         if cached:
             model.cache_lower_layers(tokens)
-        predictions, penalty, _ = model(**batch(model, tokens))
+        predictions, penalty = model(**batch(model, tokens))[:2]
         ((predictions - 4.0).square().mean() + penalty).backward()
         grads[cached] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert grads[True].keys() == grads[False].keys()
@@ -85,7 +85,7 @@ def test_training_through_the_cache_moves_the_same_parameters(tiny_backbones, ki
     model.cache_lower_layers(tokens)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    predictions, penalty, _ = model(**batch(model, tokens))
+    predictions, penalty = model(**batch(model, tokens))[:2]
     ((predictions - 4.0).square().mean() + penalty).backward()
     optimizer.step()
     moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
@@ -169,8 +169,8 @@ def test_frozen_backbone_features_are_encoded_once(tiny_bert):
     model.backbone.register_forward_hook(lambda *args: calls.append(1))
     assert torch.equal(model.encode_texts(tokens), expected)
     input_ids, attention_mask = pad_batch([tokens[i] for i in (2, 0)], tokenizer.pad_token_id)
-    scores, _, _ = model(input_ids, attention_mask, torch.tensor([2, 0]), torch.tensor([1, 1, 0]),
-                         torch.tensor([0, 1, 1]))
+    scores = model(input_ids, attention_mask, torch.tensor([2, 0]), torch.tensor([1, 1, 0]),
+                   torch.tensor([0, 1, 1])).scores
     assert calls == [] and scores.shape == (3,)
     assert torch.allclose(model.encode(input_ids, attention_mask, torch.tensor([2, 0])), expected[[2, 0]])
     lora, _ = build_model(BackboneConfig(name=str(tiny_bert)), AdapterConfig(method="lora"), ModelConfig(),

@@ -26,8 +26,8 @@ def test_sampled_softmax_is_cross_entropy_without_the_masked_items():
     exclude = torch.tensor([[False, True, False], [False, False, False]])
     expected = (-(2.0 - math.log(math.exp(2.0) + math.exp(0.5)))
                 - (0.2 - math.log(math.exp(0.1) + math.exp(0.2) + math.exp(3.0)))) / 2
-    assert math.isclose(sampled_softmax(scores, positions, exclude).item(), expected, rel_tol=1e-6)
-    assert math.isclose(sampled_softmax(scores * 2, positions, exclude, temperature=2.0).item(), expected,
+    assert math.isclose(sampled_softmax(scores, positions, exclude).mean().item(), expected, rel_tol=1e-6)
+    assert math.isclose(sampled_softmax(scores * 2, positions, exclude, temperature=2.0).mean().item(), expected,
                         rel_tol=1e-6)
 
 
@@ -35,7 +35,7 @@ def test_bpr_never_samples_the_positive_or_an_excluded_item():
     scores = torch.tensor([[5.0, 0.0, -100.0]]).repeat(200, 1)
     positions = torch.zeros(200, dtype=torch.long)
     exclude = torch.tensor([[False, False, True]]).repeat(200, 1)
-    loss = bpr(scores, positions, exclude, generator=torch.Generator().manual_seed(0))
+    loss = bpr(scores, positions, exclude, generator=torch.Generator().manual_seed(0)).mean()
     assert math.isclose(loss.item(), -math.log(1 / (1 + math.exp(-5.0))), rel_tol=1e-5)  # always item 1
 
 

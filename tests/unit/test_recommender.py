@@ -32,8 +32,7 @@ CATALOG = Catalog(user_ids=USERS, item_ids=ITEMS, item_texts=TEXTS,
 
 
 def save(folder, model, tokenizer, backbone_path, method="lora"):
-    return save_artifact(folder, model, tokenizer, CATALOG, backbone=str(backbone_path), method=method,
-                         max_length=32, config_yaml="x: 1\n")
+    return save_artifact(folder, model, tokenizer, CATALOG, config_yaml="x: 1\n")
 
 
 @pytest.fixture
@@ -51,9 +50,10 @@ def test_round_trip_gives_identical_predictions(tmp_path, tiny_backbones, kind, 
     folder = save(tmp_path / "model", model, tokenizer, tiny_backbones[kind], adapter_config(method).method)
     loaded = Recommender.from_pretrained(folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["peftrec.json", "head.safetensors", "tokenizer", "catalog.json", "seen.safetensors", "config.yaml"]
+        ["peftrec.json", "README.md", "head.safetensors", "tokenizer", "catalog.json", "seen.safetensors",
+         "config.yaml"]
         + (["adapter"] if method != "frozen" else []))
-    assert loaded.meta["task"] == task and loaded.meta["adapter"] == adapter_config(method).method
+    assert loaded.spec.task == task and loaded.spec.adapter.method == adapter_config(method).method
     np.testing.assert_array_equal(loaded.score_all(), in_memory.score_all())
     assert loaded.recommend("u0", k=3) == in_memory.recommend("u0", k=3)
 
@@ -121,7 +121,7 @@ def test_refuses_pickles_and_corrupt_files(saved, tmp_path, tiny_gpt2):
     with pytest.raises(ArtifactError, match=r"peftrec\.json: not valid JSON"):
         Recommender.from_pretrained(broken)
 
-    with pytest.raises(ArtifactError, match="trained on a 'bert' backbone"):
+    with pytest.raises(ArtifactError, match="built on a 'bert' backbone"):
         Recommender.from_pretrained(folder, backbone=str(tiny_gpt2))
     with pytest.raises(ArtifactError, match="no such model folder"):
         Recommender.from_pretrained(tmp_path / "missing")

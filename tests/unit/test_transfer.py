@@ -121,8 +121,7 @@ def test_random_init_differs_and_round_trips_through_the_artifact(tmp_path, tiny
     users, items = [f"u{k}" for k in range(NUM_USERS)], [f"i{k}" for k in range(NUM_ITEMS)]
     catalog = Catalog(user_ids=users, item_ids=items, item_texts=TEXTS, seen_users=np.array([0]),
                       seen_items=np.array([1]))
-    save_artifact(tmp_path / "m", random_model, tokenizer, catalog, backbone=str(tiny_bert), method="lora",
-                  max_length=32)
+    save_artifact(tmp_path / "m", random_model, tokenizer, catalog)
     assert (tmp_path / "m" / "base.safetensors").is_file()
     rec = Recommender.from_pretrained(tmp_path / "m")
     random_model.eval()

@@ -1,0 +1,255 @@
+"""Set-up and save steps every recipe shares, so that recipes cannot drift apart.
+
+A recipe keeps its loop in view and calls these for what must be the same everywhere:
+
+    cfg, accelerator = start(RatingRecipeConfig, argv, TASKS["rating"])
+    resume_from = resume_point(cfg, accelerator)
+    data = load_run_data(cfg, task)                    # split by protocol, checked, texts rendered
+    model, tokenizer, tokens = build_run_model(cfg, task, data)   # spec -> assemble, caches, L_S
+    loader = item_batches(collator, tokens, cfg, accelerator)    # item-amortised, global steps
+    optimizer, scheduler = ...
+    save_run(accelerator, cfg, model, tokenizer, data, results, metrics)
+    ...
+    if __name__ == "__main__":
+        exit_on_user_error(main)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .artifact import Catalog, save_artifact
+from .checkpointing import CheckpointError, check_resumable, find_checkpoint
+from .config import ConfigError, check_settings, config_to_dict, parse_cli, save_config
+from .data import DataError, Interactions, RecDataset, check_splits, load_data, split_rows
+from .files import write_atomic
+from .model import RecModel
+from .spec import spec_from_config
+from .tasks import Task
+from .tokens import tokenize_texts
+from .training import ItemShuffler, LengthBucketBatches, SplitBatches
+from .transfer import build_source_objective
+
+logger = logging.getLogger("peftrec.recipe")
+NOISY_LIBRARIES = ("httpx", "datasets", "peft", "transformers", "accelerate", "bitsandbytes")
+
+
+def quiet_libraries() -> None:
+    """Silence library messages a user cannot act on (progress of hub lookups, deprecations
+    raised inside PEFT and transformers' own code); warnings and errors stay visible."""
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # bitsandbytes on CPU: its optional 4-bit kernels come from the Hub's `kernels` package
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def start(config_cls, argv: Sequence[str] | None, task: Task):
+    """Parse and check the settings, then the accelerator, logging, seed and trackers."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cfg = parse_cli(config_cls, argv)
+    check_settings(cfg)
+    if cfg.data.protocol not in task.protocols:
+        raise ConfigError(f"data.protocol={cfg.data.protocol}: the {task.name} recipe evaluates "
+                          f"{' or '.join(task.protocols)}")
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum,
+                              log_with=cfg.train.log_with or None, project_dir=cfg.output_dir)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
+                        datefmt="%H:%M:%S")
+    quiet_libraries()
+    set_seed(cfg.train.seed)
+    if cfg.train.log_with:
+        accelerator.init_trackers(f"peftrec-{task.name}",
+                                  config=json.loads(json.dumps(flat_config(cfg), default=str)))
+    logger.info("%s: %d process(es), device %s", task.name, accelerator.num_processes, accelerator.device)
+    return cfg, accelerator
+
+
+def flat_config(cfg) -> dict[str, Any]:
+    """``{"train.lr": 1e-3, ...}``: trackers such as TensorBoard take flat scalar values."""
+    flat: dict[str, Any] = {}
+
+    def walk(tree: dict, prefix: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk(config_to_dict(cfg), "")
+    return flat
+
+
+def resume_point(cfg, accelerator) -> Path | None:
+    """The checkpoint to resume from (checked against these settings), or None to start afresh."""
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
+    resume_from = find_checkpoint(checkpoints) if cfg.train.resume else None
+    if resume_from is not None:
+        check_resumable(resume_from, config_to_dict(cfg), accelerator.num_processes)
+        logger.info("resuming from %s", resume_from)
+    elif cfg.train.resume:
+        logger.info("no checkpoint in %s: starting from the beginning", checkpoints)
+    elif (checkpoints / "latest").exists():
+        logger.warning("%s holds checkpoints of an earlier run; starting afresh (train.resume=true continues "
+                       "it), and the first new checkpoint replaces them", checkpoints)
+    return resume_from
+
+
+@dataclass
+class RunData:
+    """A run's data: the dataset, its splits by protocol and the texts the model reads."""
+
+    dataset: RecDataset
+    train: Interactions
+    valid: Interactions
+    test: Interactions
+    item_texts: list[str]
+    user_texts: list[str] | None = None
+    known_users: np.ndarray = field(init=False)
+    """Boolean per user: has training interactions."""
+    known_items: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.known_users = np.bincount(self.train.users, minlength=len(self.dataset.user_ids)) > 0
+        self.known_items = np.bincount(self.train.items, minlength=len(self.dataset.item_ids)) > 0
+
+
+def load_run_data(cfg, task: Task) -> RunData:
+    """Load, split by ``data.protocol`` (subsampled by ``data.train_fraction``), check, render texts."""
+    dataset = load_data(cfg.data)
+    split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
+    train, valid, test = (dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test))
+    if cfg.data.train_fraction < 1.0:
+        keep = np.random.default_rng(cfg.data.seed).random(len(train)) < cfg.data.train_fraction
+        train = train.subset(np.flatnonzero(keep))
+    check_splits(dataset, cfg.data.protocol, {"train": train, "validation": valid, "test": test},
+                 cfg.data.train_fraction)
+    item_texts = dataset.item_texts(cfg.data.item_template)
+    user_texts = dataset.user_texts(cfg.data.user_template) if cfg.model.user_text else None
+    if cfg.model.user_text and user_texts is None:
+        raise DataError(f"model.user_text=true needs user profile fields, and dataset {dataset.name!r} has none "
+                        "(data.users names a users file)")
+    logger.info("%s %s: %d train / %d valid / %d test interactions, %d users, %d items", dataset.name,
+                cfg.data.protocol, len(train), len(valid), len(test), len(dataset.user_ids), len(dataset.item_ids))
+    return RunData(dataset, train, valid, test, item_texts, user_texts)
+
+
+def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list[list[int]]]:
+    """The model a run trains, ready for its loop: ``(model, tokenizer, item token lists)``.
+
+    The spec of the config, assembled with a new adapter; then the cache that fits the method
+    (``top_layers``: the frozen lower layers run once per item text; a frozen backbone: the
+    pooled features are encoded once, so training runs no LM), the users' profile encodings
+    (``model.user_text``) and the source-domain term L_S (``transfer``).
+    """
+    from .assembly import assemble
+
+    spec = spec_from_config(cfg, task.name, num_users=len(data.dataset.user_ids),
+                            num_items=len(data.dataset.item_ids))
+    model, tokenizer = assemble(spec, adapter=cfg.adapter, trust_remote_code=cfg.backbone.trust_remote_code,
+                                backbone_dropout=cfg.backbone.dropout)
+    tokens = tokenize_texts(tokenizer, data.item_texts, cfg.data.max_length)
+    if cfg.adapter.method == "top_layers":
+        model.cache_lower_layers(tokens, cfg.train.eval_batch_size)
+    elif not any(p.requires_grad for p in model.backbone.parameters()):
+        model.cache_features(tokens, cfg.train.eval_batch_size)
+    if data.user_texts is not None:
+        model.head.user_text.copy_(model.encode_texts(tokenize_texts(tokenizer, data.user_texts,
+                                                                     cfg.data.max_length)))
+    model.source = build_source_objective(cfg.transfer, model, tokens, tokenizer, cfg.train.eval_batch_size)
+    total, backbone = trainable_counts(model)
+    logger.info("trainable parameters: %d (backbone %d, towers and head %d)", total, backbone, total - backbone)
+    return model, tokenizer, tokens
+
+
+def trainable_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """Trainable parameters of the whole model and of its backbone."""
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
+
+
+def item_batches(collator, tokens: Sequence[Sequence[int]], cfg, accelerator) -> DataLoader:
+    """Item-amortised batches: each optimizer step covers ``train.items_per_step`` distinct items
+    over all processes (each process takes a piece of every step), in length buckets. The loader
+    has its own generator, so starting an epoch draws nothing from the global RNG (dropout's)."""
+    batches = SplitBatches(LengthBucketBatches(ItemShuffler(collator.items_with_ratings(), seed=cfg.train.seed),
+                                               [len(t) for t in tokens], cfg.train.items_per_step),
+                           accelerator.num_processes)
+    return DataLoader(range(len(tokens)), batch_sampler=batches, collate_fn=collator,
+                      generator=torch.Generator().manual_seed(cfg.train.seed))
+
+
+def make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                             weight_decay=cfg.train.weight_decay)
+
+
+def make_scheduler(cfg, optimizer, steps_per_epoch: int, accelerator):
+    """The learning-rate schedule over the run's optimizer steps, prepared. A prepared scheduler
+    steps once per process per optimizer step, so it is sized for steps x processes."""
+    from transformers import get_scheduler
+
+    steps = math.ceil(steps_per_epoch / cfg.train.grad_accum) * cfg.train.epochs
+    if cfg.train.max_steps is not None:
+        steps = min(steps, cfg.train.max_steps)
+    processes = accelerator.num_processes
+    return accelerator.prepare(get_scheduler(cfg.train.scheduler, optimizer,
+                                             num_warmup_steps=int(cfg.train.warmup_ratio * steps) * processes,
+                                             num_training_steps=steps * processes))
+
+
+def catalog_of(data: RunData) -> Catalog:
+    """What the saved model knows by id; its training interactions count as seen."""
+    return Catalog(user_ids=data.dataset.user_ids, item_ids=data.dataset.item_ids, item_texts=data.item_texts,
+                   user_texts=data.user_texts, seen_users=data.train.users, seen_items=data.train.items)
+
+
+def save_run(accelerator, cfg, model: RecModel, tokenizer, data: RunData, results: dict[str, Any],
+             card_metrics: dict[str, Any]) -> None:
+    """The resolved config, the model apps load (with its card) and ``metrics.json``, each written
+    atomically, by the main process."""
+    if not accelerator.is_main_process:
+        return
+    out = Path(cfg.output_dir)
+    save_config(cfg, out / "config.yaml")
+    card = {"data": f"{data.dataset.name} ({len(data.train)} training interactions)",
+            "protocol": f"{cfg.data.protocol}, split seed {cfg.data.seed}, training seed {cfg.train.seed}",
+            "metrics": card_metrics}
+    save_artifact(out / "model", model, tokenizer, catalog_of(data),
+                  config_yaml=(out / "config.yaml").read_text(), card=card)
+    write_atomic(out / "metrics.json", json.dumps(results, indent=2))
+
+
+def run_summary(results: dict[str, Any], started: float, accelerator, history: list[dict]) -> dict[str, Any]:
+    """The fields every recipe's ``metrics.json`` has besides its own metrics."""
+    from .training import peak_memory_mib
+
+    epoch_seconds = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
+    return {**results,
+            "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
+            "peak_memory_mib": peak_memory_mib(), "wall_seconds": time.perf_counter() - started,
+            "num_processes": accelerator.num_processes, "history": history}
+
+
+def exit_on_user_error(main: Callable[[list[str]], Any]) -> None:
+    """Run a recipe's ``main``; a mistake in the user's input ends with one line, no traceback."""
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, DataError, CheckpointError) as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)

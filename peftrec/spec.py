@@ -1,0 +1,148 @@
+"""What a model is, written down once: the spec a recipe builds from and ``peftrec.json`` holds.
+
+Training turns its config into a :class:`ModelSpec` (:func:`spec_from_config`), and
+:func:`peftrec.assembly.assemble` builds the network from the spec, for training and for
+loading alike. Saving writes the spec as it is; nothing is read back out of live objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ArtifactError(ValueError):
+    """A saved model folder that cannot be loaded safely: missing, corrupt or mismatched files."""
+
+
+class SpecError(ArtifactError):
+    """A spec that is incomplete or names something peftrec cannot build."""
+
+
+@dataclass
+class AdapterSpec:
+    """How the backbone was adapted: the method, and what loading needs besides the saved weights."""
+
+    method: str
+    """lora, prefix, qlora, peft, top_layers, full or frozen."""
+    quant_bits: int | None = None
+    """qlora: the backbone is loaded in 4 (nf4) or 8 bits."""
+    top_k_layers: int | None = None
+    """top_layers: how many of the last blocks were trained."""
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a trained model, apart from its weights."""
+
+    task: str
+    """rating or ranking (see :mod:`peftrec.tasks`)."""
+    backbone: str
+    """Hub id, local folder or peftrec alias the base weights come from."""
+    model_type: str
+    """The backbone's architecture (``config.model_type``), checked when loading."""
+    dtype: str
+    """Weights dtype of the backbone: float32, bfloat16 or float16."""
+    pooling: str
+    """How token states become one vector: mean, cls or last."""
+    max_length: int
+    """Tokens per text."""
+    init: str
+    """pretrained, or random (the base weights are then saved with the model)."""
+    adapter: AdapterSpec
+    head: dict[str, Any]
+    """The exact keyword arguments of the task's head class."""
+    gradient_checkpointing: bool = False
+    """Recompute the backbone's activations in the backward pass (less memory, more time)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Task-specific settings a loaded model needs (none for rating and ranking)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "spec") -> ModelSpec:
+        """The spec in ``raw`` (as written by :meth:`to_dict`); unknown or missing keys are refused."""
+        if not isinstance(raw, dict):
+            raise SpecError(f"{where}: expected a mapping, got {type(raw).__name__}")
+        adapter = _strict(AdapterSpec, raw.get("adapter"), f"{where}.adapter")
+        return _strict(cls, {**raw, "adapter": adapter}, where)
+
+
+def _strict(cls, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)} (written by a newer peftrec?)")
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in raw]
+    if missing:
+        raise SpecError(f"{where}: missing key(s) {', '.join(missing)}")
+    return cls(**raw)
+
+
+def spec_from_config(cfg, task: str, *, num_users: int, num_items: int, extras: dict | None = None) -> ModelSpec:
+    """The spec a recipe's config describes (``cfg``: a :class:`~peftrec.config.RecipeConfig`)."""
+    return make_spec(cfg.backbone, cfg.adapter, cfg.model, task=task, num_users=num_users,
+                     num_items=num_items, max_length=cfg.data.max_length, extras=extras)
+
+
+def make_spec(backbone, adapter, model, *, task: str, num_users: int, num_items: int, max_length: int = 64,
+              extras: dict | None = None) -> ModelSpec:
+    """The spec of the backbone, adapter and model config sections (reads the backbone's config
+    file, not its weights)."""
+    from .backbones import backbone_config, default_pooling
+
+    config = backbone_config(backbone.name, trust_remote_code=backbone.trust_remote_code)
+    text_dim = config.hidden_size
+    return ModelSpec(
+        task=task,
+        backbone=backbone.name,
+        model_type=config.model_type,
+        dtype=backbone.dtype,
+        pooling=default_pooling(config) if backbone.pooling == "auto" else backbone.pooling,
+        max_length=max_length,
+        init=backbone.init,
+        adapter=AdapterSpec(
+            method=adapter.method,
+            quant_bits=adapter.quant_bits if adapter.method == "qlora" else None,
+            top_k_layers=adapter.top_k_layers if adapter.method == "top_layers" else None,
+        ),
+        head={
+            "text_dim": text_dim,
+            "num_users": num_users,
+            "num_items": num_items,
+            "dim": model.dim,
+            "item_ids": model.item_ids,
+            "item_text": model.item_text,
+            "user_text_dim": text_dim if model.user_text else None,
+            "dropout": model.dropout,
+        },
+        gradient_checkpointing=backbone.gradient_checkpointing,
+        extras=dict(extras or {}),
+    )
+
+
+def spec_from_format1(meta: dict[str, Any]) -> ModelSpec:
+    """The spec of a model saved in format 1 (peftrec 0.1 before the spec existed).
+
+    Format 1 did not record the backbone's dtype: those models were trained and are loaded in
+    float32, which is what every shipped format-1 config used.
+    """
+    head = dict(meta["head"])
+    head.setdefault("dropout", 0.0)
+    return ModelSpec(
+        task=meta["task"],
+        backbone=meta["backbone"],
+        model_type=meta["model_type"],
+        dtype="float32",
+        pooling=meta["pooling"],
+        max_length=meta["max_length"],
+        init=meta.get("init", "pretrained"),
+        adapter=AdapterSpec(method=meta["adapter"], quant_bits=meta.get("quant_bits")),
+        head=head,
+    )

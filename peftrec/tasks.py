@@ -1,0 +1,90 @@
+"""The tasks peftrec trains, in one place: what each brings.
+
+A task is a head (the model's top, built from ``spec.head``), a recipe that owns its training
+loop, the config schema that recipe reads, the protocols it is evaluated on, its metric module,
+and the numbers of ``metrics.json`` the benchmarks report (the headline first). Everything that
+lists tasks (assembly, saving and loading, the benchmark runner and report, the tests) reads
+:data:`TASKS`; adding a task is its recipe, one entry here, its configs and its tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from .config import RankingRecipeConfig, RatingRecipeConfig, RecipeConfig
+from .heads import RankingHead, RatingHead, TwoTowers
+from .spec import ArtifactError
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+BENCHMARK_SCHEMA = "peftrec-benchmark/1"
+"""The ``schema`` of a benchmark record (``benchmarks/run.py`` writes it, the report reads it)."""
+
+
+class Reported(NamedTuple):
+    """A number a task's runs report: its key in ``metrics.json`` (``test_`` + key), the label
+    benchmark tables print, and which way is better."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    title: str
+    """Its name in report headings."""
+    summary: str
+    head: type[TwoTowers]
+    config: type[RecipeConfig]
+    recipe: str
+    """The recipe's file under ``recipes/``."""
+    protocols: tuple[str, ...]
+    """Values of ``data.protocol`` the recipe evaluates."""
+    metric: str
+    """The :mod:`peftrec.metrics` module that scores it."""
+    reported: tuple[Reported, ...]
+    """What the benchmarks report, headline first."""
+
+    @property
+    def headline(self) -> Reported:
+        return self.reported[0]
+
+    def recipe_path(self) -> Path:
+        return RECIPES / self.recipe
+
+
+TASKS: dict[str, Task] = {
+    "rating": Task(
+        name="rating",
+        title="Rating prediction",
+        summary="rating prediction: a biased dot product regressed on ratings (MSE)",
+        head=RatingHead,
+        config=RatingRecipeConfig,
+        recipe="train_rating.py",
+        protocols=("p1", "p2", "p2u", "p3"),
+        metric="rating_error",
+        reported=(Reported("rmse", "RMSE", False), Reported("mse", "MSE", False), Reported("mae", "MAE", False)),
+    ),
+    "ranking": Task(
+        name="ranking",
+        title="Top-K ranking",
+        summary="top-K ranking: a dot product trained with a softmax over the step's items (or BPR)",
+        head=RankingHead,
+        config=RankingRecipeConfig,
+        recipe="train_ranking.py",
+        protocols=("p3",),
+        metric="ranking",
+        reported=(Reported("ndcg@{k}", "NDCG@{k}", True), Reported("hr@{k}", "HR@{k}", True),
+                  Reported("mrr", "MRR", True)),
+    ),
+}
+
+
+def task_of(name: str) -> Task:
+    """The task named ``name``; an :class:`ArtifactError` (a saved model names it) otherwise."""
+    if name not in TASKS:
+        raise ArtifactError(f"unknown task {name!r}; peftrec knows {', '.join(TASKS)}")
+    return TASKS[name]
