@@ -109,3 +109,34 @@ def test_split_batches_give_every_process_a_piece_of_every_step():
             assert [sorted(s) for s in steps] == expected
     with pytest.raises(DataError, match="only 3 items have training ratings, fewer than the 4 processes"):
         SplitBatches(LengthBucketBatches(ItemShuffler(range(3)), [5, 5, 5], 2), 4)
+
+
+def test_two_processes_rank_like_one_process(tmp_path, bert_without_dropout, toy_files):
+    """The ranking loss of a step is one softmax over all the step's items, whichever process
+    encoded them (the item vectors are gathered with their gradients), normalised by the step's
+    pairs: 2 processes train like 1."""
+    recipe = RECIPE.with_name("train_ranking.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    settings = [*SETTINGS, "train.head_warmup_epochs=1"]
+    runs = [
+        subprocess.Popen([sys.executable, str(recipe), *tiny_overrides(toy_files, bert_without_dropout, one),
+                          *settings], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO),
+        subprocess.Popen([str(BIN / "torchrun"), "--nproc_per_node", "2", str(recipe),
+                          *tiny_overrides(toy_files, bert_without_dropout, two), *settings],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                         env={**env, "ACCELERATE_USE_CPU": "1"}),
+    ]
+    for process in runs:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert a["num_processes"] == 1 and b["num_processes"] == 2
+    assert len(b["pairs_per_process"]) == 2 and min(b["pairs_per_process"]) > 0
+    assert sum(b["pairs_per_process"]) == a["pairs_per_process"][0] and a["steps"] == b["steps"]
+    assert len(a["history"]) == len(b["history"]) == 3
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert x["valid_ndcg@10"] == pytest.approx(y["valid_ndcg@10"], abs=1e-6)
+        assert x.get("train_loss", 0) == pytest.approx(y.get("train_loss", 0), abs=1e-6)
+    assert a["history"][2]["train_loss"] != a["history"][1]["train_loss"]  # it trained
+    assert a["test_ndcg@10"] == pytest.approx(b["test_ndcg@10"], abs=1e-6)

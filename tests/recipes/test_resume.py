@@ -55,14 +55,22 @@ def popen(command, log, **env):
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=REPO)
 
 
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, toy_files, tiny_bert):
+# what each recipe's runs must agree on: per-process counts, the test metric, per-epoch numbers
+RECIPES = {"rating": (RECIPE, "ratings_per_process", "test_rmse", ("valid_rmse", "train_rmse")),
+           "ranking": (RECIPE.with_name("train_ranking.py"), "pairs_per_process", "test_ndcg@10",
+                       ("valid_ndcg@10", "train_loss"))}
+
+
+@pytest.mark.parametrize("task", RECIPES)
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, toy_files, tiny_bert, task):
+    recipe, counts, test_key, epoch_keys = RECIPES[task]
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     with open(tmp_path / "full.log", "w") as full_log, open(tmp_path / "crash.log", "w") as crash_log:
-        reference = popen([sys.executable, str(RECIPE), *tiny_overrides(toy_files, tiny_bert, full), *SETTINGS],
+        reference = popen([sys.executable, str(recipe), *tiny_overrides(toy_files, tiny_bert, full), *SETTINGS],
                           full_log)
-        victim = popen([sys.executable, str(driver), str(RECIPE), *tiny_overrides(toy_files, tiny_bert, crashed),
+        victim = popen([sys.executable, str(driver), str(recipe), *tiny_overrides(toy_files, tiny_bert, crashed),
                         *SETTINGS], crash_log, PAUSE_AT="14")
         deadline = time.monotonic() + 240
         while "PAUSED AT STEP 14" not in (tmp_path / "crash.log").read_text():
@@ -77,7 +85,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, to
         saved = torch.load(crashed / "checkpoints" / "step-00000012" / "custom_checkpoint_0.pkl", weights_only=True)
         assert (saved["epoch"], saved["batches_done"], saved["step"]) == (2, 4, 12)
 
-        resumed = popen([sys.executable, str(RECIPE), *tiny_overrides(toy_files, tiny_bert, crashed), *SETTINGS,
+        resumed = popen([sys.executable, str(recipe), *tiny_overrides(toy_files, tiny_bert, crashed), *SETTINGS,
                          "train.resume=true"], crash_log)
         assert reference.wait(timeout=240) == 0, (tmp_path / "full.log").read_text()[-3000:]
         assert resumed.wait(timeout=240) == 0, (tmp_path / "crash.log").read_text()[-3000:]
@@ -87,12 +95,12 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, to
     assert "head warm-up:" not in log  # its result came from the checkpoint
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (full, crashed))
     assert b["resumed_from"] and a["resumed_from"] is None
-    assert (a["best_epoch"], a["steps"], a["ratings_per_process"]) == (b["best_epoch"], b["steps"], b["ratings_per_process"])
-    assert a["test_rmse"] == pytest.approx(b["test_rmse"], abs=1e-6)
+    assert (a["best_epoch"], a["steps"], a[counts]) == (b["best_epoch"], b["steps"], b[counts])
+    assert a[test_key] == pytest.approx(b[test_key], abs=1e-6)
     assert len(a["history"]) == len(b["history"]) == 3
     for before, after in zip(a["history"], b["history"], strict=True):
-        assert before["valid_rmse"] == pytest.approx(after["valid_rmse"], abs=1e-6)
-        assert before.get("train_rmse", 0) == pytest.approx(after.get("train_rmse", 0), abs=1e-6)
+        for key in epoch_keys:
+            assert before.get(key, 0) == pytest.approx(after.get(key, 0), abs=1e-6)
 
 
 # --- the checkpoint files themselves, in-process on a small model (fast) --------------------------

@@ -16,7 +16,7 @@ RECIPE = REPO / "recipes" / "train_ranking.py"
 
 
 @pytest.mark.parametrize(("config", "extra"), [
-    ("minilm_lora_ranking.yaml", ["ranking.loss=bpr", "ranking.negatives=8"]),
+    ("minilm_lora_ranking.yaml", ["ranking.loss=bpr", "ranking.negatives=8", "train.log_with=[tensorboard]"]),
     ("minilm_idonly_ranking.yaml", ["train.epochs=3"]),
 ])
 def test_ranking_recipe_trains_evaluates_and_saves(tmp_path, toy_files, tiny_bert, config, extra):
@@ -30,6 +30,8 @@ def test_ranking_recipe_trains_evaluates_and_saves(tmp_path, toy_files, tiny_ber
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["test_ndcg@10"] <= metrics["test_hr@10"]
     assert metrics["test_count_warm"] + metrics["test_count_cold_items"] == 30  # every toy user has a target
+    if "train.log_with=[tensorboard]" in extra:  # the tracker really wrote its event files
+        assert list((out / "peftrec-ranking").rglob("events.out.tfevents.*"))
     rec = Recommender.from_pretrained(out / "model")
     assert rec.spec.task == "ranking"
     top = rec.recommend("u0", k=5)
