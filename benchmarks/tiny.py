@@ -58,6 +58,39 @@ def write_tiny_gpt2(folder: Path) -> Path:
     return folder
 
 
+def write_tiny_decoder(folder: Path, model_type: str = "llama") -> Path:
+    """A 2-layer LLaMA-style decoder (``llama`` or ``qwen2``: RMSNorm, rotary positions, gated MLP;
+    hidden 64, 4 heads) with a byte-level BPE tokenizer trained on the toy words, as these
+    families ship (transformers picks the tokenizer class by model type and reads BPE files)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        LlamaConfig,
+        LlamaModel,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2Model,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([" ".join(WORDS)] * 10 + [f"good movie {i} drama" for i in range(50)], trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>",
+                            eos_token="<|endoftext|>").save_pretrained(folder)
+    classes = {"llama": (LlamaConfig, LlamaModel), "qwen2": (Qwen2Config, Qwen2Model)}
+    config_class, model_class = classes[model_type]
+    torch.manual_seed(0)
+    config = config_class(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                          max_position_embeddings=128, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    model_class(config).save_pretrained(folder)
+    return folder
+
+
 def write_toy_data(folder: Path, num_users: int = 30, num_items: int = 60, per_user: int = 20,
                    seed: int = 0) -> dict[str, Path]:
     """``ratings.csv`` and ``items.csv``: "good" items score about 4.5, "bad" ones 1.5.

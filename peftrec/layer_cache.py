@@ -41,7 +41,11 @@ logger = logging.getLogger(__name__)
 # Architectures whose blocks run as ``block(hidden, attention_mask=mask)`` on their own, and the
 # module the model applies after its block stack (None: nothing peftrec uses; BERT's pooler is not).
 TAILS: dict[str, str | None] = {"bert": None, "roberta": None, "xlm-roberta": None, "electra": None,
-                                "gpt2": "ln_f"}
+                                "gpt2": "ln_f", "llama": "norm", "mistral": "norm", "qwen2": "norm",
+                                "qwen3": "norm"}
+# Decoders with rotary position embeddings: the module that computes them (passed to every block).
+ROTARY: dict[str, str] = {"llama": "rotary_emb", "mistral": "rotary_emb", "qwen2": "rotary_emb",
+                          "qwen3": "rotary_emb"}
 
 
 def token_key(token_lists: Sequence[Sequence[int]]) -> str:
@@ -81,6 +85,8 @@ class LowerLayerCache:
         self.start, self.depth = trained[0], len(blocks)
         self.blocks = blocks[self.start :]
         self.tail = backbone.get_submodule(TAILS[config.model_type]) if TAILS[config.model_type] else None
+        rotary = ROTARY.get(config.model_type)
+        self.rotary = backbone.get_submodule(rotary) if rotary else None
         top = {id(p) for p in self.blocks.parameters()}
         top |= {id(p) for p in self.tail.parameters()} if self.tail is not None else set()
         self.frozen = [(n, p) for n, p in backbone.named_parameters() if id(p) not in top]
@@ -145,14 +151,17 @@ class LowerLayerCache:
 
     def run_top(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The trained blocks (and tail) on hidden states, with the model's own mask helper."""
+        extra = {}
         if is_encoder(self.config):
             mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
         else:
             positions = torch.arange(hidden.size(1), device=hidden.device).unsqueeze(0)
             mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
                                       cache=None, position_ids=positions)
+            if self.rotary is not None:
+                extra = {"position_ids": positions, "position_embeddings": self.rotary(hidden, position_ids=positions)}
         for block in self.blocks:
-            hidden = block(hidden, attention_mask=mask)
+            hidden = block(hidden, attention_mask=mask, **extra)
         return hidden if self.tail is None else self.tail(hidden)
 
     def _rows(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

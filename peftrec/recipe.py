@@ -55,6 +55,11 @@ def quiet_libraries() -> None:
     # bitsandbytes on CPU: its optional 4-bit kernels come from the Hub's `kernels` package
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars at every model load
+    datasets.disable_progress_bars()  # "Generating train split" bars when reading data files
 
 
 def start(config_cls, argv: Sequence[str] | None, task: Task):

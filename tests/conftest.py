@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.tiny import (  # shared with the benchmarks
     write_tiny_bert,
+    write_tiny_decoder,
     write_tiny_gpt2,
     write_toy_data,
 )
@@ -34,8 +35,18 @@ def tiny_gpt2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_backbones(tiny_bert, tiny_gpt2) -> dict[str, Path]:
-    return {"bert": tiny_bert, "gpt2": tiny_gpt2}
+def tiny_llama(tmp_path_factory) -> Path:
+    return write_tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    return write_tiny_decoder(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tiny_bert, tiny_gpt2, tiny_llama, tiny_qwen2) -> dict[str, Path]:
+    return {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama, "qwen2": tiny_qwen2}
 
 
 @pytest.fixture(scope="session")

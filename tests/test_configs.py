@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 
-from peftrec.config import RankingRecipeConfig, RatingRecipeConfig, load_config
+from peftrec.config import AdapterConfig, RankingRecipeConfig, RatingRecipeConfig, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
 SCHEMAS = {"rating": (RatingRecipeConfig, "recipes/train_rating.py"),
@@ -15,6 +16,13 @@ SCHEMAS = {"rating": (RatingRecipeConfig, "recipes/train_rating.py"),
 
 def test_configs_are_shipped_for_both_tasks():
     assert {path.stem.rsplit("_", 1)[1] for path in CONFIGS} == set(SCHEMAS)
+
+
+def test_every_method_has_a_config_for_every_task():
+    methods = typing.get_args(typing.get_type_hints(AdapterConfig)["method"])
+    shipped = {(load_config(SCHEMAS[task][0], path).adapter.method, task)
+               for path in CONFIGS for task in [path.stem.rsplit("_", 1)[1]]}
+    assert {(method, task) for method in methods for task in SCHEMAS} <= shipped
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -28,7 +28,7 @@ def batch(model, tokens, items=(7, 0, 3, 5)):
             "users": torch.tensor([0, 1, 2, 3, 4]), "positions": torch.tensor([0, 1, 1, 2, 3])}
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama", "qwen2"])
 def test_cached_encoding_equals_the_full_forward(tiny_backbones, kind):
     model, tokens = make(tiny_backbones[kind])
     model.eval()
@@ -49,7 +49,7 @@ def test_cached_encoding_equals_the_full_forward(tiny_backbones, kind):
     assert (with_cache - model.encode_texts(tokens, batch_size=4)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
 def test_only_the_trained_blocks_run(tiny_backbones, kind):
     model, tokens = make(tiny_backbones[kind])
     model.cache_lower_layers(tokens)

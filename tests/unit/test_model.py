@@ -50,16 +50,27 @@ def gpt2_block() -> int:  # 2 LayerNorms, fused qkv, out projection, MLP 4x wide
             + (HIDDEN * 4 * HIDDEN + 4 * HIDDEN) + (4 * HIDDEN * HIDDEN + HIDDEN))
 
 
+def llama_block(kind: str) -> int:  # q, k, v, o (Qwen2: q, k, v with biases), gated MLP, 2 RMSNorms
+    biases = 3 * HIDDEN if kind == "qwen2" else 0
+    return 4 * HIDDEN * HIDDEN + biases + 3 * HIDDEN * INNER + 2 * HIDDEN
+
+
+def top_block(kind: str) -> int:
+    """The last block and what follows it: GPT-2's ln_f, LLaMA's final RMSNorm."""
+    return {"bert": bert_layer(), "gpt2": gpt2_block() + 2 * HIDDEN}.get(kind) or llama_block(kind) + HIDDEN
+
+
 def expected_backbone_parameters(kind: str, method: str, base: int) -> int:
-    lora = LAYERS * (2 * R * (HIDDEN + HIDDEN) if kind == "bert" else R * (HIDDEN + 3 * HIDDEN))
+    # r x (in + out) per matrix: BERT query and value, LLaMA/Qwen q_proj and v_proj, GPT-2's fused c_attn
+    lora = LAYERS * (R * (HIDDEN + 3 * HIDDEN) if kind == "gpt2" else 2 * R * (HIDDEN + HIDDEN))
     return {
-        "lora": lora,  # r x (in + out) per matrix: BERT query and value, GPT-2's fused c_attn
+        "lora": lora,
         "qlora": lora,
         "dora": lora + LAYERS * 2 * HIDDEN,  # + one magnitude per output feature
         "prefix": NUM_VIRTUAL * LAYERS * 2 * HIDDEN,  # a key and a value per virtual token and layer
         "prompt": NUM_VIRTUAL * HIDDEN,  # one input embedding per virtual token
         "ia3": LAYERS * (HIDDEN + HIDDEN + HIDDEN + INNER),  # key, value outputs; both output.dense inputs
-        "top_layers": bert_layer() if kind == "bert" else gpt2_block() + 2 * HIDDEN,  # + GPT-2's ln_f
+        "top_layers": top_block(kind),
         "full": base,
         "frozen": 0,
     }[method]
@@ -72,7 +83,7 @@ def batch_for(tokenizer, items=(0, 3, 5), users=(0, 1, 2, 3, 6), positions=(0, 0
             "users": torch.tensor(users), "positions": torch.tensor(positions)}
 
 
-CASES = [(kind, method) for kind in ("bert", "gpt2") for method in METHODS] + [
+CASES = [(kind, method) for kind in ("bert", "gpt2", "llama", "qwen2") for method in METHODS] + [
     ("bert", "ia3"), ("bert", "prompt"), ("gpt2", "prompt"), ("bert", "dora")]
 
 
@@ -114,7 +125,7 @@ def test_one_step_moves_what_trains_and_nothing_else(tiny_backbones, kind, metho
     assert torch.equal(before["head.user_emb.weight"][4], rows[4])  # user 4 was not
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
 @pytest.mark.parametrize("method", ["prefix", "prompt"])
 def test_prompt_methods_really_change_the_encoding(tiny_backbones, kind, method):
     adapted, tokenizer = make(tiny_backbones[kind], method)
@@ -143,7 +154,7 @@ def test_bad_adapter_settings_are_refused(tiny_bert):
         build(method="qlora", quant_bits=3)
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama", "qwen2"])
 def test_pooling_ignores_padding(tiny_backbones, kind):
     """A text's encoding does not depend on what it is batched with (right padding, last token)."""
     model, tokenizer = make(tiny_backbones[kind], "frozen")
@@ -185,3 +196,27 @@ def test_backbone_dropout_can_be_switched_off(tiny_bert):
     default.train()
     assert torch.equal(model.encode(input_ids, attention_mask), model.encode(input_ids, attention_mask))
     assert not torch.equal(default.encode(input_ids, attention_mask), default.encode(input_ids, attention_mask))
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_backbones, kind):
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model, tokenizer = build_model(BackboneConfig(name=str(tiny_backbones[kind]), dropout=0.0,
+                                                      gradient_checkpointing=checkpointing),
+                                       AdapterConfig(r=R, dropout=0.0), ModelConfig(dim=DIM),
+                                       num_users=NUM_USERS, num_items=NUM_ITEMS)
+        base = model.backbone.get_base_model()
+        assert base.is_gradient_checkpointing == checkpointing
+        model.train()
+        torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n), std=0.1)
+        output = model(**batch_for(tokenizer))
+        loss = (output.scores - 4.0).square().mean() + output.penalty
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (checkpointed, checkpointed_grads) = results
+    assert plain == pytest.approx(checkpointed, abs=1e-6)
+    assert plain_grads.keys() == checkpointed_grads.keys() and any("lora_A" in n for n in plain_grads)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, checkpointed_grads[name], atol=1e-6), name
