@@ -68,7 +68,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if tokenizer.pad_token is None:
             raise ValueError(f"tokenizer of '{name}' has no pad, eos or unk token to pad with")
-    tokenizer.padding_side = "right"  # left padding shifts absolute positions (FACTS.md)
+    tokenizer.padding_side = "right"  # left padding shifts absolute positions (outputs move by up to ~3)
     return tokenizer
 
 

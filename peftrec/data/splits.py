@@ -1,5 +1,6 @@
-"""The evaluation protocols of PROTOCOLS.md as row splits: p1 random, p2 cold-start items, p3
-leave-one-out by time; and p2u, cold-start users, which is peftrec's own (not in PROTOCOLS.md)."""
+"""The evaluation protocols as row splits (fixed, seed 0, fingerprints checked in the tests): p1
+random, p2 cold-start items, p3 leave-one-out by time (the shared MovieLens-100K protocols); and
+p2u, cold-start users, which is peftrec's own."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class Split(NamedTuple):
 
 
 def fingerprint(rows: np.ndarray) -> str:
-    """`"{count}:{md5[:12]}"` of the sorted int64 row indices, as in PROTOCOLS.md."""
+    """`"{count}:{md5[:12]}"` of the sorted int64 row indices, as the protocols define it."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     return f"{len(rows)}:{hashlib.md5(rows.tobytes()).hexdigest()[:12]}"
 
@@ -36,7 +37,7 @@ def split_rows(dataset: RecDataset, protocol: Protocol, seed: int = 0) -> Split:
         ratings go to test/validation, so no test or validation item is seen in training.
     p3: per user, rows ordered by (timestamp, row): the last is test, the one before it
         validation, the rest train. Users with fewer than 3 rows keep all of them in train.
-    p2u: p2's procedure applied to users (peftrec's own protocol, not in PROTOCOLS.md): 20% of
+    p2u: p2's procedure applied to users (peftrec's own protocol): 20% of
         the users who rated are test users and the next 10% validation users; all their ratings
         go to test/validation, so no test or validation user is seen in training.
     """

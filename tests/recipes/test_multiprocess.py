@@ -3,7 +3,7 @@
 Each step's item batch is split between the processes and the loss is normalised by the step's
 total number of ratings, so the gradient DDP averages is the one-process gradient. What remains
 is float32 summation order and padding width (right padding changes outputs by <= 1.4e-6,
-FACTS.md); over 16 Adam steps the validation RMSEs measured 1e-8 apart. Normalising per process
+measured with transformers 5.24); over 16 Adam steps the validation RMSEs measured 1e-8 apart. Normalising per process
 instead (mean over each piece, then DDP's average) moves them by ~7e-5, so the tolerance is 1e-6.
 Dropout is off (LoRA and the backbone's own): each process draws its own masks, so with dropout
 the runs agree only in distribution.

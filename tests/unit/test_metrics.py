@@ -32,7 +32,7 @@ def closed_form(ranks, k):
 
 
 def brute_force_rank(scores, target, excluded):
-    """The PROTOCOLS rule, one user at a time."""
+    """The P3 rank rule, one user at a time."""
     return 1 + sum(
         1
         for item, score in enumerate(scores)
