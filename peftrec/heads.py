@@ -41,13 +41,15 @@ class TwoTowers(nn.Module):
 
     Item tower: q_i = W h_i (+ e_i), b_i = w.h_i (+ c_i), with h_i the pooled LM encoding of the
     item's text and e_i, c_i an optional item-ID embedding and bias. Items unknown to the ID table
-    (index -1: added after training) are scored from their text alone.
+    (index -1: added after training) are scored from their text alone; with ``id_dropout`` the
+    ID part of each item is dropped at that rate while training (DropoutNet), so the text part
+    alone is calibrated to the full score and such items compete with the trained ones.
     User tower: p_u = user-ID embedding (+ V g_u, g_u a fixed encoding of the user's profile text).
     """
 
     def __init__(self, text_dim: int, num_users: int, num_items: int, dim: int = 64, *,
                  item_ids: bool = True, item_text: bool = True, user_text_dim: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, id_dropout: float = 0.0):
         super().__init__()
         if not (item_ids or item_text):
             raise ValueError("an item needs an ID embedding, its text, or both (model.item_ids, model.item_text)")
@@ -59,6 +61,9 @@ class TwoTowers(nn.Module):
         self.user_text_proj = nn.Linear(user_text_dim, dim, bias=False) if user_text_dim else None
         self.register_buffer("user_text", torch.zeros(num_users, user_text_dim or 0), persistent=True)
         self.dropout = nn.Dropout(dropout)
+        if id_dropout and not (item_ids and item_text):
+            raise ValueError("model.item_id_dropout needs items with both an ID embedding and a text")
+        self.id_dropout = id_dropout
         for table in (self.item_emb, self.item_bias, self.user_emb):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.01)
@@ -77,6 +82,8 @@ class TwoTowers(nn.Module):
             vector, bias = text.new_zeros(len(text), self.dim), text.new_zeros(len(text))
         if self.item_emb is not None and index is not None:
             known = (index >= 0).unsqueeze(-1).to(vector.dtype)
+            if self.training and self.id_dropout:  # DropoutNet: the text alone must stand for the item
+                known = known * (torch.rand_like(known) >= self.id_dropout).to(known.dtype)
             safe = index.clamp(min=0)
             vector = vector + self.item_emb(safe) * known
             bias = bias + self.item_bias(safe).squeeze(-1) * known.squeeze(-1)

@@ -218,13 +218,21 @@ def make_scheduler(cfg, optimizer, steps_per_epoch: int, accelerator):
                                              num_training_steps=steps * processes))
 
 
-def catalog_of(data: RunData) -> Catalog:
-    """What the saved model knows by id; its training interactions count as seen."""
+def catalog_of(data: RunData, protocol: str, task: Task) -> Catalog:
+    """What the saved model knows by id. Seen are its training interactions (with a protocol the
+    held-out ones stay recommendable, so the app reproduces the evaluation) or, trained for
+    production (``all``), every interaction of the data."""
+    seen = data.train if protocol != "all" else Interactions(
+        np.concatenate([data.train.users, data.valid.users]), np.concatenate([data.train.items, data.valid.items]),
+        np.concatenate([data.train.ratings, data.valid.ratings]), None)
+    ratings = data.train.ratings
     return Catalog(user_ids=data.dataset.user_ids, item_ids=data.dataset.item_ids, item_texts=data.item_texts,
-                   user_texts=data.user_texts, seen_users=data.train.users, seen_items=data.train.items)
+                   user_texts=data.user_texts, seen_users=seen.users, seen_items=seen.items,
+                   item_fields=data.dataset.item_fields or None,
+                   rating_scale=(float(ratings.min()), float(ratings.max())) if task.name == "rating" else None)
 
 
-def save_run(accelerator, cfg, model: RecModel, tokenizer, data: RunData, results: dict[str, Any],
+def save_run(accelerator, cfg, task: Task, model: RecModel, tokenizer, data: RunData, results: dict[str, Any],
              card_metrics: dict[str, Any]) -> None:
     """The resolved config, the model apps load (with its card) and ``metrics.json``, each written
     atomically, by the main process."""
@@ -235,7 +243,7 @@ def save_run(accelerator, cfg, model: RecModel, tokenizer, data: RunData, result
     card = {"data": f"{data.dataset.name} ({len(data.train)} training interactions)",
             "protocol": f"{cfg.data.protocol}, split seed {cfg.data.seed}, training seed {cfg.train.seed}",
             "metrics": card_metrics}
-    save_artifact(out / "model", model, tokenizer, catalog_of(data),
+    save_artifact(out / "model", model, tokenizer, catalog_of(data, cfg.data.protocol, task),
                   config_yaml=(out / "config.yaml").read_text(), card=card)
     write_atomic(out / "metrics.json", json.dumps(results, indent=2))
 

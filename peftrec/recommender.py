@@ -1,21 +1,33 @@
-"""The app API: load a trained model, predict ratings, recommend items, add new items by text and
-new users by profile text or a few ratings."""
+"""The app API: load a trained model, score and recommend, add items by text and users by profile,
+ratings or interactions, and save the result.
+
+Safe under concurrent use: every method holds one lock while it reads or changes the catalogue,
+the user table or the caches, so threads may call ``recommend`` while others ``add_items``; the
+first call that needs the encoded catalogue encodes it once, whichever thread makes it.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
-import numbers
-import operator
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from peft import PeftModel
 
-from .artifact import load_artifact
+from .artifact import Catalog, load_artifact, save_artifact
+from .fold_in import ridge_fold_in, softmax_fold_in
 from .heads import RatingHead
+from .inputs import (
+    check_id,
+    check_k,
+    check_rating,
+    check_text,
+    id_list,
+    id_mapping,
+    warn_about_texts,
+)
 from .tokens import tokenize_texts
 
 logger = logging.getLogger(__name__)
@@ -24,13 +36,15 @@ logger = logging.getLogger(__name__)
 class Recommender:
     """A trained peftrec model plus its catalogue, with item and user vectors cached for serving.
 
-    The catalogue is encoded once (lazily); afterwards scoring is a matrix product. Items added
-    with :meth:`add_items` are encoded alone and scored from their text, since no ID embedding
-    was learned for them. Users added with :meth:`add_users` (a profile text) or
-    :meth:`fold_in` (a few ratings) get a vector and bias of their own, next to the trained ones.
+    Items are scored from their text (and, for items the model was trained on, their ID
+    embedding); :meth:`add_items` adds items by text alone. Users are trained rows, or added with
+    :meth:`add_users` (a profile text), :meth:`fold_in` (a few ratings) or
+    :meth:`add_interactions` (items they interacted with). Rating models predict ratings, clipped
+    to the scale of the training ratings; ranking models predict scores, comparable only within
+    one user. :meth:`save_pretrained` writes it all back as a model folder.
     """
 
-    def __init__(self, model, tokenizer, catalog, meta: dict | None = None, device: str = "cpu",
+    def __init__(self, model, tokenizer, catalog: Catalog, meta: dict | None = None, device: str = "cpu",
                  batch_size: int = 256):
         self.model = model.to(device).eval()
         self.spec = model.spec
@@ -38,29 +52,45 @@ class Recommender:
         self.meta = meta or {"spec": model.spec}
         self.device = device
         self.batch_size = batch_size
+        self.is_rating = isinstance(model.head, RatingHead)
         self.user_ids = list(catalog.user_ids)
         self.item_ids = list(catalog.item_ids)
         self.item_texts = list(catalog.item_texts)
-        self.num_trained_items = len(self.item_ids)
-        self.num_trained_users = len(self.user_ids)
+        self.user_texts = list(catalog.user_texts) if catalog.user_texts is not None else None
+        self.item_fields = {k: list(v) for k, v in (catalog.item_fields or {}).items()}
+        self.rating_scale = tuple(catalog.rating_scale) if catalog.rating_scale else None
+        self.num_trained_items = self.spec.head["num_items"]
+        self.num_trained_users = self.spec.head["num_users"]
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {it: i for i, it in enumerate(self.item_ids)}
-        order = np.argsort(catalog.seen_users, kind="stable")
-        users, items = catalog.seen_users[order], catalog.seen_items[order]
-        bounds = np.searchsorted(users, np.arange(len(self.user_ids) + 1))
-        self._seen = {u: items[bounds[u] : bounds[u + 1]] for u in range(len(self.user_ids))}
+        self._seen = {u: np.zeros(0, dtype=np.int64) for u in range(len(self.user_ids))}
+        for u, i in self._group(catalog.seen_users, catalog.seen_items).items():
+            self._seen[u] = i
+        self._lock = threading.RLock()
         self._item_text_cache: torch.Tensor | None = None  # pooled encodings, one row per item
         self._user_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (vectors, biases) per user
         self._profiles: dict[int, torch.Tensor] = {}  # added users' profile vectors, by user row
         self._folded: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}  # (items, ratings, l2)
+        self._interacted: dict[int, np.ndarray] = {}  # items of users added from interactions
+        if catalog.user_state:
+            self._restore_users(catalog.user_state)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, device: str = "cpu", backbone: str | None = None,
                         trust_remote_code: bool = False) -> Recommender:
-        """Load a folder written by a peftrec recipe (safetensors and JSON only)."""
+        """Load a folder written by a peftrec recipe or :meth:`save_pretrained` (safetensors and
+        JSON only; every file the model needs is checked first)."""
         model, tokenizer, catalog, meta = load_artifact(folder, backbone=backbone,
                                                         trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, catalog, meta, device=device)
+
+    @staticmethod
+    def _group(users: np.ndarray, items: np.ndarray) -> dict[int, np.ndarray]:
+        users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
+        order = np.argsort(users, kind="stable")
+        users, items = users[order], items[order]
+        starts = np.flatnonzero(np.diff(users, prepend=-1))
+        return {int(users[s]): np.unique(g) for s, g in zip(starts, np.split(items, starts[1:]), strict=True)}
 
     # -- catalogue ---------------------------------------------------------------------------
     def _encode(self, texts: Sequence[str]) -> torch.Tensor:
@@ -68,55 +98,73 @@ class Recommender:
         return self.model.encode_texts(tokens, self.batch_size)
 
     def _item_text(self) -> torch.Tensor:
-        if self._item_text_cache is None:
-            self._item_text_cache = self._encode(self.item_texts)
-        return self._item_text_cache
+        with self._lock:
+            if self._item_text_cache is None:
+                self._item_text_cache = self._encode(self.item_texts)
+            return self._item_text_cache
 
-    def add_items(self, items: Mapping[str, str]) -> None:
+    def add_items(self, items: Mapping[str, str], fields: Mapping[str, Mapping[str, str]] | None = None) -> None:
         """Add new items, or change the text of known ones, as ``{item_id: text}``.
 
-        Only these texts are encoded; the rest of the cached catalogue is kept.
+        Only these texts are encoded; the rest of the cached catalogue is kept. A new item has no
+        ID embedding, so it is scored from its text alone (a model trained with
+        ``model.item_id_dropout`` has learned to score trained items that way too). ``fields``
+        (``{item_id: {"title": ...}}``) are shown by :meth:`item_info`. Texts longer than the
+        model reads, or mostly unknown to its tokenizer, get a warning.
         """
-        if not items:
-            raise ValueError("add_items: no items given")
+        items = id_mapping(items, "add_items", "item", "text", "{'9001': 'Arrival (2016). Genres: Sci-Fi.'}")
         for item_id, text in items.items():
-            if not isinstance(text, str):
-                raise TypeError(f"add_items: the text of item '{item_id}' must be a string, got {text!r}")
-            if not text.strip():
-                raise ValueError(f"add_items: item '{item_id}' has an empty text")
-        cache = self._item_text()
-        ids = [str(i) for i in items]
-        encoded = self._encode([items[i] for i in items])
-        rows = []
-        for item_id, text in zip(ids, items.values(), strict=True):
-            if item_id not in self._item_index:
-                self._item_index[item_id] = len(self.item_ids)
-                self.item_ids.append(item_id)
-                self.item_texts.append(text)
-            else:
-                self.item_texts[self._item_index[item_id]] = text
-            rows.append(self._item_index[item_id])
-        grown = torch.zeros(len(self.item_ids), cache.shape[1])
-        grown[: len(cache)] = cache
-        grown[rows] = encoded
-        self._item_text_cache = grown
-        logger.info("encoded %d item texts; catalogue has %d items", len(ids), len(self.item_ids))
+            check_text(text, "add_items", f"item {item_id!r}")
+        warn_about_texts(self.tokenizer, list(items.values()), list(items), self.spec.max_length, "add_items")
+        with self._lock:
+            cache = self._item_text()
+            encoded = self._encode(list(items.values()))
+            rows = []
+            for item_id, text in items.items():
+                if item_id not in self._item_index:
+                    self._item_index[item_id] = len(self.item_ids)
+                    self.item_ids.append(item_id)
+                    self.item_texts.append(text)
+                    for values in self.item_fields.values():
+                        values.append("")
+                else:
+                    self.item_texts[self._item_index[item_id]] = text
+                rows.append(self._item_index[item_id])
+            for item_id, values in (fields or {}).items():
+                row = self._item_index[check_id(item_id, "add_items", "item")]
+                for name, value in values.items():
+                    self.item_fields.setdefault(name, [""] * len(self.item_ids))[row] = str(value)
+            grown = torch.zeros(len(self.item_ids), cache.shape[1])
+            grown[: len(cache)] = cache
+            grown[rows] = encoded
+            self._item_text_cache = grown
+        logger.info("encoded %d item texts; catalogue has %d items", len(items), len(self.item_ids))
+
+    def item_info(self, item_id: str) -> dict[str, str]:
+        """What the catalogue knows of an item: its fields (title, year, ...) and its text."""
+        row = self._items([item_id], "item_info")[0].item()
+        with self._lock:
+            return {**{k: v[row] for k, v in self.item_fields.items()}, "text": self.item_texts[row]}
 
     # -- lookups -----------------------------------------------------------------------------
-    def _users(self, user_ids: Sequence[str]) -> torch.Tensor:
-        missing = [u for u in user_ids if str(u) not in self._user_index]
-        if missing:
-            raise KeyError(f"unknown user id {missing[0]!r} ({len(missing)} unknown of {len(user_ids)}); "
-                           f"this model knows {len(self.user_ids)} users; add one with add_users({{id: "
-                           f"profile}}) or fold_in(id, {{item_id: rating}})")
-        return torch.as_tensor([self._user_index[str(u)] for u in user_ids], dtype=torch.long)
+    def _users(self, user_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
+        ids = [check_id(u, where, "user") for u in user_ids]
+        with self._lock:
+            missing = [u for u in ids if u not in self._user_index]
+            if missing:
+                raise KeyError(f"{where}: unknown user id {missing[0]!r} ({len(missing)} unknown of {len(ids)}); "
+                               f"this model knows {len(self.user_ids)} users; add one with add_users({{id: "
+                               f"profile}}), fold_in(id, {{item_id: rating}}) or add_interactions({{id: [item_id]}})")
+            return torch.as_tensor([self._user_index[u] for u in ids], dtype=torch.long)
 
-    def _items(self, item_ids: Sequence[str]) -> torch.Tensor:
-        missing = [i for i in item_ids if str(i) not in self._item_index]
-        if missing:
-            raise KeyError(f"unknown item id {missing[0]!r} ({len(missing)} unknown of {len(item_ids)}); "
-                           f"add it first with add_items({{id: text}})")
-        return torch.as_tensor([self._item_index[str(i)] for i in item_ids], dtype=torch.long)
+    def _items(self, item_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
+        ids = [check_id(i, where, "item") for i in item_ids]
+        with self._lock:
+            missing = [i for i in ids if i not in self._item_index]
+            if missing:
+                raise KeyError(f"{where}: unknown item id {missing[0]!r} ({len(missing)} unknown of {len(ids)}); "
+                               f"add it first with add_items({{id: text}})")
+            return torch.as_tensor([self._item_index[i] for i in ids], dtype=torch.long)
 
     @torch.no_grad()
     def _item_vectors(self, rows: torch.Tensor | None = None):
@@ -127,27 +175,35 @@ class Recommender:
 
     # -- users -------------------------------------------------------------------------------
     @torch.no_grad()
+    def _user_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._lock:
+            if self._user_cache is None:
+                index = torch.arange(self.num_trained_users, device=self.device)
+                self._user_cache = tuple(t.clone() for t in self.model.head.users(index))
+            return self._user_cache
+
     def _user_vectors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._user_cache is None:
-            self._user_cache = self.model.head.users(torch.arange(self.num_trained_users, device=self.device))
-        vectors, biases = self._user_cache
+        vectors, biases = self._user_table()
         rows = rows.to(self.device)
         return vectors[rows], biases[rows]
 
     def _put_users(self, user_ids: Sequence[str], vectors: torch.Tensor, biases: torch.Tensor) -> list[int]:
         """Store the vectors and biases of new or changed users; their rows."""
-        table = [t.clone() for t in self._user_vectors(torch.arange(len(self.user_ids)))]
-        rows = []
-        for user_id in user_ids:
-            if user_id not in self._user_index:
-                self._user_index[user_id] = len(self.user_ids)
-                self.user_ids.append(user_id)
-                self._seen[self._user_index[user_id]] = np.zeros(0, dtype=np.int64)
-            rows.append(self._user_index[user_id])
-        table = [torch.cat([t, t.new_zeros(len(self.user_ids) - len(t), *t.shape[1:])]) for t in table]
-        table[0][rows], table[1][rows] = vectors.to(table[0]), biases.to(table[1])
-        self._user_cache = (table[0], table[1])
-        return rows
+        with self._lock:
+            table = list(self._user_table())
+            rows = []
+            for user_id in user_ids:
+                if user_id not in self._user_index:
+                    self._user_index[user_id] = len(self.user_ids)
+                    self.user_ids.append(user_id)
+                    self._seen[self._user_index[user_id]] = np.zeros(0, dtype=np.int64)
+                    if self.user_texts is not None:
+                        self.user_texts.append("")
+                rows.append(self._user_index[user_id])
+            table = [torch.cat([t, t.new_zeros(len(self.user_ids) - len(t), *t.shape[1:])]) for t in table]
+            table[0][rows], table[1][rows] = vectors.to(table[0]), biases.to(table[1])
+            self._user_cache = (table[0], table[1])
+            return rows
 
     @torch.no_grad()
     def _profile_vector(self, row: int) -> torch.Tensor:
@@ -162,14 +218,14 @@ class Recommender:
     def _profile_encoding(self):
         """A context in which the backbone encodes texts as it did for the training profiles: the
         recipe encodes them once, before training, so with the backbone as it was then."""
-        backbone, method = self.model.backbone, self.spec.adapter.method
-        if isinstance(backbone, PeftModel) and not backbone.active_peft_config.is_prompt_learning:
+        method = self.spec.adapter.method
+        prompt_learning = method == "prefix" or (method == "peft" and self.model.backbone.active_peft_config
+                                                 .is_prompt_learning)
+        if method in ("lora", "qlora", "frozen") or (method == "peft" and not prompt_learning):
             return self.model.adapters_disabled()  # LoRA, IA3, ...: the adapter starts as the identity
-        if method == "frozen":
-            return self.model.adapters_disabled()  # a plain, untrained backbone: nothing to turn off
         raise ValueError(f"add_users: this model's profile encodings came from its backbone before training "
-                         f"(adapter {method or 'prompt/prefix'}), which the model folder does not keep, so a "
-                         "new profile cannot be encoded the same way; fold_in(id, {item_id: rating}) works")
+                         f"(adapter {method}), which the model folder does not keep, so a new profile cannot "
+                         "be encoded the same way; fold_in(id, {item_id: rating}) works")
 
     def add_users(self, users: Mapping[str, str]) -> None:
         """Add users who have no ratings yet, as ``{user_id: profile_text}``.
@@ -184,123 +240,233 @@ class Recommender:
         if head.user_text_proj is None:
             raise ValueError("add_users: this model was trained without model.user_text=true, so it has no "
                              "tower that turns a profile text into a user vector; fold_in(id, {item_id: "
-                             "rating}) adds a user from a few ratings instead")
-        if not users:
-            raise ValueError("add_users: no users given")
+                             "rating}) or add_interactions({id: [item_id, ...]}) adds a user instead")
+        users = id_mapping(users, "add_users", "user", "profile text", "{'new1': 'A 24-year-old female student.'}")
         for user_id, text in users.items():
-            if not isinstance(text, str):
-                raise TypeError(f"add_users: the profile of user '{user_id}' must be a string, got {text!r}")
-            if not text.strip():
-                raise ValueError(f"add_users: user '{user_id}' has an empty profile")
-            row = self._user_index.get(str(user_id))
+            check_text(text, "add_users", f"user {user_id!r}")
+            row = self._user_index.get(user_id)
             if row is not None and row < self.num_trained_users:
                 raise ValueError(f"add_users: user '{user_id}' was trained with its own profile, which cannot "
-                                 "be replaced; fold_in(id, {item_id: rating}) refits a user from ratings")
-        ids = [str(u) for u in users]
-        if len(set(ids)) != len(ids):
-            raise ValueError("add_users: a user id is given twice (as a string and as a number?)")
-        with self._profile_encoding(), torch.no_grad():
-            vectors = head.user_text_proj(self._encode(list(users.values())).to(self.device))
-        rows = self._put_users(ids, vectors, vectors.new_zeros(len(ids)))
-        for row, vector in zip(rows, vectors, strict=True):
-            self._profiles[row] = vector
-            if row in self._folded:  # known ratings: refit around the new profile
-                self._fit(row, *self._folded[row])
-        logger.info("encoded %d user profiles; %d users", len(ids), len(self.user_ids))
+                                 "be replaced; fold_in(id, {item_id: rating}) updates a user from ratings")
+        warn_about_texts(self.tokenizer, list(users.values()), list(users), self.spec.max_length, "add_users")
+        with self._lock:
+            with self._profile_encoding(), torch.no_grad():
+                vectors = head.user_text_proj(self._encode(list(users.values())).to(self.device))
+            rows = self._put_users(list(users), vectors, vectors.new_zeros(len(users)))
+            for row, vector, text in zip(rows, vectors, users.values(), strict=True):
+                self._profiles[row] = vector
+                if self.user_texts is not None:
+                    self.user_texts[row] = text
+                if row in self._folded:  # known ratings: refit around the new profile
+                    self._fit(row, *self._folded[row])
+                elif row in self._interacted:
+                    self._fit_interactions(row)
+        logger.info("encoded %d user profiles; %d users", len(users), len(self.user_ids))
 
     def fold_in(self, user_id: str, ratings: Mapping[str, float], l2: float = 10.0) -> None:
         """Fit a user's bias and vector to a few ``{item_id: rating}``, with the items fixed.
 
         Closed-form ridge regression of ``rating - mean - b_i`` on ``b_u + <p_u, q_i>``, with
-        penalty ``l2 * (b_u**2 + |p_u - p_0|**2)``: ``p_0`` is the user's profile vector (from
-        :meth:`add_users`, or a trained user's profile part), zero without one. So the fit starts
-        from the profile and moves as far as the ratings justify. A new id adds a user; a known
-        one gets its vector replaced, fitted to exactly these ratings (pass all you know). The
-        rated items count as seen for :meth:`recommend`. Rating models only. The default ``l2``
-        was the best on the validation users of ml-100k p2u (``benchmarks/cold_users.py``).
+        penalty ``l2 * |(b_u, p_u) - prior|^2``. For a new user the prior is the profile vector
+        (from :meth:`add_users`) and bias 0, or zero; for a trained user it is what the model
+        learned, so the fit *updates* them with the new ratings, as far as they justify. Calling
+        it again for the same user replaces the ratings given before (pass all you know). The
+        ratings must lie on the training scale; the rated items count as seen. Rating models only
+        (ranking models: :meth:`add_interactions`). The default ``l2`` was the best on the
+        validation users of ml-100k p2u (``benchmarks/cold_users.py``).
         """
-        if not isinstance(self.model.head, RatingHead):
+        if not self.is_rating:
             raise ValueError("fold_in fits ratings, and this is a ranking model, whose scores are not ratings; "
-                             "fold it in with a rating model (recipes/train_rating.py)")
-        if not isinstance(ratings, Mapping):
-            raise TypeError(f"fold_in: pass the ratings of user '{user_id}' as {{item_id: rating}}, "
-                            f"got {type(ratings).__name__}")
-        if not ratings:
-            raise ValueError(f"fold_in: no ratings given for user '{user_id}'")
-        for item_id, rating in ratings.items():
-            if isinstance(rating, bool) or not isinstance(rating, numbers.Real):
-                raise TypeError(f"fold_in: the rating of item '{item_id}' must be a number, got {rating!r}")
-            if not math.isfinite(rating):
-                raise ValueError(f"fold_in: the rating of item '{item_id}' is {rating}, not a finite number")
-        if isinstance(l2, bool) or not isinstance(l2, numbers.Real) or not 0 < l2 < math.inf:
+                             "add_interactions({user_id: [item_id, ...]}) fits a user from what they interacted with")
+        user_id = check_id(user_id, "fold_in", "user")
+        if isinstance(ratings, Mapping) and not ratings:
+            raise ValueError(f"fold_in: no ratings given for user {user_id!r}")
+        ratings = id_mapping(ratings, "fold_in", "item", "rating", "{'50': 5.0, '181': 4.0}")
+        values = [check_rating(r, "fold_in", f"item {i!r}", self.rating_scale) for i, r in ratings.items()]
+        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not 0 < l2 < float("inf"):
             raise ValueError(f"fold_in: l2 must be a positive number, got {l2!r}")
-        items = self._items(list(ratings))
-        if len(set(items.tolist())) != len(items):
-            raise ValueError(f"fold_in: an item is given twice in the ratings of user '{user_id}'")
-        user_id = str(user_id)
-        if user_id not in self._user_index:
-            self._put_users([user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1))
-        row = self._user_index[user_id]
-        self._folded[row] = (items, torch.tensor([float(r) for r in ratings.values()]), float(l2))
-        self._fit(row, *self._folded[row])
-        self._seen[row] = np.union1d(self._seen[row], items.numpy())
+        items = self._items(list(ratings), "fold_in")
+        with self._lock:
+            if user_id not in self._user_index:
+                self._put_users([user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1))
+            row = self._user_index[user_id]
+            self._folded[row] = (items, torch.tensor(values), float(l2))
+            self._fit(row, *self._folded[row])
+            self._seen[row] = np.union1d(self._seen[row], items.numpy())
 
     @torch.no_grad()
     def _fit(self, row: int, items: torch.Tensor, ratings: torch.Tensor, l2: float) -> None:
-        """Ridge regression of one user's bias and vector on fixed item vectors (float64)."""
-        vectors, biases = (t.double().cpu() for t in self._item_vectors(items))
-        target = ratings.double() - self.model.head.global_mean.double().cpu() - biases
-        design = torch.cat([torch.ones(len(items), 1, dtype=torch.float64), vectors], dim=1)  # [1, q_i]
-        prior = torch.cat([torch.zeros(1, dtype=torch.float64), self._profile_vector(row).double().cpu()])
-        gram = design.T @ design + l2 * torch.eye(design.shape[1], dtype=torch.float64)
-        solution = prior + torch.linalg.solve(gram, design.T @ (target - design @ prior))
-        self._put_users([self.user_ids[row]], solution[None, 1:], solution[:1])
+        vectors, biases = (t.cpu() for t in self._item_vectors(items))
+        if row < self.num_trained_users:  # the trained vector and bias are the prior
+            prior_vector, prior_bias = (t[0].cpu() for t in self.model.head.users(torch.tensor([row])))
+        else:
+            prior_vector, prior_bias = self._profile_vector(row).cpu(), 0.0
+        vector, bias = ridge_fold_in(vectors, biases, ratings, float(self.model.head.global_mean), prior_vector,
+                                     float(prior_bias), l2)
+        self._put_users([self.user_ids[row]], vector[None], torch.tensor([bias]))
+
+    def add_interactions(self, interactions: Mapping[str, Sequence[str]], l2: float = 0.05) -> None:
+        """Record that users interacted with items, as ``{user_id: [item_id, ...]}`` (time order).
+
+        Every model counts the items as seen (:meth:`recommend` leaves them out). A user the
+        model does not know is added: a ranking model fits the user's vector to the items with its
+        own loss (a softmax over the catalogue, ``l2`` towards the profile vector or zero); a
+        rating model, which needs ratings to fit a user (:meth:`fold_in`), gives them the profile
+        vector (or zero) and no bias, so they get the items' baseline scores. Known users keep
+        their vectors (users added this way are refit with all their items).
+        """
+        interactions = id_mapping(interactions, "add_interactions", "user", "list of item ids",
+                                  "{'196': ['242', '302']}")
+        resolved = {u: self._items(id_list(items, "add_interactions", "item"), "add_interactions")
+                    for u, items in interactions.items()}
+        with self._lock:
+            for user_id, items in resolved.items():
+                if user_id not in self._user_index:
+                    self._put_users([user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1))
+                    self._interacted[self._user_index[user_id]] = np.zeros(0, dtype=np.int64)
+                row = self._user_index[user_id]
+                self._seen[row] = np.union1d(self._seen[row], items.numpy())
+                if row in self._interacted:
+                    self._interacted[row] = np.concatenate([self._interacted[row], items.numpy()])
+                    self._fit_interactions(row, l2)
+
+    @torch.no_grad()
+    def _fit_interactions(self, row: int, l2: float = 0.05) -> None:
+        prior = self._profile_vector(row).cpu()
+        if self.is_rating or len(self._interacted[row]) == 0:
+            self._put_users([self.user_ids[row]], prior[None], torch.zeros(1))
+            return
+        vectors, biases = (t.cpu() for t in self._item_vectors())
+        vector = softmax_fold_in(vectors, biases, torch.as_tensor(self._interacted[row]), prior, l2)
+        self._put_users([self.user_ids[row]], vector[None], torch.zeros(1))
 
     # -- scoring -----------------------------------------------------------------------------
+    def _bounded(self, scores: torch.Tensor) -> torch.Tensor:
+        """Ratings clipped to the training scale (rating models); ranking scores as they are."""
+        if self.is_rating and self.rating_scale is not None:
+            return scores.clamp(*self.rating_scale)
+        return scores
+
     @torch.no_grad()
     def predict(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        """Predicted ratings for aligned pairs ``(user_ids[k], item_ids[k])``."""
-        if isinstance(user_ids, str) or isinstance(item_ids, str):
-            raise TypeError("predict: pass lists of ids, e.g. predict(['196'], ['242'])")
-        if len(user_ids) != len(item_ids):
-            raise ValueError(f"predict: {len(user_ids)} users but {len(item_ids)} items; pass aligned lists")
-        if len(user_ids) == 0:
+        """Scores of aligned pairs ``(user_ids[k], item_ids[k])``: predicted ratings, clipped to the
+        training scale, for a rating model; for a ranking model, scores that order one user's items
+        (higher is better) and mean nothing across users or as ratings."""
+        users, items = id_list(user_ids, "predict", "user"), id_list(item_ids, "predict", "item")
+        if len(users) != len(items):
+            raise ValueError(f"predict: {len(users)} users but {len(items)} items; pass aligned lists")
+        if not users:
             return np.zeros(0, dtype=np.float32)
-        users = self._user_vectors(self._users(user_ids))
-        items = self._item_vectors(self._items(item_ids))
-        return self.model.head.score(users, items).cpu().numpy()
+        with self._lock:
+            scores = self.model.head.score(self._user_vectors(self._users(users)),
+                                           self._item_vectors(self._items(items)))
+            return self._bounded(scores).cpu().numpy()
 
     @torch.no_grad()
     def predict_texts(self, user_id: str, texts: Sequence[str]) -> np.ndarray:
-        """Predicted ratings of one user for items given only by their texts (not stored)."""
-        if isinstance(texts, str):
+        """Scores (as :meth:`predict`) of one user for items given only by their texts (not stored)."""
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError("predict_texts: pass a list of texts, e.g. predict_texts('196', ['a comedy'])")
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float32)
-        if any(not isinstance(t, str) or not t.strip() for t in texts):
-            raise ValueError("predict_texts: every text must be a non-empty string")
-        user = self._user_vectors(self._users([user_id]))
-        encoded = self._encode(list(texts)).to(self.device)
-        items = self.model.head.items(encoded, None)
-        return self.model.head.score_all(user, items)[0].cpu().numpy()
+        for k, text in enumerate(texts):
+            check_text(text, "predict_texts", f"text {k}")
+        with self._lock:
+            user = self._user_vectors(self._users([user_id], "predict_texts"))
+            items = self.model.head.items(self._encode(list(texts)).to(self.device), None)
+            return self._bounded(self.model.head.score_all(user, items)[0]).cpu().numpy()
 
     @torch.no_grad()
+    def _raw_scores(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.model.head.score_all(self._user_vectors(rows), self._item_vectors()).cpu()
+
     def score_all(self, user_ids: Sequence[str] | None = None) -> np.ndarray:
-        """Ratings of the given (default: all) users for every catalogue item, ``(users, items)``."""
-        index = torch.arange(len(self.user_ids)) if user_ids is None else self._users(user_ids)
-        return self.model.head.score_all(self._user_vectors(index), self._item_vectors()).cpu().numpy()
+        """Scores (as :meth:`predict`) of the given (default: all) users for every catalogue item,
+        ``(users, items)``."""
+        with self._lock:
+            rows = torch.arange(len(self.user_ids)) if user_ids is None else self._users(
+                id_list(user_ids, "score_all", "user"), "score_all")
+            return self._bounded(self._raw_scores(rows)).numpy()
 
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
-        """The ``k`` highest-scored items for ``user_id`` as ``(item_id, score)``, best first."""
-        if isinstance(k, bool) or not hasattr(type(k), "__index__") or operator.index(k) < 1:
-            raise ValueError(f"recommend: k must be a positive integer, got {k!r}")
-        k = operator.index(k)  # numpy and other integer types
-        scores = self.score_all([user_id])[0]
-        if exclude_seen:
-            scores[self._seen[self._user_index[str(user_id)]]] = -np.inf
-        available = int(np.isfinite(scores).sum())
-        if k > available:
-            raise ValueError(f"recommend: k={k} but only {available} items are left to recommend to user {user_id!r}")
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(self.item_ids[i], float(scores[i])) for i in top]
+        """The ``k`` highest-scored items for ``user_id`` as ``(item_id, score)``, best first.
+
+        With ``exclude_seen`` the items the user is known to have interacted with (the training
+        interactions saved with the model, and those added since) are left out.
+        """
+        if not isinstance(user_id, (str, int, np.integer)) or isinstance(user_id, bool):
+            raise TypeError(f"recommend: pass one user id (str or int), got {type(user_id).__name__}; "
+                            "for several users use recommend_batch(user_ids, k)")
+        return self.recommend_batch([user_id], k, exclude_seen, where="recommend")[0]
+
+    def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
+                        where: str = "recommend_batch") -> list[list[tuple[str, float]]]:
+        """:meth:`recommend` for many users at once (one matrix product), in the given order."""
+        k = check_k(k, where)
+        users = id_list(user_ids, where, "user")
+        with self._lock:
+            rows = self._users(users, where)
+            scores = self._raw_scores(rows).numpy().astype(np.float64)
+            if exclude_seen:
+                for r, row in enumerate(rows.tolist()):
+                    scores[r, self._seen[row]] = -np.inf
+            shown = self._bounded(torch.as_tensor(scores)).numpy()
+            results = []
+            for r, user in enumerate(users):
+                available = int(np.isfinite(scores[r]).sum())
+                if k > available:
+                    raise ValueError(f"{where}: k={k} but only {available} items are left to recommend to user "
+                                     f"{user!r}")
+                top = np.argpartition(-scores[r], k - 1)[:k]
+                top = top[np.argsort(-scores[r, top], kind="stable")]
+                results.append([(self.item_ids[i], float(shown[r, i])) for i in top])
+            return results
+
+    # -- saving ------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the model with everything added since loading (items, users, interactions) as a
+        model folder, atomically; :meth:`from_pretrained` of it gives the same scores."""
+        with self._lock:
+            catalog = Catalog(user_ids=list(self.user_ids), item_ids=list(self.item_ids),
+                              item_texts=list(self.item_texts), user_texts=self.user_texts,
+                              item_fields=self.item_fields or None, rating_scale=self.rating_scale,
+                              seen_users=np.concatenate([np.full(len(v), u) for u, v in self._seen.items()]
+                                                        or [np.zeros(0, dtype=np.int64)]),
+                              seen_items=np.concatenate(list(self._seen.values()) or [np.zeros(0, dtype=np.int64)]),
+                              user_state=self._user_state())
+            return save_artifact(folder, self.model, self.tokenizer, catalog, card=self.meta.get("card"),
+                                 config_yaml=self.meta.get("config_yaml", ""))
+
+    def _user_state(self) -> dict[str, torch.Tensor] | None:
+        """The user table and what refits it, when it differs from the trained one."""
+        if self._user_cache is None and not (self._profiles or self._folded or self._interacted):
+            return None
+        vectors, biases = self._user_table()
+        state = {"vectors": vectors.cpu().contiguous(), "biases": biases.cpu().contiguous()}
+        rows = sorted(self._profiles)
+        state["profile_rows"] = torch.tensor(rows, dtype=torch.int64)
+        state["profiles"] = (torch.stack([self._profiles[r].cpu() for r in rows]) if rows
+                             else torch.zeros(0, self.model.head.dim))
+        rows = sorted(self._folded)
+        state["fold_rows"] = torch.tensor(rows, dtype=torch.int64)
+        state["fold_counts"] = torch.tensor([len(self._folded[r][0]) for r in rows], dtype=torch.int64)
+        state["fold_items"] = torch.cat([self._folded[r][0] for r in rows] or [torch.zeros(0, dtype=torch.int64)])
+        state["fold_ratings"] = torch.cat([self._folded[r][1] for r in rows] or [torch.zeros(0)])
+        state["fold_l2"] = torch.tensor([self._folded[r][2] for r in rows], dtype=torch.float64)
+        rows = sorted(self._interacted)
+        state["interacted_rows"] = torch.tensor(rows, dtype=torch.int64)
+        state["interacted_counts"] = torch.tensor([len(self._interacted[r]) for r in rows], dtype=torch.int64)
+        state["interacted_items"] = torch.as_tensor(np.concatenate([self._interacted[r] for r in rows]
+                                                                   or [np.zeros(0, dtype=np.int64)]))
+        return state
+
+    def _restore_users(self, state: dict[str, torch.Tensor]) -> None:
+        self._user_cache = (state["vectors"].to(self.device), state["biases"].to(self.device))
+        self._profiles = {int(r): v.to(self.device) for r, v in zip(state["profile_rows"], state["profiles"],
+                                                                    strict=True)}
+        items = torch.split(state["fold_items"], state["fold_counts"].tolist())
+        ratings = torch.split(state["fold_ratings"], state["fold_counts"].tolist())
+        self._folded = {int(r): (i, x, float(l2)) for r, i, x, l2 in zip(state["fold_rows"], items, ratings,
+                                                                          state["fold_l2"], strict=True)}
+        items = torch.split(state["interacted_items"], state["interacted_counts"].tolist())
+        self._interacted = {int(r): i.numpy() for r, i in zip(state["interacted_rows"], items, strict=True)}

@@ -121,6 +121,7 @@ def make_spec(backbone, adapter, model, *, task: str, num_users: int, num_items:
             "item_text": model.item_text,
             "user_text_dim": text_dim if model.user_text else None,
             "dropout": model.dropout,
+            "id_dropout": model.item_id_dropout,
         },
         gradient_checkpointing=backbone.gradient_checkpointing,
         extras=dict(extras or {}),
@@ -135,6 +136,7 @@ def spec_from_format1(meta: dict[str, Any]) -> ModelSpec:
     """
     head = dict(meta["head"])
     head.setdefault("dropout", 0.0)
+    head.setdefault("id_dropout", 0.0)
     return ModelSpec(
         task=meta["task"],
         backbone=meta["backbone"],

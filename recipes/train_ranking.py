@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # evaluate: best validation weights, test targets, train and validation items excluded
     stopper.restore(unwrapped)
-    test_scores = evaluate(test.users, test.items, test_seen, by_group=True)
+    test_scores = evaluate(test.users, test.items, test_seen, by_group=True) if len(test) else {}
     results = run_summary({
         "best_epoch": stopper.best_epoch, f"valid_ndcg@{k}": -stopper.best,
         **{f"test_{key}": v for key, v in test_scores.items()},
@@ -173,19 +173,25 @@ def main(argv: list[str] | None = None) -> dict:
         "pairs_per_process": progress.examples_per_process, "steps": progress.step,
         "resumed_from": str(resume_from) if resume_from else None,
     }, started, accelerator, progress.history)
-    logger.info("best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f", stopper.best_epoch, k,
-                test_scores[f"ndcg@{k}"], k, test_scores[f"hr@{k}"], test_scores["mrr"])
-    logger.info("test NDCG@%d by target item: warm %s (%d users), cold %s (%d users)", k,
-                test_scores[f"ndcg@{k}_warm"], test_scores["count_warm"], test_scores[f"ndcg@{k}_cold_items"],
-                test_scores["count_cold_items"])
+    card = {f"valid NDCG@{k}": -stopper.best}
+    if test_scores:
+        logger.info("best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f", stopper.best_epoch, k,
+                    test_scores[f"ndcg@{k}"], k, test_scores[f"hr@{k}"], test_scores["mrr"])
+        logger.info("test NDCG@%d by target item: warm %s (%d users), cold %s (%d users)", k,
+                    test_scores[f"ndcg@{k}_warm"], test_scores["count_warm"], test_scores[f"ndcg@{k}_cold_items"],
+                    test_scores["count_cold_items"])
+        card.update({f"test NDCG@{k}": test_scores[f"ndcg@{k}"], f"test HR@{k}": test_scores[f"hr@{k}"],
+                     "test MRR": test_scores["mrr"]})
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
-    save_run(accelerator, cfg, unwrapped, tokenizer, data, results,
-             {f"valid NDCG@{k}": -stopper.best, f"test NDCG@{k}": test_scores[f"ndcg@{k}"],
-              f"test HR@{k}": test_scores[f"hr@{k}"], "test MRR": test_scores["mrr"]})
+    save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
-        print(f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} {test_scores[f'hr@{k}']:.4f}  "
-              f"MRR {test_scores['mrr']:.4f}  (best epoch {stopper.best_epoch})")
+        if test_scores:
+            print(f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} {test_scores[f'hr@{k}']:.4f}  "
+                  f"MRR {test_scores['mrr']:.4f}  (best epoch {stopper.best_epoch})")
+        else:
+            print(f"valid NDCG@{k} {-stopper.best:.4f} (best epoch {stopper.best_epoch}); no test split: trained "
+                  "on all interactions but the validation share")
         print(f"model saved to {Path(cfg.output_dir) / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

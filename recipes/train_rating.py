@@ -155,11 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
         if stop or finished():
             break
 
-    # evaluate: best validation weights on the test split
+    # evaluate: best validation weights on the test split (protocol "all", for production, has none)
     stopper.restore(unwrapped)
     item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
-    test_scores = evaluate_ratings(accelerator, unwrapped.head, item_text, test_loader, metric,
-                                   known_users=data.known_users, known_items=data.known_items)
+    test_scores = {}
+    if len(test):
+        test_scores = evaluate_ratings(accelerator, unwrapped.head, item_text, test_loader, metric,
+                                       known_users=data.known_users, known_items=data.known_items)
     results = run_summary({
         "best_epoch": stopper.best_epoch, "valid_rmse": stopper.best,
         **{f"test_{k}": v for k, v in test_scores.items()},
@@ -168,19 +170,27 @@ def main(argv: list[str] | None = None) -> dict:
         "resumed_from": str(resume_from) if resume_from else None,
     }, started, accelerator, progress.history)
     logger.info("ratings trained on per process: %s", progress.examples_per_process)
-    logger.info("best epoch %d: test RMSE %.4f, MAE %.4f", stopper.best_epoch, test_scores["rmse"], test_scores["mae"])
-    logger.info("test RMSE by group: %s", ", ".join(
-        f"{group} {test_scores[f'rmse_{group}']:.4f} ({test_scores[f'count_{group}']} ratings)"
-        for group in ("warm", "cold_items", "cold_users") if test_scores[f"count_{group}"]))
+    card = {"valid RMSE": stopper.best}
+    if test_scores:
+        logger.info("best epoch %d: test RMSE %.4f, MAE %.4f", stopper.best_epoch, test_scores["rmse"],
+                    test_scores["mae"])
+        logger.info("test RMSE by group: %s", ", ".join(
+            f"{group} {test_scores[f'rmse_{group}']:.4f} ({test_scores[f'count_{group}']} ratings)"
+            for group in ("warm", "cold_items", "cold_users") if test_scores[f"count_{group}"]))
+        card.update({"test RMSE": test_scores["rmse"], "test MAE": test_scores["mae"]})
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
-    save_run(accelerator, cfg, unwrapped, tokenizer, data, results,
-             {"valid RMSE": stopper.best, "test RMSE": test_scores["rmse"], "test MAE": test_scores["mae"]})
+    save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
-        print(f"test RMSE {test_scores['rmse']:.4f}  MAE {test_scores['mae']:.4f}  (best epoch {stopper.best_epoch})")
-        print("  warm / cold items / cold users: " + " / ".join(
-            "-" if test_scores[f"rmse_{g}"] is None else f"{test_scores[f'rmse_{g}']:.4f}"
-            for g in ("warm", "cold_items", "cold_users")))
+        if test_scores:
+            print(f"test RMSE {test_scores['rmse']:.4f}  MAE {test_scores['mae']:.4f}  "
+                  f"(best epoch {stopper.best_epoch})")
+            print("  warm / cold items / cold users: " + " / ".join(
+                "-" if test_scores[f"rmse_{g}"] is None else f"{test_scores[f'rmse_{g}']:.4f}"
+                for g in ("warm", "cold_items", "cold_users")))
+        else:
+            print(f"valid RMSE {stopper.best:.4f} (best epoch {stopper.best_epoch}); no test split: trained "
+                  "on all interactions but the validation share")
         print(f"model saved to {Path(cfg.output_dir) / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

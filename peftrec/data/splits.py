@@ -12,7 +12,8 @@ import numpy as np
 from peftrec.data.errors import DataError
 from peftrec.data.tables import RecDataset
 
-Protocol = Literal["p1", "p2", "p3", "p2u"]
+Protocol = Literal["p1", "p2", "p3", "p2u", "all"]
+PRODUCTION_VALID_SHARE = 0.05  # protocol "all": the random share of rows kept for early stopping
 
 
 class Split(NamedTuple):
@@ -40,15 +41,22 @@ def split_rows(dataset: RecDataset, protocol: Protocol, seed: int = 0) -> Split:
     p2u: p2's procedure applied to users (peftrec's own protocol): 20% of
         the users who rated are test users and the next 10% validation users; all their ratings
         go to test/validation, so no test or validation user is seen in training.
+    all: training for production: every row trains but a random 5% kept for validation (early
+        stopping); no test split.
     """
     if protocol not in get_args(Protocol):
         raise DataError(
             f"unknown protocol {protocol!r}; choose 'p1' (random rating split), "
-            "'p2' (cold-start items), 'p3' (leave-one-out by time) or 'p2u' (cold-start users)"
+            "'p2' (cold-start items), 'p3' (leave-one-out by time), 'p2u' (cold-start users) or 'all' "
+            "(train on everything but a validation share, for production)"
         )
     inter = dataset.interactions
     n = len(inter)
     rng = np.random.default_rng(seed)
+    if protocol == "all":
+        perm = rng.permutation(n)
+        n_valid = max(1, round(n * PRODUCTION_VALID_SHARE)) if n > 1 else 0
+        return _split(perm[n_valid:], perm[:n_valid], np.zeros(0, dtype=np.int64))
     if protocol == "p1":
         perm = rng.permutation(n)
         return _split(perm[: n * 8 // 10], perm[n * 8 // 10 : n * 9 // 10], perm[n * 9 // 10 :])
@@ -91,7 +99,7 @@ def _split(train: np.ndarray, valid: np.ndarray, test: np.ndarray) -> Split:
 def check_splits(dataset: RecDataset, protocol: Protocol, parts: dict, train_fraction: float = 1.0) -> None:
     """A protocol or train_fraction that leaves a split empty is a data error, reported now."""
     for name, part in parts.items():
-        if len(part):
+        if len(part) or (protocol == "all" and name == "test"):  # production training has no test split
             continue
         hint = {
             "p2": "p2 holds out the ratings of 20% (test) and 10% (validation) of the rated items, "
@@ -100,6 +108,7 @@ def check_splits(dataset: RecDataset, protocol: Protocol, parts: dict, train_fra
                    "rated, so it needs at least 10 of them",
             "p3": "p3 holds out each user's last two ratings, and only of users with at least 3 ratings",
             "p1": "p1 splits the ratings 80/10/10, so it needs at least 10 ratings",
+            "all": "all keeps 5% of the ratings for validation, so it needs at least 2 ratings",
         }[protocol]
         if name == "train" and train_fraction < 1:
             hint = f"data.train_fraction={train_fraction} kept none of the training ratings"

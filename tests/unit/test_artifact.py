@@ -38,7 +38,8 @@ def test_the_spec_is_what_peftrec_json_holds(saved):
     assert ModelSpec.from_dict(meta["spec"]) == model.spec
     spec, _ = read_spec(folder)
     assert spec.head == {"text_dim": 64, "num_users": 7, "num_items": 11, "dim": 8, "item_ids": True,
-                         "item_text": True, "user_text_dim": None, "dropout": 0.0}
+                         "item_text": True, "user_text_dim": None, "dropout": 0.0,
+                         "id_dropout": 0.0}
     assert (folder / "README.md").read_text().startswith("# peftrec rating model")
 
 

@@ -261,7 +261,7 @@ def test_recommender_clear_errors(recommender):
         recommender.add_items({})
     with pytest.raises(KeyError, match="unknown user id 'nobody'"):
         recommender.predict_texts("nobody", ["good movie"])
-    with pytest.raises(KeyError, match="unknown item id None"):
+    with pytest.raises(TypeError, match="predict: item ids are strings or integers, got None"):
         recommender.predict(["u0"], [None])
     with pytest.raises(ValueError, match=r"recommend: k must be a positive integer, got 2\.0"):
         recommender.recommend("u0", k=2.0)

@@ -70,7 +70,7 @@ def like_recipe(argv: list[str]) -> dict:
         p = model.head.score(model.head.users(users), items).numpy()
     accuracy = float(((p > 0.5) == (data.test.ratings > 3)).mean())
     results = {"test_accuracy": accuracy}
-    save_run(accelerator, cfg, model, tokenizer, data, results, {"test accuracy": accuracy})
+    save_run(accelerator, cfg, TASKS["like"], model, tokenizer, data, results, {"test accuracy": accuracy})
     return results
 
 
