@@ -147,7 +147,8 @@ def model_card(spec: ModelSpec, card: dict[str, Any]) -> str:
              f"{'pretrained' if spec.init == 'pretrained' else 'randomly initialised'})",
              f"- adaptation: {spec.adapter.method}"
              + (f", {spec.adapter.quant_bits}-bit base" if spec.adapter.quant_bits else ""),
-             f"- catalogue: {spec.head['num_items']} items, {spec.head['num_users']} users"]
+             f"- catalogue: {spec.head['num_items']} items"
+             + (f", {spec.head['num_users']} users" if "num_users" in spec.head else ", users as histories")]
     if card.get("data"):
         lines.append(f"- data: {card['data']}")
     if card.get("protocol"):
@@ -207,12 +208,13 @@ def check_catalog(catalog: Catalog, spec: ModelSpec, where: Path) -> None:
     for name, values in (catalog.item_fields or {}).items():
         if len(values) != len(catalog.item_ids):
             problems.append(f"{len(values)} values of item field {name!r} for {len(catalog.item_ids)} item ids")
-    if len(catalog.user_ids) < head["num_users"]:
-        problems.append(f"{len(catalog.user_ids)} user ids for the head's {head['num_users']} users")
+    table = head.get("num_users")  # None: a history model, whose users are their histories
+    if table is not None and len(catalog.user_ids) < table:
+        problems.append(f"{len(catalog.user_ids)} user ids for the head's {table} users")
     state = catalog.user_state
-    if len(catalog.user_ids) > head["num_users"] and (state is None or len(state.get("vectors", ())) != len(
+    if table is not None and len(catalog.user_ids) > table and (state is None or len(state.get("vectors", ())) != len(
             catalog.user_ids)):
-        problems.append(f"{len(catalog.user_ids) - head['num_users']} users beyond the head's table without "
+        problems.append(f"{len(catalog.user_ids) - table} users beyond the head's table without "
                         "their vectors (users.safetensors)")
     if catalog.user_texts is not None and len(catalog.user_texts) != len(catalog.user_ids):
         problems.append(f"{len(catalog.user_texts)} user texts for {len(catalog.user_ids)} user ids")

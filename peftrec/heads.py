@@ -11,6 +11,16 @@ from torch import nn
 USER_SHRINK, ITEM_SHRINK = 10.0, 25.0
 
 
+class RecOutput(NamedTuple):
+    """What a two-tower head's training step returns."""
+
+    scores: torch.Tensor  # (pairs,) or, with candidates, (pairs, items)
+    penalty: torch.Tensor  # mean L2 of the pairs' user and item vectors and biases
+    source: torch.Tensor  # L_S of the step (0 without a source objective, or in eval mode)
+    user: tuple[torch.Tensor, torch.Tensor]  # the pairs' user vectors and biases
+    items: tuple[torch.Tensor, torch.Tensor]  # the batch items' vectors and biases
+
+
 class Biases(NamedTuple):
     """Mean rating and regularised user and item offsets from it."""
 
@@ -88,6 +98,24 @@ class TwoTowers(nn.Module):
             vector = vector + self.item_emb(safe) * known
             bias = bias + self.item_bias(safe).squeeze(-1) * known.squeeze(-1)
         return vector, bias
+
+    def step(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_index: torch.Tensor,
+             users: torch.Tensor, positions: torch.Tensor, candidates: bool = False) -> RecOutput:
+        """Scores, the L2 penalty and L_S for the pairs ``(users, items[positions])`` of a step.
+
+        The batch holds each distinct item text once (``input_ids``); ``positions`` points every
+        pair at its item's row, so one LM pass (``model.encode``) serves all the pairs of its
+        items. With ``candidates``, each user is scored against every item of the batch.
+        """
+        text = model.encode(input_ids, attention_mask, item_index)
+        items = self.items(text, item_index)
+        item = (items[0][positions], items[1][positions])
+        user = self.users(users)
+        scores = self.score_all(user, items) if candidates else self.score(user, item)
+        source = text.new_zeros(())
+        if model.source is not None and model.training:
+            source = model.source(model, input_ids, attention_mask, item_index, text)
+        return RecOutput(scores, self.penalty(user, item), source, user, items)
 
     def user_vectors(self, index: torch.Tensor) -> torch.Tensor:
         vector = self.user_emb(index)

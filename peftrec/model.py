@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from peft import PeftModel
 from torch import nn
 
 from .backbones import Pooling, pool
-from .heads import TwoTowers
+from .heads import RecOutput, TwoTowers  # noqa: F401  (RecOutput: what forward returns)
 from .layer_cache import LowerLayerCache, token_key
 from .spec import ModelSpec
 from .tokens import length_sorted_batches, pad_batch
-
-
-class RecOutput(NamedTuple):
-    """What ``RecModel.forward`` returns."""
-
-    scores: torch.Tensor  # (pairs,) or, with candidates, (pairs, items)
-    penalty: torch.Tensor  # mean L2 of the pairs' user and item vectors and biases
-    source: torch.Tensor  # L_S of the step (0 without a source objective, or in eval mode)
-    user: tuple[torch.Tensor, torch.Tensor]  # the pairs' user vectors and biases
-    items: tuple[torch.Tensor, torch.Tensor]  # the batch items' vectors and biases
 
 
 class RecModel(nn.Module):
@@ -86,23 +75,10 @@ class RecModel(nn.Module):
             hidden = hidden[:, hidden.size(1) - input_ids.size(1) :]  # drop prompt-tuning virtual tokens
         return pool(hidden, attention_mask, self.pooling)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_index: torch.Tensor,
-                users: torch.Tensor, positions: torch.Tensor, candidates: bool = False) -> RecOutput:
-        """Scores, the L2 penalty and L_S for the pairs ``(users, items[positions])``.
-
-        The batch holds each distinct item text once (``input_ids``); ``positions`` points every
-        pair at its item's row, so one LM pass serves all the pairs of its items. With
-        ``candidates``, each user is scored against every item of the batch: ``(pairs, items)``.
-        """
-        text = self.encode(input_ids, attention_mask, item_index)
-        items = self.head.items(text, item_index)
-        item = (items[0][positions], items[1][positions])
-        user = self.head.users(users)
-        scores = self.head.score_all(user, items) if candidates else self.head.score(user, item)
-        source = text.new_zeros(())
-        if self.source is not None and self.training:
-            source = self.source(self, input_ids, attention_mask, item_index, text)
-        return RecOutput(scores, self.head.penalty(user, item), source, user, items)
+    def forward(self, *args, **kwargs):
+        """One training step's outputs, as the head defines them (:meth:`TwoTowers.step`: scores of
+        user-item pairs; :meth:`~peftrec.sequential.SequentialHead.step`: next-item logits)."""
+        return self.head.step(self, *args, **kwargs)
 
     def adapters_disabled(self) -> contextlib.AbstractContextManager:
         """A context in which the backbone runs as pretrained: PEFT adapters off (nothing to do

@@ -188,14 +188,21 @@ def trainable_counts(model: torch.nn.Module) -> tuple[int, int]:
     return total, sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
 
 
-def item_batches(collator, tokens: Sequence[Sequence[int]], cfg, accelerator) -> DataLoader:
+def item_batches(collator, lengths: Sequence[int], cfg, accelerator, *, length_buckets: bool = True,
+                 units: Sequence[int] | None = None, per_step: int | None = None) -> DataLoader:
     """Item-amortised batches: each optimizer step covers ``train.items_per_step`` distinct items
-    over all processes (each process takes a piece of every step), in length buckets. The loader
-    has its own generator, so starting an epoch draws nothing from the global RNG (dropout's)."""
-    batches = SplitBatches(LengthBucketBatches(ItemShuffler(collator.items_with_ratings(), seed=cfg.train.seed),
-                                               [len(t) for t in tokens], cfg.train.items_per_step),
+    over all processes (each process takes a piece of every step), drawn from those with
+    training interactions. With ``length_buckets`` a step's items have similar ``lengths`` (text
+    tokens: little padding in the LM pass); without, they are a uniform random draw. ``units``
+    and ``per_step`` batch something else the same way (the sequential recipe: users, by history
+    length). The loader has its own generator, so starting an epoch draws nothing from the
+    global RNG (dropout's)."""
+    units = collator.items_with_ratings() if units is None else units
+    batches = SplitBatches(LengthBucketBatches(ItemShuffler(units, seed=cfg.train.seed), lengths,
+                                               per_step or cfg.train.items_per_step,
+                                               window=16 if length_buckets else 1),
                            accelerator.num_processes)
-    return DataLoader(range(len(tokens)), batch_sampler=batches, collate_fn=collator,
+    return DataLoader(range(len(lengths)), batch_sampler=batches, collate_fn=collator,
                       generator=torch.Generator().manual_seed(cfg.train.seed))
 
 
@@ -223,8 +230,10 @@ def catalog_of(data: RunData, protocol: str, task: Task) -> Catalog:
     held-out ones stay recommendable, so the app reproduces the evaluation) or, trained for
     production (``all``), every interaction of the data."""
     seen = data.train if protocol != "all" else Interactions(
-        np.concatenate([data.train.users, data.valid.users]), np.concatenate([data.train.items, data.valid.items]),
-        np.concatenate([data.train.ratings, data.valid.ratings]), None)
+        *(np.concatenate([getattr(data.train, f), getattr(data.valid, f)]) for f in ("users", "items", "ratings")),
+        None if data.train.timestamps is None else np.concatenate([data.train.timestamps, data.valid.timestamps]))
+    rows = np.arange(len(seen))  # each user's interactions in time order: their history
+    seen = seen.subset(np.lexsort((rows, seen.timestamps if seen.timestamps is not None else rows, seen.users)))
     ratings = data.train.ratings
     return Catalog(user_ids=data.dataset.user_ids, item_ids=data.dataset.item_ids, item_texts=data.item_texts,
                    user_texts=data.user_texts, seen_users=seen.users, seen_items=seen.items,

@@ -28,6 +28,7 @@ from .inputs import (
     id_mapping,
     warn_about_texts,
 )
+from .sequential import SequentialHead, history_states
 from .tokens import tokenize_texts
 
 logger = logging.getLogger(__name__)
@@ -60,12 +61,16 @@ class Recommender:
         self.item_fields = {k: list(v) for k, v in (catalog.item_fields or {}).items()}
         self.rating_scale = tuple(catalog.rating_scale) if catalog.rating_scale else None
         self.num_trained_items = self.spec.head["num_items"]
-        self.num_trained_users = self.spec.head["num_users"]
+        self.num_trained_users = self.spec.head.get("num_users", 0)
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {it: i for i, it in enumerate(self.item_ids)}
-        self._seen = {u: np.zeros(0, dtype=np.int64) for u in range(len(self.user_ids))}
-        for u, i in self._group(catalog.seen_users, catalog.seen_items).items():
-            self._seen[u] = i
+        self.is_sequential = isinstance(model.head, SequentialHead)
+        if self.is_sequential:
+            self.num_trained_users = 0  # no user table: every user is their history
+        # each user's known interactions in time order (a history model reads them) and as a set
+        self._history = {u: np.zeros(0, dtype=np.int64) for u in range(len(self.user_ids))}
+        self._history.update(self._group(catalog.seen_users, catalog.seen_items))
+        self._seen = {u: np.unique(h) for u, h in self._history.items()}
         self._lock = threading.RLock()
         self._item_text_cache: torch.Tensor | None = None  # pooled encodings, one row per item
         self._user_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (vectors, biases) per user
@@ -86,11 +91,12 @@ class Recommender:
 
     @staticmethod
     def _group(users: np.ndarray, items: np.ndarray) -> dict[int, np.ndarray]:
+        """Each user's items, in the given (time) order."""
         users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
         order = np.argsort(users, kind="stable")
         users, items = users[order], items[order]
         starts = np.flatnonzero(np.diff(users, prepend=-1))
-        return {int(users[s]): np.unique(g) for s, g in zip(starts, np.split(items, starts[1:]), strict=True)}
+        return {int(users[s]): g for s, g in zip(starts, np.split(items, starts[1:]), strict=True)}
 
     # -- catalogue ---------------------------------------------------------------------------
     def _encode(self, texts: Sequence[str]) -> torch.Tensor:
@@ -138,6 +144,8 @@ class Recommender:
             grown[: len(cache)] = cache
             grown[rows] = encoded
             self._item_text_cache = grown
+            if self.is_sequential:  # a changed text moves the states of histories holding it
+                self._user_cache = None
         logger.info("encoded %d item texts; catalogue has %d items", len(items), len(self.item_ids))
 
     def item_info(self, item_id: str) -> dict[str, str]:
@@ -177,7 +185,11 @@ class Recommender:
     @torch.no_grad()
     def _user_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         with self._lock:
-            if self._user_cache is None:
+            if self._user_cache is None and self.is_sequential:  # the state after each history
+                states = history_states(self.model.head, self._item_vectors(),
+                                        [self._history[u] for u in range(len(self.user_ids))])
+                self._user_cache = (states, states.new_zeros(len(states)))
+            elif self._user_cache is None:
                 index = torch.arange(self.num_trained_users, device=self.device)
                 self._user_cache = tuple(t.clone() for t in self.model.head.users(index))
             return self._user_cache
@@ -197,6 +209,7 @@ class Recommender:
                     self._user_index[user_id] = len(self.user_ids)
                     self.user_ids.append(user_id)
                     self._seen[self._user_index[user_id]] = np.zeros(0, dtype=np.int64)
+                    self._history[self._user_index[user_id]] = np.zeros(0, dtype=np.int64)
                     if self.user_texts is not None:
                         self.user_texts.append("")
                 rows.append(self._user_index[user_id])
@@ -292,6 +305,7 @@ class Recommender:
             row = self._user_index[user_id]
             self._folded[row] = (items, torch.tensor(values), float(l2))
             self._fit(row, *self._folded[row])
+            self._history[row] = np.concatenate([self._history[row], items.numpy()])
             self._seen[row] = np.union1d(self._seen[row], items.numpy())
 
     @torch.no_grad()
@@ -313,7 +327,8 @@ class Recommender:
         own loss (a softmax over the catalogue, ``l2`` towards the profile vector or zero); a
         rating model, which needs ratings to fit a user (:meth:`fold_in`), gives them the profile
         vector (or zero) and no bias, so they get the items' baseline scores. Known users keep
-        their vectors (users added this way are refit with all their items).
+        their vectors (users added this way are refit with all their items). A history model
+        (sequential) appends the items to the user's history, so the next call scores from it.
         """
         interactions = id_mapping(interactions, "add_interactions", "user", "list of item ids",
                                   "{'196': ['242', '302']}")
@@ -321,10 +336,19 @@ class Recommender:
                     for u, items in interactions.items()}
         with self._lock:
             for user_id, items in resolved.items():
+                if self.is_sequential:  # the next call reads the longer history
+                    if user_id not in self._user_index:
+                        self._put_users([user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1))
+                    row = self._user_index[user_id]
+                    self._history[row] = np.concatenate([self._history[row], items.numpy()])
+                    self._seen[row] = np.union1d(self._seen[row], items.numpy())
+                    self._user_cache = None
+                    continue
                 if user_id not in self._user_index:
                     self._put_users([user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1))
                     self._interacted[self._user_index[user_id]] = np.zeros(0, dtype=np.int64)
                 row = self._user_index[user_id]
+                self._history[row] = np.concatenate([self._history[row], items.numpy()])
                 self._seen[row] = np.union1d(self._seen[row], items.numpy())
                 if row in self._interacted:
                     self._interacted[row] = np.concatenate([self._interacted[row], items.numpy()])
@@ -422,6 +446,27 @@ class Recommender:
                 results.append([(self.item_ids[i], float(shown[r, i])) for i in top])
             return results
 
+    def recommend_for_history(self, item_ids: Sequence[str], k: int = 10,
+                              exclude_seen: bool = True) -> list[tuple[str, float]]:
+        """The ``k`` best next items after an anonymous session's items (time order); a history
+        model only. With ``exclude_seen`` the session's items are left out."""
+        if not self.is_sequential:
+            raise ValueError("recommend_for_history needs a history model (recipes/train_sequential.py); this "
+                             f"is a {self.spec.task} model, whose users are rows of a table")
+        rows = self._items(id_list(item_ids, "recommend_for_history", "item"), "recommend_for_history")
+        k = check_k(k, "recommend_for_history")
+        with self._lock, torch.no_grad():
+            items = self._item_vectors()
+            state = history_states(self.model.head, items, [rows.tolist()])
+            scores = self.model.head.score_states(state, items)[0].cpu().numpy().astype(np.float64)
+        if exclude_seen:
+            scores[rows.numpy()] = -np.inf
+        if k > int(np.isfinite(scores).sum()):
+            raise ValueError(f"recommend_for_history: k={k} but only {int(np.isfinite(scores).sum())} items are left")
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(self.item_ids[i], float(scores[i])) for i in top]
+
     # -- saving ------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the model with everything added since loading (items, users, interactions) as a
@@ -430,17 +475,19 @@ class Recommender:
             catalog = Catalog(user_ids=list(self.user_ids), item_ids=list(self.item_ids),
                               item_texts=list(self.item_texts), user_texts=self.user_texts,
                               item_fields=self.item_fields or None, rating_scale=self.rating_scale,
-                              seen_users=np.concatenate([np.full(len(v), u) for u, v in self._seen.items()]
+                              seen_users=np.concatenate([np.full(len(v), u) for u, v in self._history.items()]
                                                         or [np.zeros(0, dtype=np.int64)]),
-                              seen_items=np.concatenate(list(self._seen.values()) or [np.zeros(0, dtype=np.int64)]),
+                              seen_items=np.concatenate(list(self._history.values())
+                                                        or [np.zeros(0, dtype=np.int64)]),
                               user_state=self._user_state())
             return save_artifact(folder, self.model, self.tokenizer, catalog, card=self.meta.get("card"),
                                  config_yaml=self.meta.get("config_yaml", ""))
 
     def _user_state(self) -> dict[str, torch.Tensor] | None:
         """The user table and what refits it, when it differs from the trained one."""
-        if self._user_cache is None and not (self._profiles or self._folded or self._interacted):
-            return None
+        if self.is_sequential or (self._user_cache is None
+                                  and not (self._profiles or self._folded or self._interacted)):
+            return None  # nothing beyond the trained weights (a history model's states come from histories)
         vectors, biases = self._user_table()
         state = {"vectors": vectors.cpu().contiguous(), "biases": biases.cpu().contiguous()}
         rows = sorted(self._profiles)

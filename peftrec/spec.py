@@ -86,9 +86,16 @@ def _strict(cls, raw: Any, where: str):
 
 
 def spec_from_config(cfg, task: str, *, num_users: int, num_items: int, extras: dict | None = None) -> ModelSpec:
-    """The spec a recipe's config describes (``cfg``: a :class:`~peftrec.config.RecipeConfig`)."""
-    return make_spec(cfg.backbone, cfg.adapter, cfg.model, task=task, num_users=num_users,
+    """The spec a recipe's config describes (``cfg``: a :class:`~peftrec.config.RecipeConfig`);
+    the task adds its own head arguments (:attr:`peftrec.tasks.Task.head_options`)."""
+    from .tasks import task_of
+
+    spec = make_spec(cfg.backbone, cfg.adapter, cfg.model, task=task, num_users=num_users,
                      num_items=num_items, max_length=cfg.data.max_length, extras=extras)
+    options = task_of(task).head_options
+    if options is not None:
+        spec.head = options(cfg, spec.head)
+    return spec
 
 
 def make_spec(backbone, adapter, model, *, task: str, num_users: int, num_items: int, max_length: int = 64,

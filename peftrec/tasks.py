@@ -9,12 +9,14 @@ lists tasks (assembly, saving and loading, the benchmark runner and report, the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from .config import RankingRecipeConfig, RatingRecipeConfig, RecipeConfig
+from .config import RankingRecipeConfig, RatingRecipeConfig, RecipeConfig, SequentialRecipeConfig
 from .heads import RankingHead, RatingHead, TwoTowers
+from .sequential import SequentialHead
 from .spec import ArtifactError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -47,6 +49,9 @@ class Task:
     """The :mod:`peftrec.metrics` module that scores it."""
     reported: tuple[Reported, ...]
     """What the benchmarks report, headline first."""
+    head_options: Callable[[Any, dict], dict] | None = None
+    """``(config, head arguments of the shared sections) -> the head's arguments``, for a task
+    whose head takes more (or fewer) than the two-tower heads."""
 
     @property
     def headline(self) -> Reported:
@@ -54,6 +59,14 @@ class Task:
 
     def recipe_path(self) -> Path:
         return RECIPES / self.recipe
+
+
+def sequential_head_options(cfg, head: dict) -> dict:
+    """A sequential head has no user table or profile tower, and its encoder's settings."""
+    head = {k: v for k, v in head.items() if k not in ("num_users", "user_text_dim")}
+    seq = cfg.sequence
+    return {**head, "max_history": seq.max_history, "blocks": seq.blocks, "heads": seq.heads,
+            "history_dropout": seq.dropout, "text_norm": seq.text_norm}
 
 
 TASKS: dict[str, Task] = {
@@ -79,6 +92,19 @@ TASKS: dict[str, Task] = {
         metric="ranking",
         reported=(Reported("ndcg@{k}", "NDCG@{k}", True), Reported("hr@{k}", "HR@{k}", True),
                   Reported("mrr", "MRR", True)),
+    ),
+    "sequential": Task(
+        name="sequential",
+        title="Next-item recommendation",
+        summary="next-item prediction: a causal encoder over the user's history, a softmax over the catalogue",
+        head=SequentialHead,
+        config=SequentialRecipeConfig,
+        recipe="train_sequential.py",
+        protocols=("p3",),
+        metric="ranking",
+        reported=(Reported("ndcg@{k}", "NDCG@{k}", True), Reported("hr@{k}", "HR@{k}", True),
+                  Reported("mrr", "MRR", True)),
+        head_options=sequential_head_options,
     ),
 }
 

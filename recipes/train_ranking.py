@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     # optimizer, schedule and item-amortised batches: one LM pass per distinct item per step
     collator = ItemRatingsCollator(tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id,
                                    negatives=cfg.ranking.negatives, seed=cfg.train.seed)
-    train_loader = item_batches(collator, tokens, cfg, accelerator)
+    # a step's items are its softmax's negatives: bucketing them by text length biases them, which
+    # only pays when an LM pass runs per step (not on cached features or ID-only items)
+    train_loader = item_batches(collator, [len(t) for t in tokens], cfg, accelerator,
+                                length_buckets=model.feature_cache is None)
     optimizer = make_optimizer(cfg, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     scheduler = make_scheduler(cfg, optimizer, len(train_loader), accelerator)

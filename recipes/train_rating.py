@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # optimizer, schedule and item-amortised batches: one LM pass per distinct item per step
     collator = ItemRatingsCollator(tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id)
-    train_loader = item_batches(collator, tokens, cfg, accelerator)
+    train_loader = item_batches(collator, [len(t) for t in tokens], cfg, accelerator)
     valid_loader, test_loader = rating_loader(valid), rating_loader(test)
     optimizer = make_optimizer(cfg, model)
     model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from peftrec.config import AdapterConfig, RankingRecipeConfig, RatingRecipeConfig, load_config
+from peftrec.config import AdapterConfig, load_config
+from peftrec.tasks import TASKS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
-SCHEMAS = {"rating": (RatingRecipeConfig, "recipes/train_rating.py"),
-           "ranking": (RankingRecipeConfig, "recipes/train_ranking.py")}
+SCHEMAS = {name: (task.config, f"recipes/{task.recipe}") for name, task in TASKS.items()}
 
 
-def test_configs_are_shipped_for_both_tasks():
+def test_configs_are_shipped_for_every_task():
     assert {path.stem.rsplit("_", 1)[1] for path in CONFIGS} == set(SCHEMAS)
 
 

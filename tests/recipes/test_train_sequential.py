@@ -1,0 +1,74 @@
+"""The sequential recipe run for real at tiny scale, and the saved model served as an app would."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from peftrec.data import load_files, split_rows
+from peftrec.metrics import load_metric, rank_of_targets
+from peftrec.recommender import Recommender
+
+from .test_train_rating import REPO, run, tiny_overrides
+
+RECIPE = REPO / "recipes" / "train_sequential.py"
+
+
+@pytest.mark.parametrize(("config", "extra"), [
+    ("minilm_frozen_sequential.yaml", []),
+    ("minilm_idonly_sequential.yaml", ["sequence.loss=sampled", "sequence.negatives=20"]),
+])
+def test_sequential_recipe_trains_and_the_app_reproduces_its_test_metrics(tmp_path, toy_files, tiny_bert,
+                                                                        config, extra):
+    out = tmp_path / "run"
+    overrides = [o for o in tiny_overrides(toy_files, tiny_bert, out) if not o.startswith("train.")]
+    result = run([sys.executable, str(RECIPE), "--config", str(REPO / "recipes/configs" / config), *overrides,
+                  "train.epochs=4", "sequence.max_history=8", "sequence.users_per_step=8", *extra])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["test_ndcg@10"] <= metrics["test_hr@10"] <= 1 and metrics["steps"] > 0
+
+    # the saved model: each test user's validation item arrives as an interaction, then the
+    # app ranks every item the user has not seen, as the recipe's test did
+    dataset = load_files(toy_files["interactions"], toy_files["items"])
+    split = split_rows(dataset, "p3")
+    valid, test = (dataset.interactions.subset(rows) for rows in (split.valid, split.test))
+    rec = Recommender.from_pretrained(out / "model")
+    assert rec.is_sequential and rec.spec.task == "sequential"
+    users = [dataset.user_ids[u] for u in test.users]
+    rec.add_interactions({dataset.user_ids[u]: [dataset.item_ids[i]] for u, i in zip(valid.users, valid.items,
+                                                                                     strict=True)})
+    scores = torch.as_tensor(rec.score_all(users))
+    exclude = torch.zeros_like(scores, dtype=torch.bool)
+    for row, user in enumerate(users):
+        exclude[row, rec._seen[rec._user_index[user]]] = True
+    ranks = rank_of_targets(scores, torch.as_tensor(test.items), exclude).numpy()
+    app = load_metric("ranking").compute(predictions=ranks, k=10)
+    assert app["ndcg@10"] == pytest.approx(metrics["test_ndcg@10"], abs=1e-6)
+    assert app["mrr"] == pytest.approx(metrics["test_mrr"], abs=1e-6)
+
+    # inductive: a new item can be in a history and a candidate; anonymous sessions are served
+    rec.add_items({"new": "good movie 3 drama"})
+    rec.add_interactions({"anon": ["new", dataset.item_ids[0]]})
+    top = rec.recommend("anon", k=5)
+    assert len(top) == 5 and {"new", dataset.item_ids[0]}.isdisjoint(i for i, _ in top)
+    session = rec.recommend_for_history(["new", dataset.item_ids[0]], k=5)
+    assert [i for i, _ in session] == [i for i, _ in top]
+    np.testing.assert_allclose([s for _, s in session], [s for _, s in top], rtol=1e-5)
+    assert np.isfinite(rec.predict(["anon"], ["new"])).all()
+    with pytest.raises(ValueError, match="ranking model"):
+        rec.fold_in("anon", {"new": 4.0})
+
+
+def test_the_sequential_recipe_refuses_what_it_cannot_use(tmp_path, toy_files, tiny_bert):
+    result = run([sys.executable, str(RECIPE), *tiny_overrides(toy_files, tiny_bert, tmp_path / "x"),
+                  "model.user_text=true"])
+    assert result.returncode == 2 and "a sequential model's user is their history" in result.stderr
+    result = run([sys.executable, str(RECIPE), *tiny_overrides(toy_files, tiny_bert, tmp_path / "x"),
+                  "train.head_batch_size=8"])
+    assert result.returncode == 2 and "unknown key 'train.head_batch_size'" in result.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,123 @@
+"""The history encoder and the sequential head: causal, padding-proof, item-amortised."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig, SequentialRecipeConfig
+from peftrec.sequential import (
+    PAD,
+    HistoryEncoder,
+    SequenceCollator,
+    SequentialHead,
+    left_pad,
+    next_item_ranks,
+    sequence_loss,
+    user_histories,
+)
+from peftrec.spec import make_spec
+from peftrec.tasks import TASKS
+from peftrec.tokens import tokenize_texts
+
+from .test_model import NUM_ITEMS, TEXTS
+
+
+def encoder(dropout=0.0) -> HistoryEncoder:
+    torch.manual_seed(0)
+    return HistoryEncoder(16, max_length=8, blocks=2, heads=2, dropout=dropout).eval()
+
+
+def test_a_state_depends_only_on_the_items_before_it():
+    enc, vectors = encoder(), torch.randn(10, 16)
+    a = enc(vectors, torch.tensor([[1, 2, 3, 4, 5]]))
+    b = enc(vectors, torch.tensor([[1, 2, 3, 9, 0]]))  # the last two items changed
+    assert torch.allclose(a[0, :3], b[0, :3], atol=1e-6) and not torch.allclose(a[0, 3], b[0, 3])
+
+
+def test_left_padding_does_not_change_the_last_state():
+    enc, vectors = encoder(), torch.randn(10, 16)
+    short = enc(vectors, torch.tensor([[4, 2, 7]]))
+    padded = enc(vectors, torch.tensor([[PAD, PAD, 4, 2, 7]]))
+    assert torch.allclose(short[0, -1], padded[0, -1], atol=1e-5)
+    assert torch.equal(padded[0, :2], torch.zeros(2, 16))  # padded positions carry nothing
+    assert torch.isfinite(enc(vectors, torch.tensor([[PAD, PAD]]))).all()  # an empty history is no NaN
+
+
+def test_left_pad_keeps_the_most_recent_items():
+    padded = left_pad([[1, 2, 3, 4, 5], [7]], 3)
+    assert padded.tolist() == [[3, 4, 5], [PAD, PAD, 7]]
+    assert left_pad([[]], 3).tolist() == [[PAD]]
+    with pytest.raises(ValueError, match="longer than the encoder's 8"):
+        encoder()(torch.randn(3, 16), torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_histories_are_in_time_order_with_ties_in_row_order():
+    users = np.array([1, 0, 1, 1, 0])
+    items = np.array([10, 11, 12, 13, 14])
+    times = np.array([5.0, 2.0, 1.0, 5.0, 1.0])
+    histories = user_histories(users, items, times, num_users=3)
+    assert [h.tolist() for h in histories] == [[14, 11], [12, 10, 13], []]
+
+
+def model_for(backbone, method="frozen", item_ids=True):
+    from peftrec.assembly import assemble
+
+    cfg = SequentialRecipeConfig(backbone=BackboneConfig(name=str(backbone)),
+                                 adapter=AdapterConfig(method=method, r=4, dropout=0.0),
+                                 model=ModelConfig(dim=8, item_ids=item_ids))
+    spec = make_spec(cfg.backbone, cfg.adapter, cfg.model, task="sequential", num_users=3, num_items=NUM_ITEMS)
+    spec.head = TASKS["sequential"].head_options(cfg, spec.head)
+    torch.manual_seed(0)
+    return assemble(spec, adapter=cfg.adapter)
+
+
+def test_the_step_scores_the_catalogue_and_the_lm_learns_straight_through(tiny_bert):
+    model, tokenizer = model_for(tiny_bert, "lora")
+    tokens = tokenize_texts(tokenizer, TEXTS, 16)
+    table = model.encode_texts(tokens)
+    model.head.fit_text_norm(table)
+    histories = [np.array([0, 3, 5, 2]), np.array([1, 4]), np.array([6, 7, 8, 9, 10])]
+    batch = SequenceCollator(histories, 4, tokens, tokenizer.pad_token_id, fresh=5, seed=0)([0, 1, 2])
+    assert len(batch["fresh_index"]) == 5 and set(batch["fresh_index"].tolist()) <= set(range(NUM_ITEMS))
+    torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n), std=0.1)
+    model.train()
+    torch.manual_seed(1)
+    output = model(**batch, table=table)
+    assert output.logits.shape == (3 + 1 + 4, NUM_ITEMS)  # one row per next item to predict
+    assert output.targets.tolist() == [3, 5, 2, 4, 7, 8, 9, 10]
+    model.head.encoder.dropout.p = 0.0
+    for block in model.head.encoder.blocks:
+        block.dropout.p = block.feed[2].p = 0.0
+    output = model(**batch, table=table)
+    plain = model(history=batch["history"], targets=batch["targets"], table=table)
+    assert torch.allclose(output.logits, plain.logits, atol=1e-5)  # the table's values, ...
+    sequence_loss(output).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    model.zero_grad()
+    sequence_loss(plain).backward()  # ... and without the fresh pass the LM gets no gradient
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_sampled_loss_approaches_the_full_softmax(tiny_bert):
+    model, tokenizer = model_for(tiny_bert)
+    table = model.encode_texts(tokenize_texts(tokenizer, TEXTS, 16))
+    output = model(history=left_pad([[0, 3, 5]], 4), targets=left_pad([[3, 5, 2]], 4), table=table)
+    full = sequence_loss(output).item()
+    popularity = torch.ones(NUM_ITEMS)
+    sampled = np.mean([sequence_loss(output, "sampled", 400, popularity, torch.Generator().manual_seed(s)).item()
+                       for s in range(5)])
+    assert sampled == pytest.approx(full, rel=0.05)
+
+
+def test_next_item_ranks_exclude_what_the_user_has_seen(tiny_bert):
+    model, tokenizer = model_for(tiny_bert, item_ids=False)
+    table = model.encode_texts(tokenize_texts(tokenizer, TEXTS, 16))
+    histories, targets = [[0, 1], [2]], np.array([5, 6])
+    exclude = torch.zeros(2, NUM_ITEMS, dtype=torch.bool)
+    ranks = next_item_ranks(model.head, table, histories, targets, exclude)
+    exclude[0, 0] = exclude[0, 1] = True
+    fewer = next_item_ranks(model.head, table, histories, targets, exclude)
+    assert ranks.shape == (2,) and (fewer <= ranks).all() and 1 <= fewer.min()
+    assert isinstance(model.head, SequentialHead) and model.head.user_emb.num_embeddings == 0
