@@ -28,6 +28,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
+	$(BIN)/ruff format --check peftrec recipes tests benchmarks
 	$(BIN)/ruff check peftrec recipes tests benchmarks
 
 clean:

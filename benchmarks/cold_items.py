@@ -13,20 +13,22 @@ resampled items for both (paired).
 Reference points, from the training ratings only (mu: their mean; shrunk averages as in the
 recipe's bias initialisation):
 
-(a) mu + b_u. b_i = sum(r - mu) / (n_i + 25) per training item, b_u = sum(r - mu - b_i) / (n_u + l_u)
-    per user; a test item's bias is unknown, so 0. l_u is chosen on the P2 validation items.
-(b) mu + b_u + f(item): f is a ridge regression of the residual r - mu - b_u of every training rating
-    on its item's features (genres multi-hot, release-year bucket one-hot, unpenalised intercept),
-    i.e. item mean residuals weighted by their ratings; l_u and the ridge alpha are chosen together
-    on the validation items.
+(a) mu + b_u. b_i = sum(r - mu) / (n_i + 25) per training item,
+    b_u = sum(r - mu - b_i) / (n_u + l_u) per user; a test item's bias is unknown, so 0. l_u is
+    chosen on the P2 validation items.
+(b) mu + b_u + f(item): f is a ridge regression of the residual r - mu - b_u of every training
+    rating on its item's features (genres multi-hot, release-year bucket one-hot, unpenalised
+    intercept), i.e. item mean residuals weighted by their ratings; l_u and the ridge alpha are
+    chosen together on the validation items.
 (b+) (b) + a ridge per user of the residual of (b) on the same item features (the user's taste for
     genres and years), its penalty chosen on the validation items: a stronger content-only baseline.
-(c) oracle: mu + b_u (as in a) + each test item's true mean residual, mean(r - mu - b_u) over its own
-    test ratings: the item's quality known exactly, nothing else about it. No model can know it; the
-    (a)->(c) gap is the error due to not knowing item quality, and "gap closed" is
-    (RMSE_a - RMSE_model) / (RMSE_a - RMSE_c). (It is not a floor: a model's user-item terms could in
-    principle go below it.)
-(c') oracle item bias alone: mu + each test item's mean of r - mu over its test ratings, no user bias.
+(c) oracle: mu + b_u (as in a) + each test item's true mean residual, mean(r - mu - b_u) over its
+    own test ratings: the item's quality known exactly, nothing else about it. No model can know
+    it; the (a)->(c) gap is the error due to not knowing item quality, and "gap closed" is
+    (RMSE_a - RMSE_model) / (RMSE_a - RMSE_c). (It is not a floor: a model's user-item terms
+    could in principle go below it.)
+(c') oracle item bias alone: mu + each test item's mean of r - mu over its test ratings, no user
+    bias.
 
 Per model, "item-corrected" is the model's RMSE after adding each test item's own mean error (an
 oracle correction of the model's item quality): below (c), its user-item part carries signal beyond
@@ -55,14 +57,28 @@ SEED = 0
 USER_SHRINK_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)  # RatingHead.init_biases uses 10
 ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 USER_RIDGE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
-YEAR_BUCKETS = (1930, 1940, 1950, 1960, 1970, 1980, 1990, 1993, 1994, 1995, 1996, 1997)  # lower edges
+YEAR_BUCKETS = (
+    1930,
+    1940,
+    1950,
+    1960,
+    1970,
+    1980,
+    1990,
+    1993,
+    1994,
+    1995,
+    1996,
+    1997,
+)  # lower edges
 
 
 # -- the item bootstrap --------------------------------------------------------------------------
 
 
-def item_bootstrap(errors: np.ndarray, items: np.ndarray, resamples: int = RESAMPLES,
-                   seed: int = SEED) -> np.ndarray:
+def item_bootstrap(
+    errors: np.ndarray, items: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED
+) -> np.ndarray:
     """RMSE of each row of ``errors`` (methods x ratings) on ``resamples`` resamples of the items.
 
     Each resample draws as many items as there are, with replacement, and keeps all ratings of each
@@ -87,9 +103,16 @@ def interval(samples: np.ndarray) -> tuple[float, float]:
 # -- reference points from the training ratings ---------------------------------------------------
 
 
-def fit_biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, num_users: int, num_items: int,
-               user_shrink: float) -> Biases:
-    """mu, b_i (shrinkage 25, as the rating head) and b_u (shrinkage ``user_shrink``, net of b_i)."""
+def fit_biases(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    num_users: int,
+    num_items: int,
+    user_shrink: float,
+) -> Biases:
+    """mu, b_i (shrinkage 25, as the rating head) and b_u (shrinkage ``user_shrink``,
+    net of b_i)."""
     return shrunk_biases(users, items, ratings, num_users, num_items, user_shrink=user_shrink)
 
 
@@ -98,9 +121,14 @@ def item_features(dataset) -> tuple[np.ndarray, list[str]]:
     genres = [[g for g in text.split(", ") if g] for text in dataset.item_fields["genres"]]
     names = sorted({g for gs in genres for g in gs})
     years = [int(y) if y.isdigit() else None for y in dataset.item_fields["year"]]
-    buckets = ["year unknown", f"year < {YEAR_BUCKETS[0]}"] + [
-        f"year {low}-{high - 1}" if high - low > 1 else f"year {low}"
-        for low, high in itertools.pairwise(YEAR_BUCKETS)] + [f"year >= {YEAR_BUCKETS[-1]}"]
+    buckets = (
+        ["year unknown", f"year < {YEAR_BUCKETS[0]}"]
+        + [
+            f"year {low}-{high - 1}" if high - low > 1 else f"year {low}"
+            for low, high in itertools.pairwise(YEAR_BUCKETS)
+        ]
+        + [f"year >= {YEAR_BUCKETS[-1]}"]
+    )
     features = np.zeros((len(dataset.item_ids), len(names) + len(buckets)))
     for row, (gs, year) in enumerate(zip(genres, years, strict=True)):
         features[row, [names.index(g) for g in gs]] = 1.0
@@ -113,11 +141,15 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, f
     """Ridge of y on the rows of x with an unpenalised intercept: (weights, intercept)."""
     x_mean, y_mean = x.mean(axis=0), y.mean()
     centred = x - x_mean
-    weights = np.linalg.solve(centred.T @ centred + alpha * np.eye(x.shape[1]), centred.T @ (y - y_mean))
+    weights = np.linalg.solve(
+        centred.T @ centred + alpha * np.eye(x.shape[1]), centred.T @ (y - y_mean)
+    )
     return weights, float(y_mean - x_mean @ weights)
 
 
-def user_ridge(users: np.ndarray, x: np.ndarray, y: np.ndarray, num_users: int, lam: float) -> np.ndarray:
+def user_ridge(
+    users: np.ndarray, x: np.ndarray, y: np.ndarray, num_users: int, lam: float
+) -> np.ndarray:
     """Per user, ridge weights (no intercept) of y on the rows of x: ``(num_users, features)``."""
     order = np.argsort(users, kind="stable")
     bounds = np.searchsorted(users[order], np.arange(num_users + 1))
@@ -130,23 +162,33 @@ def user_ridge(users: np.ndarray, x: np.ndarray, y: np.ndarray, num_users: int, 
 
 
 class References:
-    """Predictions of (a) and (b) fitted on the training rows, settings chosen on the validation rows."""
+    """Predictions of (a) and (b) fitted on the training rows, settings chosen on the
+    validation rows."""
 
     def __init__(self, dataset, split):
         inter = dataset.interactions
         self.inter, self.shape = inter, (len(dataset.user_ids), len(dataset.item_ids))
         self.features, self.feature_names = item_features(dataset)
         train, valid = split.train, split.valid
-        self.fitted = {l_u: fit_biases(inter.users[train], inter.items[train], inter.ratings[train], *self.shape, l_u)
-                       for l_u in USER_SHRINK_GRID}
-        self.tuning_a = {l_u: rmse(self.predict_a(valid, l_u) - inter.ratings[valid]) for l_u in USER_SHRINK_GRID}
+        self.fitted = {
+            l_u: fit_biases(
+                inter.users[train], inter.items[train], inter.ratings[train], *self.shape, l_u
+            )
+            for l_u in USER_SHRINK_GRID
+        }
+        self.tuning_a = {
+            l_u: rmse(self.predict_a(valid, l_u) - inter.ratings[valid]) for l_u in USER_SHRINK_GRID
+        }
         self.tuning_b = {}
         for l_u in USER_SHRINK_GRID:
             biases = self.fitted[l_u]
             residual = inter.ratings[train] - biases.mean - biases.user[inter.users[train]]
             for alpha in ALPHA_GRID:
                 ridge = fit_ridge(self.features[inter.items[train]], residual, alpha)
-                self.tuning_b[l_u, alpha] = (rmse(self.predict_b(valid, l_u, ridge) - inter.ratings[valid]), ridge)
+                self.tuning_b[l_u, alpha] = (
+                    rmse(self.predict_b(valid, l_u, ridge) - inter.ratings[valid]),
+                    ridge,
+                )
         self.l_u = min(USER_SHRINK_GRID, key=self.tuning_a.get)
         self.l_u_b, self.alpha = min(self.tuning_b, key=lambda key: self.tuning_b[key][0])
         self.ridge = self.tuning_b[self.l_u_b, self.alpha][1]
@@ -154,8 +196,13 @@ class References:
         residual = inter.ratings[train] - self.predict_b(train)
         self.tuning_user = {}
         for lam in USER_RIDGE_GRID:
-            prefs = user_ridge(inter.users[train], self.features[inter.items[train]], residual, self.shape[0], lam)
-            self.tuning_user[lam] = (rmse(self.predict_user(valid, prefs) - inter.ratings[valid]), prefs)
+            prefs = user_ridge(
+                inter.users[train], self.features[inter.items[train]], residual, self.shape[0], lam
+            )
+            self.tuning_user[lam] = (
+                rmse(self.predict_user(valid, prefs) - inter.ratings[valid]),
+                prefs,
+            )
         self.user_lambda = min(self.tuning_user, key=lambda lam: self.tuning_user[lam][0])
         self.prefs = self.tuning_user[self.user_lambda][1]
 
@@ -165,21 +212,29 @@ class References:
 
     def predict_b(self, rows: np.ndarray, l_u: float | None = None, ridge=None) -> np.ndarray:
         weights, intercept = self.ridge if ridge is None else ridge
-        return (self.predict_a(rows, self.l_u_b if l_u is None else l_u)
-                + self.features[self.inter.items[rows]] @ weights + intercept)
+        return (
+            self.predict_a(rows, self.l_u_b if l_u is None else l_u)
+            + self.features[self.inter.items[rows]] @ weights
+            + intercept
+        )
 
     def predict_user(self, rows: np.ndarray, prefs: np.ndarray | None = None) -> np.ndarray:
         prefs = self.prefs if prefs is None else prefs
-        return self.predict_b(rows) + np.einsum("ij,ij->i", prefs[self.inter.users[rows]],
-                                                self.features[self.inter.items[rows]])
+        return self.predict_b(rows) + np.einsum(
+            "ij,ij->i", prefs[self.inter.users[rows]], self.features[self.inter.items[rows]]
+        )
 
     def oracle(self, rows: np.ndarray, with_users: bool = True) -> np.ndarray:
         """(c) or (c'): the base prediction plus each item's own mean residual on ``rows``."""
-        base = self.predict_a(rows) if with_users else np.full(len(rows), self.fitted[self.l_u].mean)
+        base = (
+            self.predict_a(rows) if with_users else np.full(len(rows), self.fitted[self.l_u].mean)
+        )
         return item_mean_corrected(base, self.inter.ratings[rows], self.inter.items[rows])
 
 
-def item_mean_corrected(predictions: np.ndarray, ratings: np.ndarray, items: np.ndarray) -> np.ndarray:
+def item_mean_corrected(
+    predictions: np.ndarray, ratings: np.ndarray, items: np.ndarray
+) -> np.ndarray:
     """``predictions`` plus each item's mean of ``ratings - predictions``."""
     _, index = np.unique(items, return_inverse=True)
     offset = np.bincount(index, ratings - predictions) / np.bincount(index)
@@ -190,9 +245,14 @@ def item_mean_corrected(predictions: np.ndarray, ratings: np.ndarray, items: np.
 
 
 def model_label(folder: Path, cfg: RatingRecipeConfig) -> str:
-    parts = [cfg.backbone.name + ("" if cfg.backbone.init == "pretrained" else f" ({cfg.backbone.init} init)"),
-             cfg.adapter.method if cfg.model.item_text else "ID-only",
-             "text only" if not cfg.model.item_ids else ("text + item IDs" if cfg.model.item_text else "")]
+    parts = [
+        cfg.backbone.name
+        + ("" if cfg.backbone.init == "pretrained" else f" ({cfg.backbone.init} init)"),
+        cfg.adapter.method if cfg.model.item_text else "ID-only",
+        "text only"
+        if not cfg.model.item_ids
+        else ("text + item IDs" if cfg.model.item_text else ""),
+    ]
     if cfg.transfer.loss != "none":
         parts.append(f"L_S {cfg.transfer.loss} x {cfg.transfer.weight:g}")
     return f"`{folder}` ({', '.join(p for p in parts if p)})"
@@ -202,25 +262,38 @@ def predict_model(folder: Path, dataset, split) -> tuple[str, tuple[np.ndarray, 
     """A model's label, and its predictions of the P2 test rows with what to say about it."""
     cfg = load_config(RatingRecipeConfig, folder / "config.yaml")
     if cfg.data.protocol != "p2" or cfg.data.train_fraction != 1.0:
-        raise SystemExit(f"{folder}: trained with data.protocol={cfg.data.protocol}, data.train_fraction="
-                         f"{cfg.data.train_fraction}; this benchmark needs p2 on all training ratings")
+        raise SystemExit(
+            f"{folder}: trained with data.protocol={cfg.data.protocol}, data.train_fraction="
+            f"{cfg.data.train_fraction}; this benchmark needs p2 on all training ratings"
+        )
     own = split_rows(load_data(cfg.data), "p2", seed=cfg.data.seed)
     if fingerprint(own.test) != fingerprint(split.test):
-        raise SystemExit(f"{folder}: its P2 test split ({fingerprint(own.test)}) is not the first model's "
-                         f"({fingerprint(split.test)})")
+        raise SystemExit(
+            f"{folder}: its P2 test split ({fingerprint(own.test)}) is not the first model's "
+            f"({fingerprint(split.test)})"
+        )
     # torch, transformers and peft are imported only when a model is scored
     from peftrec.recommender import Recommender
 
     started = time.perf_counter()
     rec = Recommender.from_pretrained(folder)
     inter = dataset.interactions
-    predictions = rec.predict([dataset.user_ids[u] for u in inter.users[split.test]],
-                              [dataset.item_ids[i] for i in inter.items[split.test]]).astype(np.float64)
-    metrics = folder.parent / "metrics.json"  # the recipe's own results, when the run folder has them
+    predictions = rec.predict(
+        [dataset.user_ids[u] for u in inter.users[split.test]],
+        [dataset.item_ids[i] for i in inter.items[split.test]],
+    ).astype(np.float64)
+    metrics = (
+        folder.parent / "metrics.json"
+    )  # the recipe's own results, when the run folder has them
     recipe = json.loads(metrics.read_text()) if metrics.is_file() else {}
-    return model_label(folder, cfg), (predictions, {"recipe_rmse": recipe.get("test_rmse"),
-                                                    "best_epoch": recipe.get("best_epoch"),
-                                                    "seconds": time.perf_counter() - started})
+    return model_label(folder, cfg), (
+        predictions,
+        {
+            "recipe_rmse": recipe.get("test_rmse"),
+            "best_epoch": recipe.get("best_epoch"),
+            "seconds": time.perf_counter() - started,
+        },
+    )
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -239,7 +312,9 @@ def main() -> None:
 
     cfg = load_config(RatingRecipeConfig, args.models[0] / "config.yaml")
     if cfg.data.dataset != "ml-100k":
-        raise SystemExit(f"{args.models[0]}: dataset {cfg.data.dataset!r}; this benchmark is ml-100k P2")
+        raise SystemExit(
+            f"{args.models[0]}: dataset {cfg.data.dataset!r}; this benchmark is ml-100k P2"
+        )
     dataset = load_data(cfg.data)
     split = split_rows(dataset, "p2", seed=cfg.data.seed)
     inter, test = dataset.interactions, split.test
@@ -248,30 +323,48 @@ def main() -> None:
     # predictions: the models, then the reference points
     models = dict(predict_model(folder, dataset, split) for folder in args.models)
     refs = References(dataset, split)
-    references = {"(a) mu + b_u": refs.predict_a(test),
-                  "(b) mu + b_u + ridge(genres, year)": refs.predict_b(test),
-                  "(b+) (b) + per-user ridge(genres, year)": refs.predict_user(test),
-                  "(c) oracle: mu + b_u + true item mean residual": refs.oracle(test),
-                  "(c') oracle: mu + true item mean, no b_u": refs.oracle(test, with_users=False)}
+    references = {
+        "(a) mu + b_u": refs.predict_a(test),
+        "(b) mu + b_u + ridge(genres, year)": refs.predict_b(test),
+        "(b+) (b) + per-user ridge(genres, year)": refs.predict_user(test),
+        "(c) oracle: mu + b_u + true item mean residual": refs.oracle(test),
+        "(c') oracle: mu + true item mean, no b_u": refs.oracle(test, with_users=False),
+    }
     names = [*models, *references]
     predictions = np.stack([models[n][0] for n in models] + list(references.values()))
     errors = predictions - ratings
     point = np.sqrt(np.mean(errors**2, axis=1))
     corrected = [rmse(item_mean_corrected(p, ratings, items) - ratings) for p in predictions]
     boot = item_bootstrap(errors, items)
-    a, c = names.index("(a) mu + b_u"), names.index("(c) oracle: mu + b_u + true item mean residual")
-    gap, gap_boot = (point[a] - point) / (point[a] - point[c]), (boot[a] - boot) / (boot[a] - boot[c])
+    a, c = (
+        names.index("(a) mu + b_u"),
+        names.index("(c) oracle: mu + b_u + true item mean residual"),
+    )
+    gap, gap_boot = (
+        (point[a] - point) / (point[a] - point[c]),
+        (boot[a] - boot) / (boot[a] - boot[c]),
+    )
 
     def span(samples: np.ndarray, fmt) -> str:
         return ", ".join(fmt(v) for v in interval(samples))
 
-    table = ["| predictor | test RMSE | 95% CI (items) | minus first model [95% CI] | (a)→(c) gap closed "
-             "[95% CI] | item-corrected |", "|---|---|---|---|---|---|"]
+    table = [
+        "| predictor | test RMSE | 95% CI (items) | minus first model [95% CI] | (a)→(c) gap "
+        "closed [95% CI] | item-corrected |",
+        "|---|---|---|---|---|---|",
+    ]
     for k, name in enumerate(names):
-        diff = "—" if k == 0 else f"{signed(point[k] - point[0])} [{span(boot[k] - boot[0], signed)}]"
-        table.append(f"| {name} | **{point[k]:.4f}** | [{span(boot[k], '{:.4f}'.format)}] | {diff} | "
-                     f"{gap[k]:.0%} [{span(gap_boot[k], '{:.0%}'.format)}] | {corrected[k]:.4f} |")
-    details = ["| model | recipe's own test RMSE (check) | best epoch | load + predict |", "|---|---|---|---|"]
+        diff = (
+            "—" if k == 0 else f"{signed(point[k] - point[0])} [{span(boot[k] - boot[0], signed)}]"
+        )
+        table.append(
+            f"| {name} | **{point[k]:.4f}** | [{span(boot[k], '{:.4f}'.format)}] | {diff} | "
+            f"{gap[k]:.0%} [{span(gap_boot[k], '{:.0%}'.format)}] | {corrected[k]:.4f} |"
+        )
+    details = [
+        "| model | recipe's own test RMSE (check) | best epoch | load + predict |",
+        "|---|---|---|---|",
+    ]
     for name, (_, info) in models.items():
         recipe = "—" if info["recipe_rmse"] is None else f"{info['recipe_rmse']:.4f}"
         details.append(f"| {name} | {recipe} | {info['best_epoch']} | {info['seconds']:.0f} s |")
@@ -286,72 +379,104 @@ def main() -> None:
     behind = sum(interval(boot[k] - boot[b_user])[0] > 0 for k in range(len(models)))
     model_corrected = [corrected[k] for k in range(len(models))]
     explanation = [
-        "## Reading the table", "",
-        f"The unit that varies in a cold-start split is the item: {len(counts)} test items carry the "
-        f"{len(test)} test ratings, very unevenly (median {int(np.median(counts))} ratings per item; the 10 "
-        f"most-rated items hold {np.sort(counts)[-10:].sum() / len(test):.0%} of them). The 95% interval is "
-        f"the middle 95% of the test RMSEs over {RESAMPLES} resamples of the test items (drawn with replacement, "
-        "each with all its ratings): the spread to expect from another draw of 336 cold items, much wider than "
-        "a per-rating interval would say. \"Minus first model\" is RMSE(row) - RMSE(first model) on the same "
-        "resampled items (negative: the row is better); as the two share their items, its interval is far "
-        "narrower than either RMSE's, and where it excludes 0 the order of the two holds across item draws. "
-        "The gap-closed intervals pair the same way.", "",
-        f"(a) knows only the user; (c) also knows each test item's true quality (its mean residual on its own "
-        f"test ratings). The gap between them, {point[a]:.4f} → {point[c]:.4f}, is the error due to not "
-        "knowing how good a new item is, which is what the item text has to supply; the gap-closed column is "
-        "(RMSE_a - RMSE) / (RMSE_a - RMSE_c), negative when a predictor does worse than knowing the user alone. "
-        f"The best model here, {short[names[best]]}, closes {gap[best]:.0%} "
-        f"[{span(gap_boot[best], '{:.0%}'.format)}]; the genres/year ridge (b) closes {gap[b]:.0%}, the same "
-        f"features with per-user weights (b+) {gap[b_user]:.0%}, and the issue's bar of 0.95 would take "
+        "## Reading the table",
+        "",
+        f"The unit that varies in a cold-start split is the item: {len(counts)} test items carry "
+        f"the {len(test)} test ratings, very unevenly (median {int(np.median(counts))} ratings per "
+        f"item; the 10 most-rated items hold {np.sort(counts)[-10:].sum() / len(test):.0%} of "
+        f"them). The 95% interval is the middle 95% of the test RMSEs over {RESAMPLES} resamples "
+        "of the test items (drawn with replacement, each with all its ratings): the spread to "
+        "expect from another draw of 336 cold items, much wider than a per-rating interval would "
+        'say. "Minus first model" is RMSE(row) - RMSE(first model) on the same resampled items '
+        "(negative: the row is better); as the two share their items, its interval is far narrower "
+        "than either RMSE's, and where it excludes 0 the order of the two holds across item draws. "
+        "The gap-closed intervals pair the same way.",
+        "",
+        "(a) knows only the user; (c) also knows each test item's true quality (its mean residual "
+        f"on its own test ratings). The gap between them, {point[a]:.4f} → {point[c]:.4f}, is the "
+        "error due to not knowing how good a new item is, which is what the item text has to "
+        "supply; the gap-closed column is (RMSE_a - RMSE) / (RMSE_a - RMSE_c), negative when a "
+        "predictor does worse than knowing the user alone. The best model here, "
+        f"{short[names[best]]}, closes {gap[best]:.0%} [{span(gap_boot[best], '{:.0%}'.format)}]; "
+        f"the genres/year ridge (b) closes {gap[b]:.0%}, the same features with per-user weights "
+        f"(b+) {gap[b_user]:.0%}, and the issue's bar of 0.95 would take "
         f"{(point[a] - 0.95) / (point[a] - point[c]):.0%}. That model is {verdict} (b+) "
-        f"({signed(point[best] - point[b_user])} [{signed(low)}, {signed(high)}], paired over items); "
-        f"{behind} of the {len(models)} models are behind (b+) with an interval that excludes 0.", "",
-        "The item-corrected column adds to each predictor its own mean error on each test item (an oracle fix "
-        "of its item quality, in-sample like (c); for (a) it gives (c) itself), leaving only its "
-        f"per-user part. The models score {min(model_corrected):.4f}-{max(model_corrected):.4f} there, against "
-        f"{corrected[c]:.4f} for (c) (a user bias only) and {corrected[b_user]:.4f} for (b+): below (c), a "
-        "model's user side carries something beyond the user bias, and what separates it from (c) in the "
+        f"({signed(point[best] - point[b_user])} [{signed(low)}, {signed(high)}], paired over "
+        f"items); {behind} of the {len(models)} models are behind (b+) with an "
+        "interval that excludes 0.",
+        "",
+        "The item-corrected column adds to each predictor its own mean error on each test item (an "
+        "oracle fix of its item quality, in-sample like (c); for (a) it gives (c) itself), leaving "
+        "only its per-user part. The models score "
+        f"{min(model_corrected):.4f}-{max(model_corrected):.4f} there, against {corrected[c]:.4f} "
+        f"for (c) (a user bias only) and {corrected[b_user]:.4f} for (b+): below (c), a model's "
+        "user side carries something beyond the user bias, and what separates it from (c) in the "
         "test RMSE is item quality it did not get from the text.",
     ]
     settings = [
-        "## How the reference points were computed", "",
-        f"From the {len(split.train)} P2 training ratings only: mu = their mean ({refs.fitted[refs.l_u].mean:.4f}); "
-        f"b_i = sum(r - mu) / (n_i + {ITEM_SHRINK:g}) per training item; b_u = sum(r - mu - b_i) / (n_u + l_u) "
-        "per user. A test item's b_i is unknown, so (a) predicts mu + b_u. (b) adds a ridge regression of "
-        f"r - mu - b_u over every training rating on its item's {len(refs.feature_names)} features "
-        f"({', '.join(refs.feature_names)}), with an unpenalised intercept (the same as a ridge on the "
-        "training items' mean residuals, each weighted by its number of ratings). (b+) adds, per user, a ridge "
-        "(penalty lambda, no intercept) of the residual of (b) on the same features of the items the user "
-        "rated in training. Chosen by RMSE on the "
-        f"{len(split.valid)} ratings of the P2 validation items: (a) l_u = {refs.l_u:g} from {list(USER_SHRINK_GRID)}; "
-        f"(b) l_u = {refs.l_u_b:g} and alpha = {refs.alpha:g} from {list(ALPHA_GRID)}; (b+) lambda = "
-        f"{refs.user_lambda:g} from {list(USER_RIDGE_GRID)}. (c) uses (a)'s mu and b_u; (c') only mu. The "
-        "oracles' item means come from the test ratings themselves (an item with one test rating is "
-        "predicted exactly), so they are bounds on what knowing an item's quality is worth, not predictors.", "",
-        "Validation RMSE: (a) " + ", ".join(f"l_u={k:g}: {v:.4f}" for k, v in refs.tuning_a.items())
-        + "; (b), best alpha per l_u: " + ", ".join(
+        "## How the reference points were computed",
+        "",
+        f"From the {len(split.train)} P2 training ratings only: mu = their mean "
+        f"({refs.fitted[refs.l_u].mean:.4f}); b_i = sum(r - mu) / (n_i + {ITEM_SHRINK:g}) per "
+        "training item; b_u = sum(r - mu - b_i) / (n_u + l_u) per user. A test item's b_i is "
+        "unknown, so (a) predicts mu + b_u. (b) adds a ridge regression of r - mu - b_u over every "
+        f"training rating on its item's {len(refs.feature_names)} features "
+        f"({', '.join(refs.feature_names)}), with an unpenalised intercept (the same as a ridge on "
+        "the training items' mean residuals, each weighted by its number of ratings). (b+) adds, "
+        "per user, a ridge (penalty lambda, no intercept) of the residual of (b) on the same "
+        "features of the items the user rated in training. Chosen by RMSE on the "
+        f"{len(split.valid)} ratings of the P2 validation items: (a) l_u = {refs.l_u:g} from "
+        f"{list(USER_SHRINK_GRID)}; (b) l_u = {refs.l_u_b:g} and alpha = {refs.alpha:g} from "
+        f"{list(ALPHA_GRID)}; (b+) lambda = {refs.user_lambda:g} from {list(USER_RIDGE_GRID)}. (c) "
+        "uses (a)'s mu and b_u; (c') only mu. The oracles' item means come from the test ratings "
+        "themselves (an item with one test rating is predicted exactly), so they are bounds on "
+        "what knowing an item's quality is worth, not predictors.",
+        "",
+        "Validation RMSE: (a) "
+        + ", ".join(f"l_u={k:g}: {v:.4f}" for k, v in refs.tuning_a.items())
+        + "; (b), best alpha per l_u: "
+        + ", ".join(
             f"l_u={l_u:g}: {min(v[0] for (lu, _), v in refs.tuning_b.items() if lu == l_u):.4f}"
-            for l_u in USER_SHRINK_GRID)
-        + "; (b+) " + ", ".join(f"lambda={k:g}: {v[0]:.4f}" for k, v in refs.tuning_user.items()) + ".", "",
-        "Issue 6 quotes, on the same split: item/user biases only 1.038, ridge on genres and year 0.982, frozen "
-        "MiniLM embeddings + genres + year in a ridge 0.978, and sets the bar at 0.95; it does not say how they "
-        "were fitted, so they need not match (a) and (b) here.",
+            for l_u in USER_SHRINK_GRID
+        )
+        + "; (b+) "
+        + ", ".join(f"lambda={k:g}: {v[0]:.4f}" for k, v in refs.tuning_user.items())
+        + ".",
+        "",
+        "Issue 6 quotes, on the same split: item/user biases only 1.038, ridge on genres and year "
+        "0.982, frozen MiniLM embeddings + genres + year in a ridge 0.978, and sets the bar at "
+        "0.95; it does not say how they were fitted, so they need not match (a) and (b) here.",
     ]
     import torch
 
-    hardware = (f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} with "
-                f"{torch.get_num_threads()} threads")
-    text = "\n".join([
-        "# Cold-start items (ml-100k, protocol P2, test items)", "",
-        f"Test RMSE over the {len(test)} ratings of the {len(counts)} P2 test items (none in training), split "
-        f"seed {cfg.data.seed}; intervals resample the test items ({RESAMPLES} resamples, seed {SEED}). "
-        f"Differences are from the first model, {short[names[0]]}. Made by `benchmarks/cold_items.py`; "
-        f"{hardware}; wall time {time.perf_counter() - started:.0f} s.", "",
-        *table, "", *details, "",
-        "The check column is the recipe's own test RMSE from the run's metrics.json: it must equal the test "
-        "RMSE above. A model with item IDs scores a test item with its never-trained ID vector and zero item "
-        "bias, as the recipe's own evaluation does.", "", *explanation, "", *settings, "",
-    ])
+    hardware = (
+        f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads"
+    )
+    text = "\n".join(
+        [
+            "# Cold-start items (ml-100k, protocol P2, test items)",
+            "",
+            f"Test RMSE over the {len(test)} ratings of the {len(counts)} P2 test items (none in "
+            f"training), split seed {cfg.data.seed}; intervals resample the test items "
+            f"({RESAMPLES} resamples, seed {SEED}). Differences are from the first model, "
+            f"{short[names[0]]}. Made by `benchmarks/cold_items.py`; {hardware}; wall time "
+            f"{time.perf_counter() - started:.0f} s.",
+            "",
+            *table,
+            "",
+            *details,
+            "",
+            "The check column is the recipe's own test RMSE from the run's metrics.json: it must "
+            "equal the test RMSE above. A model with item IDs scores a test item with its "
+            "never-trained ID vector and zero item bias, as the recipe's own evaluation does.",
+            "",
+            *explanation,
+            "",
+            *settings,
+            "",
+        ]
+    )
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

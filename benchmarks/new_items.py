@@ -1,6 +1,8 @@
-"""Do items added by text compete with trained ones? Each trained item's text re-added as a new item.
+"""Do items added by text compete with trained ones? Each trained item's text re-added as a new
+item.
 
-    python benchmarks/new_items.py runs/minilm_lora_rating/model [more model folders] --out results.md
+    python benchmarks/new_items.py runs/minilm_lora_rating/model [more model folders] \\
+        --out results.md
 
 For a hybrid (text + item-ID) model an item the app adds with ``add_items`` is scored from its
 text alone. This re-scores every trained item that way ("as new") and compares, per user, the
@@ -59,19 +61,23 @@ def compare(folder: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=Path, help="saved model folders")
     parser.add_argument("--out", type=Path, help="write the table here too (Markdown)")
     args = parser.parse_args(argv)
-    lines = ["| model | item-ID dropout | calibration gap | median rank: item / its text-only copy | "
-             f"median rank of the copies of a user's top {TOP} | copies in some user's top {TOP} |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | item-ID dropout | calibration gap | median rank: item / its text-only copy | "
+        f"median rank of the copies of a user's top {TOP} | copies in some user's top {TOP} |",
+        "|---|---|---|---|---|---|",
+    ]
     for folder in args.models:
         r = compare(folder)
-        lines.append(f"| `{folder}` | {r['id_dropout']:g}{'' if r['item_ids'] else ' (text only)'} | {r['gap']:.3f} | "
-                     f"{r['median_rank_item']:.0f} / {r['median_rank_copy']:.0f} | "
-                     f"{r['median_rank_copy_of_top10']:.0f} | "
-                     f"{100 * r['copies_in_some_top10']:.1f}% of {r['items']} |")
+        lines.append(
+            f"| `{folder}` | {r['id_dropout']:g}{'' if r['item_ids'] else ' (text only)'} | "
+            f"{r['gap']:.3f} | {r['median_rank_item']:.0f} / {r['median_rank_copy']:.0f} | "
+            f"{r['median_rank_copy_of_top10']:.0f} | {100 * r['copies_in_some_top10']:.1f}% "
+            f"of {r['items']} |"
+        )
         print(lines[-1], flush=True)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")

@@ -5,11 +5,11 @@
 
 An experiment is a small YAML; its name is the file name:
 
-    task: rating                                   # the recipe: recipes/train_<task>.py
+    task: rating                          # the recipe: recipes/train_<task>.py
     config: recipes/configs/minilm_lora_rating.yaml
-    defaults: _toy.yaml                            # optional: shared overrides, relative to this file
-    label: ID-only MF                              # optional: its name in the report (default: the method)
-    overrides:                                     # key.sub: value, as on the recipe's command line
+    defaults: _toy.yaml                   # optional: shared overrides, relative to this file
+    label: ID-only MF                     # optional: its name in the report (default: the method)
+    overrides:                            # key.sub: value, as on the recipe's command line
       adapter.method: frozen
 
 ``${tiny_bert}``, ``${tiny_gpt2}`` and ``${toy}`` in an override stand for the tiny models and
@@ -87,13 +87,21 @@ class Experiment:
         for key, value in self.overrides.items():
             if isinstance(value, str):
                 value = Template(value).substitute(assets)
-            args.append(f"{key}={json.dumps(value)}")  # JSON is YAML, which is how the recipe reads values
+            args.append(
+                f"{key}={json.dumps(value)}"
+            )  # JSON is YAML, which is how the recipe reads values
         return args
 
     def argv(self, assets: dict[str, str], output_dir: Path) -> list[str]:
         """The recipe's command line."""
-        return [sys.executable, str(TASKS[self.task].recipe_path()), "--config", str(self.config),
-                *self.override_args(assets), f"output_dir={output_dir}"]
+        return [
+            sys.executable,
+            str(TASKS[self.task].recipe_path()),
+            "--config",
+            str(self.config),
+            *self.override_args(assets),
+            f"output_dir={output_dir}",
+        ]
 
     def needs_assets(self) -> bool:
         """Whether it runs on the tiny models or toy data of ``benchmarks/tiny.py``."""
@@ -115,12 +123,18 @@ def load_experiment(path: Path) -> Experiment:
     raw = read_yaml(path)
     unknown = set(raw) - EXPERIMENT_KEYS
     if unknown:
-        raise ExperimentError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(EXPERIMENT_KEYS)}")
+        raise ExperimentError(
+            f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(EXPERIMENT_KEYS)}"
+        )
     if raw.get("task") not in TASKS:
-        raise ExperimentError(f"{path}: task must be one of {tuple(TASKS)}, got {raw.get('task')!r}")
+        raise ExperimentError(
+            f"{path}: task must be one of {tuple(TASKS)}, got {raw.get('task')!r}"
+        )
     config = REPO / str(raw.get("config", ""))
     if not raw.get("config") or not config.is_file():
-        raise ExperimentError(f"{path}: config {raw.get('config')!r} is not a file (paths are relative to {REPO})")
+        raise ExperimentError(
+            f"{path}: config {raw.get('config')!r} is not a file (paths are relative to {REPO})"
+        )
     defaults = path.parent / raw["defaults"] if raw.get("defaults") else None
     own = raw.get("overrides") or {}
     if not isinstance(own, dict):
@@ -129,12 +143,24 @@ def load_experiment(path: Path) -> Experiment:
     for key, value in overrides.items():
         unknown = set(PLACEHOLDER.findall(value)) - set(ASSETS) if isinstance(value, str) else set()
         if unknown:
-            raise ExperimentError(f"{path}: override {key}: unknown placeholder(s) {sorted(unknown)}; "
-                                  f"known: {', '.join('${' + a + '}' for a in ASSETS)}")
+            raise ExperimentError(
+                f"{path}: override {key}: unknown placeholder(s) {sorted(unknown)}; "
+                f"known: {', '.join('${' + a + '}' for a in ASSETS)}"
+            )
     if "output_dir" in overrides:
-        raise ExperimentError(f"{path}: output_dir is set by run.py (--runs); remove it from the overrides")
-    return Experiment(name=path.stem, path=path, task=raw["task"], config=config, overrides=overrides, own=own,
-                      defaults=defaults, label=raw.get("label"))
+        raise ExperimentError(
+            f"{path}: output_dir is set by run.py (--runs); remove it from the overrides"
+        )
+    return Experiment(
+        name=path.stem,
+        path=path,
+        task=raw["task"],
+        config=config,
+        overrides=overrides,
+        own=own,
+        defaults=defaults,
+        label=raw.get("label"),
+    )
 
 
 def suite_files(suite: str) -> list[Path]:
@@ -155,9 +181,13 @@ def relative(path: Path) -> str:
 
 
 def git_state(exclude: Path) -> dict[str, Any]:
-    """Commit, and whether the working tree differs from it (ignoring ``exclude``: our own output)."""
+    """Commit, and whether the working tree differs from it (ignoring ``exclude``: our
+    own output)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
@@ -187,15 +217,29 @@ def hardware() -> dict[str, Any]:
     memory_gib = None
     try:
         info = Path("/proc/cpuinfo").read_text()
-        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in info.splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
         meminfo = Path("/proc/meminfo").read_text().split()
         memory_gib = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
     except (OSError, ValueError):
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),
-            "memory_gib": memory_gib, "gpus": gpus, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": memory_gib,
+        "gpus": gpus,
+        "platform": platform.platform(),
+    }
 
 
 # -- measuring a saved model -------------------------------------------------------------------
@@ -229,8 +273,12 @@ def measure_model(folder: Path, device: str, repeats: int = INFERENCE_REPEATS) -
     from peftrec.recommender import Recommender
 
     rec = Recommender.from_pretrained(folder, device=device)
-    adapter_files = sorted((folder / "adapter").glob("*.safetensors")) if (folder / "adapter").is_dir() else []
-    trainable = sum(tensor_elements(p) for p in adapter_files) + sum(p.numel() for p in rec.model.head.parameters())
+    adapter_files = (
+        sorted((folder / "adapter").glob("*.safetensors")) if (folder / "adapter").is_dir() else []
+    )
+    trainable = sum(tensor_elements(p) for p in adapter_files) + sum(
+        p.numel() for p in rec.model.head.parameters()
+    )
     with safe_open(str(folder / "seen.safetensors"), "np") as f:
         train_ratings = f.get_slice("users").get_shape()[0]
     tick = time.perf_counter()
@@ -245,12 +293,21 @@ def measure_model(folder: Path, device: str, repeats: int = INFERENCE_REPEATS) -
     return {
         "total_parameters": sum(parameter_elements(p) for p in rec.model.parameters()),
         "trainable_in_artifact": trainable,
-        "adapter_bytes": sum(folder_bytes(folder / name) for name in ("adapter", "head.safetensors")
-                             if (folder / name).exists()),
+        "adapter_bytes": sum(
+            folder_bytes(folder / name)
+            for name in ("adapter", "head.safetensors")
+            if (folder / name).exists()
+        ),
         "train_ratings": train_ratings,
-        "inference": {"device": device, "users": scores.shape[0], "items": scores.shape[1],
-                      "first_call_seconds": first, "median_seconds": median, "repeats": repeats,
-                      "scores_per_second": scores.size / median if median > 0 else None},
+        "inference": {
+            "device": device,
+            "users": scores.shape[0],
+            "items": scores.shape[1],
+            "first_call_seconds": first,
+            "median_seconds": median,
+            "repeats": repeats,
+            "scores_per_second": scores.size / median if median > 0 else None,
+        },
     }
 
 
@@ -260,8 +317,12 @@ def measure_model(folder: Path, device: str, repeats: int = INFERENCE_REPEATS) -
 def stream(argv: list[str], log: Path, env: dict[str, str]) -> int:
     """Run ``argv``, copying its output live to our stdout and to ``log``; its exit status."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as f, subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT) as proc:
+    with (
+        open(log, "wb") as f,
+        subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as proc,
+    ):
         assert proc.stdout is not None
         while chunk := proc.stdout.read1(65536):
             sys.stdout.buffer.write(chunk)
@@ -278,8 +339,13 @@ def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
     return valid, test
 
 
-def run_experiment(experiment: Experiment, runs: Path, assets_dir: Path, context: dict[str, Any],
-                   threads: int | None) -> dict[str, Any]:
+def run_experiment(
+    experiment: Experiment,
+    runs: Path,
+    assets_dir: Path,
+    context: dict[str, Any],
+    threads: int | None,
+) -> dict[str, Any]:
     """Train, measure, and return the experiment's JSON record (``status`` ok or failed)."""
     run_dir = runs / experiment.name
     assets = build_assets(assets_dir) if experiment.needs_assets() else {}
@@ -288,18 +354,34 @@ def run_experiment(experiment: Experiment, runs: Path, assets_dir: Path, context
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     (run_dir / "metrics.json").unlink(missing_ok=True)  # a stale file must not pass for this run's
-    started, load_before = datetime.now(timezone.utc).isoformat(timespec="seconds"), os.getloadavg()[0]
+    started, load_before = (
+        datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        os.getloadavg()[0],
+    )
     tick = time.perf_counter()
     returncode = stream(argv, run_dir / "log.txt", env)
     wall = time.perf_counter() - tick
     record: dict[str, Any] = {
-        "schema": BENCHMARK_SCHEMA, "name": experiment.name, "task": experiment.task, "status": "ok",
-        "started": started, "synthetic": experiment.needs_assets(),
-        "experiment": {"file": relative(experiment.path), "config": relative(experiment.config),
-                       "defaults": relative(experiment.defaults) if experiment.defaults else None,
-                       "overrides": experiment.own, "label": experiment.label},
-        "command": ["python", *(a.replace(f"{REPO}/", "") for a in argv[1:])],  # paths relative to the repo
-        "log": relative(run_dir / "log.txt"), "wall_seconds": wall, **context,
+        "schema": BENCHMARK_SCHEMA,
+        "name": experiment.name,
+        "task": experiment.task,
+        "status": "ok",
+        "started": started,
+        "synthetic": experiment.needs_assets(),
+        "experiment": {
+            "file": relative(experiment.path),
+            "config": relative(experiment.config),
+            "defaults": relative(experiment.defaults) if experiment.defaults else None,
+            "overrides": experiment.own,
+            "label": experiment.label,
+        },
+        "command": [
+            "python",
+            *(a.replace(f"{REPO}/", "") for a in argv[1:]),
+        ],  # paths relative to the repo
+        "log": relative(run_dir / "log.txt"),
+        "wall_seconds": wall,
+        **context,
     }
     if returncode != 0 or not (run_dir / "metrics.json").is_file():
         tail = (run_dir / "log.txt").read_text(errors="replace").splitlines()[-40:]
@@ -318,25 +400,43 @@ def run_experiment(experiment: Experiment, runs: Path, assets_dir: Path, context
     total = measured["total_parameters"]
     return {
         **record,
-        "label": experiment.label or ("ID-only MF" if not config["model"]["item_text"] else config["adapter"]["method"]),
-        "method": config["adapter"]["method"], "backbone": config["backbone"]["name"],
-        "dataset": config["data"]["dataset"], "protocol": config["data"]["protocol"], "seed": config["train"]["seed"],
+        "label": experiment.label
+        or ("ID-only MF" if not config["model"]["item_text"] else config["adapter"]["method"]),
+        "method": config["adapter"]["method"],
+        "backbone": config["backbone"]["name"],
+        "dataset": config["data"]["dataset"],
+        "protocol": config["data"]["protocol"],
+        "seed": config["train"]["seed"],
         "config": config,
-        "parameters": {"trainable": metrics["trainable_parameters"],
-                       "backbone_trainable": metrics["backbone_trainable_parameters"],
-                       "trainable_in_artifact": measured["trainable_in_artifact"], "total": total,
-                       "trainable_percent": 100 * metrics["trainable_parameters"] / total},
+        "parameters": {
+            "trainable": metrics["trainable_parameters"],
+            "backbone_trainable": metrics["backbone_trainable_parameters"],
+            "trainable_in_artifact": measured["trainable_in_artifact"],
+            "total": total,
+            "trainable_percent": 100 * metrics["trainable_parameters"] / total,
+        },
         "adapter_bytes": measured["adapter_bytes"],
-        "train": {"ratings_per_epoch": measured["train_ratings"], "epochs_trained": len(trained),
-                  "best_epoch": metrics["best_epoch"], "median_epoch_seconds": epoch_seconds,
-                  "ratings_per_second": measured["train_ratings"] / epoch_seconds if epoch_seconds else None,
-                  "ratings_trained": sum(metrics["ratings_per_process"]) if "ratings_per_process" in metrics else None,
-                  "num_processes": metrics.get("num_processes"), "recipe_wall_seconds": metrics["wall_seconds"]},
+        "train": {
+            "ratings_per_epoch": measured["train_ratings"],
+            "epochs_trained": len(trained),
+            "best_epoch": metrics["best_epoch"],
+            "median_epoch_seconds": epoch_seconds,
+            "ratings_per_second": measured["train_ratings"] / epoch_seconds
+            if epoch_seconds
+            else None,
+            "ratings_trained": sum(metrics["ratings_per_process"])
+            if "ratings_per_process" in metrics
+            else None,
+            "num_processes": metrics.get("num_processes"),
+            "recipe_wall_seconds": metrics["wall_seconds"],
+        },
         "inference": measured["inference"],
         "peak_memory_mib": metrics["peak_memory_mib"],
         "peak_memory_kind": "cuda_max_allocated" if gpu else "cpu_max_rss",
         "load_average": {"before": load_before, "after": os.getloadavg()[0]},
-        "valid": valid, "test": test, "history": metrics["history"],
+        "valid": valid,
+        "test": test,
+        "history": metrics["history"],
     }
 
 
@@ -347,24 +447,44 @@ def summary(record: dict[str, Any]) -> str:
     split, value = report.headline(record)
     metric = report.metrics_of(record["task"], report.ranking_k(record))[0]
     rate = record["train"]["ratings_per_second"]
-    return (f"{split} {metric.title} {value:.4f}, {record['parameters']['trainable']:,} trainable parameters, "
-            f"{report.fmt_si(rate)} training ratings/s, {record['wall_seconds']:.1f} s")
+    return (
+        f"{split} {metric.title} {value:.4f}, {record['parameters']['trainable']:,} trainable "
+        f"parameters, {report.fmt_si(rate)} training ratings/s, {record['wall_seconds']:.1f} s"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("experiments", nargs="*", type=Path, help="experiment YAML files")
-    parser.add_argument("--suite", help="a suite under benchmarks/suites (quick, ml100k, sparse) or a folder of experiments")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the JSON results (and REPORT.md)")
-    parser.add_argument("--runs", type=Path, help="folder for the recipes' outputs (default: runs/benchmarks/<out name>)")
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for training and inference (default: torch's)")
-    parser.add_argument("--skip-done", action="store_true", help="skip experiments whose JSON says ok")
-    parser.add_argument("--no-report", action="store_true", help="do not write REPORT.md after a suite")
+    parser.add_argument(
+        "--suite",
+        help="a suite under benchmarks/suites (quick, ml100k, sparse) or a folder of experiments",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for the JSON results (and REPORT.md)"
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        help="folder for the recipes' outputs (default: runs/benchmarks/<out name>)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="OMP_NUM_THREADS for training and inference (default: torch's)"
+    )
+    parser.add_argument(
+        "--skip-done", action="store_true", help="skip experiments whose JSON says ok"
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not write REPORT.md after a suite"
+    )
     args = parser.parse_args(argv)
     if bool(args.experiments) == bool(args.suite):
         parser.error("give experiment files or --suite, not both or neither")
     try:
-        experiments = [load_experiment(p) for p in (suite_files(args.suite) if args.suite else args.experiments)]
+        experiments = [
+            load_experiment(p)
+            for p in (suite_files(args.suite) if args.suite else args.experiments)
+        ]
     except ExperimentError as error:
         parser.error(str(error))
     if args.threads is not None:  # for the recipes' processes, and for this one's measurements
@@ -378,11 +498,18 @@ def main(argv: list[str] | None = None) -> int:
     failed, started = [], time.perf_counter()
     for k, experiment in enumerate(experiments, 1):
         target = args.out / f"{experiment.name}.json"
-        if args.skip_done and target.is_file() and json.loads(target.read_text()).get("status") == "ok":
+        if (
+            args.skip_done
+            and target.is_file()
+            and json.loads(target.read_text()).get("status") == "ok"
+        ):
             print(f"[{k}/{len(experiments)}] {experiment.name}: done before, skipped", flush=True)
             continue
-        print(f"[{k}/{len(experiments)}] {experiment.name}: {experiment.task}, {relative(experiment.config)} "
-              f"({time.perf_counter() - started:.0f} s elapsed)", flush=True)
+        print(
+            f"[{k}/{len(experiments)}] {experiment.name}: {experiment.task}, "
+            f"{relative(experiment.config)} ({time.perf_counter() - started:.0f} s elapsed)",
+            flush=True,
+        )
         record = run_experiment(experiment, runs, runs / ".assets", context, args.threads)
         tmp = target.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record, indent=2, default=str))
@@ -393,8 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite and not args.no_report:
         written = report.write_report(args.out, args.out / "REPORT.md")
         print(f"report: {relative(written)}", flush=True)
-    print(f"{len(experiments) - len(failed)} of {len(experiments)} experiments ok in "
-          f"{time.perf_counter() - started:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    print(
+        f"{len(experiments) - len(failed)} of {len(experiments)} experiments ok in "
+        f"{time.perf_counter() - started:.0f} s"
+        + (f"; failed: {', '.join(failed)}" if failed else ""),
+        flush=True,
+    )
     return 1 if failed else 0
 
 

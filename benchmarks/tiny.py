@@ -13,11 +13,44 @@ from pathlib import Path
 
 import numpy as np
 
-WORDS = ["good", "bad", "movie", "film", "drama", "comedy", "action", "horror", "romance", "the", "a", "of",
-         "and", "genres", "year", "old", "male", "female", "student", "writer", "engineer", "item",
-         *list("0123456789"), ".", ",", ":", "(", ")", "-", "'"]
+WORDS = [
+    "good",
+    "bad",
+    "movie",
+    "film",
+    "drama",
+    "comedy",
+    "action",
+    "horror",
+    "romance",
+    "the",
+    "a",
+    "of",
+    "and",
+    "genres",
+    "year",
+    "old",
+    "male",
+    "female",
+    "student",
+    "writer",
+    "engineer",
+    "item",
+    *list("0123456789"),
+    ".",
+    ",",
+    ":",
+    "(",
+    ")",
+    "-",
+    "'",
+]
 VOCAB_SIZE = 99
-ASSETS = ("tiny_bert", "tiny_gpt2", "toy")  # placeholder names, as ${name} in an experiment's overrides
+ASSETS = (
+    "tiny_bert",
+    "tiny_gpt2",
+    "toy",
+)  # placeholder names, as ${name} in an experiment's overrides
 
 
 def write_tiny_bert(folder: Path) -> Path:
@@ -31,8 +64,14 @@ def write_tiny_bert(folder: Path) -> Path:
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
     BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(folder)
     return folder
 
@@ -48,12 +87,24 @@ def write_tiny_gpt2(folder: Path) -> Path:
     words += [f"w{k}" for k in range(VOCAB_SIZE - len(words))]
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                            unk_token="<unk>").save_pretrained(folder)
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+    ).save_pretrained(folder)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-                        bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        vocab_size=VOCAB_SIZE,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     GPT2Model(config).save_pretrained(folder)
     return folder
 
@@ -76,23 +127,39 @@ def write_tiny_decoder(folder: Path, model_type: str = "llama") -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator([" ".join(WORDS)] * 10 + [f"good movie {i} drama" for i in range(50)], trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>",
-                            eos_token="<|endoftext|>").save_pretrained(folder)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(
+        [" ".join(WORDS)] * 10 + [f"good movie {i} drama" for i in range(50)], trainer
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    ).save_pretrained(folder)
     classes = {"llama": (LlamaConfig, LlamaModel), "qwen2": (Qwen2Config, Qwen2Model)}
     config_class, model_class = classes[model_type]
     torch.manual_seed(0)
-    config = config_class(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                          max_position_embeddings=128, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    config = config_class(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
     model_class(config).save_pretrained(folder)
     return folder
 
 
-def write_toy_data(folder: Path, num_users: int = 30, num_items: int = 60, per_user: int = 20,
-                   seed: int = 0) -> dict[str, Path]:
+def write_toy_data(
+    folder: Path, num_users: int = 30, num_items: int = 60, per_user: int = 20, seed: int = 0
+) -> dict[str, Path]:
     """``ratings.csv`` and ``items.csv``: "good" items score about 4.5, "bad" ones 1.5.
 
     A model can only predict an item it has not seen by reading its text.
@@ -105,7 +172,9 @@ def write_toy_data(folder: Path, num_users: int = 30, num_items: int = 60, per_u
         writer = csv.writer(f)
         writer.writerow(["item_id", "title", "genres"])
         for i in range(num_items):
-            writer.writerow([f"i{i}", f"{'good' if good[i] else 'bad'} movie {i % 10}", genres[i % 5]])
+            writer.writerow(
+                [f"i{i}", f"{'good' if good[i] else 'bad'} movie {i % 10}", genres[i % 5]]
+            )
     with open(folder / "ratings.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["user_id", "item_id", "rating", "timestamp"])
@@ -117,7 +186,8 @@ def write_toy_data(folder: Path, num_users: int = 30, num_items: int = 60, per_u
 
 
 def build_assets(folder: Path) -> dict[str, str]:
-    """Build (once) the tiny models and the toy data under ``folder``; their paths by placeholder name."""
+    """Build (once) the tiny models and the toy data under ``folder``; their paths by
+    placeholder name."""
     assets = {name: folder / name.replace("_", "-") for name in ASSETS}
     done = folder / ".complete"
     if not done.exists():

@@ -51,7 +51,8 @@ PROMPT_METHODS = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"}
 
 
 def lora_config(model_type: str, cfg) -> LoraConfig:
-    """PEFT's LoraConfig with per-architecture defaults; ``cfg.peft_kwargs`` pass straight through."""
+    """PEFT's LoraConfig with per-architecture defaults; ``cfg.peft_kwargs`` pass
+    straight through."""
     targets = cfg.target_modules
     if not targets and model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
         targets = EXTRA_LORA_TARGETS.get(model_type, "all-linear")
@@ -71,12 +72,17 @@ def peft_config(model_type: str, cfg):
     if cfg.method in ("lora", "qlora"):
         return lora_config(model_type, cfg)
     if cfg.method == "prefix":
-        return PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION,
-                                  num_virtual_tokens=cfg.num_virtual_tokens, **cfg.peft_kwargs)
+        return PrefixTuningConfig(
+            task_type=TaskType.FEATURE_EXTRACTION,
+            num_virtual_tokens=cfg.num_virtual_tokens,
+            **cfg.peft_kwargs,
+        )
     peft_type = (cfg.peft_type or "").upper()
     if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
-        raise ValueError(f"adapter.peft_type {cfg.peft_type!r} is not a PEFT method; "
-                         f"choose one of {sorted(str(t) for t in PEFT_TYPE_TO_CONFIG_MAPPING)}")
+        raise ValueError(
+            f"adapter.peft_type {cfg.peft_type!r} is not a PEFT method; "
+            f"choose one of {sorted(str(t) for t in PEFT_TYPE_TO_CONFIG_MAPPING)}"
+        )
     kwargs = dict(cfg.peft_kwargs)
     if peft_type in PROMPT_METHODS:
         kwargs.setdefault("num_virtual_tokens", cfg.num_virtual_tokens)
@@ -90,8 +96,12 @@ def quantization_config(cfg):
     from transformers import BitsAndBytesConfig
 
     if cfg.quant_bits == 4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_compute_dtype=torch.float32, bnb_4bit_use_double_quant=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_use_double_quant=True,
+        )
     if cfg.quant_bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ValueError(f"adapter.quant_bits must be 4 or 8, got {cfg.quant_bits}")
@@ -118,8 +128,10 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     depth = getattr(model.config, "num_hidden_layers", None)
     stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == depth]
     if not stacks:
-        raise ValueError(f"top_layers: cannot find the {depth} transformer blocks of a "
-                         f"'{model.config.model_type}' model; use another adapter.method")
+        raise ValueError(
+            f"top_layers: cannot find the {depth} transformer blocks of a "
+            f"'{model.config.model_type}' model; use another adapter.method"
+        )
     return max(stacks, key=lambda m: sum(p.numel() for p in m.parameters()))
 
 
@@ -140,7 +152,9 @@ def unfreeze_top_layers(model: nn.Module, k: int) -> list[str]:
             stack_seen = True
             param.requires_grad_(block_ids[id(param)] >= len(blocks) - k)
         else:
-            param.requires_grad_(stack_seen and not name.startswith("pooler."))  # BERT's pooler is unused
+            param.requires_grad_(
+                stack_seen and not name.startswith("pooler.")
+            )  # BERT's pooler is unused
         if param.requires_grad:
             trained.append(name)
     return trained
@@ -152,7 +166,8 @@ def set_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 def apply_adapter(backbone: nn.Module, cfg) -> nn.Module:
-    """Wrap or (un)freeze ``backbone`` as ``cfg.method`` asks (cfg: peftrec.config.AdapterConfig)."""
+    """Wrap or (un)freeze ``backbone`` as ``cfg.method`` asks (cfg:
+    peftrec.config.AdapterConfig)."""
     method = cfg.method
     if method in PEFT_METHODS:
         if method == "qlora":
@@ -166,8 +181,10 @@ def apply_adapter(backbone: nn.Module, cfg) -> nn.Module:
         "top_layers": lambda: unfreeze_top_layers(backbone, cfg.top_k_layers),
     }
     if method not in actions:
-        raise ValueError(f"unknown adapter.method {method!r}; choose one of "
-                         f"{sorted(PEFT_METHODS | set(actions))}")
+        raise ValueError(
+            f"unknown adapter.method {method!r}; choose one of "
+            f"{sorted(PEFT_METHODS | set(actions))}"
+        )
     actions[method]()
     return backbone
 
@@ -176,5 +193,9 @@ def adapter_state(backbone: nn.Module) -> dict | None:
     """Trained backbone weights that PEFT does not save itself (full, top_layers), else None."""
     if isinstance(backbone, PeftModel):
         return None
-    trained = {name: p.detach().cpu().contiguous() for name, p in backbone.named_parameters() if p.requires_grad}
+    trained = {
+        name: p.detach().cpu().contiguous()
+        for name, p in backbone.named_parameters()
+        if p.requires_grad
+    }
     return trained or None

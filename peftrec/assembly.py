@@ -1,4 +1,5 @@
-"""Build the network a :class:`~peftrec.spec.ModelSpec` describes: one path for training and loading.
+"""Build the network a :class:`~peftrec.spec.ModelSpec` describes: one path for training and
+loading.
 
     model, tokenizer = assemble(spec, adapter=cfg.adapter)      # training: a new adapter
     model, tokenizer = assemble(spec, saved=folder)             # loading: the saved weights
@@ -28,8 +29,15 @@ from .tokens import tokenize_texts
 logger = logging.getLogger(__name__)
 
 
-def assemble(spec: ModelSpec, *, adapter=None, saved: str | Path | None = None, base: str | None = None,
-             trust_remote_code: bool = False, backbone_dropout: float | None = None):
+def assemble(
+    spec: ModelSpec,
+    *,
+    adapter=None,
+    saved: str | Path | None = None,
+    base: str | None = None,
+    trust_remote_code: bool = False,
+    backbone_dropout: float | None = None,
+):
     """``(RecModel, tokenizer)`` for ``spec``.
 
     Pass ``adapter`` (an :class:`~peftrec.config.AdapterConfig`) to start training with a new
@@ -43,14 +51,22 @@ def assemble(spec: ModelSpec, *, adapter=None, saved: str | Path | None = None, 
         raise ValueError("assemble: pass either adapter (a new model) or saved (a model folder)")
     task = task_of(spec.task)
     saved = Path(saved) if saved is not None else None
-    tokenizer = load_tokenizer(str(saved / "tokenizer") if saved else spec.backbone,
-                               trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(
+        str(saved / "tokenizer") if saved else spec.backbone, trust_remote_code=trust_remote_code
+    )
     name = base or spec.backbone
-    backbone = load_backbone(name, dtype=spec.dtype, trust_remote_code=trust_remote_code,
-                             quantization_config=quantization_config(spec.adapter), init=spec.init)
+    backbone = load_backbone(
+        name,
+        dtype=spec.dtype,
+        trust_remote_code=trust_remote_code,
+        quantization_config=quantization_config(spec.adapter),
+        init=spec.init,
+    )
     if backbone.config.model_type != spec.model_type:
-        raise ArtifactError(f"{saved or 'spec'}: the model was built on a '{spec.model_type}' backbone, "
-                            f"but {name} is a '{backbone.config.model_type}'")
+        raise ArtifactError(
+            f"{saved or 'spec'}: the model was built on a '{spec.model_type}' backbone, "
+            f"but {name} is a '{backbone.config.model_type}'"
+        )
     random_base = None
     if spec.init == "random":
         if saved is not None:  # random base weights exist nowhere but in the model folder
@@ -58,7 +74,9 @@ def assemble(spec: ModelSpec, *, adapter=None, saved: str | Path | None = None, 
             try:
                 backbone.load_state_dict(random_base)
             except RuntimeError as err:
-                raise ArtifactError(f"{saved / 'base.safetensors'}: does not fit backbone {name} ({err})") from None
+                raise ArtifactError(
+                    f"{saved / 'base.safetensors'}: does not fit backbone {name} ({err})"
+                ) from None
         else:
             random_base = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
     disable_4bit_cpu_repacking(backbone)
@@ -79,13 +97,21 @@ def assemble(spec: ModelSpec, *, adapter=None, saved: str | Path | None = None, 
     if spec.gradient_checkpointing:
         enable_gradient_checkpointing(backbone)
     model = RecModel(backbone, head, spec.pooling, tokenizer.pad_token_id, spec=spec)
-    model.random_base = random_base  # saved with the model: the random base weights exist nowhere else
-    if saved is None and isinstance(backbone, PeftModel) and backbone.peft_config["default"].is_prompt_learning:
+    model.random_base = (
+        random_base  # saved with the model: the random base weights exist nowhere else
+    )
+    if (
+        saved is None
+        and isinstance(backbone, PeftModel)
+        and backbone.peft_config["default"].is_prompt_learning
+    ):
         # guard against prefix/prompt tuning silently doing nothing (e.g. a transformers release
         # that ignores past_key_values): the adapted encoding must differ from the base one
         if torch.allclose(model.encode_texts(probe), before):
-            raise RuntimeError("the prompt/prefix adapter does not change the backbone's output: this "
-                               "transformers/PEFT combination ignores it (peftrec pins transformers<5.40)")
+            raise RuntimeError(
+                "the prompt/prefix adapter does not change the backbone's output: this "
+                "transformers/PEFT combination ignores it (peftrec pins transformers<5.40)"
+            )
     return model, tokenizer
 
 
@@ -94,12 +120,16 @@ def enable_gradient_checkpointing(backbone: nn.Module) -> None:
     still get their gradients."""
     base = backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone
     if not getattr(base, "supports_gradient_checkpointing", False):
-        raise ValueError(f"backbone.gradient_checkpointing: a '{base.config.model_type}' model does not support it")
+        raise ValueError(
+            f"backbone.gradient_checkpointing: a '{base.config.model_type}' "
+            "model does not support it"
+        )
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def load_adapter(backbone: nn.Module, folder: Path, spec: ModelSpec, name: str) -> nn.Module:
-    """The saved adapter (PEFT's format) or trained backbone weights (top_layers, full) on ``backbone``."""
+    """The saved adapter (PEFT's format) or trained backbone weights (top_layers, full) on
+    ``backbone``."""
     method = spec.adapter.method
     if method == "frozen":
         return backbone
@@ -107,14 +137,18 @@ def load_adapter(backbone: nn.Module, folder: Path, spec: ModelSpec, name: str) 
         state = read_safetensors(folder / "backbone.safetensors")
         unknown = set(state) - set(dict(backbone.named_parameters()))
         if unknown:
-            raise ArtifactError(f"{folder / 'backbone.safetensors'}: weights {sorted(unknown)[:3]} "
-                                f"are not in backbone {name}")
+            raise ArtifactError(
+                f"{folder / 'backbone.safetensors'}: weights {sorted(unknown)[:3]} "
+                f"are not in backbone {name}"
+            )
         backbone.load_state_dict(state, strict=False)
         return backbone
     for file in ("adapter_config.json", "adapter_model.safetensors"):
         if not (folder / file).is_file():
-            raise ArtifactError(f"{folder / file}: missing; the model's adapter ({method}) cannot be loaded "
-                                "without it, and the backbone alone would serve untrained predictions")
+            raise ArtifactError(
+                f"{folder / file}: missing; the model's adapter ({method}) cannot be loaded "
+                "without it, and the backbone alone would serve untrained predictions"
+            )
     read_safetensors(folder / "adapter_model.safetensors")  # fail early, with the file name
     try:
         return PeftModel.from_pretrained(backbone, folder)

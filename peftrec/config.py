@@ -129,9 +129,7 @@ class ModelConfig:
     """The recommender head on top of the pooled text."""
 
     dim: int = option(64, "user/item vector size", at_least(1))
-    item_ids: bool = option(
-        True, "learn an item-ID embedding next to the text (false: text only)"
-    )
+    item_ids: bool = option(True, "learn an item-ID embedding next to the text (false: text only)")
     item_text: bool = option(
         True, "use the item text (false: ID-only baseline; needs adapter.method=frozen)"
     )
@@ -190,16 +188,15 @@ class TrainConfig:
     head_warmup_epochs: int = option(
         8, "epochs training the head on frozen pooled text first", at_least(0)
     )
-    patience: int = option(
-        3, "epochs without validation improvement before stopping", at_least(1)
-    )
+    patience: int = option(3, "epochs without validation improvement before stopping", at_least(1))
     eval_batch_size: int = option(256, "texts per forward pass at evaluation", at_least(1))
     log_with: list[str] = option([], "Accelerate trackers, e.g. [tensorboard]")
     max_steps: int | None = option(
         None, "stop after this many steps (smoke tests)", or_null(at_least(1))
     )
     checkpoint_every: int | None = option(
-        None, "save a resumable checkpoint every this many optimizer steps (null: never)",
+        None,
+        "save a resumable checkpoint every this many optimizer steps (null: never)",
         or_null(at_least(1)),
     )
     resume: bool = option(False, "continue from <output_dir>/checkpoints/latest if there is one")
@@ -230,17 +227,24 @@ class RankingConfig:
 class SequenceConfig:
     """The history encoder (SASRec-style) and its next-item loss."""
 
-    max_history: int = option(50, "items of a user's history the encoder reads (the most recent)", at_least(1))
+    max_history: int = option(
+        50, "items of a user's history the encoder reads (the most recent)", at_least(1)
+    )
     blocks: int = option(2, "causal self-attention blocks", at_least(1))
     heads: int = option(1, "attention heads per block (must divide model.dim)", at_least(1))
     dropout: float = option(0.2, "dropout in the encoder", fraction(high_open=True))
-    text_norm: bool = option(True, "standardise each pooled text dimension with the catalogue's statistics")
+    text_norm: bool = option(
+        True, "standardise each pooled text dimension with the catalogue's statistics"
+    )
     loss: Literal["softmax", "sampled"] = option(
-        "softmax", "softmax: cross-entropy over the whole catalogue at every position; sampled: "
-        "against `negatives` popularity-sampled items with the log-Q correction (big catalogues)"
+        "softmax",
+        "softmax: cross-entropy over the whole catalogue at every position; sampled: "
+        "against `negatives` popularity-sampled items with the log-Q correction (big catalogues)",
     )
     negatives: int = option(512, "sampled loss: negatives per step", at_least(1))
-    users_per_step: int = option(64, "users (histories) per optimizer step, over all processes", at_least(1))
+    users_per_step: int = option(
+        64, "users (histories) per optimizer step, over all processes", at_least(1)
+    )
     k: int = option(10, "cut-off of NDCG@k and HR@k", at_least(1))
 
 
@@ -279,8 +283,11 @@ class SequentialRecipeConfig(RecipeConfig):
     """Next-item prediction: a user is their history; a causal encoder over its items' vectors."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(protocol="p3"))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=100, lr=1e-3, head_warmup_epochs=0, patience=10, items_per_step=256))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=100, lr=1e-3, head_warmup_epochs=0, patience=10, items_per_step=256
+        )
+    )
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     output_dir: str = option("runs/minilm_frozen_sequential", "folder for checkpoints and results")
 
@@ -329,13 +336,18 @@ def _conflicts(cfg: Any) -> list[str]:
                 "gradients"
             )
     if model is not None and model.item_id_dropout and not (model.item_ids and model.item_text):
-        problems.append(f"model.item_id_dropout={model.item_id_dropout} drops item-ID embeddings so that the "
-                        "text alone learns to score an item: it needs model.item_ids=true and model.item_text=true")
+        problems.append(
+            f"model.item_id_dropout={model.item_id_dropout} drops item-ID embeddings so that the "
+            "text alone learns to score an item: it needs "
+            "model.item_ids=true and model.item_text=true"
+        )
     sequence = getattr(cfg, "sequence", None)
     if sequence is not None and model is not None and model.dim % sequence.heads:
         problems.append(f"sequence.heads={sequence.heads} must divide model.dim={model.dim}")
     if sequence is not None and model is not None and model.user_text:
-        problems.append("model.user_text=true: a sequential model's user is their history, not a profile")
+        problems.append(
+            "model.user_text=true: a sequential model's user is their history, not a profile"
+        )
     if model is not None and adapter is not None and not model.item_text:
         if adapter.method != "frozen":
             problems.append(

@@ -76,13 +76,16 @@ def non_negative() -> Check:
 
 def fraction(low_open: bool = False, high_open: bool = False) -> Check:
     """A value in [0, 1], with either end open."""
+
     def test(v):
         return ((0 < v) if low_open else (0 <= v)) and ((v < 1) if high_open else (v <= 1))
+
     return Check(test, f"in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
 
 
 def out_of_range(cfg: Any) -> Iterator[str]:
     """A message for every field of ``cfg`` (walked recursively) whose value fails its check."""
+
     def walk(obj: Any, prefix: str) -> Iterator[str]:
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
@@ -90,6 +93,7 @@ def out_of_range(cfg: Any) -> Iterator[str]:
                 yield from walk(value, f"{prefix}{f.name}.")
             elif (check := f.metadata.get("check")) is not None and not check.test(value):
                 yield f"{prefix}{f.name}={value!r}: must be {check.requirement}"
+
     yield from walk(cfg, "")
 
 
@@ -143,7 +147,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically; `load_config(type(cfg), path)` gives it back."""
+    """Write the resolved config as YAML, atomically; `load_config(type(cfg), path)`
+    gives it back."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = config_to_dict(cfg)
@@ -294,5 +299,3 @@ def _nest(dotted: str, value: Any) -> dict:
 
 def _first_line(doc: str | None) -> str:
     return (doc or "").strip().split("\n")[0]
-
-

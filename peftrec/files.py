@@ -57,7 +57,8 @@ def write_folder_atomic(folder: str | Path, fill: Callable[[Path], None]) -> Pat
 
 
 def replace_folder(new: Path, target: Path) -> None:
-    """Swap ``new`` into place of ``target``; the old folder is removed only once ``new`` is there."""
+    """Swap ``new`` into place of ``target``; the old folder is removed only once
+    ``new`` is there."""
     if not target.exists():
         os.replace(new, target)
         return

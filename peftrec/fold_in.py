@@ -12,20 +12,38 @@ from __future__ import annotations
 import torch
 
 
-def ridge_fold_in(item_vectors: torch.Tensor, item_biases: torch.Tensor, ratings: torch.Tensor, mean: float,
-                  prior_vector: torch.Tensor, prior_bias: float, l2: float) -> tuple[torch.Tensor, float]:
-    """``(p_u, b_u)`` for the given items' vectors ``(n, d)``, biases ``(n,)`` and ratings ``(n,)``."""
+def ridge_fold_in(
+    item_vectors: torch.Tensor,
+    item_biases: torch.Tensor,
+    ratings: torch.Tensor,
+    mean: float,
+    prior_vector: torch.Tensor,
+    prior_bias: float,
+    l2: float,
+) -> tuple[torch.Tensor, float]:
+    """``(p_u, b_u)`` for the given items' vectors ``(n, d)``, biases ``(n,)`` and
+    ratings ``(n,)``."""
     vectors, biases = item_vectors.double(), item_biases.double()
     target = ratings.double() - mean - biases
-    design = torch.cat([torch.ones(len(vectors), 1, dtype=torch.float64), vectors], dim=1)  # [1, q_i]
-    prior = torch.cat([torch.tensor([float(prior_bias)], dtype=torch.float64), prior_vector.double()])
+    design = torch.cat(
+        [torch.ones(len(vectors), 1, dtype=torch.float64), vectors], dim=1
+    )  # [1, q_i]
+    prior = torch.cat(
+        [torch.tensor([float(prior_bias)], dtype=torch.float64), prior_vector.double()]
+    )
     gram = design.T @ design + l2 * torch.eye(design.shape[1], dtype=torch.float64)
     solution = prior + torch.linalg.solve(gram, design.T @ (target - design @ prior))
     return solution[1:].float(), float(solution[0])
 
 
-def softmax_fold_in(item_vectors: torch.Tensor, item_biases: torch.Tensor, positives: torch.Tensor,
-                    prior_vector: torch.Tensor, l2: float, steps: int = 50) -> torch.Tensor:
+def softmax_fold_in(
+    item_vectors: torch.Tensor,
+    item_biases: torch.Tensor,
+    positives: torch.Tensor,
+    prior_vector: torch.Tensor,
+    l2: float,
+    steps: int = 50,
+) -> torch.Tensor:
     """``p_u`` minimising the mean cross-entropy of each positive item against every catalogue
     item (``item_vectors`` ``(items, d)``), plus ``l2 * |p_u - prior|^2``."""
     vectors, biases = item_vectors.double(), item_biases.double()
@@ -36,7 +54,10 @@ def softmax_fold_in(item_vectors: torch.Tensor, item_biases: torch.Tensor, posit
     def closure():
         optimizer.zero_grad()
         logits = vectors @ user + biases
-        loss = -(logits[positives] - torch.logsumexp(logits, 0)).mean() + l2 * (user - prior).square().sum()
+        loss = (
+            -(logits[positives] - torch.logsumexp(logits, 0)).mean()
+            + l2 * (user - prior).square().sum()
+        )
         loss.backward()
         return loss
 

@@ -29,9 +29,17 @@ class Biases(NamedTuple):
     item: np.ndarray
 
 
-def shrunk_biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, num_users: int, num_items: int, *,
-                  user_shrink: float = USER_SHRINK, item_shrink: float = ITEM_SHRINK,
-                  item_biases: bool = True) -> Biases:
+def shrunk_biases(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    num_users: int,
+    num_items: int,
+    *,
+    user_shrink: float = USER_SHRINK,
+    item_shrink: float = ITEM_SHRINK,
+    item_biases: bool = True,
+) -> Biases:
     """``mean``, ``b_i = sum(r - mean) / (n_i + item_shrink)`` and ``b_u`` the same over the
     residuals ``r - mean - b_i`` (over ``r - mean`` with ``item_biases=False``).
 
@@ -40,9 +48,13 @@ def shrunk_biases(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, num
     """
     ratings = np.asarray(ratings, dtype=np.float64)
     mean = float(ratings.mean())
-    item = np.bincount(items, ratings - mean, num_items) / (np.bincount(items, minlength=num_items) + item_shrink)
+    item = np.bincount(items, ratings - mean, num_items) / (
+        np.bincount(items, minlength=num_items) + item_shrink
+    )
     residual = ratings - mean - (item[items] if item_biases else 0.0)
-    user = np.bincount(users, residual, num_users) / (np.bincount(users, minlength=num_users) + user_shrink)
+    user = np.bincount(users, residual, num_users) / (
+        np.bincount(users, minlength=num_users) + user_shrink
+    )
     return Biases(mean, user, item)
 
 
@@ -57,22 +69,38 @@ class TwoTowers(nn.Module):
     User tower: p_u = user-ID embedding (+ V g_u, g_u a fixed encoding of the user's profile text).
     """
 
-    def __init__(self, text_dim: int, num_users: int, num_items: int, dim: int = 64, *,
-                 item_ids: bool = True, item_text: bool = True, user_text_dim: int | None = None,
-                 dropout: float = 0.0, id_dropout: float = 0.0):
+    def __init__(
+        self,
+        text_dim: int,
+        num_users: int,
+        num_items: int,
+        dim: int = 64,
+        *,
+        item_ids: bool = True,
+        item_text: bool = True,
+        user_text_dim: int | None = None,
+        dropout: float = 0.0,
+        id_dropout: float = 0.0,
+    ):
         super().__init__()
         if not (item_ids or item_text):
-            raise ValueError("an item needs an ID embedding, its text, or both (model.item_ids, model.item_text)")
+            raise ValueError(
+                "an item needs an ID embedding, its text, or both (model.item_ids, model.item_text)"
+            )
         self.item_proj = nn.Linear(text_dim, dim, bias=False) if item_text else None
         self.item_text_bias = nn.Linear(text_dim, 1) if item_text else None
         self.item_emb = nn.Embedding(num_items, dim) if item_ids else None
         self.item_bias = nn.Embedding(num_items, 1) if item_ids else None
         self.user_emb = nn.Embedding(num_users, dim)
         self.user_text_proj = nn.Linear(user_text_dim, dim, bias=False) if user_text_dim else None
-        self.register_buffer("user_text", torch.zeros(num_users, user_text_dim or 0), persistent=True)
+        self.register_buffer(
+            "user_text", torch.zeros(num_users, user_text_dim or 0), persistent=True
+        )
         self.dropout = nn.Dropout(dropout)
         if id_dropout and not (item_ids and item_text):
-            raise ValueError("model.item_id_dropout needs items with both an ID embedding and a text")
+            raise ValueError(
+                "model.item_id_dropout needs items with both an ID embedding and a text"
+            )
         self.id_dropout = id_dropout
         for table in (self.item_emb, self.item_bias, self.user_emb):
             if table is not None:
@@ -83,8 +111,11 @@ class TwoTowers(nn.Module):
             nn.init.zeros_(self.item_text_bias.bias)
         self.text_dim, self.dim = text_dim, dim
 
-    def items(self, text: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item vectors and biases from pooled text ``(n, text_dim)`` and ID indices (-1: unknown)."""
+    def items(
+        self, text: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item vectors and biases from pooled text ``(n, text_dim)`` and ID indices
+        (-1: unknown)."""
         if self.item_proj is not None:
             vector = self.item_proj(self.dropout(text))
             bias = self.item_text_bias(text).squeeze(-1)
@@ -92,15 +123,25 @@ class TwoTowers(nn.Module):
             vector, bias = text.new_zeros(len(text), self.dim), text.new_zeros(len(text))
         if self.item_emb is not None and index is not None:
             known = (index >= 0).unsqueeze(-1).to(vector.dtype)
-            if self.training and self.id_dropout:  # DropoutNet: the text alone must stand for the item
+            if (
+                self.training and self.id_dropout
+            ):  # DropoutNet: the text alone must stand for the item
                 known = known * (torch.rand_like(known) >= self.id_dropout).to(known.dtype)
             safe = index.clamp(min=0)
             vector = vector + self.item_emb(safe) * known
             bias = bias + self.item_bias(safe).squeeze(-1) * known.squeeze(-1)
         return vector, bias
 
-    def step(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_index: torch.Tensor,
-             users: torch.Tensor, positions: torch.Tensor, candidates: bool = False) -> RecOutput:
+    def step(
+        self,
+        model,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        item_index: torch.Tensor,
+        users: torch.Tensor,
+        positions: torch.Tensor,
+        candidates: bool = False,
+    ) -> RecOutput:
         """Scores, the L2 penalty and L_S for the pairs ``(users, items[positions])`` of a step.
 
         The batch holds each distinct item text once (``input_ids``); ``positions`` points every
@@ -135,9 +176,16 @@ class TwoTowers(nn.Module):
         return self.item_proj.weight.square().sum() + self.item_text_bias.weight.square().sum()
 
     @staticmethod
-    def penalty(user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def penalty(
+        user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         """Mean L2 of the whole user and item vectors and biases over the rows of a batch."""
-        return (user[0].square().sum(-1) + item[0].square().sum(-1) + user[1].square() + item[1].square()).mean()
+        return (
+            user[0].square().sum(-1)
+            + item[0].square().sum(-1)
+            + user[1].square()
+            + item[1].square()
+        ).mean()
 
 
 class RatingHead(TwoTowers):
@@ -152,24 +200,40 @@ class RatingHead(TwoTowers):
     def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_vectors(index), self.user_bias(index).squeeze(-1)
 
-    def score(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def score(
+        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         """Ratings for aligned (user, item) rows of vectors and biases."""
         return self.global_mean + user[1] + item[1] + (user[0] * item[0]).sum(-1)
 
-    def score_all(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def score_all(
+        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         """Ratings of every user against every item: one matrix product, ``(users, items)``."""
         return self.global_mean + user[1][:, None] + item[1][None, :] + user[0] @ item[0].T
 
     @torch.no_grad()
     def init_biases(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         """Global mean and user/item biases from regularised averages of the training ratings."""
-        num_items = self.item_bias.num_embeddings if self.item_bias is not None else int(items.max()) + 1
-        biases = shrunk_biases(users.numpy(), items.numpy(), ratings.numpy(), self.user_bias.num_embeddings,
-                               num_items, item_biases=self.item_bias is not None)
+        num_items = (
+            self.item_bias.num_embeddings if self.item_bias is not None else int(items.max()) + 1
+        )
+        biases = shrunk_biases(
+            users.numpy(),
+            items.numpy(),
+            ratings.numpy(),
+            self.user_bias.num_embeddings,
+            num_items,
+            item_biases=self.item_bias is not None,
+        )
         self.global_mean.fill_(biases.mean)
         if self.item_bias is not None:
-            self.item_bias.weight[:, 0] = torch.as_tensor(biases.item, dtype=self.item_bias.weight.dtype)
-        self.user_bias.weight[:, 0] = torch.as_tensor(biases.user, dtype=self.user_bias.weight.dtype)
+            self.item_bias.weight[:, 0] = torch.as_tensor(
+                biases.item, dtype=self.item_bias.weight.dtype
+            )
+        self.user_bias.weight[:, 0] = torch.as_tensor(
+            biases.user, dtype=self.user_bias.weight.dtype
+        )
 
 
 class RankingHead(TwoTowers):
@@ -179,9 +243,12 @@ class RankingHead(TwoTowers):
         vector = self.user_vectors(index)
         return vector, vector.new_zeros(vector.shape[:-1])
 
-    def score(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def score(
+        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         return item[1] + (user[0] * item[0]).sum(-1)
 
-    def score_all(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def score_all(
+        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         return item[1][None, :] + user[0] @ item[0].T
-

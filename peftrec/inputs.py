@@ -23,7 +23,9 @@ def check_id(value: Any, where: str, kind: str = "item") -> str:
             raise ValueError(f"{where}: an empty {kind} id")
         return value
     if isinstance(value, bool) or value is None or not hasattr(type(value), "__index__"):
-        raise TypeError(f"{where}: {kind} ids are strings or integers, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{where}: {kind} ids are strings or integers, got {value!r} ({type(value).__name__})"
+        )
     return str(operator.index(value))
 
 
@@ -31,22 +33,33 @@ def id_mapping(value: Any, where: str, kind: str, what: str, example: str) -> di
     """``{id: value}`` with ids as strings; refuses non-mappings and ids that collide as strings
     (``"9100"`` and ``9100``)."""
     if not isinstance(value, Mapping):
-        raise TypeError(f"{where}: pass a mapping {{{kind}_id: {what}}}, e.g. {example}; got {type(value).__name__}")
+        raise TypeError(
+            f"{where}: pass a mapping {{{kind}_id: {what}}}, e.g. {example}; "
+            f"got {type(value).__name__}"
+        )
     if not value:
         raise ValueError(f"{where}: no {kind}s given")
     out: dict[str, Any] = {}
     for key, item in value.items():
         name = check_id(key, where, kind)
         if name in out:
-            raise ValueError(f"{where}: {kind} id {name!r} is given twice (as a string and as a number?)")
+            raise ValueError(
+                f"{where}: {kind} id {name!r} is given twice (as a string and as a number?)"
+            )
         out[name] = item
     return out
 
 
 def id_list(value: Any, where: str, kind: str) -> list[str]:
     """A list of ids from a list, tuple or array (a single string is refused: it is one id)."""
-    if isinstance(value, (str, bytes)) or isinstance(value, Mapping) or not isinstance(value, Iterable):
-        raise TypeError(f"{where}: pass a list of {kind} ids, e.g. ['196', '10']; got {type(value).__name__}")
+    if (
+        isinstance(value, (str, bytes))
+        or isinstance(value, Mapping)
+        or not isinstance(value, Iterable)
+    ):
+        raise TypeError(
+            f"{where}: pass a list of {kind} ids, e.g. ['196', '10']; got {type(value).__name__}"
+        )
     return [check_id(v, where, kind) for v in value]
 
 
@@ -71,29 +84,44 @@ def check_rating(rating: Any, where: str, name: str, scale: tuple[float, float] 
     if not math.isfinite(rating):
         raise ValueError(f"{where}: the rating of {name} is {rating}, not a finite number")
     if scale is not None and not scale[0] <= rating <= scale[1]:
-        raise ValueError(f"{where}: the rating of {name} is {rating:g}, outside the scale the model was "
-                         f"trained on ({scale[0]:g} to {scale[1]:g})")
+        raise ValueError(
+            f"{where}: the rating of {name} is {rating:g}, outside the scale the model was "
+            f"trained on ({scale[0]:g} to {scale[1]:g})"
+        )
     return float(rating)
 
 
-def warn_about_texts(tokenizer, texts: list[str], names: list[str], max_length: int, where: str) -> None:
+def warn_about_texts(
+    tokenizer, texts: list[str], names: list[str], max_length: int, where: str
+) -> None:
     """Warn (once per call, naming the first) about texts cut to ``max_length`` tokens and texts
     whose tokens are mostly unknown to the tokenizer (a script or emoji outside its vocabulary)."""
     encoded = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
     special = 2 if getattr(tokenizer, "cls_token_id", None) is not None else 0
-    long = [(n, len(ids)) for n, ids in zip(names, encoded, strict=True) if len(ids) + special > max_length]
+    long = [
+        (n, len(ids))
+        for n, ids in zip(names, encoded, strict=True)
+        if len(ids) + special > max_length
+    ]
     if long:
-        message = (f"{where}: {len(long)} text(s) are longer than the {max_length} tokens the model reads and "
-                   f"were cut (e.g. {long[0][0]}: {long[0][1]} tokens); put what matters first")
+        message = (
+            f"{where}: {len(long)} text(s) are longer than the {max_length} tokens the model reads "
+            f"and were cut (e.g. {long[0][0]}: {long[0][1]} tokens); put what matters first"
+        )
         warnings.warn(message, stacklevel=3)
         logger.warning(message)
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is None:
         return
-    unreadable = [n for n, ids in zip(names, encoded, strict=True)
-                  if ids and sum(t == unk for t in ids) / len(ids) > UNKNOWN_SHARE_WARNING]
+    unreadable = [
+        n
+        for n, ids in zip(names, encoded, strict=True)
+        if ids and sum(t == unk for t in ids) / len(ids) > UNKNOWN_SHARE_WARNING
+    ]
     if unreadable:
-        message = (f"{where}: {len(unreadable)} text(s) are mostly tokens the model does not know "
-                   f"(e.g. {unreadable[0]}): their scores say little; use the language of the training texts")
+        message = (
+            f"{where}: {len(unreadable)} text(s) are mostly tokens the model does not know (e.g. "
+            f"{unreadable[0]}): their scores say little; use the language of the training texts"
+        )
         warnings.warn(message, stacklevel=3)
         logger.warning(message)

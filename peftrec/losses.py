@@ -12,16 +12,21 @@ def other_positives(users: torch.Tensor, positions: torch.Tensor, num_items: int
     Those items are not negatives for that pair, so the losses leave them out.
     """
     _, user_row = torch.unique(users, return_inverse=True)
-    positive = torch.zeros(int(user_row.max()) + 1 if len(users) else 0, num_items, dtype=torch.bool,
-                           device=users.device)
+    positive = torch.zeros(
+        int(user_row.max()) + 1 if len(users) else 0,
+        num_items,
+        dtype=torch.bool,
+        device=users.device,
+    )
     positive[user_row, positions] = True
     mask = positive[user_row]
     mask[torch.arange(len(positions), device=users.device), positions] = False
     return mask
 
 
-def sampled_softmax(scores: torch.Tensor, positions: torch.Tensor, exclude: torch.Tensor,
-                    temperature: float = 1.0) -> torch.Tensor:
+def sampled_softmax(
+    scores: torch.Tensor, positions: torch.Tensor, exclude: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Cross-entropy of each pair's positive item against the batch's other items, per pair.
 
     ``scores`` is ``(pairs, batch items)``; the candidates are the step's items (each appears
@@ -32,8 +37,12 @@ def sampled_softmax(scores: torch.Tensor, positions: torch.Tensor, exclude: torc
     return F.cross_entropy(logits, positions, reduction="none")
 
 
-def bpr(scores: torch.Tensor, positions: torch.Tensor, exclude: torch.Tensor,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+def bpr(
+    scores: torch.Tensor,
+    positions: torch.Tensor,
+    exclude: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Bayesian personalised ranking: -log sigmoid(s_pos - s_neg), one sampled negative per pair
     (per pair, like :func:`sampled_softmax`)."""
     rows = torch.arange(len(positions), device=scores.device)

@@ -19,8 +19,14 @@ from .tokens import length_sorted_batches, pad_batch
 class RecModel(nn.Module):
     """Backbone (wrapped by PEFT or not) + pooling + the task's head, kept outside the wrapper."""
 
-    def __init__(self, backbone: nn.Module, head: TwoTowers, pooling: Pooling, pad_id: int,
-                 spec: ModelSpec | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: TwoTowers,
+        pooling: Pooling,
+        pad_id: int,
+        spec: ModelSpec | None = None,
+    ):
         super().__init__()
         self.spec = spec  # what peftrec.json holds (None only for a bare encoder used in a probe)
         self.backbone = backbone
@@ -37,14 +43,17 @@ class RecModel(nn.Module):
         """For a frozen backbone: encode each text once; ``forward`` (through ``item_index``) and
         ``encode_texts(token_lists)`` then look the pooled features up, so training runs no LM."""
         if any(p.requires_grad for p in self.backbone.parameters()):
-            raise ValueError("cache_features: the backbone trains, so cached features would go stale")
+            raise ValueError(
+                "cache_features: the backbone trains, so cached features would go stale"
+            )
         key = token_key(token_lists)
         if self.feature_cache is None or self.feature_cache[0] != key:
             self.feature_cache = None
             self.feature_cache = (key, self.encode_texts(token_lists, batch_size))
 
-    def cache_lower_layers(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256,
-                           max_mib: float = 1024.0) -> LowerLayerCache:
+    def cache_lower_layers(
+        self, token_lists: Sequence[Sequence[int]], batch_size: int = 256, max_mib: float = 1024.0
+    ) -> LowerLayerCache:
         """For ``top_layers``: run the frozen lower layers once per text, and only the trained
         blocks from then on.
 
@@ -55,12 +64,17 @@ class RecModel(nn.Module):
         """
         if self.layer_cache is None or not self.layer_cache.matches(token_lists):
             self.layer_cache = None  # free the old states before computing new ones
-            self.layer_cache = LowerLayerCache(self.backbone, token_lists, self.pad_id, batch_size=batch_size,
-                                               max_mib=max_mib)
+            self.layer_cache = LowerLayerCache(
+                self.backbone, token_lists, self.pad_id, batch_size=batch_size, max_mib=max_mib
+            )
         return self.layer_cache
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               item_index: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        item_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Pooled float32 text encodings ``(batch, hidden)``.
 
         With a lower-layer cache and ``item_index`` (the rows' texts in the cached token lists),
@@ -71,8 +85,12 @@ class RecModel(nn.Module):
         if self.layer_cache is not None and item_index is not None:
             hidden = self.layer_cache.top(item_index, input_ids, attention_mask)
         else:
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            hidden = hidden[:, hidden.size(1) - input_ids.size(1) :]  # drop prompt-tuning virtual tokens
+            hidden = self.backbone(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
+            hidden = hidden[
+                :, hidden.size(1) - input_ids.size(1) :
+            ]  # drop prompt-tuning virtual tokens
         return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, *args, **kwargs):
@@ -83,10 +101,16 @@ class RecModel(nn.Module):
     def adapters_disabled(self) -> contextlib.AbstractContextManager:
         """A context in which the backbone runs as pretrained: PEFT adapters off (nothing to do
         for a plain backbone)."""
-        return self.backbone.disable_adapter() if isinstance(self.backbone, PeftModel) else contextlib.nullcontext()
+        return (
+            self.backbone.disable_adapter()
+            if isinstance(self.backbone, PeftModel)
+            else contextlib.nullcontext()
+        )
 
     @torch.no_grad()
-    def encode_texts(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
+    def encode_texts(
+        self, token_lists: Sequence[Sequence[int]], batch_size: int = 256
+    ) -> torch.Tensor:
         """Pooled encodings of many tokenized texts, in length-sorted batches, in input order
         (from the lower-layer cache when it holds exactly these texts)."""
         if self.feature_cache is not None and self.feature_cache[0] == token_key(token_lists):
@@ -104,14 +128,33 @@ class RecModel(nn.Module):
         return out
 
 
-def build_model(backbone_cfg, adapter_cfg, model_cfg, *, num_users: int, num_items: int,
-                task: str = "rating", max_length: int = 64):
+def build_model(
+    backbone_cfg,
+    adapter_cfg,
+    model_cfg,
+    *,
+    num_users: int,
+    num_items: int,
+    task: str = "rating",
+    max_length: int = 64,
+):
     """``(RecModel, tokenizer)`` with a new adapter, from the backbone, adapter and model sections
     of a config: the spec they describe, assembled (:func:`peftrec.assembly.assemble`)."""
     from .assembly import assemble
     from .spec import make_spec
 
-    spec = make_spec(backbone_cfg, adapter_cfg, model_cfg, task=task, num_users=num_users,
-                     num_items=num_items, max_length=max_length)
-    return assemble(spec, adapter=adapter_cfg, trust_remote_code=backbone_cfg.trust_remote_code,
-                    backbone_dropout=backbone_cfg.dropout)
+    spec = make_spec(
+        backbone_cfg,
+        adapter_cfg,
+        model_cfg,
+        task=task,
+        num_users=num_users,
+        num_items=num_items,
+        max_length=max_length,
+    )
+    return assemble(
+        spec,
+        adapter=adapter_cfg,
+        trust_remote_code=backbone_cfg.trust_remote_code,
+        backbone_dropout=backbone_cfg.dropout,
+    )

@@ -20,8 +20,13 @@ def seen_mask(users: np.ndarray, items: np.ndarray, num_users: int, num_items: i
     return mask
 
 
-def ranking_step_loss(scores: torch.Tensor, users: torch.Tensor, positions: torch.Tensor, loss: str,
-                      temperature: float) -> torch.Tensor:
+def ranking_step_loss(
+    scores: torch.Tensor,
+    users: torch.Tensor,
+    positions: torch.Tensor,
+    loss: str,
+    temperature: float,
+) -> torch.Tensor:
     """The ranking loss of each pair of a step: its positive against the step's other items."""
     exclude = other_positives(users, positions, scores.shape[1])
     if loss == "softmax":
@@ -58,8 +63,15 @@ def gather_rows(accelerator, local: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _GatherRows.apply(local, sizes), sum(sizes[: accelerator.process_index])
 
 
-def step_loss_sum(accelerator, head: TwoTowers, output, users: torch.Tensor, positions: torch.Tensor, loss: str,
-                  temperature: float) -> tuple[torch.Tensor, int]:
+def step_loss_sum(
+    accelerator,
+    head: TwoTowers,
+    output,
+    users: torch.Tensor,
+    positions: torch.Tensor,
+    loss: str,
+    temperature: float,
+) -> tuple[torch.Tensor, int]:
     """This process's summed ranking loss over its pairs, with the candidates of the whole step:
     every process's items (one softmax over the step's items, as with one process), and each
     pair's other positives anywhere in the step left out. Returns ``(loss sum, pairs)``."""
@@ -78,9 +90,21 @@ def step_loss_sum(accelerator, head: TwoTowers, output, users: torch.Tensor, pos
     return per_pair.sum(), len(users)
 
 
-def warm_up_ranking_head(head: TwoTowers, item_text: torch.Tensor, users: np.ndarray, items: np.ndarray, *,
-                         epochs: int, lr: float, l2: float, loss: str, temperature: float, seed: int,
-                         items_per_step: int = 128, text_l2: float = 0.0) -> None:
+def warm_up_ranking_head(
+    head: TwoTowers,
+    item_text: torch.Tensor,
+    users: np.ndarray,
+    items: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    l2: float,
+    loss: str,
+    temperature: float,
+    seed: int,
+    items_per_step: int = 128,
+    text_l2: float = 0.0,
+) -> None:
     """Train the towers on fixed pooled text features with the same loss as the adapted phase.
 
     Each step samples ``items_per_step`` items and uses all their training pairs, exactly like
@@ -93,7 +117,9 @@ def warm_up_ranking_head(head: TwoTowers, item_text: torch.Tensor, users: np.nda
     optimizer = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)
     head.train()
     for _ in range(epochs):
-        for step_items in rated[torch.randperm(len(rated), generator=generator)].split(items_per_step):
+        for step_items in rated[torch.randperm(len(rated), generator=generator)].split(
+            items_per_step
+        ):
             rows, positions = groups.rows(step_items.tolist())
             positions = torch.as_tensor(positions)
             u = pair_users[rows]
@@ -101,7 +127,9 @@ def warm_up_ranking_head(head: TwoTowers, item_text: torch.Tensor, users: np.nda
             user = head.users(u)
             scores = head.score_all(user, vectors)
             penalty = head.penalty(user, (vectors[0][positions], vectors[1][positions]))
-            step_loss = ranking_step_loss(scores, u, positions, loss, temperature).mean() + l2 * penalty
+            step_loss = (
+                ranking_step_loss(scores, u, positions, loss, temperature).mean() + l2 * penalty
+            )
             if text_l2:
                 step_loss = step_loss + text_l2 * head.weight_penalty()
             optimizer.zero_grad()
@@ -110,8 +138,14 @@ def warm_up_ranking_head(head: TwoTowers, item_text: torch.Tensor, users: np.nda
 
 
 @torch.no_grad()
-def target_ranks(head: TwoTowers, item_text: torch.Tensor, users: np.ndarray, targets: np.ndarray,
-                 exclude: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def target_ranks(
+    head: TwoTowers,
+    item_text: torch.Tensor,
+    users: np.ndarray,
+    targets: np.ndarray,
+    exclude: torch.Tensor,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Full-ranking rank of each user's target item among all items not excluded (P3)."""
     was_training = head.training
     head.eval()
@@ -121,6 +155,10 @@ def target_ranks(head: TwoTowers, item_text: torch.Tensor, users: np.ndarray, ta
     for start in range(0, len(users), chunk):
         u = torch.as_tensor(users[start : start + chunk], device=device)
         scores = head.score_all(head.users(u), items).float().cpu()
-        ranks.append(rank_of_targets(scores, torch.as_tensor(targets[start : start + chunk]), exclude[u.cpu()]))
+        ranks.append(
+            rank_of_targets(
+                scores, torch.as_tensor(targets[start : start + chunk]), exclude[u.cpu()]
+            )
+        )
     head.train(was_training)
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)

@@ -54,7 +54,9 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # bitsandbytes on CPU: its optional 4-bit kernels come from the Hub's `kernels` package
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
+    )
     import datasets
     import transformers
 
@@ -70,18 +72,29 @@ def start(config_cls, argv: Sequence[str] | None, task: Task):
     cfg = parse_cli(config_cls, argv)
     check_settings(cfg)
     if cfg.data.protocol not in task.protocols:
-        raise ConfigError(f"data.protocol={cfg.data.protocol}: the {task.name} recipe evaluates "
-                          f"{' or '.join(task.protocols)}")
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum,
-                              log_with=cfg.train.log_with or None, project_dir=cfg.output_dir)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
-                        datefmt="%H:%M:%S")
+        raise ConfigError(
+            f"data.protocol={cfg.data.protocol}: the {task.name} recipe evaluates "
+            f"{' or '.join(task.protocols)}"
+        )
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        log_with=cfg.train.log_with or None,
+        project_dir=cfg.output_dir,
+    )
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        datefmt="%H:%M:%S",
+    )
     quiet_libraries()
     set_seed(cfg.train.seed)
     if cfg.train.log_with:
-        accelerator.init_trackers(f"peftrec-{task.name}",
-                                  config=json.loads(json.dumps(flat_config(cfg), default=str)))
-    logger.info("%s: %d process(es), device %s", task.name, accelerator.num_processes, accelerator.device)
+        accelerator.init_trackers(
+            f"peftrec-{task.name}", config=json.loads(json.dumps(flat_config(cfg), default=str))
+        )
+    logger.info(
+        "%s: %d process(es), device %s", task.name, accelerator.num_processes, accelerator.device
+    )
     return cfg, accelerator
 
 
@@ -94,7 +107,9 @@ def flat_config(cfg) -> dict[str, Any]:
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")
             else:
-                flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+                flat[f"{prefix}{key}"] = (
+                    value if isinstance(value, (int, float, str, bool)) else str(value)
+                )
 
     walk(config_to_dict(cfg), "")
     return flat
@@ -110,8 +125,11 @@ def resume_point(cfg, accelerator) -> Path | None:
     elif cfg.train.resume:
         logger.info("no checkpoint in %s: starting from the beginning", checkpoints)
     elif (checkpoints / "latest").exists():
-        logger.warning("%s holds checkpoints of an earlier run; starting afresh (train.resume=true continues "
-                       "it), and the first new checkpoint replaces them", checkpoints)
+        logger.warning(
+            "%s holds checkpoints of an earlier run; starting afresh (train.resume=true continues "
+            "it), and the first new checkpoint replaces them",
+            checkpoints,
+        )
     return resume_from
 
 
@@ -135,22 +153,39 @@ class RunData:
 
 
 def load_run_data(cfg, task: Task) -> RunData:
-    """Load, split by ``data.protocol`` (subsampled by ``data.train_fraction``), check, render texts."""
+    """Load, split by ``data.protocol`` (subsampled by ``data.train_fraction``), check,
+    render texts."""
     dataset = load_data(cfg.data)
     split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
-    train, valid, test = (dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test))
+    train, valid, test = (
+        dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test)
+    )
     if cfg.data.train_fraction < 1.0:
         keep = np.random.default_rng(cfg.data.seed).random(len(train)) < cfg.data.train_fraction
         train = train.subset(np.flatnonzero(keep))
-    check_splits(dataset, cfg.data.protocol, {"train": train, "validation": valid, "test": test},
-                 cfg.data.train_fraction)
+    check_splits(
+        dataset,
+        cfg.data.protocol,
+        {"train": train, "validation": valid, "test": test},
+        cfg.data.train_fraction,
+    )
     item_texts = dataset.item_texts(cfg.data.item_template)
     user_texts = dataset.user_texts(cfg.data.user_template) if cfg.model.user_text else None
     if cfg.model.user_text and user_texts is None:
-        raise DataError(f"model.user_text=true needs user profile fields, and dataset {dataset.name!r} has none "
-                        "(data.users names a users file)")
-    logger.info("%s %s: %d train / %d valid / %d test interactions, %d users, %d items", dataset.name,
-                cfg.data.protocol, len(train), len(valid), len(test), len(dataset.user_ids), len(dataset.item_ids))
+        raise DataError(
+            f"model.user_text=true needs user profile fields, and dataset {dataset.name!r} has "
+            "none (data.users names a users file)"
+        )
+    logger.info(
+        "%s %s: %d train / %d valid / %d test interactions, %d users, %d items",
+        dataset.name,
+        cfg.data.protocol,
+        len(train),
+        len(valid),
+        len(test),
+        len(dataset.user_ids),
+        len(dataset.item_ids),
+    )
     return RunData(dataset, train, valid, test, item_texts, user_texts)
 
 
@@ -164,21 +199,34 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
     """
     from .assembly import assemble
 
-    spec = spec_from_config(cfg, task.name, num_users=len(data.dataset.user_ids),
-                            num_items=len(data.dataset.item_ids))
-    model, tokenizer = assemble(spec, adapter=cfg.adapter, trust_remote_code=cfg.backbone.trust_remote_code,
-                                backbone_dropout=cfg.backbone.dropout)
+    spec = spec_from_config(
+        cfg, task.name, num_users=len(data.dataset.user_ids), num_items=len(data.dataset.item_ids)
+    )
+    model, tokenizer = assemble(
+        spec,
+        adapter=cfg.adapter,
+        trust_remote_code=cfg.backbone.trust_remote_code,
+        backbone_dropout=cfg.backbone.dropout,
+    )
     tokens = tokenize_texts(tokenizer, data.item_texts, cfg.data.max_length)
     if cfg.adapter.method == "top_layers":
         model.cache_lower_layers(tokens, cfg.train.eval_batch_size)
     elif not any(p.requires_grad for p in model.backbone.parameters()):
         model.cache_features(tokens, cfg.train.eval_batch_size)
     if data.user_texts is not None:
-        model.head.user_text.copy_(model.encode_texts(tokenize_texts(tokenizer, data.user_texts,
-                                                                     cfg.data.max_length)))
-    model.source = build_source_objective(cfg.transfer, model, tokens, tokenizer, cfg.train.eval_batch_size)
+        model.head.user_text.copy_(
+            model.encode_texts(tokenize_texts(tokenizer, data.user_texts, cfg.data.max_length))
+        )
+    model.source = build_source_objective(
+        cfg.transfer, model, tokens, tokenizer, cfg.train.eval_batch_size
+    )
     total, backbone = trainable_counts(model)
-    logger.info("trainable parameters: %d (backbone %d, towers and head %d)", total, backbone, total - backbone)
+    logger.info(
+        "trainable parameters: %d (backbone %d, towers and head %d)",
+        total,
+        backbone,
+        total - backbone,
+    )
     return model, tokenizer, tokens
 
 
@@ -188,8 +236,16 @@ def trainable_counts(model: torch.nn.Module) -> tuple[int, int]:
     return total, sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
 
 
-def item_batches(collator, lengths: Sequence[int], cfg, accelerator, *, length_buckets: bool = True,
-                 units: Sequence[int] | None = None, per_step: int | None = None) -> DataLoader:
+def item_batches(
+    collator,
+    lengths: Sequence[int],
+    cfg,
+    accelerator,
+    *,
+    length_buckets: bool = True,
+    units: Sequence[int] | None = None,
+    per_step: int | None = None,
+) -> DataLoader:
     """Item-amortised batches: each optimizer step covers ``train.items_per_step`` distinct items
     over all processes (each process takes a piece of every step), drawn from those with
     training interactions. With ``length_buckets`` a step's items have similar ``lengths`` (text
@@ -198,17 +254,29 @@ def item_batches(collator, lengths: Sequence[int], cfg, accelerator, *, length_b
     length). The loader has its own generator, so starting an epoch draws nothing from the
     global RNG (dropout's)."""
     units = collator.items_with_ratings() if units is None else units
-    batches = SplitBatches(LengthBucketBatches(ItemShuffler(units, seed=cfg.train.seed), lengths,
-                                               per_step or cfg.train.items_per_step,
-                                               window=16 if length_buckets else 1),
-                           accelerator.num_processes)
-    return DataLoader(range(len(lengths)), batch_sampler=batches, collate_fn=collator,
-                      generator=torch.Generator().manual_seed(cfg.train.seed))
+    batches = SplitBatches(
+        LengthBucketBatches(
+            ItemShuffler(units, seed=cfg.train.seed),
+            lengths,
+            per_step or cfg.train.items_per_step,
+            window=16 if length_buckets else 1,
+        ),
+        accelerator.num_processes,
+    )
+    return DataLoader(
+        range(len(lengths)),
+        batch_sampler=batches,
+        collate_fn=collator,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
 
 
 def make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                             weight_decay=cfg.train.weight_decay)
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+    )
 
 
 def make_scheduler(cfg, optimizer, steps_per_epoch: int, accelerator):
@@ -220,52 +288,101 @@ def make_scheduler(cfg, optimizer, steps_per_epoch: int, accelerator):
     if cfg.train.max_steps is not None:
         steps = min(steps, cfg.train.max_steps)
     processes = accelerator.num_processes
-    return accelerator.prepare(get_scheduler(cfg.train.scheduler, optimizer,
-                                             num_warmup_steps=int(cfg.train.warmup_ratio * steps) * processes,
-                                             num_training_steps=steps * processes))
+    return accelerator.prepare(
+        get_scheduler(
+            cfg.train.scheduler,
+            optimizer,
+            num_warmup_steps=int(cfg.train.warmup_ratio * steps) * processes,
+            num_training_steps=steps * processes,
+        )
+    )
 
 
 def catalog_of(data: RunData, protocol: str, task: Task) -> Catalog:
     """What the saved model knows by id. Seen are its training interactions (with a protocol the
     held-out ones stay recommendable, so the app reproduces the evaluation) or, trained for
     production (``all``), every interaction of the data."""
-    seen = data.train if protocol != "all" else Interactions(
-        *(np.concatenate([getattr(data.train, f), getattr(data.valid, f)]) for f in ("users", "items", "ratings")),
-        None if data.train.timestamps is None else np.concatenate([data.train.timestamps, data.valid.timestamps]))
+    seen = (
+        data.train
+        if protocol != "all"
+        else Interactions(
+            *(
+                np.concatenate([getattr(data.train, f), getattr(data.valid, f)])
+                for f in ("users", "items", "ratings")
+            ),
+            None
+            if data.train.timestamps is None
+            else np.concatenate([data.train.timestamps, data.valid.timestamps]),
+        )
+    )
     rows = np.arange(len(seen))  # each user's interactions in time order: their history
-    seen = seen.subset(np.lexsort((rows, seen.timestamps if seen.timestamps is not None else rows, seen.users)))
+    seen = seen.subset(
+        np.lexsort((rows, seen.timestamps if seen.timestamps is not None else rows, seen.users))
+    )
     ratings = data.train.ratings
-    return Catalog(user_ids=data.dataset.user_ids, item_ids=data.dataset.item_ids, item_texts=data.item_texts,
-                   user_texts=data.user_texts, seen_users=seen.users, seen_items=seen.items,
-                   item_fields=data.dataset.item_fields or None,
-                   rating_scale=(float(ratings.min()), float(ratings.max())) if task.name == "rating" else None)
+    return Catalog(
+        user_ids=data.dataset.user_ids,
+        item_ids=data.dataset.item_ids,
+        item_texts=data.item_texts,
+        user_texts=data.user_texts,
+        seen_users=seen.users,
+        seen_items=seen.items,
+        item_fields=data.dataset.item_fields or None,
+        rating_scale=(float(ratings.min()), float(ratings.max()))
+        if task.name == "rating"
+        else None,
+    )
 
 
-def save_run(accelerator, cfg, task: Task, model: RecModel, tokenizer, data: RunData, results: dict[str, Any],
-             card_metrics: dict[str, Any]) -> None:
+def save_run(
+    accelerator,
+    cfg,
+    task: Task,
+    model: RecModel,
+    tokenizer,
+    data: RunData,
+    results: dict[str, Any],
+    card_metrics: dict[str, Any],
+) -> None:
     """The resolved config, the model apps load (with its card) and ``metrics.json``, each written
     atomically, by the main process."""
     if not accelerator.is_main_process:
         return
     out = Path(cfg.output_dir)
     save_config(cfg, out / "config.yaml")
-    card = {"data": f"{data.dataset.name} ({len(data.train)} training interactions)",
-            "protocol": f"{cfg.data.protocol}, split seed {cfg.data.seed}, training seed {cfg.train.seed}",
-            "metrics": card_metrics}
-    save_artifact(out / "model", model, tokenizer, catalog_of(data, cfg.data.protocol, task),
-                  config_yaml=(out / "config.yaml").read_text(), card=card)
+    card = {
+        "data": f"{data.dataset.name} ({len(data.train)} training interactions)",
+        "protocol": (
+            f"{cfg.data.protocol}, split seed {cfg.data.seed}, training seed {cfg.train.seed}"
+        ),
+        "metrics": card_metrics,
+    }
+    save_artifact(
+        out / "model",
+        model,
+        tokenizer,
+        catalog_of(data, cfg.data.protocol, task),
+        config_yaml=(out / "config.yaml").read_text(),
+        card=card,
+    )
     write_atomic(out / "metrics.json", json.dumps(results, indent=2))
 
 
-def run_summary(results: dict[str, Any], started: float, accelerator, history: list[dict]) -> dict[str, Any]:
+def run_summary(
+    results: dict[str, Any], started: float, accelerator, history: list[dict]
+) -> dict[str, Any]:
     """The fields every recipe's ``metrics.json`` has besides its own metrics."""
     from .training import peak_memory_mib
 
     epoch_seconds = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
-    return {**results,
-            "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
-            "peak_memory_mib": peak_memory_mib(), "wall_seconds": time.perf_counter() - started,
-            "num_processes": accelerator.num_processes, "history": history}
+    return {
+        **results,
+        "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
+        "peak_memory_mib": peak_memory_mib(),
+        "wall_seconds": time.perf_counter() - started,
+        "num_processes": accelerator.num_processes,
+        "history": history,
+    }
 
 
 def exit_on_user_error(main: Callable[[list[str]], Any]) -> None:

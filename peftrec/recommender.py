@@ -45,8 +45,15 @@ class Recommender:
     one user. :meth:`save_pretrained` writes it all back as a model folder.
     """
 
-    def __init__(self, model, tokenizer, catalog: Catalog, meta: dict | None = None, device: str = "cpu",
-                 batch_size: int = 256):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        catalog: Catalog,
+        meta: dict | None = None,
+        device: str = "cpu",
+        batch_size: int = 256,
+    ):
         self.model = model.to(device).eval()
         self.spec = model.spec
         self.tokenizer = tokenizer
@@ -73,20 +80,31 @@ class Recommender:
         self._seen = {u: np.unique(h) for u, h in self._history.items()}
         self._lock = threading.RLock()
         self._item_text_cache: torch.Tensor | None = None  # pooled encodings, one row per item
-        self._user_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (vectors, biases) per user
+        self._user_cache: tuple[torch.Tensor, torch.Tensor] | None = (
+            None  # (vectors, biases) per user
+        )
         self._profiles: dict[int, torch.Tensor] = {}  # added users' profile vectors, by user row
-        self._folded: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}  # (items, ratings, l2)
+        self._folded: dict[
+            int, tuple[torch.Tensor, torch.Tensor, float]
+        ] = {}  # (items, ratings, l2)
         self._interacted: dict[int, np.ndarray] = {}  # items of users added from interactions
         if catalog.user_state:
             self._restore_users(catalog.user_state)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, *, device: str = "cpu", backbone: str | None = None,
-                        trust_remote_code: bool = False) -> Recommender:
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        *,
+        device: str = "cpu",
+        backbone: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> Recommender:
         """Load a folder written by a peftrec recipe or :meth:`save_pretrained` (safetensors and
         JSON only; every file the model needs is checked first)."""
-        model, tokenizer, catalog, meta = load_artifact(folder, backbone=backbone,
-                                                        trust_remote_code=trust_remote_code)
+        model, tokenizer, catalog, meta = load_artifact(
+            folder, backbone=backbone, trust_remote_code=trust_remote_code
+        )
         return cls(model, tokenizer, catalog, meta, device=device)
 
     @staticmethod
@@ -109,7 +127,9 @@ class Recommender:
                 self._item_text_cache = self._encode(self.item_texts)
             return self._item_text_cache
 
-    def add_items(self, items: Mapping[str, str], fields: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    def add_items(
+        self, items: Mapping[str, str], fields: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
         """Add new items, or change the text of known ones, as ``{item_id: text}``.
 
         Only these texts are encoded; the rest of the cached catalogue is kept. A new item has no
@@ -118,10 +138,14 @@ class Recommender:
         (``{item_id: {"title": ...}}``) are shown by :meth:`item_info`. Texts longer than the
         model reads, or mostly unknown to its tokenizer, get a warning.
         """
-        items = id_mapping(items, "add_items", "item", "text", "{'9001': 'Arrival (2016). Genres: Sci-Fi.'}")
+        items = id_mapping(
+            items, "add_items", "item", "text", "{'9001': 'Arrival (2016). Genres: Sci-Fi.'}"
+        )
         for item_id, text in items.items():
             check_text(text, "add_items", f"item {item_id!r}")
-        warn_about_texts(self.tokenizer, list(items.values()), list(items), self.spec.max_length, "add_items")
+        warn_about_texts(
+            self.tokenizer, list(items.values()), list(items), self.spec.max_length, "add_items"
+        )
         with self._lock:
             cache = self._item_text()
             encoded = self._encode(list(items.values()))
@@ -152,7 +176,10 @@ class Recommender:
         """What the catalogue knows of an item: its fields (title, year, ...) and its text."""
         row = self._items([item_id], "item_info")[0].item()
         with self._lock:
-            return {**{k: v[row] for k, v in self.item_fields.items()}, "text": self.item_texts[row]}
+            return {
+                **{k: v[row] for k, v in self.item_fields.items()},
+                "text": self.item_texts[row],
+            }
 
     # -- lookups -----------------------------------------------------------------------------
     def _users(self, user_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
@@ -160,9 +187,12 @@ class Recommender:
         with self._lock:
             missing = [u for u in ids if u not in self._user_index]
             if missing:
-                raise KeyError(f"{where}: unknown user id {missing[0]!r} ({len(missing)} unknown of {len(ids)}); "
-                               f"this model knows {len(self.user_ids)} users; add one with add_users({{id: "
-                               f"profile}}), fold_in(id, {{item_id: rating}}) or add_interactions({{id: [item_id]}})")
+                raise KeyError(
+                    f"{where}: unknown user id {missing[0]!r} ({len(missing)} unknown of "
+                    f"{len(ids)}); this model knows {len(self.user_ids)} users; add one with "
+                    f"add_users({{id: profile}}), fold_in(id, {{item_id: rating}}) or "
+                    f"add_interactions({{id: [item_id]}})"
+                )
             return torch.as_tensor([self._user_index[u] for u in ids], dtype=torch.long)
 
     def _items(self, item_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
@@ -170,8 +200,10 @@ class Recommender:
         with self._lock:
             missing = [i for i in ids if i not in self._item_index]
             if missing:
-                raise KeyError(f"{where}: unknown item id {missing[0]!r} ({len(missing)} unknown of {len(ids)}); "
-                               f"add it first with add_items({{id: text}})")
+                raise KeyError(
+                    f"{where}: unknown item id {missing[0]!r} ({len(missing)} unknown of "
+                    f"{len(ids)}); add it first with add_items({{id: text}})"
+                )
             return torch.as_tensor([self._item_index[i] for i in ids], dtype=torch.long)
 
     @torch.no_grad()
@@ -186,8 +218,11 @@ class Recommender:
     def _user_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         with self._lock:
             if self._user_cache is None and self.is_sequential:  # the state after each history
-                states = history_states(self.model.head, self._item_vectors(),
-                                        [self._history[u] for u in range(len(self.user_ids))])
+                states = history_states(
+                    self.model.head,
+                    self._item_vectors(),
+                    [self._history[u] for u in range(len(self.user_ids))],
+                )
                 self._user_cache = (states, states.new_zeros(len(states)))
             elif self._user_cache is None:
                 index = torch.arange(self.num_trained_users, device=self.device)
@@ -199,7 +234,9 @@ class Recommender:
         rows = rows.to(self.device)
         return vectors[rows], biases[rows]
 
-    def _put_users(self, user_ids: Sequence[str], vectors: torch.Tensor, biases: torch.Tensor) -> list[int]:
+    def _put_users(
+        self, user_ids: Sequence[str], vectors: torch.Tensor, biases: torch.Tensor
+    ) -> list[int]:
         """Store the vectors and biases of new or changed users; their rows."""
         with self._lock:
             table = list(self._user_table())
@@ -213,7 +250,10 @@ class Recommender:
                     if self.user_texts is not None:
                         self.user_texts.append("")
                 rows.append(self._user_index[user_id])
-            table = [torch.cat([t, t.new_zeros(len(self.user_ids) - len(t), *t.shape[1:])]) for t in table]
+            table = [
+                torch.cat([t, t.new_zeros(len(self.user_ids) - len(t), *t.shape[1:])])
+                for t in table
+            ]
             table[0][rows], table[1][rows] = vectors.to(table[0]), biases.to(table[1])
             self._user_cache = (table[0], table[1])
             return rows
@@ -232,13 +272,18 @@ class Recommender:
         """A context in which the backbone encodes texts as it did for the training profiles: the
         recipe encodes them once, before training, so with the backbone as it was then."""
         method = self.spec.adapter.method
-        prompt_learning = method == "prefix" or (method == "peft" and self.model.backbone.active_peft_config
-                                                 .is_prompt_learning)
+        prompt_learning = method == "prefix" or (
+            method == "peft" and self.model.backbone.active_peft_config.is_prompt_learning
+        )
         if method in ("lora", "qlora", "frozen") or (method == "peft" and not prompt_learning):
-            return self.model.adapters_disabled()  # LoRA, IA3, ...: the adapter starts as the identity
-        raise ValueError(f"add_users: this model's profile encodings came from its backbone before training "
-                         f"(adapter {method}), which the model folder does not keep, so a new profile cannot "
-                         "be encoded the same way; fold_in(id, {item_id: rating}) works")
+            return (
+                self.model.adapters_disabled()
+            )  # LoRA, IA3, ...: the adapter starts as the identity
+        raise ValueError(
+            f"add_users: this model's profile encodings came from its backbone before training "
+            f"(adapter {method}), which the model folder does not keep, so a new profile cannot "
+            "be encoded the same way; fold_in(id, {item_id: rating}) works"
+        )
 
     def add_users(self, users: Mapping[str, str]) -> None:
         """Add users who have no ratings yet, as ``{user_id: profile_text}``.
@@ -251,17 +296,25 @@ class Recommender:
         """
         head = self.model.head
         if head.user_text_proj is None:
-            raise ValueError("add_users: this model was trained without model.user_text=true, so it has no "
-                             "tower that turns a profile text into a user vector; fold_in(id, {item_id: "
-                             "rating}) or add_interactions({id: [item_id, ...]}) adds a user instead")
-        users = id_mapping(users, "add_users", "user", "profile text", "{'new1': 'A 24-year-old female student.'}")
+            raise ValueError(
+                "add_users: this model was trained without model.user_text=true, so it has no "
+                "tower that turns a profile text into a user vector; fold_in(id, {item_id: "
+                "rating}) or add_interactions({id: [item_id, ...]}) adds a user instead"
+            )
+        users = id_mapping(
+            users, "add_users", "user", "profile text", "{'new1': 'A 24-year-old female student.'}"
+        )
         for user_id, text in users.items():
             check_text(text, "add_users", f"user {user_id!r}")
             row = self._user_index.get(user_id)
             if row is not None and row < self.num_trained_users:
-                raise ValueError(f"add_users: user '{user_id}' was trained with its own profile, which cannot "
-                                 "be replaced; fold_in(id, {item_id: rating}) updates a user from ratings")
-        warn_about_texts(self.tokenizer, list(users.values()), list(users), self.spec.max_length, "add_users")
+                raise ValueError(
+                    f"add_users: user '{user_id}' was trained with its own profile, which cannot "
+                    "be replaced; fold_in(id, {item_id: rating}) updates a user from ratings"
+                )
+        warn_about_texts(
+            self.tokenizer, list(users.values()), list(users), self.spec.max_length, "add_users"
+        )
         with self._lock:
             with self._profile_encoding(), torch.no_grad():
                 vectors = head.user_text_proj(self._encode(list(users.values())).to(self.device))
@@ -289,13 +342,18 @@ class Recommender:
         validation users of ml-100k p2u (``benchmarks/cold_users.py``).
         """
         if not self.is_rating:
-            raise ValueError("fold_in fits ratings, and this is a ranking model, whose scores are not ratings; "
-                             "add_interactions({user_id: [item_id, ...]}) fits a user from what they interacted with")
+            raise ValueError(
+                "fold_in fits ratings, and this is a ranking model, whose scores are not ratings; "
+                "add_interactions({user_id: [item_id, ...]}) fits a user from "
+                "what they interacted with"
+            )
         user_id = check_id(user_id, "fold_in", "user")
         if isinstance(ratings, Mapping) and not ratings:
             raise ValueError(f"fold_in: no ratings given for user {user_id!r}")
         ratings = id_mapping(ratings, "fold_in", "item", "rating", "{'50': 5.0, '181': 4.0}")
-        values = [check_rating(r, "fold_in", f"item {i!r}", self.rating_scale) for i, r in ratings.items()]
+        values = [
+            check_rating(r, "fold_in", f"item {i!r}", self.rating_scale) for i, r in ratings.items()
+        ]
         if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not 0 < l2 < float("inf"):
             raise ValueError(f"fold_in: l2 must be a positive number, got {l2!r}")
         items = self._items(list(ratings), "fold_in")
@@ -312,11 +370,20 @@ class Recommender:
     def _fit(self, row: int, items: torch.Tensor, ratings: torch.Tensor, l2: float) -> None:
         vectors, biases = (t.cpu() for t in self._item_vectors(items))
         if row < self.num_trained_users:  # the trained vector and bias are the prior
-            prior_vector, prior_bias = (t[0].cpu() for t in self.model.head.users(torch.tensor([row])))
+            prior_vector, prior_bias = (
+                t[0].cpu() for t in self.model.head.users(torch.tensor([row]))
+            )
         else:
             prior_vector, prior_bias = self._profile_vector(row).cpu(), 0.0
-        vector, bias = ridge_fold_in(vectors, biases, ratings, float(self.model.head.global_mean), prior_vector,
-                                     float(prior_bias), l2)
+        vector, bias = ridge_fold_in(
+            vectors,
+            biases,
+            ratings,
+            float(self.model.head.global_mean),
+            prior_vector,
+            float(prior_bias),
+            l2,
+        )
         self._put_users([self.user_ids[row]], vector[None], torch.tensor([bias]))
 
     def add_interactions(self, interactions: Mapping[str, Sequence[str]], l2: float = 0.05) -> None:
@@ -330,15 +397,20 @@ class Recommender:
         their vectors (users added this way are refit with all their items). A history model
         (sequential) appends the items to the user's history, so the next call scores from it.
         """
-        interactions = id_mapping(interactions, "add_interactions", "user", "list of item ids",
-                                  "{'196': ['242', '302']}")
-        resolved = {u: self._items(id_list(items, "add_interactions", "item"), "add_interactions")
-                    for u, items in interactions.items()}
+        interactions = id_mapping(
+            interactions, "add_interactions", "user", "list of item ids", "{'196': ['242', '302']}"
+        )
+        resolved = {
+            u: self._items(id_list(items, "add_interactions", "item"), "add_interactions")
+            for u, items in interactions.items()
+        }
         with self._lock:
             for user_id, items in resolved.items():
                 if self.is_sequential:  # the next call reads the longer history
                     if user_id not in self._user_index:
-                        self._put_users([user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1))
+                        self._put_users(
+                            [user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1)
+                        )
                     row = self._user_index[user_id]
                     self._history[row] = np.concatenate([self._history[row], items.numpy()])
                     self._seen[row] = np.union1d(self._seen[row], items.numpy())
@@ -378,19 +450,25 @@ class Recommender:
         (higher is better) and mean nothing across users or as ratings."""
         users, items = id_list(user_ids, "predict", "user"), id_list(item_ids, "predict", "item")
         if len(users) != len(items):
-            raise ValueError(f"predict: {len(users)} users but {len(items)} items; pass aligned lists")
+            raise ValueError(
+                f"predict: {len(users)} users but {len(items)} items; pass aligned lists"
+            )
         if not users:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
-            scores = self.model.head.score(self._user_vectors(self._users(users)),
-                                           self._item_vectors(self._items(items)))
+            scores = self.model.head.score(
+                self._user_vectors(self._users(users)), self._item_vectors(self._items(items))
+            )
             return self._bounded(scores).cpu().numpy()
 
     @torch.no_grad()
     def predict_texts(self, user_id: str, texts: Sequence[str]) -> np.ndarray:
-        """Scores (as :meth:`predict`) of one user for items given only by their texts (not stored)."""
+        """Scores (as :meth:`predict`) of one user for items given only by their texts
+        (not stored)."""
         if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError("predict_texts: pass a list of texts, e.g. predict_texts('196', ['a comedy'])")
+            raise TypeError(
+                "predict_texts: pass a list of texts, e.g. predict_texts('196', ['a comedy'])"
+            )
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float32)
         for k, text in enumerate(texts):
@@ -408,23 +486,35 @@ class Recommender:
         """Scores (as :meth:`predict`) of the given (default: all) users for every catalogue item,
         ``(users, items)``."""
         with self._lock:
-            rows = torch.arange(len(self.user_ids)) if user_ids is None else self._users(
-                id_list(user_ids, "score_all", "user"), "score_all")
+            rows = (
+                torch.arange(len(self.user_ids))
+                if user_ids is None
+                else self._users(id_list(user_ids, "score_all", "user"), "score_all")
+            )
             return self._bounded(self._raw_scores(rows)).numpy()
 
-    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
+    def recommend(
+        self, user_id: str, k: int = 10, exclude_seen: bool = True
+    ) -> list[tuple[str, float]]:
         """The ``k`` highest-scored items for ``user_id`` as ``(item_id, score)``, best first.
 
         With ``exclude_seen`` the items the user is known to have interacted with (the training
         interactions saved with the model, and those added since) are left out.
         """
         if not isinstance(user_id, (str, int, np.integer)) or isinstance(user_id, bool):
-            raise TypeError(f"recommend: pass one user id (str or int), got {type(user_id).__name__}; "
-                            "for several users use recommend_batch(user_ids, k)")
+            raise TypeError(
+                f"recommend: pass one user id (str or int), got {type(user_id).__name__}; "
+                "for several users use recommend_batch(user_ids, k)"
+            )
         return self.recommend_batch([user_id], k, exclude_seen, where="recommend")[0]
 
-    def recommend_batch(self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True,
-                        where: str = "recommend_batch") -> list[list[tuple[str, float]]]:
+    def recommend_batch(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        where: str = "recommend_batch",
+    ) -> list[list[tuple[str, float]]]:
         """:meth:`recommend` for many users at once (one matrix product), in the given order."""
         k = check_k(k, where)
         users = id_list(user_ids, where, "user")
@@ -439,21 +529,28 @@ class Recommender:
             for r, user in enumerate(users):
                 available = int(np.isfinite(scores[r]).sum())
                 if k > available:
-                    raise ValueError(f"{where}: k={k} but only {available} items are left to recommend to user "
-                                     f"{user!r}")
+                    raise ValueError(
+                        f"{where}: k={k} but only {available} items are left to recommend to user "
+                        f"{user!r}"
+                    )
                 top = np.argpartition(-scores[r], k - 1)[:k]
                 top = top[np.argsort(-scores[r, top], kind="stable")]
                 results.append([(self.item_ids[i], float(shown[r, i])) for i in top])
             return results
 
-    def recommend_for_history(self, item_ids: Sequence[str], k: int = 10,
-                              exclude_seen: bool = True) -> list[tuple[str, float]]:
+    def recommend_for_history(
+        self, item_ids: Sequence[str], k: int = 10, exclude_seen: bool = True
+    ) -> list[tuple[str, float]]:
         """The ``k`` best next items after an anonymous session's items (time order); a history
         model only. With ``exclude_seen`` the session's items are left out."""
         if not self.is_sequential:
-            raise ValueError("recommend_for_history needs a history model (recipes/train_sequential.py); this "
-                             f"is a {self.spec.task} model, whose users are rows of a table")
-        rows = self._items(id_list(item_ids, "recommend_for_history", "item"), "recommend_for_history")
+            raise ValueError(
+                "recommend_for_history needs a history model (recipes/train_sequential.py); this "
+                f"is a {self.spec.task} model, whose users are rows of a table"
+            )
+        rows = self._items(
+            id_list(item_ids, "recommend_for_history", "item"), "recommend_for_history"
+        )
         k = check_k(k, "recommend_for_history")
         with self._lock, torch.no_grad():
             items = self._item_vectors()
@@ -462,7 +559,10 @@ class Recommender:
         if exclude_seen:
             scores[rows.numpy()] = -np.inf
         if k > int(np.isfinite(scores).sum()):
-            raise ValueError(f"recommend_for_history: k={k} but only {int(np.isfinite(scores).sum())} items are left")
+            raise ValueError(
+                f"recommend_for_history: k={k} but only {int(np.isfinite(scores).sum())} "
+                "items are left"
+            )
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(self.item_ids[i], float(scores[i])) for i in top]
@@ -472,48 +572,82 @@ class Recommender:
         """Write the model with everything added since loading (items, users, interactions) as a
         model folder, atomically; :meth:`from_pretrained` of it gives the same scores."""
         with self._lock:
-            catalog = Catalog(user_ids=list(self.user_ids), item_ids=list(self.item_ids),
-                              item_texts=list(self.item_texts), user_texts=self.user_texts,
-                              item_fields=self.item_fields or None, rating_scale=self.rating_scale,
-                              seen_users=np.concatenate([np.full(len(v), u) for u, v in self._history.items()]
-                                                        or [np.zeros(0, dtype=np.int64)]),
-                              seen_items=np.concatenate(list(self._history.values())
-                                                        or [np.zeros(0, dtype=np.int64)]),
-                              user_state=self._user_state())
-            return save_artifact(folder, self.model, self.tokenizer, catalog, card=self.meta.get("card"),
-                                 config_yaml=self.meta.get("config_yaml", ""))
+            catalog = Catalog(
+                user_ids=list(self.user_ids),
+                item_ids=list(self.item_ids),
+                item_texts=list(self.item_texts),
+                user_texts=self.user_texts,
+                item_fields=self.item_fields or None,
+                rating_scale=self.rating_scale,
+                seen_users=np.concatenate(
+                    [np.full(len(v), u) for u, v in self._history.items()]
+                    or [np.zeros(0, dtype=np.int64)]
+                ),
+                seen_items=np.concatenate(
+                    list(self._history.values()) or [np.zeros(0, dtype=np.int64)]
+                ),
+                user_state=self._user_state(),
+            )
+            return save_artifact(
+                folder,
+                self.model,
+                self.tokenizer,
+                catalog,
+                card=self.meta.get("card"),
+                config_yaml=self.meta.get("config_yaml", ""),
+            )
 
     def _user_state(self) -> dict[str, torch.Tensor] | None:
         """The user table and what refits it, when it differs from the trained one."""
-        if self.is_sequential or (self._user_cache is None
-                                  and not (self._profiles or self._folded or self._interacted)):
-            return None  # nothing beyond the trained weights (a history model's states come from histories)
+        if self.is_sequential or (
+            self._user_cache is None and not (self._profiles or self._folded or self._interacted)
+        ):
+            # nothing beyond the trained weights (a history model's states come from histories)
+            return None
         vectors, biases = self._user_table()
         state = {"vectors": vectors.cpu().contiguous(), "biases": biases.cpu().contiguous()}
         rows = sorted(self._profiles)
         state["profile_rows"] = torch.tensor(rows, dtype=torch.int64)
-        state["profiles"] = (torch.stack([self._profiles[r].cpu() for r in rows]) if rows
-                             else torch.zeros(0, self.model.head.dim))
+        state["profiles"] = (
+            torch.stack([self._profiles[r].cpu() for r in rows])
+            if rows
+            else torch.zeros(0, self.model.head.dim)
+        )
         rows = sorted(self._folded)
         state["fold_rows"] = torch.tensor(rows, dtype=torch.int64)
-        state["fold_counts"] = torch.tensor([len(self._folded[r][0]) for r in rows], dtype=torch.int64)
-        state["fold_items"] = torch.cat([self._folded[r][0] for r in rows] or [torch.zeros(0, dtype=torch.int64)])
+        state["fold_counts"] = torch.tensor(
+            [len(self._folded[r][0]) for r in rows], dtype=torch.int64
+        )
+        state["fold_items"] = torch.cat(
+            [self._folded[r][0] for r in rows] or [torch.zeros(0, dtype=torch.int64)]
+        )
         state["fold_ratings"] = torch.cat([self._folded[r][1] for r in rows] or [torch.zeros(0)])
         state["fold_l2"] = torch.tensor([self._folded[r][2] for r in rows], dtype=torch.float64)
         rows = sorted(self._interacted)
         state["interacted_rows"] = torch.tensor(rows, dtype=torch.int64)
-        state["interacted_counts"] = torch.tensor([len(self._interacted[r]) for r in rows], dtype=torch.int64)
-        state["interacted_items"] = torch.as_tensor(np.concatenate([self._interacted[r] for r in rows]
-                                                                   or [np.zeros(0, dtype=np.int64)]))
+        state["interacted_counts"] = torch.tensor(
+            [len(self._interacted[r]) for r in rows], dtype=torch.int64
+        )
+        state["interacted_items"] = torch.as_tensor(
+            np.concatenate([self._interacted[r] for r in rows] or [np.zeros(0, dtype=np.int64)])
+        )
         return state
 
     def _restore_users(self, state: dict[str, torch.Tensor]) -> None:
         self._user_cache = (state["vectors"].to(self.device), state["biases"].to(self.device))
-        self._profiles = {int(r): v.to(self.device) for r, v in zip(state["profile_rows"], state["profiles"],
-                                                                    strict=True)}
+        self._profiles = {
+            int(r): v.to(self.device)
+            for r, v in zip(state["profile_rows"], state["profiles"], strict=True)
+        }
         items = torch.split(state["fold_items"], state["fold_counts"].tolist())
         ratings = torch.split(state["fold_ratings"], state["fold_counts"].tolist())
-        self._folded = {int(r): (i, x, float(l2)) for r, i, x, l2 in zip(state["fold_rows"], items, ratings,
-                                                                          state["fold_l2"], strict=True)}
+        self._folded = {
+            int(r): (i, x, float(l2))
+            for r, i, x, l2 in zip(
+                state["fold_rows"], items, ratings, state["fold_l2"], strict=True
+            )
+        }
         items = torch.split(state["interacted_items"], state["interacted_counts"].tolist())
-        self._interacted = {int(r): i.numpy() for r, i in zip(state["interacted_rows"], items, strict=True)}
+        self._interacted = {
+            int(r): i.numpy() for r, i in zip(state["interacted_rows"], items, strict=True)
+        }

@@ -38,7 +38,7 @@ def left_pad(histories: Sequence[Sequence[int]], length: int) -> torch.Tensor:
     for row, history in enumerate(histories):
         kept = list(history)[-width:]
         if kept:
-            out[row, width - len(kept):] = torch.as_tensor(kept, dtype=torch.long)
+            out[row, width - len(kept) :] = torch.as_tensor(kept, dtype=torch.long)
     return out
 
 
@@ -50,7 +50,9 @@ class Block(nn.Module):
         self.attention_norm, self.feed_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
         # no dropout on the attention weights: it cost ~20% of a step and did not help on P3
         self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.feed = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.feed = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+        )
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
@@ -66,7 +68,9 @@ class HistoryEncoder(nn.Module):
     ``max_length - 1``), so a state means the same whatever the history's length.
     """
 
-    def __init__(self, dim: int, max_length: int, blocks: int = 2, heads: int = 1, dropout: float = 0.2):
+    def __init__(
+        self, dim: int, max_length: int, blocks: int = 2, heads: int = 1, dropout: float = 0.2
+    ):
         super().__init__()
         self.max_length, self.heads = max_length, heads
         self.positions = nn.Embedding(max_length, dim)
@@ -80,14 +84,20 @@ class HistoryEncoder(nn.Module):
         for none); a padded position's state is zero."""
         width = history.size(1)
         if width > self.max_length:
-            raise ValueError(f"history of {width} items is longer than the encoder's {self.max_length}; "
-                             "keep the last ones (left_pad does)")
+            raise ValueError(
+                f"history of {width} items is longer than the encoder's {self.max_length}; "
+                "keep the last ones (left_pad does)"
+            )
         real = history != PAD
-        x = item_vectors[history.clamp(min=0)] * (math.sqrt(item_vectors.size(-1)) * real.unsqueeze(-1))
+        x = item_vectors[history.clamp(min=0)] * (
+            math.sqrt(item_vectors.size(-1)) * real.unsqueeze(-1)
+        )
         x = self.dropout(x + self.positions.weight[self.max_length - width :]) * real.unsqueeze(-1)
         causal = torch.ones(width, width, dtype=torch.bool, device=history.device).triu(1)
         blocked = causal | ~real[:, None, :]  # no future item, no padding
-        blocked = blocked & ~torch.eye(width, dtype=torch.bool, device=history.device)  # pads see themselves
+        blocked = blocked & ~torch.eye(
+            width, dtype=torch.bool, device=history.device
+        )  # pads see themselves
         blocked = blocked.repeat_interleave(self.heads, dim=0)
         for block in self.blocks:
             x = block(x, blocked) * real.unsqueeze(-1)
@@ -108,9 +118,20 @@ class SequentialHead(TwoTowers):
     dimension with the catalogue's statistics (fitted before training, saved with the head).
     """
 
-    def __init__(self, text_dim: int, num_items: int, dim: int = 64, *, max_history: int = 50, blocks: int = 2,
-                 heads: int = 1, history_dropout: float = 0.2, text_norm: bool = True, num_users: int = 0,
-                 **towers):
+    def __init__(
+        self,
+        text_dim: int,
+        num_items: int,
+        dim: int = 64,
+        *,
+        max_history: int = 50,
+        blocks: int = 2,
+        heads: int = 1,
+        history_dropout: float = 0.2,
+        text_norm: bool = True,
+        num_users: int = 0,
+        **towers,
+    ):
         if num_users:
             raise ValueError("a sequential head has no user table: num_users must be 0")
         super().__init__(text_dim, 0, num_items, dim, **towers)
@@ -126,28 +147,45 @@ class SequentialHead(TwoTowers):
             self.text_mean.copy_(text.mean(0))
             self.text_scale.copy_(text.std(0).clamp(min=1e-6))
 
-    def items(self, text: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def items(
+        self, text: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.text_norm:
             text = (text - self.text_mean) / self.text_scale
         return super().items(text, index)
 
-    def states(self, items: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor) -> torch.Tensor:
+    def states(
+        self, items: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor
+    ) -> torch.Tensor:
         return self.encoder(items[0], history)
 
-    def score_states(self, states: torch.Tensor, items: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def score_states(
+        self, states: torch.Tensor, items: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         """``(states, items)`` scores: state . q_i + b_i."""
         return states @ items[0].T + items[1]
 
-    def score_all(self, user: tuple[torch.Tensor, torch.Tensor], items: tuple[torch.Tensor, torch.Tensor]):
+    def score_all(
+        self, user: tuple[torch.Tensor, torch.Tensor], items: tuple[torch.Tensor, torch.Tensor]
+    ):
         """As the two-tower heads: ``user`` is (states, zeros)."""
         return self.score_states(user[0], items)
 
-    def score(self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]):
+    def score(
+        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
+    ):
         return item[1] + (user[0] * item[0]).sum(-1)
 
-    def step(self, model, history: torch.Tensor, targets: torch.Tensor, table: torch.Tensor,
-             fresh_index: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
-             attention_mask: torch.Tensor | None = None) -> SequenceOutput:
+    def step(
+        self,
+        model,
+        history: torch.Tensor,
+        targets: torch.Tensor,
+        table: torch.Tensor,
+        fresh_index: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> SequenceOutput:
         """One training step's outputs: next-item logits over the catalogue at every real position.
 
         ``table`` holds the pooled text of every item (no gradient). With ``fresh_index`` (items
@@ -169,8 +207,13 @@ class SequentialHead(TwoTowers):
         return SequenceOutput(self.score_states(states, items), next_items, penalty, source)
 
 
-def sequence_loss(output: SequenceOutput, loss: str = "softmax", negatives: int = 0,
-                  popularity: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sequence_loss(
+    output: SequenceOutput,
+    loss: str = "softmax",
+    negatives: int = 0,
+    popularity: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Summed next-item loss over the step's positions.
 
     ``softmax``: cross-entropy against the whole catalogue. ``sampled``: against the target and
@@ -180,16 +223,22 @@ def sequence_loss(output: SequenceOutput, loss: str = "softmax", negatives: int 
     if loss == "softmax":
         return F.cross_entropy(output.logits, output.targets, reduction="sum")
     q = popularity / popularity.sum()
-    sampled = torch.multinomial(q, negatives, replacement=True, generator=generator).to(output.logits.device)
+    sampled = torch.multinomial(q, negatives, replacement=True, generator=generator).to(
+        output.logits.device
+    )
     logits = output.logits[:, sampled] - torch.log(negatives * q[sampled].to(output.logits))
     logits = logits.masked_fill(sampled[None, :] == output.targets[:, None], float("-inf"))
     positive = output.logits.gather(1, output.targets[:, None])
-    return F.cross_entropy(torch.cat([positive, logits], 1), output.targets.new_zeros(len(output.targets)),
-                           reduction="sum")
+    return F.cross_entropy(
+        torch.cat([positive, logits], 1),
+        output.targets.new_zeros(len(output.targets)),
+        reduction="sum",
+    )
 
 
-def user_histories(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None,
-                   num_users: int) -> list[np.ndarray]:
+def user_histories(
+    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None, num_users: int
+) -> list[np.ndarray]:
     """Each user's items ordered by (timestamp, row): the rows' order breaks ties."""
     rows = np.arange(len(users))
     order = np.lexsort((rows, timestamps if timestamps is not None else rows, users))
@@ -208,9 +257,14 @@ def training_windows(histories: Sequence[np.ndarray], max_history: int) -> tuple
 
 
 @torch.no_grad()
-def history_states(head: SequentialHead, items: tuple[torch.Tensor, torch.Tensor],
-                   histories: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
-    """The state after each history's last item, ``(len(histories), dim)``; zero for an empty one."""
+def history_states(
+    head: SequentialHead,
+    items: tuple[torch.Tensor, torch.Tensor],
+    histories: Sequence[Sequence[int]],
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The state after each history's last item, ``(len(histories), dim)``; zero for an
+    empty one."""
     was_training = head.training
     head.eval()
     out = []
@@ -221,14 +275,20 @@ def history_states(head: SequentialHead, items: tuple[torch.Tensor, torch.Tensor
     return torch.cat(out) if out else items[0].new_zeros(0, head.dim)
 
 
-
 class SequenceCollator:
     """A list of user rows -> their left-padded training windows, and (``fresh`` items per step,
     for an adapted backbone) the texts of up to that many of the step's distinct items, drawn by
     a generator seeded by the batch itself, for the straight-through LM pass."""
 
-    def __init__(self, histories: Sequence[np.ndarray], max_history: int, token_lists: Sequence[Sequence[int]],
-                 pad_id: int, fresh: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        histories: Sequence[np.ndarray],
+        max_history: int,
+        token_lists: Sequence[Sequence[int]],
+        pad_id: int,
+        fresh: int = 0,
+        seed: int = 0,
+    ):
         self.inputs, self.targets = training_windows(histories, max_history)
         self.max_history, self.token_lists, self.pad_id = max_history, token_lists, pad_id
         self.fresh, self.seed = fresh, seed
@@ -239,21 +299,31 @@ class SequenceCollator:
     def __call__(self, users: list[int]) -> dict[str, torch.Tensor]:
         from .tokens import pad_batch
 
-        batch = {"history": left_pad([self.inputs[u] for u in users], self.max_history),
-                 "targets": left_pad([self.targets[u] for u in users], self.max_history)}
+        batch = {
+            "history": left_pad([self.inputs[u] for u in users], self.max_history),
+            "targets": left_pad([self.targets[u] for u in users], self.max_history),
+        }
         if self.fresh:
-            step_items = np.unique(np.concatenate([self.inputs[u] for u in users] + [self.targets[u] for u in users]))
+            step_items = np.unique(
+                np.concatenate([self.inputs[u] for u in users] + [self.targets[u] for u in users])
+            )
             rng = np.random.default_rng((self.seed, *users))
             chosen = np.sort(rng.permutation(step_items)[: self.fresh])
-            batch["input_ids"], batch["attention_mask"] = pad_batch([self.token_lists[i] for i in chosen],
-                                                                    self.pad_id)
+            batch["input_ids"], batch["attention_mask"] = pad_batch(
+                [self.token_lists[i] for i in chosen], self.pad_id
+            )
             batch["fresh_index"] = torch.as_tensor(chosen, dtype=torch.long)
         return batch
 
 
 @torch.no_grad()
-def next_item_ranks(head: SequentialHead, table: torch.Tensor, histories: Sequence[Sequence[int]],
-                    targets: np.ndarray, exclude: torch.Tensor) -> torch.Tensor:
+def next_item_ranks(
+    head: SequentialHead,
+    table: torch.Tensor,
+    histories: Sequence[Sequence[int]],
+    targets: np.ndarray,
+    exclude: torch.Tensor,
+) -> torch.Tensor:
     """Full-ranking rank of each history's next item among all items not excluded (P3)."""
     from .metrics import rank_of_targets
 
@@ -264,8 +334,13 @@ def next_item_ranks(head: SequentialHead, table: torch.Tensor, histories: Sequen
     ranks = []
     for start in range(0, len(histories), 1024):
         scores = head.score_states(states[start : start + 1024], items).float().cpu()
-        ranks.append(rank_of_targets(scores, torch.as_tensor(targets[start : start + 1024]),
-                                     exclude[start : start + 1024]))
+        ranks.append(
+            rank_of_targets(
+                scores,
+                torch.as_tensor(targets[start : start + 1024]),
+                exclude[start : start + 1024],
+            )
+        )
     head.train(was_training)
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 

@@ -22,7 +22,8 @@ class SpecError(ArtifactError):
 
 @dataclass
 class AdapterSpec:
-    """How the backbone was adapted: the method, and what loading needs besides the saved weights."""
+    """How the backbone was adapted: the method, and what loading needs besides the
+    saved weights."""
 
     method: str
     """lora, prefix, qlora, peft, top_layers, full or frozen."""
@@ -63,7 +64,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "spec") -> ModelSpec:
-        """The spec in ``raw`` (as written by :meth:`to_dict`); unknown or missing keys are refused."""
+        """The spec in ``raw`` (as written by :meth:`to_dict`); unknown or missing keys
+        are refused."""
         if not isinstance(raw, dict):
             raise SpecError(f"{where}: expected a mapping, got {type(raw).__name__}")
         adapter = _strict(AdapterSpec, raw.get("adapter"), f"{where}.adapter")
@@ -76,30 +78,54 @@ def _strict(cls, raw: Any, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)} (written by a newer peftrec?)")
-    required = [n for n, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        raise SpecError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (written by a newer peftrec?)"
+        )
+    required = [
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [n for n in required if n not in raw]
     if missing:
         raise SpecError(f"{where}: missing key(s) {', '.join(missing)}")
     return cls(**raw)
 
 
-def spec_from_config(cfg, task: str, *, num_users: int, num_items: int, extras: dict | None = None) -> ModelSpec:
+def spec_from_config(
+    cfg, task: str, *, num_users: int, num_items: int, extras: dict | None = None
+) -> ModelSpec:
     """The spec a recipe's config describes (``cfg``: a :class:`~peftrec.config.RecipeConfig`);
     the task adds its own head arguments (:attr:`peftrec.tasks.Task.head_options`)."""
     from .tasks import task_of
 
-    spec = make_spec(cfg.backbone, cfg.adapter, cfg.model, task=task, num_users=num_users,
-                     num_items=num_items, max_length=cfg.data.max_length, extras=extras)
+    spec = make_spec(
+        cfg.backbone,
+        cfg.adapter,
+        cfg.model,
+        task=task,
+        num_users=num_users,
+        num_items=num_items,
+        max_length=cfg.data.max_length,
+        extras=extras,
+    )
     options = task_of(task).head_options
     if options is not None:
         spec.head = options(cfg, spec.head)
     return spec
 
 
-def make_spec(backbone, adapter, model, *, task: str, num_users: int, num_items: int, max_length: int = 64,
-              extras: dict | None = None) -> ModelSpec:
+def make_spec(
+    backbone,
+    adapter,
+    model,
+    *,
+    task: str,
+    num_users: int,
+    num_items: int,
+    max_length: int = 64,
+    extras: dict | None = None,
+) -> ModelSpec:
     """The spec of the backbone, adapter and model config sections (reads the backbone's config
     file, not its weights)."""
     from .backbones import backbone_config, default_pooling

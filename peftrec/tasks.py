@@ -65,8 +65,14 @@ def sequential_head_options(cfg, head: dict) -> dict:
     """A sequential head has no user table or profile tower, and its encoder's settings."""
     head = {k: v for k, v in head.items() if k not in ("num_users", "user_text_dim")}
     seq = cfg.sequence
-    return {**head, "max_history": seq.max_history, "blocks": seq.blocks, "heads": seq.heads,
-            "history_dropout": seq.dropout, "text_norm": seq.text_norm}
+    return {
+        **head,
+        "max_history": seq.max_history,
+        "blocks": seq.blocks,
+        "heads": seq.heads,
+        "history_dropout": seq.dropout,
+        "text_norm": seq.text_norm,
+    }
 
 
 TASKS: dict[str, Task] = {
@@ -79,31 +85,46 @@ TASKS: dict[str, Task] = {
         recipe="train_rating.py",
         protocols=("p1", "p2", "p2u", "p3", "all"),
         metric="rating_error",
-        reported=(Reported("rmse", "RMSE", False), Reported("mse", "MSE", False), Reported("mae", "MAE", False)),
+        reported=(
+            Reported("rmse", "RMSE", False),
+            Reported("mse", "MSE", False),
+            Reported("mae", "MAE", False),
+        ),
     ),
     "ranking": Task(
         name="ranking",
         title="Top-K ranking",
-        summary="top-K ranking: a dot product trained with a softmax over the step's items (or BPR)",
+        summary=(
+            "top-K ranking: a dot product trained with a softmax over the step's items (or BPR)"
+        ),
         head=RankingHead,
         config=RankingRecipeConfig,
         recipe="train_ranking.py",
         protocols=("p3", "all"),
         metric="ranking",
-        reported=(Reported("ndcg@{k}", "NDCG@{k}", True), Reported("hr@{k}", "HR@{k}", True),
-                  Reported("mrr", "MRR", True)),
+        reported=(
+            Reported("ndcg@{k}", "NDCG@{k}", True),
+            Reported("hr@{k}", "HR@{k}", True),
+            Reported("mrr", "MRR", True),
+        ),
     ),
     "sequential": Task(
         name="sequential",
         title="Next-item recommendation",
-        summary="next-item prediction: a causal encoder over the user's history, a softmax over the catalogue",
+        summary=(
+            "next-item prediction: a causal encoder over the user's history, a softmax over the "
+            "catalogue"
+        ),
         head=SequentialHead,
         config=SequentialRecipeConfig,
         recipe="train_sequential.py",
         protocols=("p3",),
         metric="ranking",
-        reported=(Reported("ndcg@{k}", "NDCG@{k}", True), Reported("hr@{k}", "HR@{k}", True),
-                  Reported("mrr", "MRR", True)),
+        reported=(
+            Reported("ndcg@{k}", "NDCG@{k}", True),
+            Reported("hr@{k}", "HR@{k}", True),
+            Reported("mrr", "MRR", True),
+        ),
         head_options=sequential_head_options,
     ),
 }

@@ -13,7 +13,9 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[lis
     return encoded["input_ids"]
 
 
-def pad_batch(token_lists: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    token_lists: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids`` and ``attention_mask`` for a list of token-id lists."""
     width = max(len(tokens) for tokens in token_lists)
     input_ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)

@@ -46,7 +46,9 @@ class LengthBucketBatches(Sampler[list[int]]):
     order is shuffled again, so padding stays small without a fixed batch order.
     """
 
-    def __init__(self, sampler: ItemShuffler, lengths: Sequence[int], batch_size: int, window: int = 16):
+    def __init__(
+        self, sampler: ItemShuffler, lengths: Sequence[int], batch_size: int, window: int = 16
+    ):
         self.sampler = sampler
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
@@ -59,7 +61,9 @@ class LengthBucketBatches(Sampler[list[int]]):
         batches = []
         for start in range(0, len(order), span):
             chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [
+                chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
+            ]
         rng = np.random.default_rng((self.sampler.seed, self.sampler.epoch, 1))
         return iter([batches[i] for i in rng.permutation(len(batches))])
 
@@ -96,8 +100,16 @@ class ItemRatingsCollator:
     the batch itself, so a batch always gets the same negatives.
     """
 
-    def __init__(self, token_lists: Sequence[Sequence[int]], users: np.ndarray, items: np.ndarray,
-                 ratings: np.ndarray, pad_id: int, negatives: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        token_lists: Sequence[Sequence[int]],
+        users: np.ndarray,
+        items: np.ndarray,
+        ratings: np.ndarray,
+        pad_id: int,
+        negatives: int = 0,
+        seed: int = 0,
+    ):
         self.token_lists = token_lists
         self.pad_id = pad_id
         self.negatives = negatives
@@ -114,7 +126,10 @@ class ItemRatingsCollator:
         if self.negatives:
             rng = np.random.default_rng((self.seed, *batch))
             others = np.setdiff1d(np.arange(len(self.token_lists)), batch)
-            batch = [*batch, *rng.choice(others, min(self.negatives, len(others)), replace=False).tolist()]
+            batch = [
+                *batch,
+                *rng.choice(others, min(self.negatives, len(others)), replace=False).tolist(),
+            ]
         input_ids, attention_mask = pad_batch([self.token_lists[i] for i in batch], self.pad_id)
         return {
             "input_ids": input_ids,
@@ -126,10 +141,21 @@ class ItemRatingsCollator:
         }
 
 
-def warm_up_head(head: RatingHead, item_text: torch.Tensor, users: np.ndarray, items: np.ndarray,
-                 ratings: np.ndarray, *, epochs: int, batch_size: int, lr: float, l2: float,
-                 seed: int, text_l2: float = 0.0,
-                 valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[float]:
+def warm_up_head(
+    head: RatingHead,
+    item_text: torch.Tensor,
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    l2: float,
+    seed: int,
+    text_l2: float = 0.0,
+    valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> list[float]:
     """Train the towers on fixed pooled text features (``item_text``) before the backbone adapts.
 
     Plain minibatch SGD over ratings, with no LM pass at all, so it costs seconds. Returns the
@@ -146,7 +172,9 @@ def warm_up_head(head: RatingHead, item_text: torch.Tensor, users: np.ndarray, i
         for batch in torch.randperm(len(r), generator=generator).split(batch_size):
             user = head.users(u[batch])
             item = head.items(item_text[i[batch]], i[batch])
-            loss = (head.score(user, item) - r[batch]).square().mean() + l2 * head.penalty(user, item)
+            loss = (head.score(user, item) - r[batch]).square().mean() + l2 * head.penalty(
+                user, item
+            )
             if text_l2:
                 loss = loss + text_l2 * head.weight_penalty()
             optimizer.zero_grad()
@@ -158,8 +186,13 @@ def warm_up_head(head: RatingHead, item_text: torch.Tensor, users: np.ndarray, i
 
 
 @torch.no_grad()
-def predict_ratings(head: RatingHead, item_text: torch.Tensor, users: np.ndarray, items: np.ndarray,
-                    batch_size: int = 65536) -> np.ndarray:
+def predict_ratings(
+    head: RatingHead,
+    item_text: torch.Tensor,
+    users: np.ndarray,
+    items: np.ndarray,
+    batch_size: int = 65536,
+) -> np.ndarray:
     """Ratings for (user, item) index pairs from precomputed pooled item encodings."""
     was_training = head.training
     head.eval()
@@ -202,7 +235,9 @@ class EarlyStopping:
         """Record ``score``; returns True when training should stop."""
         if score < self.best:
             self.best, self.best_epoch, self.bad_epochs = score, epoch, 0
-            keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+            keep = {n for n, p in model.named_parameters() if p.requires_grad} | {
+                n for n, _ in model.named_buffers()
+            }
             self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if k in keep}
         else:
             self.bad_epochs += 1
@@ -212,11 +247,18 @@ class EarlyStopping:
         if self.state:
             unexpected = model.load_state_dict(self.state, strict=False).unexpected_keys
             if unexpected:
-                raise KeyError(f"EarlyStopping.restore: weights {unexpected[:3]} are not in the model")
+                raise KeyError(
+                    f"EarlyStopping.restore: weights {unexpected[:3]} are not in the model"
+                )
 
     def state_dict(self) -> dict:
-        return {"patience": self.patience, "best": self.best, "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs, "state": self.state}
+        return {
+            "patience": self.patience,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "state": self.state,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for name, value in state.items():
@@ -240,8 +282,10 @@ class SplitBatches(Sampler[list[int]]):
         self.parts = parts
         self.sampler = batches.sampler  # what DataLoader.set_epoch reaches
         if len(batches.sampler) < parts:
-            raise DataError(f"only {len(batches.sampler)} items have training ratings, fewer than the "
-                            f"{parts} processes; train with fewer processes")
+            raise DataError(
+                f"only {len(batches.sampler)} items have training ratings, fewer than the "
+                f"{parts} processes; train with fewer processes"
+            )
 
     def steps(self) -> list[list[int]]:
         steps = [list(batch) for batch in self.batches]
@@ -259,8 +303,16 @@ class SplitBatches(Sampler[list[int]]):
         return len(self.steps()) * self.parts
 
 
-def evaluate_ratings(accelerator, head, item_text, loader, metric, *, known_users: np.ndarray | None = None,
-                     known_items: np.ndarray | None = None) -> dict[str, float | int | None]:
+def evaluate_ratings(
+    accelerator,
+    head,
+    item_text,
+    loader,
+    metric,
+    *,
+    known_users: np.ndarray | None = None,
+    known_items: np.ndarray | None = None,
+) -> dict[str, float | int | None]:
     """RMSE/MSE/MAE (and the count) over a prepared loader of (user, item, rating), gathered
     across processes; ``gather_for_metrics`` drops the samples that padded the last batch.
 
@@ -270,25 +322,41 @@ def evaluate_ratings(accelerator, head, item_text, loader, metric, *, known_user
     """
     parts = {"predictions": [], "references": [], "users": [], "items": []}
     for users, items, ratings in loader:
-        predictions = torch.as_tensor(predict_ratings(head, item_text, users.cpu().numpy(), items.cpu().numpy()),
-                                      device=ratings.device)
+        predictions = torch.as_tensor(
+            predict_ratings(head, item_text, users.cpu().numpy(), items.cpu().numpy()),
+            device=ratings.device,
+        )
         gathered = accelerator.gather_for_metrics((predictions, ratings, users, items))
         for key, value in zip(parts, gathered, strict=True):
             parts[key].append(value.cpu().numpy())
     arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-    scores = {k: float(v) for k, v in metric.compute(predictions=arrays["predictions"],
-                                                     references=arrays["references"]).items()}
+    scores = {
+        k: float(v)
+        for k, v in metric.compute(
+            predictions=arrays["predictions"], references=arrays["references"]
+        ).items()
+    }
     scores["count"] = len(arrays["references"])
     if known_users is not None and known_items is not None:
         warm_user = np.asarray(known_users, dtype=bool)[arrays["users"].astype(np.int64)]
         warm_item = np.asarray(known_items, dtype=bool)[arrays["items"].astype(np.int64)]
         groups = {"warm": warm_user & warm_item, "cold_items": ~warm_item, "cold_users": ~warm_user}
-        scores.update(scores_by_group(groups, lambda rows: metric.compute(
-            predictions=arrays["predictions"][rows], references=arrays["references"][rows]), ("rmse",)))
+        scores.update(
+            scores_by_group(
+                groups,
+                lambda rows: metric.compute(
+                    predictions=arrays["predictions"][rows], references=arrays["references"][rows]
+                ),
+                ("rmse",),
+            )
+        )
     return scores
 
 
 def rating_loader(interactions, batch_size: int = 8192) -> DataLoader:
-    tensors = (torch.as_tensor(interactions.users), torch.as_tensor(interactions.items),
-               torch.as_tensor(interactions.ratings, dtype=torch.float32))
+    tensors = (
+        torch.as_tensor(interactions.users),
+        torch.as_tensor(interactions.items),
+        torch.as_tensor(interactions.ratings, dtype=torch.float32),
+    )
     return DataLoader(TensorDataset(*tensors), batch_size=batch_size)

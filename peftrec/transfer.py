@@ -44,12 +44,20 @@ class L2SP(nn.Module):
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.lora_layers = [m for m in backbone.modules() if _is_lora(m)]
-        in_lora = {id(p) for layer in self.lora_layers for name in _LORA_PARTS
-                   for p in getattr(layer, name).parameters()}
+        in_lora = {
+            id(p)
+            for layer in self.lora_layers
+            for name in _LORA_PARTS
+            for p in getattr(layer, name).parameters()
+        }
         self.others = [p for p in backbone.parameters() if p.requires_grad and id(p) not in in_lora]
-        self._start = [p.detach().clone() for p in self.others]  # DoRA magnitudes, prefixes, full weights
+        self._start = [
+            p.detach().clone() for p in self.others
+        ]  # DoRA magnitudes, prefixes, full weights
         if not self.lora_layers and not self.others:
-            raise ValueError("transfer.loss=l2sp: the backbone has no trained weights (adapter.method=frozen?)")
+            raise ValueError(
+                "transfer.loss=l2sp: the backbone has no trained weights (adapter.method=frozen?)"
+            )
 
     def forward(self, model, input_ids, attention_mask, item_index, pooled) -> torch.Tensor:
         total = pooled.new_zeros(())
@@ -87,23 +95,39 @@ class Distillation(nn.Module):
 class LanguageModelling(nn.Module):
     """Masked LM (encoders) or causal LM (decoders) on the step's item texts, tied output layer."""
 
-    def __init__(self, backbone: nn.Module, config, *, mask_token_id: int | None, special_ids: Sequence[int],
-                 mask_prob: float = 0.15):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        config,
+        *,
+        mask_token_id: int | None,
+        special_ids: Sequence[int],
+        mask_prob: float = 0.15,
+    ):
         super().__init__()
         self.masked = is_encoder(config)
         hidden = config.hidden_size
-        self._embeddings = [_base(backbone).get_input_embeddings()]  # the backbone's own, not registered twice
+        self._embeddings = [
+            _base(backbone).get_input_embeddings()
+        ]  # the backbone's own, not registered twice
         if self.masked:
             if mask_token_id is None:
                 raise ValueError("transfer.loss=lm: this encoder's tokenizer has no mask token")
-            self.transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
-                                           nn.LayerNorm(hidden, eps=getattr(config, "layer_norm_eps", 1e-12)))
+            self.transform = nn.Sequential(
+                nn.Linear(hidden, hidden),
+                nn.GELU(),
+                nn.LayerNorm(hidden, eps=getattr(config, "layer_norm_eps", 1e-12)),
+            )
         elif not getattr(config, "tie_word_embeddings", True):
-            raise ValueError("transfer.loss=lm on a decoder needs tied input/output embeddings (as GPT-2); "
-                             "use l2sp or distill for this backbone")
+            raise ValueError(
+                "transfer.loss=lm on a decoder needs tied input/output embeddings (as GPT-2); "
+                "use l2sp or distill for this backbone"
+            )
         self.bias = nn.Parameter(torch.zeros(self._embeddings[0].num_embeddings))
         self.mask_token_id, self.mask_prob = mask_token_id, mask_prob
-        self.register_buffer("special", torch.as_tensor(sorted(set(special_ids)), dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "special", torch.as_tensor(sorted(set(special_ids)), dtype=torch.long), persistent=False
+        )
 
     def forward(self, model, input_ids, attention_mask, item_index, pooled) -> torch.Tensor:
         hidden, targets = self.states_and_targets(model, input_ids, attention_mask)
@@ -112,8 +136,11 @@ class LanguageModelling(nn.Module):
             return sum(p.sum() for p in self.parameters()) * 0.0
         return self.loss(hidden, targets)
 
-    def states_and_targets(self, model, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone's states at the predicted positions (masked or next token) and their targets."""
+    def states_and_targets(
+        self, model, input_ids, attention_mask
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's states at the predicted positions (masked or next token) and
+        their targets."""
         real = attention_mask.bool() & ~torch.isin(input_ids, self.special)
         if self.masked:
             chosen = (torch.rand(input_ids.shape, device=input_ids.device) < self.mask_prob) & real
@@ -123,12 +150,20 @@ class LanguageModelling(nn.Module):
             corrupted = input_ids.clone()
             corrupted[chosen & (roll < 0.8)] = self.mask_token_id
             swap = chosen & (roll >= 0.8) & (roll < 0.9)
-            corrupted[swap] = torch.randint(self._embeddings[0].num_embeddings, (int(swap.sum()),), device=input_ids.device)
-            hidden = model.backbone(input_ids=corrupted, attention_mask=attention_mask).last_hidden_state
-            return hidden[:, hidden.size(1) - input_ids.size(1):][chosen].float(), input_ids[chosen]
+            corrupted[swap] = torch.randint(
+                self._embeddings[0].num_embeddings, (int(swap.sum()),), device=input_ids.device
+            )
+            hidden = model.backbone(
+                input_ids=corrupted, attention_mask=attention_mask
+            ).last_hidden_state
+            return hidden[:, hidden.size(1) - input_ids.size(1) :][chosen].float(), input_ids[
+                chosen
+            ]
         # next token: state t predicts token t+1, among the text's real tokens
-        hidden = model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        hidden = hidden[:, hidden.size(1) - input_ids.size(1):]
+        hidden = model.backbone(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
+        hidden = hidden[:, hidden.size(1) - input_ids.size(1) :]
         follows = attention_mask[:, 1:].bool()
         return hidden[:, :-1][follows].float(), input_ids[:, 1:][follows]
 
@@ -137,8 +172,16 @@ class LanguageModelling(nn.Module):
             hidden = self.transform(hidden)
         return F.cross_entropy(hidden @ self._embeddings[0].weight.float().T + self.bias, targets)
 
-    def fit_head(self, model, token_lists: Sequence[Sequence[int]], pad_id: int, *, epochs: int = 2,
-                 batch_size: int = 128, lr: float = 1e-3) -> list[float]:
+    def fit_head(
+        self,
+        model,
+        token_lists: Sequence[Sequence[int]],
+        pad_id: int,
+        *,
+        epochs: int = 2,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+    ) -> list[float]:
         """Fit a fresh MLM head on the unadapted backbone's states before training starts, so L_S
         measures what the backbone already knows rather than a random head's error. Returns the
         mean loss per epoch."""
@@ -150,9 +193,13 @@ class LanguageModelling(nn.Module):
         for _ in range(epochs):
             losses = []
             for start in range(0, len(token_lists), batch_size):
-                input_ids, attention_mask = pad_batch(token_lists[start : start + batch_size], pad_id)
+                input_ids, attention_mask = pad_batch(
+                    token_lists[start : start + batch_size], pad_id
+                )
                 with torch.no_grad(), model.adapters_disabled():
-                    hidden, targets = self.states_and_targets(model, input_ids.to(device), attention_mask.to(device))
+                    hidden, targets = self.states_and_targets(
+                        model, input_ids.to(device), attention_mask.to(device)
+                    )
                 if targets.numel() == 0:
                     continue
                 loss = self.loss(hidden, targets)
@@ -165,32 +212,44 @@ class LanguageModelling(nn.Module):
         return history
 
 
-def build_source_objective(transfer_cfg, model, token_lists: Sequence[Sequence[int]], tokenizer,
-                           batch_size: int = 256) -> nn.Module | None:
+def build_source_objective(
+    transfer_cfg, model, token_lists: Sequence[Sequence[int]], tokenizer, batch_size: int = 256
+) -> nn.Module | None:
     """The L_S module for ``transfer.loss``; call before training starts. None for ``none`` or a
     zero weight, so the lambda = 0 ablation runs exactly the plain objective (no extra pass)."""
     if transfer_cfg.loss == "none" or transfer_cfg.weight == 0:
         return None
     if not any(p.requires_grad for p in model.backbone.parameters()):
-        raise ValueError(f"transfer.loss={transfer_cfg.loss}: the backbone does not train "
-                         "(adapter.method=frozen); L_S only acts on an adapted backbone")
+        raise ValueError(
+            f"transfer.loss={transfer_cfg.loss}: the backbone does not train "
+            "(adapter.method=frozen); L_S only acts on an adapted backbone"
+        )
     if transfer_cfg.loss == "l2sp":
         return L2SP(model.backbone)
     if transfer_cfg.loss == "distill":
         return Distillation(pretrained_encodings(model, token_lists, batch_size))
     if transfer_cfg.loss == "lm":
-        objective = LanguageModelling(model.backbone, _base(model.backbone).config,
-                                      mask_token_id=tokenizer.mask_token_id, special_ids=tokenizer.all_special_ids,
-                                      mask_prob=transfer_cfg.mask_prob)
+        objective = LanguageModelling(
+            model.backbone,
+            _base(model.backbone).config,
+            mask_token_id=tokenizer.mask_token_id,
+            special_ids=tokenizer.all_special_ids,
+            mask_prob=transfer_cfg.mask_prob,
+        )
         if objective.masked:  # its MLM transform is new: fit it to the pretrained states first
             history = objective.fit_head(model, token_lists, tokenizer.pad_token_id)
-            logger.info("MLM head fitted to the pretrained backbone: loss %s", " -> ".join(f"{x:.3f}" for x in history))
+            logger.info(
+                "MLM head fitted to the pretrained backbone: loss %s",
+                " -> ".join(f"{x:.3f}" for x in history),
+            )
         return objective
     raise ValueError(f"unknown transfer.loss {transfer_cfg.loss!r}: use none, l2sp, lm or distill")
 
 
 @torch.no_grad()
-def pretrained_encodings(model, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> torch.Tensor:
+def pretrained_encodings(
+    model, token_lists: Sequence[Sequence[int]], batch_size: int = 256
+) -> torch.Tensor:
     """Pooled encodings of the texts by the backbone before any adaptation (PEFT adapters off)."""
     with model.adapters_disabled():
         return model.encode_texts(token_lists, batch_size)

@@ -2,8 +2,10 @@
 
 Launch:
     accelerate launch recipes/train_ranking.py --config recipes/configs/minilm_lora_ranking.yaml
-    python recipes/train_ranking.py --config recipes/configs/minilm_lora_ranking.yaml ranking.loss=bpr
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/train_ranking.py ...   (2 processes on CPU)
+    python recipes/train_ranking.py --config recipes/configs/minilm_lora_ranking.yaml \\
+        ranking.loss=bpr
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 \\
+        recipes/train_ranking.py ...   (2 processes on CPU)
 
 Steps: accelerator, seed, data, model, head warm-up on frozen text features, optimizer, prepare,
 item-amortised training loop (each step's items, over all processes, are the candidates of one
@@ -68,34 +70,60 @@ def main(argv: list[str] | None = None) -> dict:
     metric = load_metric(TASK.metric)
 
     def evaluate(users: np.ndarray, targets: np.ndarray, exclude, by_group: bool = False) -> dict:
-        """Ranking metrics of the targets; with ``by_group``, also apart for warm and cold target items."""
+        """Ranking metrics of the targets; with ``by_group``, also apart for warm and cold
+        target items."""
         item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
         ranks = target_ranks(unwrapped.head, item_text, users, targets, exclude).numpy()
         scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
         if by_group:
             warm = data.known_items[targets]
-            scores.update(scores_by_group({"warm": warm, "cold_items": ~warm},
-                                          lambda rows: metric.compute(predictions=ranks[rows], k=k),
-                                          (f"ndcg@{k}", f"hr@{k}", "mrr")))
+            scores.update(
+                scores_by_group(
+                    {"warm": warm, "cold_items": ~warm},
+                    lambda rows: metric.compute(predictions=ranks[rows], k=k),
+                    (f"ndcg@{k}", f"hr@{k}", "mrr"),
+                )
+            )
         return scores
 
     # warm-up: the towers on frozen pooled text features, with the loss of the loop
     # (a resumed run finds its result in the checkpoint)
     if resume_from is None:
-        warm_up_ranking_head(model.head, model.encode_texts(tokens, cfg.train.eval_batch_size), train.users,
-                             train.items, epochs=cfg.train.head_warmup_epochs, lr=cfg.train.head_lr,
-                             l2=cfg.train.l2, text_l2=cfg.train.text_l2, loss=cfg.ranking.loss,
-                             temperature=cfg.ranking.temperature, items_per_step=cfg.train.items_per_step,
-                             seed=cfg.train.seed)
+        warm_up_ranking_head(
+            model.head,
+            model.encode_texts(tokens, cfg.train.eval_batch_size),
+            train.users,
+            train.items,
+            epochs=cfg.train.head_warmup_epochs,
+            lr=cfg.train.head_lr,
+            l2=cfg.train.l2,
+            text_l2=cfg.train.text_l2,
+            loss=cfg.ranking.loss,
+            temperature=cfg.ranking.temperature,
+            items_per_step=cfg.train.items_per_step,
+            seed=cfg.train.seed,
+        )
         logger.info("head warm-up: %d epochs on frozen text features", cfg.train.head_warmup_epochs)
 
     # optimizer, schedule and item-amortised batches: one LM pass per distinct item per step
-    collator = ItemRatingsCollator(tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id,
-                                   negatives=cfg.ranking.negatives, seed=cfg.train.seed)
+    collator = ItemRatingsCollator(
+        tokens,
+        train.users,
+        train.items,
+        train.ratings,
+        tokenizer.pad_token_id,
+        negatives=cfg.ranking.negatives,
+        seed=cfg.train.seed,
+    )
     # a step's items are its softmax's negatives: bucketing them by text length biases them, which
     # only pays when an LM pass runs per step (not on cached features or ID-only items)
-    train_loader = item_batches(collator, [len(t) for t in tokens], cfg, accelerator,
-                                length_buckets=model.feature_cache is None)
+    train_loader = item_batches(
+        collator,
+        [len(t) for t in tokens],
+        cfg,
+        accelerator,
+        length_buckets=model.feature_cache is None,
+    )
     optimizer = make_optimizer(cfg, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     scheduler = make_scheduler(cfg, optimizer, len(train_loader), accelerator)
@@ -110,10 +138,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     if resume_from is not None:
         load_checkpoint(accelerator, resume_from)
-        logger.info("resumed at epoch %d, batch %d, step %d", progress.epoch, progress.batches_done, progress.step)
+        logger.info(
+            "resumed at epoch %d, batch %d, step %d",
+            progress.epoch,
+            progress.batches_done,
+            progress.step,
+        )
     else:
         scores = evaluate(valid.users, valid.items, train_seen)
-        progress.history.append({"epoch": 0, "phase": "head warm-up", **{f"valid_{key}": v for key, v in scores.items()}})
+        progress.history.append(
+            {
+                "epoch": 0,
+                "phase": "head warm-up",
+                **{f"valid_{key}": v for key, v in scores.items()},
+            }
+        )
         stopper.update(-scores[f"ndcg@{k}"], 0, unwrapped)
         logger.info("epoch 0 (after head warm-up): valid NDCG@%d %.4f", k, scores[f"ndcg@{k}"])
 
@@ -125,8 +164,14 @@ def main(argv: list[str] | None = None) -> dict:
         remaining = train_loader
         if progress.batches_done:  # resuming mid-epoch: the batches before the checkpoint are done
             remaining = accelerator.skip_first_batches(train_loader, progress.batches_done)
-        bar = tqdm(remaining, desc=f"epoch {epoch}", initial=progress.batches_done, total=len(train_loader),
-                   disable=not accelerator.is_local_main_process, leave=False)
+        bar = tqdm(
+            remaining,
+            desc=f"epoch {epoch}",
+            initial=progress.batches_done,
+            total=len(train_loader),
+            disable=not accelerator.is_local_main_process,
+            leave=False,
+        )
         for batch in bar:
             if finished():
                 break
@@ -134,14 +179,30 @@ def main(argv: list[str] | None = None) -> dict:
                 batch.pop("ratings")
                 output = model(**batch)
                 # each pair's positive against every item of the step (all processes' pieces);
-                # dividing by the step's total pairs makes the gradient DDP averages the 1-process one
-                summed, pairs = step_loss_sum(accelerator, unwrapped.head, output, batch["users"],
-                                              batch["positions"], cfg.ranking.loss, cfg.ranking.temperature)
-                pieces = accelerator.gather(torch.tensor([[summed.item(), pairs, output.source.item()]],
-                                                         dtype=torch.float64, device=accelerator.device))
+                # dividing by the step's total pairs makes the gradient DDP averages the
+                # 1-process one
+                summed, pairs = step_loss_sum(
+                    accelerator,
+                    unwrapped.head,
+                    output,
+                    batch["users"],
+                    batch["positions"],
+                    cfg.ranking.loss,
+                    cfg.ranking.temperature,
+                )
+                pieces = accelerator.gather(
+                    torch.tensor(
+                        [[summed.item(), pairs, output.source.item()]],
+                        dtype=torch.float64,
+                        device=accelerator.device,
+                    )
+                )
                 loss = (summed + cfg.train.l2 * output.penalty * pairs) * accelerator.num_processes
-                accelerator.backward(loss / pieces[:, 1].sum().item() + cfg.transfer.weight * output.source
-                                     + cfg.train.text_l2 * unwrapped.head.weight_penalty())
+                accelerator.backward(
+                    loss / pieces[:, 1].sum().item()
+                    + cfg.transfer.weight * output.source
+                    + cfg.train.text_l2 * unwrapped.head.weight_penalty()
+                )
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -154,13 +215,28 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = time.perf_counter() - tick  # training only; validation is timed apart
         tick = time.perf_counter()
         scores = evaluate(valid.users, valid.items, train_seen)
-        progress.history.append({"epoch": epoch, "train_loss": progress.mean_loss,
-                                 "train_source_loss": progress.mean_source_loss, "epoch_seconds": seconds,
-                                 "valid_seconds": time.perf_counter() - tick,
-                                 **{f"valid_{key}": v for key, v in scores.items()}})
+        progress.history.append(
+            {
+                "epoch": epoch,
+                "train_loss": progress.mean_loss,
+                "train_source_loss": progress.mean_source_loss,
+                "epoch_seconds": seconds,
+                "valid_seconds": time.perf_counter() - tick,
+                **{f"valid_{key}": v for key, v in scores.items()},
+            }
+        )
         accelerator.log(progress.history[-1], step=epoch)
-        logger.info("epoch %d: loss %.4f, valid NDCG@%d %.4f, HR@%d %.4f (%.1f s, %d pairs)", epoch,
-                    progress.mean_loss, k, scores[f"ndcg@{k}"], k, scores[f"hr@{k}"], seconds, progress.examples)
+        logger.info(
+            "epoch %d: loss %.4f, valid NDCG@%d %.4f, HR@%d %.4f (%.1f s, %d pairs)",
+            epoch,
+            progress.mean_loss,
+            k,
+            scores[f"ndcg@{k}"],
+            k,
+            scores[f"hr@{k}"],
+            seconds,
+            progress.examples,
+        )
         stop = stopper.update(-scores[f"ndcg@{k}"], epoch, unwrapped)
         progress.next_epoch()
         if stop or finished():
@@ -169,32 +245,62 @@ def main(argv: list[str] | None = None) -> dict:
     # evaluate: best validation weights, test targets, train and validation items excluded
     stopper.restore(unwrapped)
     test_scores = evaluate(test.users, test.items, test_seen, by_group=True) if len(test) else {}
-    results = run_summary({
-        "best_epoch": stopper.best_epoch, f"valid_ndcg@{k}": -stopper.best,
-        **{f"test_{key}": v for key, v in test_scores.items()},
-        "trainable_parameters": trainable, "backbone_trainable_parameters": backbone_trainable,
-        "pairs_per_process": progress.examples_per_process, "steps": progress.step,
-        "resumed_from": str(resume_from) if resume_from else None,
-    }, started, accelerator, progress.history)
+    results = run_summary(
+        {
+            "best_epoch": stopper.best_epoch,
+            f"valid_ndcg@{k}": -stopper.best,
+            **{f"test_{key}": v for key, v in test_scores.items()},
+            "trainable_parameters": trainable,
+            "backbone_trainable_parameters": backbone_trainable,
+            "pairs_per_process": progress.examples_per_process,
+            "steps": progress.step,
+            "resumed_from": str(resume_from) if resume_from else None,
+        },
+        started,
+        accelerator,
+        progress.history,
+    )
     card = {f"valid NDCG@{k}": -stopper.best}
     if test_scores:
-        logger.info("best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f", stopper.best_epoch, k,
-                    test_scores[f"ndcg@{k}"], k, test_scores[f"hr@{k}"], test_scores["mrr"])
-        logger.info("test NDCG@%d by target item: warm %s (%d users), cold %s (%d users)", k,
-                    test_scores[f"ndcg@{k}_warm"], test_scores["count_warm"], test_scores[f"ndcg@{k}_cold_items"],
-                    test_scores["count_cold_items"])
-        card.update({f"test NDCG@{k}": test_scores[f"ndcg@{k}"], f"test HR@{k}": test_scores[f"hr@{k}"],
-                     "test MRR": test_scores["mrr"]})
+        logger.info(
+            "best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f",
+            stopper.best_epoch,
+            k,
+            test_scores[f"ndcg@{k}"],
+            k,
+            test_scores[f"hr@{k}"],
+            test_scores["mrr"],
+        )
+        logger.info(
+            "test NDCG@%d by target item: warm %s (%d users), cold %s (%d users)",
+            k,
+            test_scores[f"ndcg@{k}_warm"],
+            test_scores["count_warm"],
+            test_scores[f"ndcg@{k}_cold_items"],
+            test_scores["count_cold_items"],
+        )
+        card.update(
+            {
+                f"test NDCG@{k}": test_scores[f"ndcg@{k}"],
+                f"test HR@{k}": test_scores[f"hr@{k}"],
+                "test MRR": test_scores["mrr"],
+            }
+        )
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
     save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
         if test_scores:
-            print(f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} {test_scores[f'hr@{k}']:.4f}  "
-                  f"MRR {test_scores['mrr']:.4f}  (best epoch {stopper.best_epoch})")
+            print(
+                f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} "
+                f"{test_scores[f'hr@{k}']:.4f}  MRR {test_scores['mrr']:.4f}  (best "
+                f"epoch {stopper.best_epoch})"
+            )
         else:
-            print(f"valid NDCG@{k} {-stopper.best:.4f} (best epoch {stopper.best_epoch}); no test split: trained "
-                  "on all interactions but the validation share")
+            print(
+                f"valid NDCG@{k} {-stopper.best:.4f} (best epoch {stopper.best_epoch}); no test "
+                "split: trained on all interactions but the validation share"
+            )
         print(f"model saved to {Path(cfg.output_dir) / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

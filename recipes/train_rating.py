@@ -3,7 +3,8 @@
 Launch:
     accelerate launch recipes/train_rating.py --config recipes/configs/minilm_lora_rating.yaml
     python recipes/train_rating.py --config recipes/configs/minilm_lora_rating.yaml train.epochs=3
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/train_rating.py ...   (2 processes on CPU)
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 \\
+        recipes/train_rating.py ...   (2 processes on CPU)
 
 Steps: accelerator, seed, data, model, head warm-up on frozen text features, optimizer,
 prepare, item-amortised training loop with validation and early stopping, test, save.
@@ -69,20 +70,37 @@ def main(argv: list[str] | None = None) -> dict:
     # (a resumed run finds its result in the checkpoint)
     head = model.head
     if resume_from is None:
-        head.init_biases(torch.as_tensor(train.users), torch.as_tensor(train.items), torch.as_tensor(train.ratings))
+        head.init_biases(
+            torch.as_tensor(train.users),
+            torch.as_tensor(train.items),
+            torch.as_tensor(train.ratings),
+        )
         item_text = model.encode_texts(tokens, cfg.train.eval_batch_size)
-        warm_up_head(head, item_text, train.users, train.items, train.ratings,
-                     epochs=cfg.train.head_warmup_epochs, batch_size=cfg.train.head_batch_size,
-                     lr=cfg.train.head_lr, l2=cfg.train.l2, text_l2=cfg.train.text_l2, seed=cfg.train.seed)
+        warm_up_head(
+            head,
+            item_text,
+            train.users,
+            train.items,
+            train.ratings,
+            epochs=cfg.train.head_warmup_epochs,
+            batch_size=cfg.train.head_batch_size,
+            lr=cfg.train.head_lr,
+            l2=cfg.train.l2,
+            text_l2=cfg.train.text_l2,
+            seed=cfg.train.seed,
+        )
         logger.info("head warm-up: %d epochs on frozen text features", cfg.train.head_warmup_epochs)
 
     # optimizer, schedule and item-amortised batches: one LM pass per distinct item per step
-    collator = ItemRatingsCollator(tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id)
+    collator = ItemRatingsCollator(
+        tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id
+    )
     train_loader = item_batches(collator, [len(t) for t in tokens], cfg, accelerator)
     valid_loader, test_loader = rating_loader(valid), rating_loader(test)
     optimizer = make_optimizer(cfg, model)
     model, optimizer, train_loader, valid_loader, test_loader = accelerator.prepare(
-        model, optimizer, train_loader, valid_loader, test_loader)
+        model, optimizer, train_loader, valid_loader, test_loader
+    )
     scheduler = make_scheduler(cfg, optimizer, len(train_loader), accelerator)
     unwrapped = accelerator.unwrap_model(model)
     metric = load_metric(TASK.metric)
@@ -100,10 +118,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     if resume_from is not None:
         load_checkpoint(accelerator, resume_from)
-        logger.info("resumed at epoch %d, batch %d, step %d", progress.epoch, progress.batches_done, progress.step)
+        logger.info(
+            "resumed at epoch %d, batch %d, step %d",
+            progress.epoch,
+            progress.batches_done,
+            progress.step,
+        )
     else:
         scores = validate()
-        progress.history.append({"epoch": 0, "phase": "head warm-up", **{f"valid_{k}": v for k, v in scores.items()}})
+        progress.history.append(
+            {"epoch": 0, "phase": "head warm-up", **{f"valid_{k}": v for k, v in scores.items()}}
+        )
         stopper.update(scores["rmse"], 0, unwrapped)
         logger.info("epoch 0 (after head warm-up): valid RMSE %.4f", scores["rmse"])
 
@@ -115,8 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
         remaining = train_loader
         if progress.batches_done:  # resuming mid-epoch: the batches before the checkpoint are done
             remaining = accelerator.skip_first_batches(train_loader, progress.batches_done)
-        bar = tqdm(remaining, desc=f"epoch {epoch}", initial=progress.batches_done, total=len(train_loader),
-                   disable=not accelerator.is_local_main_process, leave=False)
+        bar = tqdm(
+            remaining,
+            desc=f"epoch {epoch}",
+            initial=progress.batches_done,
+            total=len(train_loader),
+            disable=not accelerator.is_local_main_process,
+            leave=False,
+        )
         for batch in bar:
             if finished():
                 break
@@ -126,11 +157,21 @@ def main(argv: list[str] | None = None) -> dict:
                 squared = (output.scores - ratings).square().sum()
                 # (squared error, ratings, L_S) of every process's piece of this step; dividing by
                 # the step's total makes the loss, and the gradient DDP averages, the 1-process one
-                pieces = accelerator.gather(torch.tensor([[squared.item(), len(ratings), output.source.item()]],
-                                                         dtype=torch.float64, device=accelerator.device))
-                loss = (squared + cfg.train.l2 * output.penalty * len(ratings)) * accelerator.num_processes
-                accelerator.backward(loss / pieces[:, 1].sum().item() + cfg.transfer.weight * output.source
-                                     + cfg.train.text_l2 * unwrapped.head.weight_penalty())
+                pieces = accelerator.gather(
+                    torch.tensor(
+                        [[squared.item(), len(ratings), output.source.item()]],
+                        dtype=torch.float64,
+                        device=accelerator.device,
+                    )
+                )
+                loss = (
+                    squared + cfg.train.l2 * output.penalty * len(ratings)
+                ) * accelerator.num_processes
+                accelerator.backward(
+                    loss / pieces[:, 1].sum().item()
+                    + cfg.transfer.weight * output.source
+                    + cfg.train.text_l2 * unwrapped.head.weight_penalty()
+                )
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -143,13 +184,25 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = time.perf_counter() - tick  # training only; validation is timed apart
         tick = time.perf_counter()
         scores = validate()
-        progress.history.append({"epoch": epoch, "train_rmse": math.sqrt(progress.mean_loss),
-                                 "train_source_loss": progress.mean_source_loss,
-                                 "epoch_seconds": seconds, "valid_seconds": time.perf_counter() - tick,
-                                 **{f"valid_{k}": v for k, v in scores.items()}})
+        progress.history.append(
+            {
+                "epoch": epoch,
+                "train_rmse": math.sqrt(progress.mean_loss),
+                "train_source_loss": progress.mean_source_loss,
+                "epoch_seconds": seconds,
+                "valid_seconds": time.perf_counter() - tick,
+                **{f"valid_{k}": v for k, v in scores.items()},
+            }
+        )
         accelerator.log(progress.history[-1], step=epoch)
-        logger.info("epoch %d: train RMSE %.4f, valid RMSE %.4f (%.1f s, %d ratings)", epoch,
-                    progress.history[-1]["train_rmse"], scores["rmse"], seconds, progress.examples)
+        logger.info(
+            "epoch %d: train RMSE %.4f, valid RMSE %.4f (%.1f s, %d ratings)",
+            epoch,
+            progress.history[-1]["train_rmse"],
+            scores["rmse"],
+            seconds,
+            progress.examples,
+        )
         stop = stopper.update(scores["rmse"], epoch, unwrapped)
         progress.next_epoch()
         if stop or finished():
@@ -160,37 +213,70 @@ def main(argv: list[str] | None = None) -> dict:
     item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
     test_scores = {}
     if len(test):
-        test_scores = evaluate_ratings(accelerator, unwrapped.head, item_text, test_loader, metric,
-                                       known_users=data.known_users, known_items=data.known_items)
-    results = run_summary({
-        "best_epoch": stopper.best_epoch, "valid_rmse": stopper.best,
-        **{f"test_{k}": v for k, v in test_scores.items()},
-        "trainable_parameters": trainable, "backbone_trainable_parameters": backbone_trainable,
-        "ratings_per_process": progress.examples_per_process, "steps": progress.step,
-        "resumed_from": str(resume_from) if resume_from else None,
-    }, started, accelerator, progress.history)
+        test_scores = evaluate_ratings(
+            accelerator,
+            unwrapped.head,
+            item_text,
+            test_loader,
+            metric,
+            known_users=data.known_users,
+            known_items=data.known_items,
+        )
+    results = run_summary(
+        {
+            "best_epoch": stopper.best_epoch,
+            "valid_rmse": stopper.best,
+            **{f"test_{k}": v for k, v in test_scores.items()},
+            "trainable_parameters": trainable,
+            "backbone_trainable_parameters": backbone_trainable,
+            "ratings_per_process": progress.examples_per_process,
+            "steps": progress.step,
+            "resumed_from": str(resume_from) if resume_from else None,
+        },
+        started,
+        accelerator,
+        progress.history,
+    )
     logger.info("ratings trained on per process: %s", progress.examples_per_process)
     card = {"valid RMSE": stopper.best}
     if test_scores:
-        logger.info("best epoch %d: test RMSE %.4f, MAE %.4f", stopper.best_epoch, test_scores["rmse"],
-                    test_scores["mae"])
-        logger.info("test RMSE by group: %s", ", ".join(
-            f"{group} {test_scores[f'rmse_{group}']:.4f} ({test_scores[f'count_{group}']} ratings)"
-            for group in ("warm", "cold_items", "cold_users") if test_scores[f"count_{group}"]))
+        logger.info(
+            "best epoch %d: test RMSE %.4f, MAE %.4f",
+            stopper.best_epoch,
+            test_scores["rmse"],
+            test_scores["mae"],
+        )
+        logger.info(
+            "test RMSE by group: %s",
+            ", ".join(
+                f"{group} {test_scores[f'rmse_{group}']:.4f} "
+                f"({test_scores[f'count_{group}']} ratings)"
+                for group in ("warm", "cold_items", "cold_users")
+                if test_scores[f"count_{group}"]
+            ),
+        )
         card.update({"test RMSE": test_scores["rmse"], "test MAE": test_scores["mae"]})
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
     save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
         if test_scores:
-            print(f"test RMSE {test_scores['rmse']:.4f}  MAE {test_scores['mae']:.4f}  "
-                  f"(best epoch {stopper.best_epoch})")
-            print("  warm / cold items / cold users: " + " / ".join(
-                "-" if test_scores[f"rmse_{g}"] is None else f"{test_scores[f'rmse_{g}']:.4f}"
-                for g in ("warm", "cold_items", "cold_users")))
+            print(
+                f"test RMSE {test_scores['rmse']:.4f}  MAE {test_scores['mae']:.4f}  "
+                f"(best epoch {stopper.best_epoch})"
+            )
+            print(
+                "  warm / cold items / cold users: "
+                + " / ".join(
+                    "-" if test_scores[f"rmse_{g}"] is None else f"{test_scores[f'rmse_{g}']:.4f}"
+                    for g in ("warm", "cold_items", "cold_users")
+                )
+            )
         else:
-            print(f"valid RMSE {stopper.best:.4f} (best epoch {stopper.best_epoch}); no test split: trained "
-                  "on all interactions but the validation share")
+            print(
+                f"valid RMSE {stopper.best:.4f} (best epoch {stopper.best_epoch}); no test split: "
+                "trained on all interactions but the validation share"
+            )
         print(f"model saved to {Path(cfg.output_dir) / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -1,9 +1,12 @@
 """Next-item recommendation: a user is the items they interacted with, in order (protocol P3).
 
 Launch:
-    accelerate launch recipes/train_sequential.py --config recipes/configs/minilm_frozen_sequential.yaml
-    python recipes/train_sequential.py --config recipes/configs/minilm_idonly_sequential.yaml train.seed=1
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/train_sequential.py ...   (2 processes on CPU)
+    accelerate launch recipes/train_sequential.py \\
+        --config recipes/configs/minilm_frozen_sequential.yaml
+    python recipes/train_sequential.py \\
+        --config recipes/configs/minilm_idonly_sequential.yaml train.seed=1
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 \\
+        recipes/train_sequential.py ...   (2 processes on CPU)
 
 Steps: accelerator, seed, data (each user's training items in time order), model (item tower +
 SASRec-style history encoder), catalogue table of pooled item texts, optimizer, prepare, loop
@@ -70,11 +73,17 @@ def main(argv: list[str] | None = None) -> dict:
     histories = user_histories(train.users, train.items, train.timestamps, num_users)
     valid_histories = [histories[u] for u in valid.users]
     valid_item = dict(zip(valid.users.tolist(), valid.items.tolist(), strict=True))
-    test_histories = [np.append(histories[u], valid_item[u]) if u in valid_item else histories[u]
-                      for u in test.users]
-    valid_exclude = seen_mask(train.users, train.items, num_users, num_items)[torch.as_tensor(valid.users)]
-    test_exclude = (seen_mask(train.users, train.items, num_users, num_items)
-                    | seen_mask(valid.users, valid.items, num_users, num_items))[torch.as_tensor(test.users)]
+    test_histories = [
+        np.append(histories[u], valid_item[u]) if u in valid_item else histories[u]
+        for u in test.users
+    ]
+    valid_exclude = seen_mask(train.users, train.items, num_users, num_items)[
+        torch.as_tensor(valid.users)
+    ]
+    test_exclude = (
+        seen_mask(train.users, train.items, num_users, num_items)
+        | seen_mask(valid.users, valid.items, num_users, num_items)
+    )[torch.as_tensor(test.users)]
 
     # model: spec -> backbone + adapter, item tower and history encoder; caches, L_S
     model, tokenizer, tokens = build_run_model(cfg, TASK, data)
@@ -88,10 +97,22 @@ def main(argv: list[str] | None = None) -> dict:
         model.head.fit_text_norm(catalogue.table)
 
     # optimizer, schedule and batches of users (each process takes a piece of every step)
-    collator = SequenceCollator(histories, seq.max_history, tokens, tokenizer.pad_token_id,
-                                fresh=cfg.train.items_per_step if adapts else 0, seed=cfg.train.seed)
-    train_loader = item_batches(collator, [len(h) for h in collator.inputs], cfg, accelerator,
-                                units=collator.users_with_targets(), per_step=seq.users_per_step)
+    collator = SequenceCollator(
+        histories,
+        seq.max_history,
+        tokens,
+        tokenizer.pad_token_id,
+        fresh=cfg.train.items_per_step if adapts else 0,
+        seed=cfg.train.seed,
+    )
+    train_loader = item_batches(
+        collator,
+        [len(h) for h in collator.inputs],
+        cfg,
+        accelerator,
+        units=collator.users_with_targets(),
+        per_step=seq.users_per_step,
+    )
     optimizer = make_optimizer(cfg, model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     scheduler = make_scheduler(cfg, optimizer, len(train_loader), accelerator)
@@ -105,14 +126,22 @@ def main(argv: list[str] | None = None) -> dict:
         target items)."""
         table = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
         if which == "valid":
-            ranks = next_item_ranks(unwrapped.head, table, valid_histories, valid.items, valid_exclude).numpy()
+            ranks = next_item_ranks(
+                unwrapped.head, table, valid_histories, valid.items, valid_exclude
+            ).numpy()
             return {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
-        ranks = next_item_ranks(unwrapped.head, table, test_histories, test.items, test_exclude).numpy()
+        ranks = next_item_ranks(
+            unwrapped.head, table, test_histories, test.items, test_exclude
+        ).numpy()
         scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
         warm = data.known_items[test.items]
-        scores.update(scores_by_group({"warm": warm, "cold_items": ~warm},
-                                      lambda rows: metric.compute(predictions=ranks[rows], k=k),
-                                      (f"ndcg@{k}", f"hr@{k}", "mrr")))
+        scores.update(
+            scores_by_group(
+                {"warm": warm, "cold_items": ~warm},
+                lambda rows: metric.compute(predictions=ranks[rows], k=k),
+                (f"ndcg@{k}", f"hr@{k}", "mrr"),
+            )
+        )
         return scores
 
     # loop state, saved in every checkpoint with the model, optimizer, scheduler and RNG states
@@ -124,7 +153,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     if resume_from is not None:
         load_checkpoint(accelerator, resume_from)
-        logger.info("resumed at epoch %d, batch %d, step %d", progress.epoch, progress.batches_done, progress.step)
+        logger.info(
+            "resumed at epoch %d, batch %d, step %d",
+            progress.epoch,
+            progress.batches_done,
+            progress.step,
+        )
     else:
         scores = evaluate("valid")
         progress.history.append({"epoch": 0, **{f"valid_{key}": v for key, v in scores.items()}})
@@ -142,8 +176,14 @@ def main(argv: list[str] | None = None) -> dict:
         remaining = train_loader
         if progress.batches_done:  # resuming mid-epoch: the batches before the checkpoint are done
             remaining = accelerator.skip_first_batches(train_loader, progress.batches_done)
-        bar = tqdm(remaining, desc=f"epoch {epoch}", initial=progress.batches_done, total=len(train_loader),
-                   disable=not accelerator.is_local_main_process, leave=False)
+        bar = tqdm(
+            remaining,
+            desc=f"epoch {epoch}",
+            initial=progress.batches_done,
+            total=len(train_loader),
+            disable=not accelerator.is_local_main_process,
+            leave=False,
+        )
         for batch in bar:
             if finished():
                 break
@@ -155,11 +195,21 @@ def main(argv: list[str] | None = None) -> dict:
                 positions = len(output.targets)
                 # (loss sum, positions, L_S) of every process's piece of this step; dividing by the
                 # step's total positions makes the gradient DDP averages the 1-process one
-                pieces = accelerator.gather(torch.tensor([[summed.item(), positions, output.source.item()]],
-                                                         dtype=torch.float64, device=accelerator.device))
-                loss = (summed + cfg.train.l2 * output.penalty * positions) * accelerator.num_processes
-                accelerator.backward(loss / pieces[:, 1].sum().item() + cfg.transfer.weight * output.source
-                                     + cfg.train.text_l2 * unwrapped.head.weight_penalty())
+                pieces = accelerator.gather(
+                    torch.tensor(
+                        [[summed.item(), positions, output.source.item()]],
+                        dtype=torch.float64,
+                        device=accelerator.device,
+                    )
+                )
+                loss = (
+                    summed + cfg.train.l2 * output.penalty * positions
+                ) * accelerator.num_processes
+                accelerator.backward(
+                    loss / pieces[:, 1].sum().item()
+                    + cfg.transfer.weight * output.source
+                    + cfg.train.text_l2 * unwrapped.head.weight_penalty()
+                )
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -172,13 +222,28 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = time.perf_counter() - tick  # training only; validation is timed apart
         tick = time.perf_counter()
         scores = evaluate("valid")
-        progress.history.append({"epoch": epoch, "adapting": adapting, "train_loss": progress.mean_loss,
-                                 "train_source_loss": progress.mean_source_loss, "epoch_seconds": seconds,
-                                 "valid_seconds": time.perf_counter() - tick,
-                                 **{f"valid_{key}": v for key, v in scores.items()}})
+        progress.history.append(
+            {
+                "epoch": epoch,
+                "adapting": adapting,
+                "train_loss": progress.mean_loss,
+                "train_source_loss": progress.mean_source_loss,
+                "epoch_seconds": seconds,
+                "valid_seconds": time.perf_counter() - tick,
+                **{f"valid_{key}": v for key, v in scores.items()},
+            }
+        )
         accelerator.log(progress.history[-1], step=epoch)
-        logger.info("epoch %d: loss %.4f, valid NDCG@%d %.4f, HR@%d %.4f (%.1f s)", epoch, progress.mean_loss, k,
-                    scores[f"ndcg@{k}"], k, scores[f"hr@{k}"], seconds)
+        logger.info(
+            "epoch %d: loss %.4f, valid NDCG@%d %.4f, HR@%d %.4f (%.1f s)",
+            epoch,
+            progress.mean_loss,
+            k,
+            scores[f"ndcg@{k}"],
+            k,
+            scores[f"hr@{k}"],
+            seconds,
+        )
         stop = stopper.update(-scores[f"ndcg@{k}"], epoch, unwrapped)
         progress.next_epoch()
         if (stop and not (adapts and epoch <= cfg.train.head_warmup_epochs)) or finished():
@@ -187,23 +252,52 @@ def main(argv: list[str] | None = None) -> dict:
     # evaluate: best validation weights, test items after the history and the validation item
     stopper.restore(unwrapped)
     test_scores = evaluate("test")
-    results = run_summary({
-        "best_epoch": stopper.best_epoch, f"valid_ndcg@{k}": -stopper.best,
-        **{f"test_{key}": v for key, v in test_scores.items()},
-        "trainable_parameters": trainable, "backbone_trainable_parameters": backbone_trainable,
-        "positions_per_process": progress.examples_per_process, "steps": progress.step,
-        "resumed_from": str(resume_from) if resume_from else None,
-    }, started, accelerator, progress.history)
-    logger.info("best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f", stopper.best_epoch, k,
-                test_scores[f"ndcg@{k}"], k, test_scores[f"hr@{k}"], test_scores["mrr"])
+    results = run_summary(
+        {
+            "best_epoch": stopper.best_epoch,
+            f"valid_ndcg@{k}": -stopper.best,
+            **{f"test_{key}": v for key, v in test_scores.items()},
+            "trainable_parameters": trainable,
+            "backbone_trainable_parameters": backbone_trainable,
+            "positions_per_process": progress.examples_per_process,
+            "steps": progress.step,
+            "resumed_from": str(resume_from) if resume_from else None,
+        },
+        started,
+        accelerator,
+        progress.history,
+    )
+    logger.info(
+        "best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f",
+        stopper.best_epoch,
+        k,
+        test_scores[f"ndcg@{k}"],
+        k,
+        test_scores[f"hr@{k}"],
+        test_scores["mrr"],
+    )
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
-    save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results,
-             {f"valid NDCG@{k}": -stopper.best, f"test NDCG@{k}": test_scores[f"ndcg@{k}"],
-              f"test HR@{k}": test_scores[f"hr@{k}"], "test MRR": test_scores["mrr"]})
+    save_run(
+        accelerator,
+        cfg,
+        TASK,
+        unwrapped,
+        tokenizer,
+        data,
+        results,
+        {
+            f"valid NDCG@{k}": -stopper.best,
+            f"test NDCG@{k}": test_scores[f"ndcg@{k}"],
+            f"test HR@{k}": test_scores[f"hr@{k}"],
+            "test MRR": test_scores["mrr"],
+        },
+    )
     if accelerator.is_main_process:
-        print(f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} {test_scores[f'hr@{k}']:.4f}  "
-              f"MRR {test_scores['mrr']:.4f}  (best epoch {stopper.best_epoch})")
+        print(
+            f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} {test_scores[f'hr@{k}']:.4f}  "
+            f"MRR {test_scores['mrr']:.4f}  (best epoch {stopper.best_epoch})"
+        )
         print(f"model saved to {Path(cfg.output_dir) / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -31,9 +31,25 @@ SCHEMAS = {"rating": RatingRecipeConfig, "ranking": RankingRecipeConfig}
 def quick(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     tmp = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "benchmarks/run.py", "--suite", "quick", "--out", str(tmp / "out"),
-                             "--runs", str(tmp / "runs"), "--threads", "1"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/run.py",
+            "--suite",
+            "quick",
+            "--out",
+            str(tmp / "out"),
+            "--runs",
+            str(tmp / "runs"),
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return tmp / "out", result
 
 
@@ -47,19 +63,31 @@ def test_quick_suite_writes_a_complete_json_per_experiment(quick):
         assert r["status"] == "ok" and r["schema"] == report.SCHEMA, name
         assert r["config"]["output_dir"].endswith(name) and r["config"]["train"]["seed"] == 0
         assert len(r["git"]["commit"]) == 40 and isinstance(r["git"]["dirty"], bool)
-        assert all(r["versions"][p] for p in ("torch", "transformers", "peft", "accelerate", "datasets"))
-        assert r["hardware"]["cpu"] and r["hardware"]["usable_cores"] >= 1 and r["hardware"]["torch_threads"] == 1
+        assert all(
+            r["versions"][p] for p in ("torch", "transformers", "peft", "accelerate", "datasets")
+        )
+        assert (
+            r["hardware"]["cpu"]
+            and r["hardware"]["usable_cores"] >= 1
+            and r["hardware"]["torch_threads"] == 1
+        )
         params = r["parameters"]
-        assert params["trainable_in_artifact"] == params["trainable"], name  # one count for every method
+        assert params["trainable_in_artifact"] == params["trainable"], (
+            name
+        )  # one count for every method
         assert 0 < params["trainable"] <= params["total"]
         assert r["adapter_bytes"] >= 4 * params["trainable"]  # every trained fp32 element is saved
         train = r["train"]
-        assert train["ratings_per_second"] == pytest.approx(train["ratings_per_epoch"] / train["median_epoch_seconds"])
+        assert train["ratings_per_second"] == pytest.approx(
+            train["ratings_per_epoch"] / train["median_epoch_seconds"]
+        )
         if r["task"] == "rating":  # the recipe's own count agrees with the training-set size
             assert train["ratings_trained"] == train["ratings_per_epoch"] * train["epochs_trained"]
             assert r["test"]["rmse"] == pytest.approx(math.sqrt(r["test"]["mse"]))
         inference = r["inference"]
-        assert (inference["users"], inference["items"]) == (30, 60) and inference["scores_per_second"] > 0
+        assert (inference["users"], inference["items"]) == (30, 60) and inference[
+            "scores_per_second"
+        ] > 0
         assert r["peak_memory_mib"] > 0 and r["wall_seconds"] > train["recipe_wall_seconds"] > 0
         headline = report.metrics_of(r["task"])[0].key
         assert len(r["history"]) >= 2 and all(f"valid_{headline}" in h for h in r["history"])
@@ -69,13 +97,21 @@ def test_quick_suite_writes_a_complete_json_per_experiment(quick):
     head = records["rating_frozen"]["parameters"]["trainable"]
     lora, prefix = records["rating_lora"]["parameters"], records["rating_prefix"]["parameters"]
     assert lora["backbone_trainable"] == 2 * 2 * 8 * (64 + 64)  # r=8 on query and value, 2 layers
-    assert prefix["backbone_trainable"] == 4 * 2 * 2 * 64  # 4 virtual tokens x (key, value) x 2 layers
+    assert (
+        prefix["backbone_trainable"] == 4 * 2 * 2 * 64
+    )  # 4 virtual tokens x (key, value) x 2 layers
     assert lora["trainable"] == head + lora["backbone_trainable"]
-    assert records["rating_full"]["parameters"]["trainable"] == records["rating_full"]["parameters"]["total"]
+    assert (
+        records["rating_full"]["parameters"]["trainable"]
+        == records["rating_full"]["parameters"]["total"]
+    )
     assert records["rating_frozen"]["parameters"]["backbone_trainable"] == 0
     assert records["rating_idonly"]["label"] == "ID-only MF"
     assert records["rating_idonly"]["parameters"]["trainable"] < head  # no text projection
-    assert records["rating_p2_lora"]["protocol"] == "p2" and records["ranking_lora"]["protocol"] == "p3"
+    assert (
+        records["rating_p2_lora"]["protocol"] == "p2"
+        and records["ranking_lora"]["protocol"] == "p3"
+    )
 
 
 def test_quick_suite_writes_the_report_and_its_plots(quick):
@@ -84,8 +120,14 @@ def test_quick_suite_writes_the_report_and_its_plots(quick):
     text = (out / "REPORT.md").read_text()
     for name in (p.stem for p in suite_files("quick")):
         assert f"`{name}`" in text
-    for title in ("Rating prediction: toy, P1", "Rating prediction: toy, P2", "Top-K ranking: toy, P3",
-                  "Warm (P1) against cold-start items (P2)", "Sparse data", "tiny models and toy data"):
+    for title in (
+        "Rating prediction: toy, P1",
+        "Rating prediction: toy, P2",
+        "Top-K ranking: toy, P3",
+        "Warm (P1) against cold-start items (P2)",
+        "Sparse data",
+        "tiny models and toy data",
+    ):
         assert title in text
     pngs = sorted(out.glob("REPORT_*.png"))
     assert len(pngs) == 4
@@ -98,20 +140,35 @@ def test_quick_suite_report_compares_models_on_part_of_the_training_ratings(quic
     table has a row per fraction whose numbers are the JSON's, and the plot is linked in it."""
     out, result = quick
     assert result.returncode == 0
-    runs = {name: json.loads((out / f"{name}.json").read_text())
-            for name in ("rating_lora", "rating_lora_10pct", "rating_idonly", "rating_idonly_10pct")}
+    runs = {
+        name: json.loads((out / f"{name}.json").read_text())
+        for name in ("rating_lora", "rating_lora_10pct", "rating_idonly", "rating_idonly_10pct")
+    }
     assert [runs[n]["config"]["data"]["train_fraction"] for n in runs] == [1.0, 0.1, 1.0, 0.1]
-    full, tenth = runs["rating_lora"]["train"]["ratings_per_epoch"], runs["rating_lora_10pct"]["train"]["ratings_per_epoch"]
-    assert 0 < tenth < 0.25 * full and runs["rating_idonly_10pct"]["train"]["ratings_per_epoch"] == tenth
+    full, tenth = (
+        runs["rating_lora"]["train"]["ratings_per_epoch"],
+        runs["rating_lora_10pct"]["train"]["ratings_per_epoch"],
+    )
+    assert (
+        0 < tenth < 0.25 * full
+        and runs["rating_idonly_10pct"]["train"]["ratings_per_epoch"] == tenth
+    )
     text = (out / "REPORT.md").read_text()
     section = "## Sparse data" + text.split("## Sparse data", 1)[1].split("\n## ", 1)[0]
     header = next(line for line in section.splitlines() if line.startswith("|"))
     columns = [cell.strip() for cell in header.strip("|").split("|")]
-    rows = {row[0]: dict(zip(columns, row, strict=True)) for row in table_rows(text, "## Sparse data")}
+    rows = {
+        row[0]: dict(zip(columns, row, strict=True)) for row in table_rows(text, "## Sparse data")
+    }
     assert list(rows) == ["10%", "100%"]  # fewest ratings first
-    assert rows["10%"]["training ratings"] == f"{tenth:,}" and rows["100%"]["training ratings"] == f"{full:,}"
-    for label, names in {"lora": ("rating_lora_10pct", "rating_lora"),
-                         "ID-only MF": ("rating_idonly_10pct", "rating_idonly")}.items():
+    assert (
+        rows["10%"]["training ratings"] == f"{tenth:,}"
+        and rows["100%"]["training ratings"] == f"{full:,}"
+    )
+    for label, names in {
+        "lora": ("rating_lora_10pct", "rating_lora"),
+        "ID-only MF": ("rating_idonly_10pct", "rating_idonly"),
+    }.items():
         for fraction, name in zip(("10%", "100%"), names, strict=True):
             test = runs[name]["test"]
             cell = rows[fraction][label].replace("**", "")
@@ -119,24 +176,49 @@ def test_quick_suite_report_compares_models_on_part_of_the_training_ratings(quic
             if test.get("rmse_cold_items") is not None:  # the recipe reports the cold-item part
                 assert f"(cold {test['rmse_cold_items']:.4f})" in cell
     assert rows["10%"]["frozen"] == report.NA  # a method run on all ratings only has no 10% cell
-    best = min(("lora", "ID-only MF"), key=lambda label: runs[{"lora": "rating_lora_10pct",
-                                                                "ID-only MF": "rating_idonly_10pct"}[label]]["test"]["rmse"])
+    best = min(
+        ("lora", "ID-only MF"),
+        key=lambda label: runs[
+            {"lora": "rating_lora_10pct", "ID-only MF": "rating_idonly_10pct"}[label]
+        ]["test"]["rmse"],
+    )
     assert rows["10%"][best].startswith("**")
-    assert "](REPORT_sparse.png)" in section and (out / "REPORT_sparse.png").read_bytes().startswith(PNG)
+    assert "](REPORT_sparse.png)" in section and (
+        out / "REPORT_sparse.png"
+    ).read_bytes().startswith(PNG)
 
 
 def test_a_crash_fails_its_experiment_not_the_suite(tmp_path):
     suite = tmp_path / "suite"
     suite.mkdir()
-    (suite / "a_crash.yaml").write_text("task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\n"
-                                        "overrides: {train.epochs: 0}\n")  # refused by the recipe at start-up
-    (suite / "b_done.yaml").write_text("task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\n")
+    (suite / "a_crash.yaml").write_text(
+        "task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\n"
+        "overrides: {train.epochs: 0}\n"
+    )  # refused by the recipe at start-up
+    (suite / "b_done.yaml").write_text(
+        "task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\n"
+    )
     out = tmp_path / "out"
     out.mkdir()
     (out / "b_done.json").write_text(json.dumps({"status": "ok"}))
-    result = subprocess.run([sys.executable, "benchmarks/run.py", "--suite", str(suite), "--out", str(out),
-                             "--runs", str(tmp_path / "runs"), "--skip-done", "--no-report"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/run.py",
+            "--suite",
+            str(suite),
+            "--out",
+            str(out),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--skip-done",
+            "--no-report",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     assert "b_done: done before, skipped" in result.stdout and "failed: a_crash" in result.stdout
     record = json.loads((out / "a_crash.json").read_text())
@@ -152,8 +234,11 @@ SPARSE_FRACTIONS = {"001": 0.01, "005": 0.05, "010": 0.1, "050": 0.5, "100": 1.0
 SPARSE_MODELS = ("lora", "lora_random", "idonly")
 
 
-@pytest.mark.parametrize("path", [*suite_files("quick"), *suite_files("ml100k"), *suite_files("sparse")],
-                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "path",
+    [*suite_files("quick"), *suite_files("ml100k"), *suite_files("sparse")],
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
 def test_every_shipped_experiment_resolves_against_its_recipe(path):
     experiment = load_experiment(path)
     assets = {"tiny_bert": "/x/tiny-bert", "tiny_gpt2": "/x/tiny-gpt2", "toy": "/x/toy"}
@@ -163,9 +248,15 @@ def test_every_shipped_experiment_resolves_against_its_recipe(path):
         assert cfg.data.protocol == {"p1": "p1", "p2": "p2", "p3": "p3"}[path.stem[:2]]
         assert cfg.adapter.method == ("frozen" if path.stem.endswith("idonly") else path.stem[3:])
         assert cfg.model.item_text == (not path.stem.endswith("idonly"))
-    elif path.parent.name == "sparse":  # frac<percent>_<model>: P1 of MovieLens-100K, as p1_lora / p1_idonly
+    elif (
+        path.parent.name == "sparse"
+    ):  # frac<percent>_<model>: P1 of MovieLens-100K, as p1_lora / p1_idonly
         fraction, model = path.stem.removeprefix("frac").split("_", 1)
-        assert cfg.data.dataset == "ml-100k" and cfg.data.protocol == "p1" and cfg.backbone.name == "minilm"
+        assert (
+            cfg.data.dataset == "ml-100k"
+            and cfg.data.protocol == "p1"
+            and cfg.backbone.name == "minilm"
+        )
         assert cfg.data.train_fraction == SPARSE_FRACTIONS[fraction] and cfg.data.seed == 0
         assert cfg.backbone.init == ("random" if model == "lora_random" else "pretrained")
         assert cfg.adapter.method == ("frozen" if model == "idonly" else "lora")
@@ -176,9 +267,15 @@ def test_every_shipped_experiment_resolves_against_its_recipe(path):
 
 def test_sparse_suite_runs_every_model_on_every_fraction_under_one_label_each():
     experiments = [load_experiment(p) for p in suite_files("sparse")]
-    assert {e.name for e in experiments} == {f"frac{f}_{m}" for f in SPARSE_FRACTIONS for m in SPARSE_MODELS}
-    labels = {m: {e.label for e in experiments if e.name.split("_", 1)[1] == m} for m in SPARSE_MODELS}
-    assert all(len(found) == 1 and None not in found for found in labels.values())  # one line per model
+    assert {e.name for e in experiments} == {
+        f"frac{f}_{m}" for f in SPARSE_FRACTIONS for m in SPARSE_MODELS
+    }
+    labels = {
+        m: {e.label for e in experiments if e.name.split("_", 1)[1] == m} for m in SPARSE_MODELS
+    }
+    assert all(
+        len(found) == 1 and None not in found for found in labels.values()
+    )  # one line per model
     assert len({next(iter(found)) for found in labels.values()}) == len(SPARSE_MODELS)
 
 
@@ -193,8 +290,10 @@ def test_an_experiment_with_a_typo_or_an_unknown_placeholder_is_refused(tmp_path
     bad.write_text("task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\noverides: {}\n")
     with pytest.raises(ExperimentError, match="overides"):
         load_experiment(bad)
-    bad.write_text("task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\n"
-                   "overrides: {backbone.name: '${tiny_bret}'}\n")
+    bad.write_text(
+        "task: rating\nconfig: recipes/configs/minilm_lora_rating.yaml\n"
+        "overrides: {backbone.name: '${tiny_bret}'}\n"
+    )
     with pytest.raises(ExperimentError, match="tiny_bret"):
         load_experiment(bad)
     bad.write_text("task: rating\nconfig: recipes/configs/nope.yaml\n")
@@ -205,31 +304,84 @@ def test_an_experiment_with_a_typo_or_an_unknown_placeholder_is_refused(tmp_path
 # -- the report on hand-made results -------------------------------------------------------------
 
 
-def make_record(name: str, task: str = "rating", protocol: str = "p1", label: str = "lora",
-                headline: float = 0.9, trainable: int = 1000, **changes: Any) -> dict[str, Any]:
+def make_record(
+    name: str,
+    task: str = "rating",
+    protocol: str = "p1",
+    label: str = "lora",
+    headline: float = 0.9,
+    trainable: int = 1000,
+    **changes: Any,
+) -> dict[str, Any]:
     key = "rmse" if task == "rating" else "ndcg@10"
-    metrics = {"rmse": headline, "mse": headline**2, "mae": 0.7} if task == "rating" else \
-        {"ndcg@10": headline, "hr@10": 0.2, "mrr": 0.05}
+    metrics = (
+        {"rmse": headline, "mse": headline**2, "mae": 0.7}
+        if task == "rating"
+        else {"ndcg@10": headline, "hr@10": 0.2, "mrr": 0.05}
+    )
     record = {
-        "schema": report.SCHEMA, "name": name, "task": task, "status": "ok", "synthetic": False, "label": label,
-        "method": label, "backbone": "minilm", "dataset": "ml-100k", "protocol": protocol, "seed": 0,
-        "experiment": {"file": f"benchmarks/suites/ml100k/{name}.yaml", "config": "recipes/configs/x.yaml",
-                       "defaults": None, "overrides": {"adapter.method": label}, "label": None},
-        "command": ["python", f"recipes/train_{task}.py"], "log": f"runs/{name}/log.txt",
+        "schema": report.SCHEMA,
+        "name": name,
+        "task": task,
+        "status": "ok",
+        "synthetic": False,
+        "label": label,
+        "method": label,
+        "backbone": "minilm",
+        "dataset": "ml-100k",
+        "protocol": protocol,
+        "seed": 0,
+        "experiment": {
+            "file": f"benchmarks/suites/ml100k/{name}.yaml",
+            "config": "recipes/configs/x.yaml",
+            "defaults": None,
+            "overrides": {"adapter.method": label},
+            "label": None,
+        },
+        "command": ["python", f"recipes/train_{task}.py"],
+        "log": f"runs/{name}/log.txt",
         "config": {"data": {"dataset": "ml-100k", "protocol": protocol}, "ranking": {"k": 10}},
         "git": {"commit": "a" * 40, "dirty": False, "changed": []},
-        "versions": {"python": "3.11", "torch": "2.13", "transformers": "5.24", "peft": "0.21",
-                     "accelerate": "1.15", "datasets": "5.2"},
-        "hardware": {"cpu": "Test CPU", "logical_cores": 2, "usable_cores": 2, "torch_threads": 2,
-                     "memory_gib": 8, "gpus": []},
-        "parameters": {"trainable": trainable, "backbone_trainable": 0, "trainable_in_artifact": trainable,
-                       "total": MINILM, "trainable_percent": 100 * trainable / MINILM},
+        "versions": {
+            "python": "3.11",
+            "torch": "2.13",
+            "transformers": "5.24",
+            "peft": "0.21",
+            "accelerate": "1.15",
+            "datasets": "5.2",
+        },
+        "hardware": {
+            "cpu": "Test CPU",
+            "logical_cores": 2,
+            "usable_cores": 2,
+            "torch_threads": 2,
+            "memory_gib": 8,
+            "gpus": [],
+        },
+        "parameters": {
+            "trainable": trainable,
+            "backbone_trainable": 0,
+            "trainable_in_artifact": trainable,
+            "total": MINILM,
+            "trainable_percent": 100 * trainable / MINILM,
+        },
         "adapter_bytes": 4 * trainable,
-        "train": {"ratings_per_epoch": 80000, "median_epoch_seconds": 16.0, "ratings_per_second": 5000.0,
-                  "epochs_trained": 2, "best_epoch": 2, "num_processes": 1, "recipe_wall_seconds": 60.0},
-        "inference": {"scores_per_second": 2.0e7}, "peak_memory_mib": 2048.0, "peak_memory_kind": "cpu_max_rss",
-        "wall_seconds": 75.0, "load_average": {"before": 0.5, "after": 1.5},
-        "valid": {key: headline + 0.01}, "test": metrics,
+        "train": {
+            "ratings_per_epoch": 80000,
+            "median_epoch_seconds": 16.0,
+            "ratings_per_second": 5000.0,
+            "epochs_trained": 2,
+            "best_epoch": 2,
+            "num_processes": 1,
+            "recipe_wall_seconds": 60.0,
+        },
+        "inference": {"scores_per_second": 2.0e7},
+        "peak_memory_mib": 2048.0,
+        "peak_memory_kind": "cpu_max_rss",
+        "wall_seconds": 75.0,
+        "load_average": {"before": 0.5, "after": 1.5},
+        "valid": {key: headline + 0.01},
+        "test": metrics,
         "history": [{"epoch": e, f"valid_{key}": headline + 0.1 / (e + 1)} for e in range(3)],
     }
     for dotted, value in changes.items():  # e.g. train__ratings_per_second=...
@@ -257,11 +409,20 @@ def table_rows(text: str, heading: str) -> list[list[str]]:
 
 HAND_MADE = [
     make_record("p1_lora", label="lora", headline=0.912, trainable=269_315),
-    make_record("p1_full", label="full", headline=0.905, trainable=MINILM, train__ratings_per_second=800.0),
+    make_record(
+        "p1_full", label="full", headline=0.905, trainable=MINILM, train__ratings_per_second=800.0
+    ),
     make_record("p1_idonly", label="ID-only MF", headline=0.940, trainable=140_000),
     make_record("p2_lora", protocol="p2", label="lora", headline=1.010),
     make_record("p3_lora", task="ranking", protocol="p3", label="lora", headline=0.080),
-    make_record("p3_frozen", task="ranking", protocol="p3", label="frozen", headline=0.085, trainable=120_000),
+    make_record(
+        "p3_frozen",
+        task="ranking",
+        protocol="p3",
+        label="frozen",
+        headline=0.085,
+        trainable=120_000,
+    ),
 ]
 
 
@@ -271,28 +432,49 @@ def test_report_tables_are_sorted_best_first_with_units(tmp_path):
     p1 = table_rows(text, "## Rating prediction: ml-100k, P1")
     assert [row[0] for row in p1] == ["full", "lora", "ID-only MF"]  # lowest RMSE first
     assert p1[0][1] == "**0.9050**" and p1[1][1] == "0.9120"
-    assert p1[1][6] == "269,315" and p1[0][7] == "100.0%"  # trainable params; % of all (capped by total)
+    assert (
+        p1[1][6] == "269,315" and p1[0][7] == "100.0%"
+    )  # trainable params; % of all (capped by total)
     assert "2 GiB" in p1[0] and "1 min 15 s" in p1[0] and "800" in p1[0] and "20M" in p1[0]
     p3 = table_rows(text, "## Top-K ranking: ml-100k, P3")
     assert [row[0] for row in p3] == ["frozen", "lora"]  # highest NDCG first
     assert all(row[4] == "test" for row in p1 + p3)
     warm_cold = table_rows(text, "## Warm (P1) against cold-start items (P2)")
     assert ["lora", "minilm", "0.9120 (test)", "1.0100 (test)"] in warm_cold
-    assert "Test CPU, 2 usable of 2 logical cores" in text and "commit aaaaaaaaaa;" in text and "seed 0" in text
+    assert (
+        "Test CPU, 2 usable of 2 logical cores" in text
+        and "commit aaaaaaaaaa;" in text
+        and "seed 0" in text
+    )
     assert "full (minilm) has the best test RMSE, 0.9050" in text
     for name in ("p1_lora", "p1_full", "p1_idonly", "p2_lora", "p3_lora", "p3_frozen"):
         assert f"`{name}`" in text
     assert len(list(tmp_path.glob("REPORT_*.png"))) == 3
-    assert "Sparse data" not in text and "train fraction" not in text  # every run on all training ratings
+    assert (
+        "Sparse data" not in text and "train fraction" not in text
+    )  # every run on all training ratings
 
 
-def sparse_record(model: str, fraction: float, rmse: float, ratings: int, init: str = "pretrained",
-                  label: str = "lora", cold: tuple[float, int] | None = None) -> dict[str, Any]:
-    record = make_record(f"frac{round(100 * fraction):03d}_{model}", label=label, headline=rmse,
-                         train__ratings_per_epoch=ratings)
+def sparse_record(
+    model: str,
+    fraction: float,
+    rmse: float,
+    ratings: int,
+    init: str = "pretrained",
+    label: str = "lora",
+    cold: tuple[float, int] | None = None,
+) -> dict[str, Any]:
+    record = make_record(
+        f"frac{round(100 * fraction):03d}_{model}",
+        label=label,
+        headline=rmse,
+        train__ratings_per_epoch=ratings,
+    )
     record["config"]["data"]["train_fraction"] = fraction
     record["config"]["backbone"] = {"init": init}
-    if cold is not None:  # as the rating recipe reports the test ratings of items without training ratings
+    if (
+        cold is not None
+    ):  # as the rating recipe reports the test ratings of items without training ratings
         record["test"]["rmse_cold_items"], record["test"]["count_cold_items"] = cold
     return record
 
@@ -300,50 +482,85 @@ def sparse_record(model: str, fraction: float, rmse: float, ratings: int, init: 
 def test_report_has_a_sparse_data_section_when_runs_differ_in_train_fraction(tmp_path):
     records = [
         sparse_record("lora", 0.01, 1.05, 797, cold=(1.21, 2400)),
-        sparse_record("lora_random", 0.01, 1.02, 797, init="random", cold=(1.19, 2400)),  # same label
+        sparse_record(
+            "lora_random", 0.01, 1.02, 797, init="random", cold=(1.19, 2400)
+        ),  # same label
         sparse_record("idonly", 0.01, 1.10, 797, label="ID-only MF", cold=(1.30, 2400)),
         sparse_record("lora", 0.1, 0.99, 8001, cold=(1.10, 900)),
-        sparse_record("idonly", 0.1, 1.01, 8001, label="ID-only MF", cold=(1.20, 900)),  # no lora_random at 10%
+        sparse_record(
+            "idonly", 0.1, 1.01, 8001, label="ID-only MF", cold=(1.20, 900)
+        ),  # no lora_random at 10%
         sparse_record("lora", 1.0, 0.912, 80000, cold=(None, 0)),
         sparse_record("lora_random", 1.0, 0.930, 80000, init="random", cold=(None, 0)),
         sparse_record("idonly", 1.0, 0.913, 80000, label="ID-only MF", cold=(None, 0)),
     ]
     results = write_records(tmp_path / "results", records)
     text = report.write_report(results, tmp_path / "REPORT.md").read_text()
-    header = ["train fraction", "training ratings", "test ratings of cold items", "lora", "ID-only MF",
-              "lora, random init"]  # models in the order of the most training ratings, best first
+    header = [
+        "train fraction",
+        "training ratings",
+        "test ratings of cold items",
+        "lora",
+        "ID-only MF",
+        "lora, random init",
+    ]  # models in the order of the most training ratings, best first
     assert "| " + " | ".join(header) + " |" in text
     assert table_rows(text, "## Sparse data") == [
-        ["1%", "797", "2,400", "1.0500 (cold 1.2100)", "1.1000 (cold 1.3000)", "**1.0200** (cold 1.1900)"],
+        [
+            "1%",
+            "797",
+            "2,400",
+            "1.0500 (cold 1.2100)",
+            "1.1000 (cold 1.3000)",
+            "**1.0200** (cold 1.1900)",
+        ],
         ["10%", "8,001", "900", "**0.9900** (cold 1.1000)", "1.0100 (cold 1.2000)", report.NA],
         ["100%", "80,000", "0", "**0.9120**", "0.9130", "0.9300"],
     ]
     assert "With 1% of the training ratings (797) lora, random init is best, 1.0200" in text
     assert "![Accuracy against the fraction of training ratings](REPORT_sparse.png)" in text
     assert (tmp_path / "REPORT_sparse.png").read_bytes().startswith(PNG)
-    p1 = table_rows(text, "## Rating prediction: ml-100k, P1")  # a fraction column; most ratings first
-    assert [(row[0], row[1], row[2]) for row in p1[:3]] == [("lora", "100%", "**0.9120**"),
-                                                         ("ID-only MF", "100%", "0.9130"), ("lora, random init", "100%", "0.9300")]
-    assert [row[1] for row in p1] == ["100%"] * 3 + ["10%"] * 2 + ["1%"] * 3 and p1[-3][2] == "**1.0200**"
+    p1 = table_rows(
+        text, "## Rating prediction: ml-100k, P1"
+    )  # a fraction column; most ratings first
+    assert [(row[0], row[1], row[2]) for row in p1[:3]] == [
+        ("lora", "100%", "**0.9120**"),
+        ("ID-only MF", "100%", "0.9130"),
+        ("lora, random init", "100%", "0.9300"),
+    ]
+    assert [row[1] for row in p1] == ["100%"] * 3 + ["10%"] * 2 + ["1%"] * 3 and p1[-3][
+        2
+    ] == "**1.0200**"
     assert "with 100% of the training ratings, lora (minilm) has the best test RMSE, 0.9120" in text
 
     for record in records:  # a recipe without the cold-item split: no cold column, nothing fails
         for key in ("rmse_cold_items", "count_cold_items"):
             record["test"].pop(key)
-    text = report.write_report(write_records(tmp_path / "older", records), tmp_path / "OLDER.md",
-                               plots=False).read_text()
+    text = report.write_report(
+        write_records(tmp_path / "older", records), tmp_path / "OLDER.md", plots=False
+    ).read_text()
     assert table_rows(text, "## Sparse data")[0] == ["1%", "797", "1.0500", "1.1000", "**1.0200**"]
     assert "cold" not in text.split("## Sparse data", 1)[1].split("\n## ", 1)[0]
 
 
 def test_report_flags_failures_dirty_trees_load_and_validation_only_numbers(tmp_path):
-    failed = {**make_record("p1_prefix"), "status": "failed", "returncode": 1, "log_tail": ["RuntimeError: boom"]}
-    dirty = make_record("p1_lora", git={"commit": "b" * 40, "dirty": True, "changed": ["peftrec/model.py"]},
-                        load_average={"before": 3.9, "after": 4.2})
+    failed = {
+        **make_record("p1_prefix"),
+        "status": "failed",
+        "returncode": 1,
+        "log_tail": ["RuntimeError: boom"],
+    }
+    dirty = make_record(
+        "p1_lora",
+        git={"commit": "b" * 40, "dirty": True, "changed": ["peftrec/model.py"]},
+        load_average={"before": 3.9, "after": 4.2},
+    )
     valid_only = make_record("p1_top", label="top_layers", headline=0.95, test={})
     results = write_records(tmp_path / "results", [failed, dirty, valid_only])
     text = report.write_report(results, tmp_path / "REPORT.md", plots=False).read_text()
-    assert "## Failed experiments" in text and "`p1_prefix`" in text and "RuntimeError: boom" in text
+    assert (
+        "## Failed experiments" in text and "`p1_prefix`" in text and "RuntimeError: boom" in text
+    )
     assert "1 experiment(s) failed" in text
     assert "with uncommitted changes" in text and "load average 0.5 to 4.2 on 2 cores" in text
     rows = {row[0]: row for row in table_rows(text, "## Rating prediction: ml-100k, P1")}
@@ -355,9 +572,19 @@ def test_report_has_a_slot_for_the_seed_style_baseline(tmp_path):
     results = write_records(tmp_path / "results", HAND_MADE[:1])
     text = report.write_report(results, tmp_path / "REPORT.md", plots=False).read_text()
     assert "## Seed-style baseline (benchmarks/speed.py)" in text and "Not measured here" in text
-    speed = {"environment": {"model": "MiniLM", "data": "ml-100k P1"},  # in the results' parent, as speed.py writes
-             "methods": {"lora": {"seed_style": {"ratings_per_second": 90.0}, "peftrec": {"ratings_per_second": 5691.0},
-                                  "ratios": {"ratings_per_second": 63.23}}}}
+    speed = {
+        "environment": {
+            "model": "MiniLM",
+            "data": "ml-100k P1",
+        },  # in the results' parent, as speed.py writes
+        "methods": {
+            "lora": {
+                "seed_style": {"ratings_per_second": 90.0},
+                "peftrec": {"ratings_per_second": 5691.0},
+                "ratios": {"ratings_per_second": 63.23},
+            }
+        },
+    }
     (tmp_path / "speed_ml100k.json").write_text(json.dumps(speed))
     (tmp_path / "speed_ml100k.md").write_text("# speed\n")
     text = report.write_report(results, tmp_path / "REPORT.md", plots=False).read_text()
@@ -377,7 +604,11 @@ def test_report_ignores_other_json_and_refuses_an_empty_folder(tmp_path):
 
 
 def test_number_formats():
-    assert report.fmt_si(1_234_567) == "1.23M" and report.fmt_si(950) == "950" and report.fmt_si(None) == report.NA
+    assert (
+        report.fmt_si(1_234_567) == "1.23M"
+        and report.fmt_si(950) == "950"
+        and report.fmt_si(None) == report.NA
+    )
     assert report.fmt_bytes(1536) == "1.5 KiB" and report.fmt_bytes(3 * 2**30) == "3 GiB"
     assert report.fmt_seconds(12.34) == "12.3 s" and report.fmt_seconds(125) == "2 min 05 s"
     assert report.fmt_seconds(3 * 3600 + 600) == "3 h 10 min"
@@ -391,14 +622,20 @@ def test_cold_items_bootstrap_resamples_whole_items_and_pairs_the_methods():
 
     rng = np.random.default_rng(1)
     items = rng.integers(0, 40, 2000)
-    errors = rng.normal(0, 0.6, 40)[items] + rng.normal(0, 1, 2000)  # an item effect: ratings correlate
+    errors = rng.normal(0, 0.6, 40)[items] + rng.normal(
+        0, 1, 2000
+    )  # an item effect: ratings correlate
     boot = item_bootstrap(np.stack([errors, errors, 0.5 * errors]), items, resamples=300)
     point = np.sqrt(np.mean(errors**2))
     low, high = interval(boot[0])
     assert boot.shape == (3, 300) and low < point < high
     assert np.all(boot[1] == boot[0])  # an identical model: a zero-width paired difference
     assert np.all(boot[2] < boot[0])  # the same resampled items for every method
-    assert np.allclose(item_bootstrap(errors, np.zeros(2000), resamples=20), point)  # one item: no spread
+    assert np.allclose(
+        item_bootstrap(errors, np.zeros(2000), resamples=20), point
+    )  # one item: no spread
     per_rating = interval(item_bootstrap(errors, np.arange(2000), resamples=300)[0])
     assert high - low > 1.5 * (per_rating[1] - per_rating[0])  # items, not ratings, are the unit
-    assert np.array_equal(item_bootstrap(errors, items, resamples=50), item_bootstrap(errors, items, resamples=50))
+    assert np.array_equal(
+        item_bootstrap(errors, items, resamples=50), item_bootstrap(errors, items, resamples=50)
+    )

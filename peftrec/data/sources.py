@@ -15,6 +15,8 @@ def load_data(cfg) -> RecDataset:
             raise DataError('data.dataset is "files" but data.interactions names no file')
         return load_files(cfg.interactions, cfg.items, cfg.users)
     if cfg.interactions or cfg.items or cfg.users:
-        raise DataError(f'data.interactions/items/users are only read with data.dataset="files", '
-                        f"not with {cfg.dataset!r}")
+        raise DataError(
+            f'data.interactions/items/users are only read with data.dataset="files", '
+            f"not with {cfg.dataset!r}"
+        )
     return load_movielens(cfg.dataset)

@@ -46,9 +46,9 @@ def split_rows(dataset: RecDataset, protocol: Protocol, seed: int = 0) -> Split:
     """
     if protocol not in get_args(Protocol):
         raise DataError(
-            f"unknown protocol {protocol!r}; choose 'p1' (random rating split), "
-            "'p2' (cold-start items), 'p3' (leave-one-out by time), 'p2u' (cold-start users) or 'all' "
-            "(train on everything but a validation share, for production)"
+            f"unknown protocol {protocol!r}; choose 'p1' (random rating split), 'p2' (cold-start "
+            "items), 'p3' (leave-one-out by time), 'p2u' (cold-start users) or 'all' (train on "
+            "everything but a validation share, for production)"
         )
     inter = dataset.interactions
     n = len(inter)
@@ -61,7 +61,9 @@ def split_rows(dataset: RecDataset, protocol: Protocol, seed: int = 0) -> Split:
         perm = rng.permutation(n)
         return _split(perm[: n * 8 // 10], perm[n * 8 // 10 : n * 9 // 10], perm[n * 9 // 10 :])
     if protocol in ("p2", "p2u"):  # hold out whole items (p2) or whole users (p2u)
-        codes, ids = (inter.items, dataset.item_ids) if protocol == "p2" else (inter.users, dataset.user_ids)
+        codes, ids = (
+            (inter.items, dataset.item_ids) if protocol == "p2" else (inter.users, dataset.user_ids)
+        )
         held = rng.permutation(_sorted_rated(codes, ids))
         n_test, n_held = len(held) * 2 // 10, len(held) * 3 // 10
         is_test = np.isin(codes, held[:n_test])
@@ -96,22 +98,31 @@ def _split(train: np.ndarray, valid: np.ndarray, test: np.ndarray) -> Split:
     return Split(*(np.sort(np.asarray(part, dtype=np.int64)) for part in (train, valid, test)))
 
 
-def check_splits(dataset: RecDataset, protocol: Protocol, parts: dict, train_fraction: float = 1.0) -> None:
+def check_splits(
+    dataset: RecDataset, protocol: Protocol, parts: dict, train_fraction: float = 1.0
+) -> None:
     """A protocol or train_fraction that leaves a split empty is a data error, reported now."""
     for name, part in parts.items():
-        if len(part) or (protocol == "all" and name == "test"):  # production training has no test split
+        if len(part) or (
+            protocol == "all" and name == "test"
+        ):  # production training has no test split
             continue
         hint = {
             "p2": "p2 holds out the ratings of 20% (test) and 10% (validation) of the rated items, "
-                  "so it needs at least 10 rated items",
+            "so it needs at least 10 rated items",
             "p2u": "p2u holds out the ratings of 20% (test) and 10% (validation) of the users who "
-                   "rated, so it needs at least 10 of them",
-            "p3": "p3 holds out each user's last two ratings, and only of users with at least 3 ratings",
+            "rated, so it needs at least 10 of them",
+            "p3": (
+                "p3 holds out each user's last two ratings, and only of users with at least 3 "
+                "ratings"
+            ),
             "p1": "p1 splits the ratings 80/10/10, so it needs at least 10 ratings",
             "all": "all keeps 5% of the ratings for validation, so it needs at least 2 ratings",
         }[protocol]
         if name == "train" and train_fraction < 1:
             hint = f"data.train_fraction={train_fraction} kept none of the training ratings"
-        raise DataError(f"dataset {dataset.name!r} ({len(dataset.interactions)} ratings, {len(dataset.item_ids)} "
-                        f"items, {len(dataset.user_ids)} users): protocol {protocol} leaves no {name} "
-                        f"ratings; {hint}")
+        raise DataError(
+            f"dataset {dataset.name!r} ({len(dataset.interactions)} ratings, "
+            f"{len(dataset.item_ids)} items, {len(dataset.user_ids)} users): protocol {protocol} "
+            f"leaves no {name} ratings; {hint}"
+        )

@@ -83,8 +83,11 @@ def rmse(predictions: np.ndarray, references: np.ndarray | None = None) -> float
     return float(np.sqrt(np.mean(np.square(errors))))
 
 
-def scores_by_group(groups: Mapping[str, np.ndarray], compute: Callable[[np.ndarray], Mapping[str, float]],
-                    keys: tuple[str, ...]) -> dict[str, float | int | None]:
+def scores_by_group(
+    groups: Mapping[str, np.ndarray],
+    compute: Callable[[np.ndarray], Mapping[str, float]],
+    keys: tuple[str, ...],
+) -> dict[str, float | int | None]:
     """Metrics apart for each group of rows (warm, cold items, ...): ``count_<group>`` and
     ``<key>_<group>`` for each boolean row mask in ``groups``, None where a group is empty.
     ``compute(rows)`` returns the metrics of those rows."""
@@ -92,5 +95,7 @@ def scores_by_group(groups: Mapping[str, np.ndarray], compute: Callable[[np.ndar
     for group, rows in groups.items():
         scores[f"count_{group}"] = int(rows.sum())
         part = compute(rows) if rows.any() else None
-        scores.update({f"{key}_{group}": None if part is None else float(part[key]) for key in keys})
+        scores.update(
+            {f"{key}_{group}": None if part is None else float(part[key]) for key in keys}
+        )
     return scores

@@ -3,8 +3,9 @@
 Each step's item batch is split between the processes and the loss is normalised by the step's
 total number of ratings, so the gradient DDP averages is the one-process gradient. What remains
 is float32 summation order and padding width (right padding changes outputs by <= 1.4e-6,
-measured with transformers 5.24); over 16 Adam steps the validation RMSEs measured 1e-8 apart. Normalising per process
-instead (mean over each piece, then DDP's average) moves them by ~7e-5, so the tolerance is 1e-6.
+measured with transformers 5.24); over 16 Adam steps the validation RMSEs measured 1e-8 apart.
+Normalising per process instead (mean over each piece, then DDP's average) moves them by ~7e-5,
+so the tolerance is 1e-6.
 Dropout is off (LoRA and the backbone's own): each process draws its own masks, so with dropout
 the runs agree only in distribution.
 """
@@ -42,7 +43,9 @@ SETTINGS = ["train.epochs=2", "train.items_per_step=8", "adapter.dropout=0.0"]
 @pytest.fixture(scope="module")
 def bert_without_dropout(tiny_bert, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bert-no-dropout")
-    BertModel.from_pretrained(tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save_pretrained(folder)
+    BertModel.from_pretrained(
+        tiny_bert, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    ).save_pretrained(folder)
     for path in tiny_bert.iterdir():
         if path.suffix in (".txt", ".json") and path.name != "config.json":
             shutil.copy(path, folder)
@@ -60,12 +63,35 @@ def test_two_processes_match_one_process(tmp_path, bert_without_dropout):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     runs = [
-        subprocess.Popen([sys.executable, str(RECIPE), *tiny_overrides(toy, bert_without_dropout, one), *SETTINGS],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO),
-        subprocess.Popen([str(BIN / "torchrun"), "--nproc_per_node", "2", str(RECIPE),
-                          *tiny_overrides(toy, bert_without_dropout, two), *SETTINGS, "train.checkpoint_every=5"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                         env={**env, "ACCELERATE_USE_CPU": "1"}),
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(RECIPE),
+                *tiny_overrides(toy, bert_without_dropout, one),
+                *SETTINGS,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        ),
+        subprocess.Popen(
+            [
+                str(BIN / "torchrun"),
+                "--nproc_per_node",
+                "2",
+                str(RECIPE),
+                *tiny_overrides(toy, bert_without_dropout, two),
+                *SETTINGS,
+                "train.checkpoint_every=5",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**env, "ACCELERATE_USE_CPU": "1"},
+        ),
     ]
     for process in runs:
         _, stderr = process.communicate(timeout=300)
@@ -76,7 +102,9 @@ def test_two_processes_match_one_process(tmp_path, bert_without_dropout):
     assert a["num_processes"] == 1 and b["num_processes"] == 2
     assert len(b["ratings_per_process"]) == 2 and min(b["ratings_per_process"]) > 0
     assert sum(b["ratings_per_process"]) == a["ratings_per_process"][0] == 2 * len(train_rows)
-    assert a["steps"] == b["steps"] == 16  # the same global batches: 60 items / 8 per step, 2 epochs
+    assert (
+        a["steps"] == b["steps"] == 16
+    )  # the same global batches: 60 items / 8 per step, 2 epochs
     # each process saved its own RNG state in the checkpoint
     checkpoint = two / "checkpoints" / (two / "checkpoints" / "latest").read_text().strip()
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}
@@ -94,20 +122,29 @@ def test_two_processes_match_one_process(tmp_path, bert_without_dropout):
 def test_split_batches_give_every_process_a_piece_of_every_step():
     lengths = np.random.default_rng(0).integers(3, 20, size=37)
     for items_per_step, parts in [(8, 1), (8, 2), (8, 3), (9, 4), (12, 5)]:
-        batches = LengthBucketBatches(ItemShuffler(range(37), seed=1), lengths, items_per_step, window=2)
+        batches = LengthBucketBatches(
+            ItemShuffler(range(37), seed=1), lengths, items_per_step, window=2
+        )
         split = SplitBatches(batches, parts)
         split.sampler.set_epoch(3)
         pieces = list(split)
         assert len(pieces) == len(split) and len(pieces) % parts == 0
-        steps = [[i for piece in pieces[k : k + parts] for i in piece] for k in range(0, len(pieces), parts)]
+        steps = [
+            [i for piece in pieces[k : k + parts] for i in piece]
+            for k in range(0, len(pieces), parts)
+        ]
         assert all(len(piece) > 0 for piece in pieces)
-        assert sorted(i for step in steps for i in step) == list(range(37))  # each item once per epoch
+        assert sorted(i for step in steps for i in step) == list(
+            range(37)
+        )  # each item once per epoch
         expected = [sorted(b) for b in batches]
         if 0 < 37 % items_per_step < parts:  # the short batch joins the one before it
             assert len(steps) == len(expected) - 1
         else:
             assert [sorted(s) for s in steps] == expected
-    with pytest.raises(DataError, match="only 3 items have training ratings, fewer than the 4 processes"):
+    with pytest.raises(
+        DataError, match="only 3 items have training ratings, fewer than the 4 processes"
+    ):
         SplitBatches(LengthBucketBatches(ItemShuffler(range(3)), [5, 5, 5], 2), 4)
 
 
@@ -120,12 +157,34 @@ def test_two_processes_rank_like_one_process(tmp_path, bert_without_dropout, toy
     one, two = tmp_path / "one", tmp_path / "two"
     settings = [*SETTINGS, "train.head_warmup_epochs=1"]
     runs = [
-        subprocess.Popen([sys.executable, str(recipe), *tiny_overrides(toy_files, bert_without_dropout, one),
-                          *settings], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO),
-        subprocess.Popen([str(BIN / "torchrun"), "--nproc_per_node", "2", str(recipe),
-                          *tiny_overrides(toy_files, bert_without_dropout, two), *settings],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                         env={**env, "ACCELERATE_USE_CPU": "1"}),
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(recipe),
+                *tiny_overrides(toy_files, bert_without_dropout, one),
+                *settings,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        ),
+        subprocess.Popen(
+            [
+                str(BIN / "torchrun"),
+                "--nproc_per_node",
+                "2",
+                str(recipe),
+                *tiny_overrides(toy_files, bert_without_dropout, two),
+                *settings,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**env, "ACCELERATE_USE_CPU": "1"},
+        ),
     ]
     for process in runs:
         _, stderr = process.communicate(timeout=300)

@@ -51,27 +51,55 @@ SETTINGS = ["train.epochs=2", "train.items_per_step=8", "train.checkpoint_every=
 
 
 def popen(command, log, **env):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=REPO)
 
 
 # what each recipe's runs must agree on: per-process counts, the test metric, per-epoch numbers
-RECIPES = {"rating": (RECIPE, "ratings_per_process", "test_rmse", ("valid_rmse", "train_rmse")),
-           "ranking": (RECIPE.with_name("train_ranking.py"), "pairs_per_process", "test_ndcg@10",
-                       ("valid_ndcg@10", "train_loss"))}
+RECIPES = {
+    "rating": (RECIPE, "ratings_per_process", "test_rmse", ("valid_rmse", "train_rmse")),
+    "ranking": (
+        RECIPE.with_name("train_ranking.py"),
+        "pairs_per_process",
+        "test_ndcg@10",
+        ("valid_ndcg@10", "train_loss"),
+    ),
+}
 
 
 @pytest.mark.parametrize("task", RECIPES)
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, toy_files, tiny_bert, task):
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
+    tmp_path, toy_files, tiny_bert, task
+):
     recipe, counts, test_key, epoch_keys = RECIPES[task]
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    with open(tmp_path / "full.log", "w") as full_log, open(tmp_path / "crash.log", "w") as crash_log:
-        reference = popen([sys.executable, str(recipe), *tiny_overrides(toy_files, tiny_bert, full), *SETTINGS],
-                          full_log)
-        victim = popen([sys.executable, str(driver), str(recipe), *tiny_overrides(toy_files, tiny_bert, crashed),
-                        *SETTINGS], crash_log, PAUSE_AT="14")
+    with (
+        open(tmp_path / "full.log", "w") as full_log,
+        open(tmp_path / "crash.log", "w") as crash_log,
+    ):
+        reference = popen(
+            [sys.executable, str(recipe), *tiny_overrides(toy_files, tiny_bert, full), *SETTINGS],
+            full_log,
+        )
+        victim = popen(
+            [
+                sys.executable,
+                str(driver),
+                str(recipe),
+                *tiny_overrides(toy_files, tiny_bert, crashed),
+                *SETTINGS,
+            ],
+            crash_log,
+            PAUSE_AT="14",
+        )
         deadline = time.monotonic() + 240
         while "PAUSED AT STEP 14" not in (tmp_path / "crash.log").read_text():
             assert victim.poll() is None, (tmp_path / "crash.log").read_text()[-3000:]
@@ -82,11 +110,21 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, to
         victim.send_signal(signal.SIGKILL)
         assert victim.wait(timeout=60) == -signal.SIGKILL
         assert not (crashed / "metrics.json").exists() and not (crashed / "model").exists()
-        saved = torch.load(crashed / "checkpoints" / "step-00000012" / "custom_checkpoint_0.pkl", weights_only=True)
+        saved = torch.load(
+            crashed / "checkpoints" / "step-00000012" / "custom_checkpoint_0.pkl", weights_only=True
+        )
         assert (saved["epoch"], saved["batches_done"], saved["step"]) == (2, 4, 12)
 
-        resumed = popen([sys.executable, str(recipe), *tiny_overrides(toy_files, tiny_bert, crashed), *SETTINGS,
-                         "train.resume=true"], crash_log)
+        resumed = popen(
+            [
+                sys.executable,
+                str(recipe),
+                *tiny_overrides(toy_files, tiny_bert, crashed),
+                *SETTINGS,
+                "train.resume=true",
+            ],
+            crash_log,
+        )
         assert reference.wait(timeout=240) == 0, (tmp_path / "full.log").read_text()[-3000:]
         assert resumed.wait(timeout=240) == 0, (tmp_path / "crash.log").read_text()[-3000:]
     log = (tmp_path / "crash.log").read_text().split("PAUSED AT STEP 14")[1]  # the resumed run's
@@ -159,14 +197,19 @@ def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, trainer,
     monkeypatch.undo()
 
     # killed after the rename but before `latest` moved: the new folder is ignored, then replaced
-    monkeypatch.setattr(checkpointing, "_write_pointer", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(
+        checkpointing, "_write_pointer", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
+    )
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(accelerator, tmp_path, 9, CONFIG)
     assert (tmp_path / "step-00000009").is_dir() and find_checkpoint(tmp_path) == good
     monkeypatch.undo()
     latest = save_checkpoint(accelerator, tmp_path, 9, CONFIG)
     assert find_checkpoint(tmp_path) == latest
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000009"]  # leftovers gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest",
+        "step-00000009",
+    ]  # leftovers gone
 
 
 def test_damaged_or_foreign_checkpoints_are_refused_by_name(tmp_path, trainer):
@@ -176,48 +219,73 @@ def test_damaged_or_foreign_checkpoints_are_refused_by_name(tmp_path, trainer):
     with pytest.raises(CheckpointError, match=r"step-00000099: missing or incomplete checkpoint"):
         find_checkpoint(tmp_path)
     (tmp_path / "latest").write_text("../../etc\n")
-    with pytest.raises(CheckpointError, match=r"latest: names '../../etc', which is not a checkpoint"):
+    with pytest.raises(
+        CheckpointError, match=r"latest: names '../../etc', which is not a checkpoint"
+    ):
         find_checkpoint(tmp_path)
     (tmp_path / "latest").write_text(folder.name)
     data = (folder / "optimizer.bin").read_bytes()
     (folder / "optimizer.bin").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"optimizer\.bin: \d+ bytes, \d+ were written; the checkpoint is damaged"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"optimizer\.bin: \d+ bytes, \d+ were written; the checkpoint is damaged",
+    ):
         find_checkpoint(tmp_path)
     (folder / "optimizer.bin").write_bytes(data)
 
     # a registered-state file that needs arbitrary unpickling is refused before Accelerate loads it
     torch.save({"hook": os.system}, folder / "custom_checkpoint_0.pkl")
-    with pytest.raises(CheckpointError, match=r"custom_checkpoint_0\.pkl: not plain tensors and values, refusing"):
+    with pytest.raises(
+        CheckpointError, match=r"custom_checkpoint_0\.pkl: not plain tensors and values, refusing"
+    ):
         load_checkpoint(accelerator, folder)
 
     changed = config_to_dict(RatingRecipeConfig())
     changed["train"]["lr"], changed["train"]["resume"], changed["output_dir"] = 0.5, True, "moved"
-    with pytest.raises(CheckpointError, match=r"the settings changed \(train\.lr: 0\.001 then, 0\.5 now\)"):
+    with pytest.raises(
+        CheckpointError, match=r"the settings changed \(train\.lr: 0\.001 then, 0\.5 now\)"
+    ):
         check_resumable(folder, changed, 1)
-    with pytest.raises(CheckpointError, match=r"written by 1 process\(es\); resume it with the same number \(now 2\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"written by 1 process\(es\); resume it with the same number \(now 2\)",
+    ):
         check_resumable(folder, CONFIG, 2)
     changed["train"]["lr"] = 0.001
     check_resumable(folder, changed, 1)  # resume, output_dir may change
 
 
 def test_early_stopping_keeps_what_trains_and_survives_a_checkpoint():
-    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 1)
+    )
     model[0].requires_grad_(False)  # a frozen layer: not copied
     stopper = EarlyStopping(patience=2)
     assert stopper.update(1.0, 0, model) is False
-    assert set(stopper.state) == {"1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked",
-                                  "2.weight", "2.bias"}
+    assert set(stopper.state) == {
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+        "2.weight",
+        "2.bias",
+    }
     best = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(1.0)
     assert stopper.update(2.0, 1, model) is False and stopper.update(3.0, 2, model) is True
     copy = EarlyStopping(patience=2)
-    copy.load_state_dict(torch.load(_saved(stopper.state_dict()), weights_only=True))  # as a checkpoint would
+    copy.load_state_dict(
+        torch.load(_saved(stopper.state_dict()), weights_only=True)
+    )  # as a checkpoint would
     copy.restore(model)
     assert (copy.best, copy.best_epoch, copy.bad_epochs) == (1.0, 0, 2)
     for name, value in model.state_dict().items():
-        expected = best[name] + 1.0 if name.startswith("0.") else best[name]  # the frozen layer is left alone
+        expected = (
+            best[name] + 1.0 if name.startswith("0.") else best[name]
+        )  # the frozen layer is left alone
         assert torch.equal(value, expected), name
 
 

@@ -15,21 +15,41 @@ from .test_train_rating import REPO, run, tiny_overrides
 RECIPE = REPO / "recipes" / "train_ranking.py"
 
 
-@pytest.mark.parametrize(("config", "extra"), [
-    ("minilm_lora_ranking.yaml", ["ranking.loss=bpr", "ranking.negatives=8", "train.log_with=[tensorboard]"]),
-    ("minilm_idonly_ranking.yaml", ["train.epochs=3"]),
-])
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [
+        (
+            "minilm_lora_ranking.yaml",
+            ["ranking.loss=bpr", "ranking.negatives=8", "train.log_with=[tensorboard]"],
+        ),
+        ("minilm_idonly_ranking.yaml", ["train.epochs=3"]),
+    ],
+)
 def test_ranking_recipe_trains_evaluates_and_saves(tmp_path, toy_files, tiny_bert, config, extra):
     out = tmp_path / "run"
-    overrides = [o for o in tiny_overrides(toy_files, tiny_bert, out) if not o.startswith("train.epochs")]
-    result = run([sys.executable, str(RECIPE), "--config", str(REPO / "recipes/configs" / config),
-                  *overrides, "train.epochs=2", "train.head_warmup_epochs=2", *extra])
+    overrides = [
+        o for o in tiny_overrides(toy_files, tiny_bert, out) if not o.startswith("train.epochs")
+    ]
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            "--config",
+            str(REPO / "recipes/configs" / config),
+            *overrides,
+            "train.epochs=2",
+            "train.head_warmup_epochs=2",
+            *extra,
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("test_ndcg@10", "test_hr@10", "test_mrr"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["test_ndcg@10"] <= metrics["test_hr@10"]
-    assert metrics["test_count_warm"] + metrics["test_count_cold_items"] == 30  # every toy user has a target
+    assert (
+        metrics["test_count_warm"] + metrics["test_count_cold_items"] == 30
+    )  # every toy user has a target
     if "train.log_with=[tensorboard]" in extra:  # the tracker really wrote its event files
         assert list((out / "peftrec-ranking").rglob("events.out.tfevents.*"))
     rec = Recommender.from_pretrained(out / "model")
@@ -40,7 +60,16 @@ def test_ranking_recipe_trains_evaluates_and_saves(tmp_path, toy_files, tiny_ber
 
 
 def test_ranking_recipe_refuses_a_rating_split(tmp_path, toy_files, tiny_bert):
-    result = run([sys.executable, str(RECIPE), *tiny_overrides(toy_files, tiny_bert, tmp_path / "x"),
-                  "data.protocol=p1"])
-    assert result.returncode != 0 and "data.protocol=p1: the ranking recipe evaluates p3" in result.stderr
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            *tiny_overrides(toy_files, tiny_bert, tmp_path / "x"),
+            "data.protocol=p1",
+        ]
+    )
+    assert (
+        result.returncode != 0
+        and "data.protocol=p1: the ranking recipe evaluates p3" in result.stderr
+    )
     assert not (tmp_path / "x").exists()

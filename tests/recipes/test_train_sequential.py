@@ -18,16 +18,31 @@ from .test_train_rating import REPO, run, tiny_overrides
 RECIPE = REPO / "recipes" / "train_sequential.py"
 
 
-@pytest.mark.parametrize(("config", "extra"), [
-    ("minilm_frozen_sequential.yaml", []),
-    ("minilm_idonly_sequential.yaml", ["sequence.loss=sampled", "sequence.negatives=20"]),
-])
-def test_sequential_recipe_trains_and_the_app_reproduces_its_test_metrics(tmp_path, toy_files, tiny_bert,
-                                                                        config, extra):
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [
+        ("minilm_frozen_sequential.yaml", []),
+        ("minilm_idonly_sequential.yaml", ["sequence.loss=sampled", "sequence.negatives=20"]),
+    ],
+)
+def test_sequential_recipe_trains_and_the_app_reproduces_its_test_metrics(
+    tmp_path, toy_files, tiny_bert, config, extra
+):
     out = tmp_path / "run"
     overrides = [o for o in tiny_overrides(toy_files, tiny_bert, out) if not o.startswith("train.")]
-    result = run([sys.executable, str(RECIPE), "--config", str(REPO / "recipes/configs" / config), *overrides,
-                  "train.epochs=4", "sequence.max_history=8", "sequence.users_per_step=8", *extra])
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            "--config",
+            str(REPO / "recipes/configs" / config),
+            *overrides,
+            "train.epochs=4",
+            "sequence.max_history=8",
+            "sequence.users_per_step=8",
+            *extra,
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["test_ndcg@10"] <= metrics["test_hr@10"] <= 1 and metrics["steps"] > 0
@@ -40,8 +55,12 @@ def test_sequential_recipe_trains_and_the_app_reproduces_its_test_metrics(tmp_pa
     rec = Recommender.from_pretrained(out / "model")
     assert rec.is_sequential and rec.spec.task == "sequential"
     users = [dataset.user_ids[u] for u in test.users]
-    rec.add_interactions({dataset.user_ids[u]: [dataset.item_ids[i]] for u, i in zip(valid.users, valid.items,
-                                                                                     strict=True)})
+    rec.add_interactions(
+        {
+            dataset.user_ids[u]: [dataset.item_ids[i]]
+            for u, i in zip(valid.users, valid.items, strict=True)
+        }
+    )
     scores = torch.as_tensor(rec.score_all(users))
     exclude = torch.zeros_like(scores, dtype=torch.bool)
     for row, user in enumerate(users):
@@ -65,10 +84,22 @@ def test_sequential_recipe_trains_and_the_app_reproduces_its_test_metrics(tmp_pa
 
 
 def test_the_sequential_recipe_refuses_what_it_cannot_use(tmp_path, toy_files, tiny_bert):
-    result = run([sys.executable, str(RECIPE), *tiny_overrides(toy_files, tiny_bert, tmp_path / "x"),
-                  "model.user_text=true"])
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            *tiny_overrides(toy_files, tiny_bert, tmp_path / "x"),
+            "model.user_text=true",
+        ]
+    )
     assert result.returncode == 2 and "a sequential model's user is their history" in result.stderr
-    result = run([sys.executable, str(RECIPE), *tiny_overrides(toy_files, tiny_bert, tmp_path / "x"),
-                  "train.head_batch_size=8"])
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            *tiny_overrides(toy_files, tiny_bert, tmp_path / "x"),
+            "train.head_batch_size=8",
+        ]
+    )
     assert result.returncode == 2 and "unknown key 'train.head_batch_size'" in result.stderr
     assert not (tmp_path / "x").exists()

@@ -26,8 +26,11 @@ from peftrec.training import warm_up_head
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, TEXTS
 from .test_recommender import CATALOG, ITEMS, USERS, trained
 
-SCALED = dataclasses.replace(CATALOG, rating_scale=(1.0, 5.0), item_fields={"title": [f"Movie {k}" for k in
-                                                                                      range(NUM_ITEMS)]})
+SCALED = dataclasses.replace(
+    CATALOG,
+    rating_scale=(1.0, 5.0),
+    item_fields={"title": [f"Movie {k}" for k in range(NUM_ITEMS)]},
+)
 
 
 @pytest.fixture
@@ -51,14 +54,30 @@ def test_item_id_dropout_calibrates_the_text_path(toy_files, tiny_bert):
     gaps = {}
     for rate in (0.0, 0.5):
         torch.manual_seed(0)
-        model, tokenizer = build_model(BackboneConfig(name=str(tiny_bert)), AdapterConfig(method="frozen"),
-                                       ModelConfig(dim=DIM, item_id_dropout=rate), num_users=len(dataset.user_ids),
-                                       num_items=len(dataset.item_ids))
-        text = model.encode_texts(tokenize_texts(tokenizer, dataset.item_texts("{title}. Genres: {genres}."), 16))
+        model, tokenizer = build_model(
+            BackboneConfig(name=str(tiny_bert)),
+            AdapterConfig(method="frozen"),
+            ModelConfig(dim=DIM, item_id_dropout=rate),
+            num_users=len(dataset.user_ids),
+            num_items=len(dataset.item_ids),
+        )
+        text = model.encode_texts(
+            tokenize_texts(tokenizer, dataset.item_texts("{title}. Genres: {genres}."), 16)
+        )
         head: RatingHead = model.head
         head.init_biases(*(torch.as_tensor(a) for a in (train.users, train.items, train.ratings)))
-        warm_up_head(head, text, train.users, train.items, train.ratings, epochs=30, batch_size=64, lr=0.01,
-                     l2=0.01, seed=0)
+        warm_up_head(
+            head,
+            text,
+            train.users,
+            train.items,
+            train.ratings,
+            epochs=30,
+            batch_size=64,
+            lr=0.01,
+            l2=0.01,
+            seed=0,
+        )
         head.eval()
         with torch.no_grad():
             users = head.users(torch.as_tensor(train.users))
@@ -86,7 +105,10 @@ def test_item_id_dropout_only_acts_in_training():
 # 3. safe under concurrent use
 def test_concurrent_add_items_keep_every_item(folder):
     rec = Recommender.from_pretrained(folder)
-    batches = [{f"t{t}_{k}": f"{'good' if k % 2 else 'bad'} film {k} comedy" for k in range(15)} for t in range(2)]
+    batches = [
+        {f"t{t}_{k}": f"{'good' if k % 2 else 'bad'} film {k} comedy" for k in range(15)}
+        for t in range(2)
+    ]
     threads = [threading.Thread(target=rec.add_items, args=(b,)) for b in batches]
     for thread in threads:
         thread.start()
@@ -95,8 +117,11 @@ def test_concurrent_add_items_keep_every_item(folder):
     assert len(rec.item_ids) == NUM_ITEMS + 30
     alone = Recommender.from_pretrained(folder)
     texts = {i: t for b in batches for i, t in b.items()}
-    np.testing.assert_allclose(rec.predict(["u0"] * 30, list(texts)), alone.predict_texts("u0", list(texts.values())),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        rec.predict(["u0"] * 30, list(texts)),
+        alone.predict_texts("u0", list(texts.values())),
+        rtol=1e-5,
+    )
 
 
 def test_concurrent_first_calls_encode_the_catalogue_once(folder, monkeypatch):
@@ -129,13 +154,17 @@ def test_protocol_all_trains_on_everything_but_a_validation_share(toy_files):
     dataset = load_files(toy_files["interactions"], toy_files["items"])
     split = split_rows(dataset, "all")
     assert len(split.test) == 0 and len(split.valid) == round(0.05 * len(dataset.interactions))
-    assert sorted(np.concatenate([split.train, split.valid]).tolist()) == list(range(len(dataset.interactions)))
+    assert sorted(np.concatenate([split.train, split.valid]).tolist()) == list(
+        range(len(dataset.interactions))
+    )
 
 
 # 5. ratings checked and bounded by the training scale; fold_in updates a trained user
 def test_ratings_are_checked_and_predictions_clipped_to_the_scale(folder):
     rec = Recommender.from_pretrained(folder)
-    with pytest.raises(ValueError, match=r"rating of item 'i1' is 50, outside the scale .* \(1 to 5\)"):
+    with pytest.raises(
+        ValueError, match=r"rating of item 'i1' is 50, outside the scale .* \(1 to 5\)"
+    ):
         rec.fold_in("new", {"i1": 50})
     with pytest.raises(ValueError, match="outside the scale"):
         rec.fold_in("new", {"i1": -3})
@@ -150,8 +179,12 @@ def test_fold_in_on_a_trained_user_updates_what_was_learned(folder):
     rec = Recommender.from_pretrained(folder)
     own = rec.predict(["u2"] * 4, ["i0", "i1", "i3", "i4"])
     before = rec.score_all(["u2"])[0]
-    rec.fold_in("u2", dict(zip(["i0", "i1", "i3", "i4"], own.tolist(), strict=True)))  # what it predicts already
-    np.testing.assert_allclose(rec.score_all(["u2"])[0], before, atol=1e-4)  # the prior is the trained user
+    rec.fold_in(
+        "u2", dict(zip(["i0", "i1", "i3", "i4"], own.tolist(), strict=True))
+    )  # what it predicts already
+    np.testing.assert_allclose(
+        rec.score_all(["u2"])[0], before, atol=1e-4
+    )  # the prior is the trained user
     rec.fold_in("u2", {"i0": 5.0})
     assert rec.predict(["u2"], ["i0"])[0] > before[0]
 
@@ -162,7 +195,9 @@ def test_a_ranking_model_adds_a_user_from_interactions(ranking_folder):
     liked = ["i1", "i3", "i5"]
     rec.add_interactions({"newbie": liked})
     scores = rec.score_all(["newbie"])[0]
-    assert np.all(np.isfinite(scores)) and np.mean(scores[[1, 3, 5]]) > np.mean(np.delete(scores, [1, 3, 5]))
+    assert np.all(np.isfinite(scores)) and np.mean(scores[[1, 3, 5]]) > np.mean(
+        np.delete(scores, [1, 3, 5])
+    )
     assert set(liked).isdisjoint(i for i, _ in rec.recommend("newbie", k=3))
     with pytest.raises(ValueError, match="add_interactions"):
         rec.fold_in("x", {"i1": 4.0})
@@ -180,13 +215,18 @@ def test_save_pretrained_keeps_added_items_users_and_interactions(folder, tmp_pa
     loaded = Recommender.from_pretrained(saved)
     np.testing.assert_array_equal(loaded.score_all(), rec.score_all())
     assert loaded.user_ids == rec.user_ids and loaded.item_ids == rec.item_ids
-    assert loaded.recommend("u0", k=5) == rec.recommend("u0", k=5) and loaded.item_info("new1")["title"] == "New One"
+    assert (
+        loaded.recommend("u0", k=5) == rec.recommend("u0", k=5)
+        and loaded.item_info("new1")["title"] == "New One"
+    )
     loaded.fold_in("fan", {"i1": 5.0, "new1": 4.0})  # refits the same way after loading
     np.testing.assert_allclose(loaded.score_all(["fan"]), rec.score_all(["fan"]), atol=1e-6)
     ranked = Recommender.from_pretrained(ranking_folder)
     ranked.add_interactions({"newbie": ["i1", "i3"]})
-    np.testing.assert_array_equal(Recommender.from_pretrained(ranked.save_pretrained(tmp_path / "r")).score_all(),
-                                  ranked.score_all())
+    np.testing.assert_array_equal(
+        Recommender.from_pretrained(ranked.save_pretrained(tmp_path / "r")).score_all(),
+        ranked.score_all(),
+    )
 
 
 # 9. inputs that were accepted but should not be
@@ -208,7 +248,10 @@ def test_ids_and_texts_that_are_refused_or_warned_about(folder):
         warnings.simplefilter("always")
         rec.add_items({"long": "good movie " * 100, "unknown": "電影 電影 電影 電影"})
     messages = " ".join(str(w.message) for w in caught)
-    assert "longer than the 64 tokens the model reads" in messages and "mostly tokens the model does not know" in messages
+    assert (
+        "longer than the 64 tokens the model reads" in messages
+        and "mostly tokens the model does not know" in messages
+    )
     assert len(rec.item_ids) == NUM_ITEMS + 2  # warned, not refused
 
 
@@ -226,12 +269,29 @@ def test_cli_checks_arguments_before_loading_and_prints_json(folder, capsys):
     with pytest.raises(SystemExit):
         cli.main(["recommend", str(folder / "nope"), "--user", "u0"])
     assert "not a saved peftrec model" in capsys.readouterr().err
-    assert cli.main(["recommend", str(folder), "--user", "u0", "--user", "u1", "-k", "2", "--json",
-                     "--include-seen"]) == 0
+    assert (
+        cli.main(
+            [
+                "recommend",
+                str(folder),
+                "--user",
+                "u0",
+                "--user",
+                "u1",
+                "-k",
+                "2",
+                "--json",
+                "--include-seen",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert list(out["recommendations"]) == ["u0", "u1"] and out["score"] == "rating"
     assert out["recommendations"]["u0"][0]["title"].startswith("Movie")
-    version = subprocess.run([sys.executable, "-m", "peftrec.cli", "--version"], capture_output=True, text=True)
+    version = subprocess.run(
+        [sys.executable, "-m", "peftrec.cli", "--version"], capture_output=True, text=True
+    )
     assert version.stdout.startswith("peftrec ")
     assert cli.main(["predict", str(folder), "--user", "u0", "i1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["predictions"][0]["item_id"] == "i1"

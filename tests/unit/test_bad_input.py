@@ -44,23 +44,26 @@ def write(path: Path, data: str | bytes) -> Path:
 # --- the recipe: settings out of range, unusable data; fails before output_dir exists ------------
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("train.items_per_step=0", "train.items_per_step=0: must be at least 1"),
-    ("train.epochs=0", "train.epochs=0: must be at least 1"),
-    ("train.lr=-1e-3", "train.lr=-0.001: must be a positive number"),
-    ("train.lr=.nan", "train.lr=nan: must be a positive number"),
-    ("train.grad_accum=0", "train.grad_accum=0: must be at least 1"),
-    ("train.checkpoint_every=0", "train.checkpoint_every=0: must be null or at least 1"),
-    ("train.max_steps=0", "train.max_steps=0: must be null or at least 1"),
-    ("train.warmup_ratio=1.5", "train.warmup_ratio=1.5: must be in [0, 1]"),
-    ("data.train_fraction=0", "data.train_fraction=0.0: must be in (0, 1]"),
-    ("data.max_length=0", "data.max_length=0: must be at least 1"),
-    ("model.dim=0", "model.dim=0: must be at least 1"),
-    ("adapter.dropout=1", "adapter.dropout=1.0: must be in [0, 1)"),
-    ("transfer.weight=-1", "transfer.weight=-1.0: must be zero or positive"),
-    ("transfer.mask_prob=1", "transfer.mask_prob=1.0: must be in (0, 1)"),
-    ("train.text_l2=.inf", "train.text_l2=inf: must be zero or positive"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.items_per_step=0", "train.items_per_step=0: must be at least 1"),
+        ("train.epochs=0", "train.epochs=0: must be at least 1"),
+        ("train.lr=-1e-3", "train.lr=-0.001: must be a positive number"),
+        ("train.lr=.nan", "train.lr=nan: must be a positive number"),
+        ("train.grad_accum=0", "train.grad_accum=0: must be at least 1"),
+        ("train.checkpoint_every=0", "train.checkpoint_every=0: must be null or at least 1"),
+        ("train.max_steps=0", "train.max_steps=0: must be null or at least 1"),
+        ("train.warmup_ratio=1.5", "train.warmup_ratio=1.5: must be in [0, 1]"),
+        ("data.train_fraction=0", "data.train_fraction=0.0: must be in (0, 1]"),
+        ("data.max_length=0", "data.max_length=0: must be at least 1"),
+        ("model.dim=0", "model.dim=0: must be at least 1"),
+        ("adapter.dropout=1", "adapter.dropout=1.0: must be in [0, 1)"),
+        ("transfer.weight=-1", "transfer.weight=-1.0: must be zero or positive"),
+        ("transfer.mask_prob=1", "transfer.mask_prob=1.0: must be in (0, 1)"),
+        ("train.text_l2=.inf", "train.text_l2=inf: must be zero or positive"),
+    ],
+)
 def test_out_of_range_settings_name_the_key(recipe, tmp_path, override, message):
     out = tmp_path / "run"
     with pytest.raises(ConfigError) as error:
@@ -69,11 +72,20 @@ def test_out_of_range_settings_name_the_key(recipe, tmp_path, override, message)
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["adapter.method=frozen", "transfer.loss=l2sp"], "transfer.loss=l2sp needs a backbone that trains"),
-    (["transfer.weight=0.1"], "transfer.weight=0.1 but transfer.loss=none"),
-    (["backbone.init=random", "adapter.method=qlora"], "backbone.init=random cannot be combined with adapter.method=qlora"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["adapter.method=frozen", "transfer.loss=l2sp"],
+            "transfer.loss=l2sp needs a backbone that trains",
+        ),
+        (["transfer.weight=0.1"], "transfer.weight=0.1 but transfer.loss=none"),
+        (
+            ["backbone.init=random", "adapter.method=qlora"],
+            "backbone.init=random cannot be combined with adapter.method=qlora",
+        ),
+    ],
+)
 def test_conflicting_settings_are_refused_at_start_up(recipe, tmp_path, overrides, message):
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match=message):
@@ -83,7 +95,10 @@ def test_conflicting_settings_are_refused_at_start_up(recipe, tmp_path, override
 
 def test_output_dir_that_is_a_file_or_under_one(recipe, tmp_path):
     file = write(tmp_path / "results", "not a folder")
-    for out, message in [(file, "is a file, not a folder"), (file / "run", "is a file, not a folder")]:
+    for out, message in [
+        (file, "is a file, not a folder"),
+        (file / "run", "is a file, not a folder"),
+    ]:
         with pytest.raises(ConfigError, match=f"output_dir='{out}': {file} {message}"):
             recipe.main([f"output_dir={out}"])
 
@@ -91,30 +106,62 @@ def test_output_dir_that_is_a_file_or_under_one(recipe, tmp_path):
 def small_files(folder: Path, ratings: list[tuple[str, str, float]], items: int) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rows = "".join(f"{u},{i},{r},{k}\n" for k, (u, i, r) in enumerate(ratings))
-    return {"interactions": write(folder / "ratings.csv", "user_id,item_id,rating,timestamp\n" + rows),
-            "items": write(folder / "items.csv", "item_id,title,genres\n" + "".join(
-                f"i{k},good movie {k},drama\n" for k in range(items)))}
+    return {
+        "interactions": write(folder / "ratings.csv", "user_id,item_id,rating,timestamp\n" + rows),
+        "items": write(
+            folder / "items.csv",
+            "item_id,title,genres\n"
+            + "".join(f"i{k},good movie {k},drama\n" for k in range(items)),
+        ),
+    }
 
 
 FOUR_ITEMS = [(f"u{u}", f"i{i}", 1 + (u + i) % 5) for u in range(6) for i in range(4)]
 SHORT_USERS = [(f"u{u}", f"i{(u + k) % 9}", 3) for u in range(20) for k in range(2)]
 
 
-@pytest.mark.parametrize(("ratings", "items", "settings", "message"), [
-    (FOUR_ITEMS, 4, ["data.protocol=p2"],
-     r"ratings.*4 items, 6 users\): protocol p2 leaves no test ratings; p2 holds out .* at least 10 rated items"),
-    (SHORT_USERS, 9, ["data.protocol=p3"],
-     r"protocol p3 leaves no validation ratings; p3 holds out each user's last two ratings, .* at least 3"),
-    (SHORT_USERS, 9, ["data.train_fraction=0.001"],
-     r"protocol p1 leaves no train ratings; data.train_fraction=0.001 kept none of the training ratings"),
-    (SHORT_USERS, 9, ["data.item_template={title} {plot}"],
-     r"item template '\{title\} \{plot\}' names field 'plot', which does not exist; available item fields: "
-     r"'title', 'genres'"),
-    (SHORT_USERS, 9, ["model.user_text=true"],
-     r"model.user_text=true needs user profile fields, and dataset 'ratings' has none"),
-])
-def test_unusable_data_fails_before_anything_is_written(recipe, tmp_path, tiny_bert, ratings, items, settings,
-                                                        message):
+@pytest.mark.parametrize(
+    ("ratings", "items", "settings", "message"),
+    [
+        (
+            FOUR_ITEMS,
+            4,
+            ["data.protocol=p2"],
+            r"ratings.*4 items, 6 users\): protocol p2 leaves no test ratings; p2 holds out "
+            r".* at least 10 rated items",
+        ),
+        (
+            SHORT_USERS,
+            9,
+            ["data.protocol=p3"],
+            r"protocol p3 leaves no validation ratings; p3 holds out each user's last "
+            r"two ratings, .* at least 3",
+        ),
+        (
+            SHORT_USERS,
+            9,
+            ["data.train_fraction=0.001"],
+            r"protocol p1 leaves no train ratings; data.train_fraction=0.001 kept "
+            r"none of the training ratings",
+        ),
+        (
+            SHORT_USERS,
+            9,
+            ["data.item_template={title} {plot}"],
+            r"item template '\{title\} \{plot\}' names field 'plot', which does not exist; "
+            r"available item fields: 'title', 'genres'",
+        ),
+        (
+            SHORT_USERS,
+            9,
+            ["model.user_text=true"],
+            r"model.user_text=true needs user profile fields, and dataset 'ratings' has none",
+        ),
+    ],
+)
+def test_unusable_data_fails_before_anything_is_written(
+    recipe, tmp_path, tiny_bert, ratings, items, settings, message
+):
     files, out = small_files(tmp_path / "data", ratings, items), tmp_path / "run"
     with pytest.raises(DataError, match=message):
         recipe.main([*tiny_overrides(files, tiny_bert, out), *settings])
@@ -123,19 +170,33 @@ def test_unusable_data_fails_before_anything_is_written(recipe, tmp_path, tiny_b
 
 def test_items_with_empty_text_name_the_item(recipe, tmp_path, tiny_bert):
     files = small_files(tmp_path / "data", SHORT_USERS, 9)
-    write(files["items"], "item_id,title,genres\n" + "".join(f"i{k},{'' if k == 4 else 'x'},\n" for k in range(9)))
-    with pytest.raises(DataError, match=r"item 'i4' has an empty text with template '\{title\}. Genres: \{genres\}.'"):
+    write(
+        files["items"],
+        "item_id,title,genres\n" + "".join(f"i{k},{'' if k == 4 else 'x'},\n" for k in range(9)),
+    )
+    with pytest.raises(
+        DataError,
+        match=r"item 'i4' has an empty text with template '\{title\}. Genres: \{genres\}.'",
+    ):
         recipe.main(tiny_overrides(files, tiny_bert, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
 def test_command_line_reports_bad_data_in_one_line_without_traceback(tmp_path, tiny_bert):
     files, out = small_files(tmp_path / "data", FOUR_ITEMS, 4), tmp_path / "run"
-    result = subprocess.run([sys.executable, str(RECIPE), *tiny_overrides(files, tiny_bert, out), "data.protocol=p2"],
-                            capture_output=True, text=True, cwd=REPO, timeout=300,
-                            env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    result = subprocess.run(
+        [sys.executable, str(RECIPE), *tiny_overrides(files, tiny_bert, out), "data.protocol=p2"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 2
-    assert "train_rating.py: error: dataset 'ratings' (24 ratings, 4 items, 6 users): protocol p2" in result.stderr
+    assert (
+        "train_rating.py: error: dataset 'ratings' (24 ratings, 4 items, 6 users): protocol p2"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr and not out.exists()
 
 
@@ -145,17 +206,34 @@ INTER = "user_id,item_id,rating\nu1,a,4\nu2,b,3\nu1,b,1\n"
 
 
 def test_truncated_or_foreign_files_name_the_file(tmp_path):
-    frame = pd.DataFrame({"user_id": ["u1", "u2"] * 50, "item_id": ["a", "b"] * 50, "rating": [1.0, 2.0] * 50})
+    frame = pd.DataFrame(
+        {"user_id": ["u1", "u2"] * 50, "item_id": ["a", "b"] * 50, "rating": [1.0, 2.0] * 50}
+    )
     frame.to_parquet(tmp_path / "full.parquet")
     data = (tmp_path / "full.parquet").read_bytes()
     cases = [
-        (write(tmp_path / "cut.parquet", data[: len(data) // 2]), r"cut\.parquet: cannot read as parquet: .*corrupted"),
+        (
+            write(tmp_path / "cut.parquet", data[: len(data) // 2]),
+            r"cut\.parquet: cannot read as parquet: .*corrupted",
+        ),
         (write(tmp_path / "text.parquet", INTER), r"text\.parquet: cannot read as parquet"),
-        (write(tmp_path / "cut.csv", INTER + "u3,c"), r"cut\.csv, line 5 \(row 3\), column 'rating': missing value"),
-        (write(tmp_path / "semicolons.csv", INTER.replace(",", ";")),
-         r"semicolons\.csv: missing column\(s\) 'user_id', 'item_id', 'rating'; found columns: 'user_id;item_id;rating'"),
-        (write(tmp_path / "ratings.csv.gz", b"\x1f\x8b"), r"ratings\.csv\.gz: unsupported file type '\.gz'"),
-        (write(tmp_path / "huge.csv", "user_id,item_id,rating\nu,a,1e400\n"), r"line 2 \(row 0\).*'1e400' is not a finite"),
+        (
+            write(tmp_path / "cut.csv", INTER + "u3,c"),
+            r"cut\.csv, line 5 \(row 3\), column 'rating': missing value",
+        ),
+        (
+            write(tmp_path / "semicolons.csv", INTER.replace(",", ";")),
+            r"semicolons\.csv: missing column\(s\) 'user_id', 'item_id', 'rating'; found "
+            r"columns: 'user_id;item_id;rating'",
+        ),
+        (
+            write(tmp_path / "ratings.csv.gz", b"\x1f\x8b"),
+            r"ratings\.csv\.gz: unsupported file type '\.gz'",
+        ),
+        (
+            write(tmp_path / "huge.csv", "user_id,item_id,rating\nu,a,1e400\n"),
+            r"line 2 \(row 0\).*'1e400' is not a finite",
+        ),
     ]
     for path, message in cases:
         with pytest.raises(DataError, match=message):
@@ -163,17 +241,40 @@ def test_truncated_or_foreign_files_name_the_file(tmp_path):
 
 
 LOADER_GAPS = {  # file name: (content, the message it should get)
-    "latin1.csv": ("user_id,item_id,rating\nu1,café,4\n".encode("latin-1"), r"latin1\.csv, line 2: not valid UTF-8"),
-    "latin1-header.csv": ("user_id,item_id,ratingé\n".encode("latin-1"), r"latin1-header\.csv, line 1: not valid UTF-8"),
+    "latin1.csv": (
+        "user_id,item_id,rating\nu1,café,4\n".encode("latin-1"),
+        r"latin1\.csv, line 2: not valid UTF-8",
+    ),
+    "latin1-header.csv": (
+        "user_id,item_id,ratingé\n".encode("latin-1"),
+        r"latin1-header\.csv, line 1: not valid UTF-8",
+    ),
     "utf16.csv": (INTER.encode("utf-16"), r"utf16\.csv.*UTF-16"),
     "quote.csv": (INTER + 'u3,"c', r"quote\.csv: cannot read as csv: .*EOF inside string"),
-    "fields.csv": (INTER + "u3,c,4,9\n", r"fields\.csv: cannot read as csv: .*Expected 3 fields in line 5, saw 4"),
-    "cut.jsonl": ('{"user_id":"u","item_id":"a","rating":1}\n{"user_id":"u","ite',
-                  r"cut\.jsonl: cannot read as json: .*JSON parse error"),
-    "bool.jsonl": ('{"user_id":"u","item_id":"a","rating":true}\n', r"line 1 \(row 0\), column 'rating': True is not a"),
-    "list.jsonl": ('{"user_id":"u","item_id":"a","rating":[4]}\n', r"line 1 \(row 0\), column 'rating': \[4\] is not a"),
-    "twice.csv": ("user_id,item_id,rating,rating\nu,a,1,2\n", r"twice\.csv: duplicate column 'rating'"),
-    "overflow.csv": ("user_id,item_id,rating\nu,a,1e39\n", r"line 2 \(row 0\), column 'rating': '1e39'"),
+    "fields.csv": (
+        INTER + "u3,c,4,9\n",
+        r"fields\.csv: cannot read as csv: .*Expected 3 fields in line 5, saw 4",
+    ),
+    "cut.jsonl": (
+        '{"user_id":"u","item_id":"a","rating":1}\n{"user_id":"u","ite',
+        r"cut\.jsonl: cannot read as json: .*JSON parse error",
+    ),
+    "bool.jsonl": (
+        '{"user_id":"u","item_id":"a","rating":true}\n',
+        r"line 1 \(row 0\), column 'rating': True is not a",
+    ),
+    "list.jsonl": (
+        '{"user_id":"u","item_id":"a","rating":[4]}\n',
+        r"line 1 \(row 0\), column 'rating': \[4\] is not a",
+    ),
+    "twice.csv": (
+        "user_id,item_id,rating,rating\nu,a,1,2\n",
+        r"twice\.csv: duplicate column 'rating'",
+    ),
+    "overflow.csv": (
+        "user_id,item_id,rating\nu,a,1e39\n",
+        r"line 2 \(row 0\), column 'rating': '1e39'",
+    ),
 }
 
 
@@ -187,10 +288,15 @@ def test_loader_gaps(tmp_path, name):
 
 # --- property: any well-formed table loads exactly, any single corruption is named ---------------
 
-text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=8)  # any Unicode, quotes, commas
+text = st.text(
+    alphabet=st.characters(exclude_categories=("Cs",)), max_size=8
+)  # any Unicode, quotes, commas
 identifier = text.filter(lambda s: s.strip() != "")
-table = st.lists(st.tuples(identifier, identifier, st.floats(-1e6, 1e6, allow_nan=False, width=32)),
-                 min_size=1, max_size=6)
+table = st.lists(
+    st.tuples(identifier, identifier, st.floats(-1e6, 1e6, allow_nan=False, width=32)),
+    min_size=1,
+    max_size=6,
+)
 
 
 def write_table(path: Path, frame: pd.DataFrame) -> Path:
@@ -202,15 +308,23 @@ def write_table(path: Path, frame: pd.DataFrame) -> Path:
     elif path.suffix == ".parquet":
         frame.to_parquet(path)
     else:
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in frame.to_dict("records")),
-                        encoding="utf-8")
+        path.write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in frame.to_dict("records")),
+            encoding="utf-8",
+        )
     return path
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=table, titles=st.lists(text, min_size=6, max_size=6), fmt=st.sampled_from(["csv", "parquet", "jsonl"]),
-       corruption=st.sampled_from([None, "blank user", "unknown item", "drop rating column", "text rating"]),
-       where=st.integers(0, 5))
+@given(
+    rows=table,
+    titles=st.lists(text, min_size=6, max_size=6),
+    fmt=st.sampled_from(["csv", "parquet", "jsonl"]),
+    corruption=st.sampled_from(
+        [None, "blank user", "unknown item", "drop rating column", "text rating"]
+    ),
+    where=st.integers(0, 5),
+)
 def test_loader_property_any_table(rows, titles, fmt, corruption, where):
     """Ids and texts of any Unicode (stripped), in any format, load exactly; a single corruption
     gives a DataError naming the file and the column (and the row, where there is one)."""
@@ -232,19 +346,28 @@ def test_loader_property_any_table(rows, titles, fmt, corruption, where):
         inter.loc[row, "rating"] = "4 stars"
         expected = [f"row {row}", "column 'rating'", "'4 stars' is not a finite number"]
     with tempfile.TemporaryDirectory() as tmp:
-        paths = (write_table(Path(tmp) / f"ratings.{fmt}", inter),
-                 write_table(Path(tmp) / f"items.{fmt}", pd.DataFrame({"item_id": items, "title": titles[: len(items)]})))
+        paths = (
+            write_table(Path(tmp) / f"ratings.{fmt}", inter),
+            write_table(
+                Path(tmp) / f"items.{fmt}",
+                pd.DataFrame({"item_id": items, "title": titles[: len(items)]}),
+            ),
+        )
         if expected:
             with pytest.raises(DataError) as error:
                 load_files(*paths)
-            assert all(part in str(error.value) for part in [f"ratings.{fmt}", *expected]), str(error.value)
+            assert all(part in str(error.value) for part in [f"ratings.{fmt}", *expected]), str(
+                error.value
+            )
             return
         ds = load_files(*paths)
     assert ds.item_ids == [i.strip() for i in items]
     assert ds.item_fields["title"] == [t.strip() for t in titles[: len(items)]]
     assert [ds.user_ids[u] for u in ds.interactions.users] == [u.strip() for u, _, _ in rows]
     assert [ds.item_ids[i] for i in ds.interactions.items] == [i.strip() for _, i, _ in rows]
-    np.testing.assert_array_equal(ds.interactions.ratings, np.array([r for *_, r in rows], dtype=np.float32))
+    np.testing.assert_array_equal(
+        ds.interactions.ratings, np.array([r for *_, r in rows], dtype=np.float32)
+    )
 
 
 # --- the app API: wrong argument shapes --------------------------------------------------------
@@ -253,7 +376,9 @@ def test_loader_property_any_table(rows, titles, fmt, corruption, where):
 @pytest.fixture(scope="module")
 def recommender(tiny_bert, tmp_path_factory):
     model, tokenizer = trained(tiny_bert)
-    return Recommender.from_pretrained(save(tmp_path_factory.mktemp("rec") / "model", model, tokenizer, tiny_bert))
+    return Recommender.from_pretrained(
+        save(tmp_path_factory.mktemp("rec") / "model", model, tokenizer, tiny_bert)
+    )
 
 
 def test_recommender_clear_errors(recommender):
@@ -265,7 +390,9 @@ def test_recommender_clear_errors(recommender):
         recommender.predict(["u0"], [None])
     with pytest.raises(ValueError, match=r"recommend: k must be a positive integer, got 2\.0"):
         recommender.recommend("u0", k=2.0)
-    assert recommender.predict_texts("u0", []).shape == (0,) and recommender.score_all([]).shape == (0, 11)
+    assert recommender.predict_texts("u0", []).shape == (0,) and recommender.score_all(
+        []
+    ).shape == (0, 11)
 
 
 def test_recommend_takes_numpy_integers_for_k(recommender):
@@ -292,14 +419,22 @@ def remote_code_model(tmp_path):
     folder = tmp_path / "remote"
     folder.mkdir()
     marker = tmp_path / "code-ran"
-    code = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nfrom transformers import PretrainedConfig\n" \
-           "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    code = (
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+        "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
     for module in ("configuration_evil", "modeling_evil", "tokenization_evil"):
         (folder / f"{module}.py").write_text(code)
-    auto_map = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel",
-                "AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    auto_map = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModel": "modeling_evil.EvilModel",
+        "AutoTokenizer": ["tokenization_evil.EvilTokenizer", None],
+    }
     (folder / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": auto_map}))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": auto_map["AutoTokenizer"]}}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"auto_map": {"AutoTokenizer": auto_map["AutoTokenizer"]}})
+    )
     return folder, marker
 
 
@@ -337,7 +472,9 @@ def test_pickled_backbone_weights_are_never_unpickled(tiny_bert, tmp_path):
     folder, marker = tmp_path / "pickled", tmp_path / "code-ran"
     folder.mkdir()
     shutil.copy(tiny_bert / "config.json", folder)
-    torch.save({"embeddings.word_embeddings.weight": _Exploit(marker)}, folder / "pytorch_model.bin")
+    torch.save(
+        {"embeddings.word_embeddings.weight": _Exploit(marker)}, folder / "pytorch_model.bin"
+    )
     with pytest.raises(Exception, match="Weights only load failed"):
         load_backbone(str(folder))
     assert not marker.exists()

@@ -14,8 +14,13 @@ from peftrec.tokens import tokenize_texts
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, adapter_config
 from .test_recommender import CATALOG, ITEMS, save
 
-PROFILES = [f"a {20 + k} year old {'male' if k % 2 else 'female'} {('student', 'writer', 'engineer')[k % 3]}."
-            for k in range(NUM_USERS)]
+PROFILES = [
+    (
+        f"a {20 + k} year old {'male' if k % 2 else 'female'} "
+        f"{('student', 'writer', 'engineer')[k % 3]}."
+    )
+    for k in range(NUM_USERS)
+]
 
 
 def rmse(a, b) -> float:
@@ -24,21 +29,32 @@ def rmse(a, b) -> float:
 
 def build(backbone_path, method="lora", user_text=True, task="rating"):
     """A model as the recipe leaves it: profiles encoded before training, then every trained
-    weight moved away from its start (so encoding a profile with the adapted backbone would show)."""
+    weight moved away from its start (so encoding a profile with the adapted backbone would
+    show)."""
     torch.manual_seed(0)
-    model, tokenizer = build_model(BackboneConfig(name=str(backbone_path)), adapter_config(method),
-                                   ModelConfig(dim=DIM, user_text=user_text), num_users=NUM_USERS,
-                                   num_items=NUM_ITEMS, task=task)
+    model, tokenizer = build_model(
+        BackboneConfig(name=str(backbone_path)),
+        adapter_config(method),
+        ModelConfig(dim=DIM, user_text=user_text),
+        num_users=NUM_USERS,
+        num_items=NUM_ITEMS,
+        task=task,
+    )
     if user_text:
         model.head.user_text.copy_(model.encode_texts(tokenize_texts(tokenizer, PROFILES, 32)))
     for name, param in model.named_parameters():
         if param.requires_grad:
-            torch.nn.init.normal_(param, std=0.05 if "head." in name else 0.02,
-                                  generator=torch.Generator().manual_seed(len(name)))
+            torch.nn.init.normal_(
+                param,
+                std=0.05 if "head." in name else 0.02,
+                generator=torch.Generator().manual_seed(len(name)),
+            )
     return model, tokenizer
 
 
-def recommender(backbone_path, method="lora", user_text=True, task="rating", profile_scale=1.0, **users):
+def recommender(
+    backbone_path, method="lora", user_text=True, task="rating", profile_scale=1.0, **users
+):
     """A Recommender; ``users`` sets trained users' ID vectors and biases, ``u1=(vector, bias)``;
     ``profile_scale`` scales the profile projection (how much a profile says about the ratings)."""
     model, tokenizer = build(backbone_path, method, user_text, task)
@@ -55,14 +71,19 @@ def recommender(backbone_path, method="lora", user_text=True, task="rating", pro
 
 @pytest.mark.parametrize("method", ["lora", "frozen"])
 def test_add_users_scores_a_profile_as_training_did(tiny_bert, method):
-    # u0's ID part and bias zeroed: u0 is then scored from its profile alone, as a new user should be
+    # u0's ID part and bias zeroed: u0 is then scored from its profile alone, as a new user
+    # should be
     rec = recommender(tiny_bert, method, u0=(np.zeros(DIM), 0.0))
     rec.add_users({"new": PROFILES[0], "other": PROFILES[3]})
     assert rec.user_ids[-2:] == ["new", "other"]
     np.testing.assert_allclose(rec.score_all(["new"]), rec.score_all(["u0"]), rtol=1e-5, atol=1e-6)
-    assert not np.allclose(rec.score_all(["new"]), rec.score_all(["other"]), atol=1e-3)  # other text
+    assert not np.allclose(
+        rec.score_all(["new"]), rec.score_all(["other"]), atol=1e-3
+    )  # other text
     assert len(rec.recommend("new", k=NUM_ITEMS)) == NUM_ITEMS  # nothing seen yet
-    if method == "lora":  # the adapted backbone encodes differently: the profile must skip the adapter
+    if (
+        method == "lora"
+    ):  # the adapted backbone encodes differently: the profile must skip the adapter
         head, tokens = rec.model.head, tokenize_texts(rec.tokenizer, PROFILES[:1], 32)
         adapted = head.user_text_proj(rec.model.encode_texts(tokens))[0]
         assert not torch.allclose(adapted, head.user_text_proj(head.user_text[0]), atol=1e-3)
@@ -81,7 +102,10 @@ def test_add_users_after_save_and_load(tmp_path, tiny_bert):
 def test_add_users_refusals(tiny_bert):
     with pytest.raises(ValueError, match=r"without model.user_text=true.*fold_in"):
         recommender(tiny_bert, user_text=False).add_users({"new": PROFILES[0]})
-    for method in ("top_layers", "prefix"):  # training profiles came from a backbone the folder lacks
+    for method in (
+        "top_layers",
+        "prefix",
+    ):  # training profiles came from a backbone the folder lacks
         with pytest.raises(ValueError, match=r"before training.*fold_in"):
             recommender(tiny_bert, method).add_users({"new": PROFILES[0]})
     rec = recommender(tiny_bert)
@@ -97,20 +121,33 @@ def test_add_users_refusals(tiny_bert):
     rec.add_users({"new": PROFILES[0]})
     before = rec.score_all(["new"])
     rec.add_users({"new": PROFILES[1]})  # an added user's profile may change
-    assert not np.allclose(rec.score_all(["new"]), before, atol=1e-3) and len(rec.user_ids) == NUM_USERS + 1
+    assert (
+        not np.allclose(rec.score_all(["new"]), before, atol=1e-3)
+        and len(rec.user_ids) == NUM_USERS + 1
+    )
 
 
 def test_fold_in_learns_a_user_from_ratings(tiny_bert):
     rng = np.random.default_rng(0)
-    rec = recommender(tiny_bert, "frozen", user_text=False, u1=(rng.normal(0, 1.0, DIM), 1.0),
-                      u3=(np.zeros(DIM), 0.0))
-    truth = rec.predict(["u1"] * NUM_ITEMS, ITEMS)  # the ratings of a user with this vector and bias
+    rec = recommender(
+        tiny_bert,
+        "frozen",
+        user_text=False,
+        u1=(rng.normal(0, 1.0, DIM), 1.0),
+        u3=(np.zeros(DIM), 0.0),
+    )
+    truth = rec.predict(
+        ["u1"] * NUM_ITEMS, ITEMS
+    )  # the ratings of a user with this vector and bias
     baseline = rec.predict(["u3"] * NUM_ITEMS, ITEMS)  # no ratings: mean + item bias
     rec.fold_in("new", {i: truth[k] for k, i in enumerate(ITEMS[:3])}, l2=1.0)
     held_out = slice(3, None)
-    assert rmse(rec.predict(["new"] * 8, ITEMS[held_out]), truth[held_out]) < 0.7 * rmse(baseline[held_out],
-                                                                                           truth[held_out])
-    rec.fold_in("new", {i: truth[k] for k, i in enumerate(ITEMS[:10])}, l2=1e-6)  # 10 ratings, 9 unknowns
+    assert rmse(rec.predict(["new"] * 8, ITEMS[held_out]), truth[held_out]) < 0.7 * rmse(
+        baseline[held_out], truth[held_out]
+    )
+    rec.fold_in(
+        "new", {i: truth[k] for k, i in enumerate(ITEMS[:10])}, l2=1e-6
+    )  # 10 ratings, 9 unknowns
     np.testing.assert_allclose(rec.predict(["new"] * NUM_ITEMS, ITEMS), truth, atol=1e-3)
 
 
@@ -124,7 +161,9 @@ def test_fold_in_shrinks_towards_the_profile(tiny_bert):
     rec.add_users({"profile": PROFILES[2], "both": PROFILES[2]})
     rec.fold_in("both", known, l2=1.0)
     rec.fold_in("ratings", known, l2=1.0)
-    error = {u: rmse(rec.predict([u] * 9, ITEMS[2:]), truth[2:]) for u in ("profile", "both", "ratings")}
+    error = {
+        u: rmse(rec.predict([u] * 9, ITEMS[2:]), truth[2:]) for u in ("profile", "both", "ratings")
+    }
     assert error["both"] < error["profile"] and error["both"] < error["ratings"], error
     profile_only = rec.predict(["profile"] * NUM_ITEMS, ITEMS)
     rec.fold_in("both", known, l2=1e9)  # an overwhelming prior: back to the profile
@@ -137,7 +176,9 @@ def test_profile_after_fold_in_is_the_same_as_before(tiny_bert):
     rec.fold_in("late", ratings)  # ratings first, then a profile: refit around it
     rec.add_users({"late": PROFILES[4], "early": PROFILES[4]})
     rec.fold_in("early", ratings)
-    np.testing.assert_allclose(rec.score_all(["late"]), rec.score_all(["early"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        rec.score_all(["late"]), rec.score_all(["early"]), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_recommend_excludes_folded_in_items(tiny_bert):

@@ -23,8 +23,9 @@ FINGERPRINTS = {
     "p1": ("80000:93a7e9470864", "10000:c44e0d043e49", "10000:0bf497b78057"),
     "p2": ("71213:81024ac75496", "9207:13a587c445c8", "19580:ec2ac023b60f"),
     "p3": ("98114:7914db3038b6", "943:2fc9daa633ab", "943:6474ecc43547"),
-    # peftrec's own cold-start-user protocol (not one of the shared protocols); computed once with split_rows
-    # and checked against a from-scratch implementation of the rule on the raw .inter file
+    # peftrec's own cold-start-user protocol (not one of the shared protocols); computed once with
+    # split_rows and checked against a from-scratch implementation of the rule on the raw .inter
+    # file
     "p2u": ("70655:600367ecc565", "11318:6cfe77736ee5", "18027:bb91837459a8"),
 }
 

@@ -63,7 +63,10 @@ def test_grouplens_100k_parser(tmp_path):
     assert ds.item_texts() == [
         "Kolya (1996). Genres: Comedy.",
         "unknown. Genres: unknown.",
-        "Land Before Time III: The Time of the Great Giving (1995) (V). Genres: Animation, Children's.",
+        (
+            "Land Before Time III: The Time of the Great Giving (1995) (V). "
+            "Genres: Animation, Children's."
+        ),
         "Misérables, Les (1995). Genres: Drama, Musical.",
     ]
     assert ds.user_texts() == ["A 49-year-old male writer.", "A 39-year-old female executive."]

@@ -67,8 +67,12 @@ def test_p2u_holds_out_whole_users():
 def test_p2u_needs_ten_users():
     ds = _dataset([0, 1, 2, 3, 4] * 3, list(range(15)))
     split = split_rows(ds, "p2u")
-    assert len(split.valid) == 0  # 5 users: 1 test user, 5 * 3 // 10 = 1 held, so no validation user
-    with pytest.raises(DataError, match=r"protocol p2u leaves no valid ratings; p2u holds out .* at least 10"):
+    assert (
+        len(split.valid) == 0
+    )  # 5 users: 1 test user, 5 * 3 // 10 = 1 held, so no validation user
+    with pytest.raises(
+        DataError, match=r"protocol p2u leaves no valid ratings; p2u holds out .* at least 10"
+    ):
         check_splits(ds, "p2u", {"train": split.train, "valid": split.valid, "test": split.test})
 
 

@@ -26,19 +26,34 @@ def test_unseen_items_are_predicted_from_their_text(toy_files, tiny_bert):
     train, test = dataset.interactions.subset(split.train), dataset.interactions.subset(split.test)
     assert set(test.items).isdisjoint(train.items)
     torch.manual_seed(0)
-    model, tokenizer = build_model(BackboneConfig(name=str(tiny_bert)), AdapterConfig(method="lora", r=4),
-                                   ModelConfig(dim=8, item_ids=False),
-                                   num_users=len(dataset.user_ids), num_items=len(dataset.item_ids))
+    model, tokenizer = build_model(
+        BackboneConfig(name=str(tiny_bert)),
+        AdapterConfig(method="lora", r=4),
+        ModelConfig(dim=8, item_ids=False),
+        num_users=len(dataset.user_ids),
+        num_items=len(dataset.item_ids),
+    )
     tokens = tokenize_texts(tokenizer, dataset.item_texts("{title}. Genres: {genres}."), 32)
     head = model.head
-    head.init_biases(torch.as_tensor(train.users), torch.as_tensor(train.items), torch.as_tensor(train.ratings))
+    head.init_biases(
+        torch.as_tensor(train.users), torch.as_tensor(train.items), torch.as_tensor(train.ratings)
+    )
     features = model.encode_texts(tokens)
-    warm_up_head(head, features, train.users, train.items, train.ratings, epochs=60, batch_size=64, lr=0.02,
-                 l2=0.0, seed=0)
+    warm_up_head(
+        head,
+        features,
+        train.users,
+        train.items,
+        train.ratings,
+        epochs=60,
+        batch_size=64,
+        lr=0.02,
+        l2=0.0,
+        seed=0,
+    )
     mean_only = rmse(np.full(len(test), train.ratings.mean()), test.ratings)
     from_text = rmse(predict_ratings(head, features, test.users, test.items), test.ratings)
     assert from_text < 0.5 * mean_only, (from_text, mean_only)
-
 
 
 def test_item_amortised_training_learns_the_signal(toy_files, tiny_gpt2):
@@ -47,14 +62,23 @@ def test_item_amortised_training_learns_the_signal(toy_files, tiny_gpt2):
     split = split_rows(dataset, "p2")
     train, test = dataset.interactions.subset(split.train), dataset.interactions.subset(split.test)
     torch.manual_seed(0)
-    model, tokenizer = build_model(BackboneConfig(name=str(tiny_gpt2)), AdapterConfig(method="lora", r=4),
-                                   ModelConfig(dim=8, item_ids=False),
-                                   num_users=len(dataset.user_ids), num_items=len(dataset.item_ids))
+    model, tokenizer = build_model(
+        BackboneConfig(name=str(tiny_gpt2)),
+        AdapterConfig(method="lora", r=4),
+        ModelConfig(dim=8, item_ids=False),
+        num_users=len(dataset.user_ids),
+        num_items=len(dataset.item_ids),
+    )
     tokens = tokenize_texts(tokenizer, dataset.item_texts("{title}. Genres: {genres}."), 32)
-    model.head.init_biases(torch.as_tensor(train.users), torch.as_tensor(train.items),
-                           torch.as_tensor(train.ratings))
-    collator = ItemRatingsCollator(tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id)
-    batches = LengthBucketBatches(ItemShuffler(collator.items_with_ratings()), [len(t) for t in tokens], 8)
+    model.head.init_biases(
+        torch.as_tensor(train.users), torch.as_tensor(train.items), torch.as_tensor(train.ratings)
+    )
+    collator = ItemRatingsCollator(
+        tokens, train.users, train.items, train.ratings, tokenizer.pad_token_id
+    )
+    batches = LengthBucketBatches(
+        ItemShuffler(collator.items_with_ratings()), [len(t) for t in tokens], 8
+    )
     loader = DataLoader(range(len(tokens)), batch_sampler=batches, collate_fn=collator)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for epoch in range(15):
@@ -67,4 +91,7 @@ def test_item_amortised_training_learns_the_signal(toy_files, tiny_gpt2):
             optimizer.zero_grad()
     mean_only = rmse(np.full(len(test), train.ratings.mean()), test.ratings)
     features = model.encode_texts(tokens)
-    assert rmse(predict_ratings(model.head, features, test.users, test.items), test.ratings) < 0.5 * mean_only
+    assert (
+        rmse(predict_ratings(model.head, features, test.users, test.items), test.ratings)
+        < 0.5 * mean_only
+    )

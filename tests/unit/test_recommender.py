@@ -23,12 +23,21 @@ def trained(backbone_path, method="lora", task="rating"):
     model, tokenizer = make(backbone_path, method, task=task)
     for name, param in model.named_parameters():
         if param.requires_grad:
-            torch.nn.init.normal_(param, std=0.05 if "head." in name else 0.02, generator=torch.Generator().manual_seed(len(name)))
+            torch.nn.init.normal_(
+                param,
+                std=0.05 if "head." in name else 0.02,
+                generator=torch.Generator().manual_seed(len(name)),
+            )
     return model, tokenizer
 
 
-CATALOG = Catalog(user_ids=USERS, item_ids=ITEMS, item_texts=TEXTS,
-                  seen_users=np.array([0, 0, 1]), seen_items=np.array([2, 5, 2]))
+CATALOG = Catalog(
+    user_ids=USERS,
+    item_ids=ITEMS,
+    item_texts=TEXTS,
+    seen_users=np.array([0, 0, 1]),
+    seen_items=np.array([2, 5, 2]),
+)
 
 
 def save(folder, model, tokenizer, backbone_path, method="lora"):
@@ -47,12 +56,22 @@ def saved(tmp_path, tiny_bert):
 def test_round_trip_gives_identical_predictions(tmp_path, tiny_backbones, kind, method, task):
     model, tokenizer = trained(tiny_backbones[kind], method, task)
     in_memory = Recommender(model, tokenizer, CATALOG, {"max_length": 32})
-    folder = save(tmp_path / "model", model, tokenizer, tiny_backbones[kind], adapter_config(method).method)
+    folder = save(
+        tmp_path / "model", model, tokenizer, tiny_backbones[kind], adapter_config(method).method
+    )
     loaded = Recommender.from_pretrained(folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["peftrec.json", "README.md", "head.safetensors", "tokenizer", "catalog.json", "seen.safetensors",
-         "config.yaml"]
-        + (["adapter"] if method != "frozen" else []))
+        [
+            "peftrec.json",
+            "README.md",
+            "head.safetensors",
+            "tokenizer",
+            "catalog.json",
+            "seen.safetensors",
+            "config.yaml",
+        ]
+        + (["adapter"] if method != "frozen" else [])
+    )
     assert loaded.spec.task == task and loaded.spec.adapter.method == adapter_config(method).method
     np.testing.assert_array_equal(loaded.score_all(), in_memory.score_all())
     assert loaded.recommend("u0", k=3) == in_memory.recommend("u0", k=3)
@@ -86,15 +105,18 @@ def test_new_items_are_scored_from_text_alone(saved, monkeypatch):
     before = rec.score_all(["u1"])[0]
     encoded = []
     original = rec._encode
-    monkeypatch.setattr(rec, "_encode", lambda texts: encoded.append(list(texts)) or original(texts))
+    monkeypatch.setattr(
+        rec, "_encode", lambda texts: encoded.append(list(texts)) or original(texts)
+    )
     rec.add_items({"new1": "good movie 9 comedy", "i4": "bad film horror"})
     assert encoded == [["good movie 9 comedy", "bad film horror"]]  # the rest stays cached
     after = rec.score_all(["u1"])[0]
     assert after.shape == (NUM_ITEMS + 1,)
     np.testing.assert_allclose(np.delete(after[:NUM_ITEMS], 4), np.delete(before, 4), rtol=1e-6)
     assert after[4] != before[4]  # i4's text changed
-    np.testing.assert_allclose(rec.predict(["u1"], ["new1"]), rec.predict_texts("u1", ["good movie 9 comedy"]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        rec.predict(["u1"], ["new1"]), rec.predict_texts("u1", ["good movie 9 comedy"]), rtol=1e-5
+    )
     assert "new1" in {i for i, _ in rec.recommend("u1", k=NUM_ITEMS - 1)}
     with pytest.raises(ValueError, match="empty text"):
         rec.add_items({"x": "  "})
@@ -130,7 +152,9 @@ def test_refuses_pickles_and_corrupt_files(saved, tmp_path, tiny_gpt2):
 def test_failed_save_keeps_the_previous_model(saved, monkeypatch):
     folder, model, tokenizer = saved
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    monkeypatch.setattr(tokenizer, "save_pretrained", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(
+        tokenizer, "save_pretrained", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    )
     with pytest.raises(OSError, match="disk full"):
         save(folder, model, tokenizer, "unused")
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

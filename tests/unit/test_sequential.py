@@ -42,7 +42,9 @@ def test_left_padding_does_not_change_the_last_state():
     padded = enc(vectors, torch.tensor([[PAD, PAD, 4, 2, 7]]))
     assert torch.allclose(short[0, -1], padded[0, -1], atol=1e-5)
     assert torch.equal(padded[0, :2], torch.zeros(2, 16))  # padded positions carry nothing
-    assert torch.isfinite(enc(vectors, torch.tensor([[PAD, PAD]]))).all()  # an empty history is no NaN
+    assert torch.isfinite(
+        enc(vectors, torch.tensor([[PAD, PAD]]))
+    ).all()  # an empty history is no NaN
 
 
 def test_left_pad_keeps_the_most_recent_items():
@@ -64,10 +66,14 @@ def test_histories_are_in_time_order_with_ties_in_row_order():
 def model_for(backbone, method="frozen", item_ids=True):
     from peftrec.assembly import assemble
 
-    cfg = SequentialRecipeConfig(backbone=BackboneConfig(name=str(backbone)),
-                                 adapter=AdapterConfig(method=method, r=4, dropout=0.0),
-                                 model=ModelConfig(dim=8, item_ids=item_ids))
-    spec = make_spec(cfg.backbone, cfg.adapter, cfg.model, task="sequential", num_users=3, num_items=NUM_ITEMS)
+    cfg = SequentialRecipeConfig(
+        backbone=BackboneConfig(name=str(backbone)),
+        adapter=AdapterConfig(method=method, r=4, dropout=0.0),
+        model=ModelConfig(dim=8, item_ids=item_ids),
+    )
+    spec = make_spec(
+        cfg.backbone, cfg.adapter, cfg.model, task="sequential", num_users=3, num_items=NUM_ITEMS
+    )
     spec.head = TASKS["sequential"].head_options(cfg, spec.head)
     torch.manual_seed(0)
     return assemble(spec, adapter=cfg.adapter)
@@ -79,8 +85,12 @@ def test_the_step_scores_the_catalogue_and_the_lm_learns_straight_through(tiny_b
     table = model.encode_texts(tokens)
     model.head.fit_text_norm(table)
     histories = [np.array([0, 3, 5, 2]), np.array([1, 4]), np.array([6, 7, 8, 9, 10])]
-    batch = SequenceCollator(histories, 4, tokens, tokenizer.pad_token_id, fresh=5, seed=0)([0, 1, 2])
-    assert len(batch["fresh_index"]) == 5 and set(batch["fresh_index"].tolist()) <= set(range(NUM_ITEMS))
+    batch = SequenceCollator(histories, 4, tokens, tokenizer.pad_token_id, fresh=5, seed=0)(
+        [0, 1, 2]
+    )
+    assert len(batch["fresh_index"]) == 5 and set(batch["fresh_index"].tolist()) <= set(
+        range(NUM_ITEMS)
+    )
     torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n), std=0.1)
     model.train()
     torch.manual_seed(1)
@@ -94,10 +104,18 @@ def test_the_step_scores_the_catalogue_and_the_lm_learns_straight_through(tiny_b
     plain = model(history=batch["history"], targets=batch["targets"], table=table)
     assert torch.allclose(output.logits, plain.logits, atol=1e-5)  # the table's values, ...
     sequence_loss(output).backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in model.named_parameters()
+        if "lora_" in n
+    )
     model.zero_grad()
     sequence_loss(plain).backward()  # ... and without the fresh pass the LM gets no gradient
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for n, p in model.named_parameters() if "lora_" in n)
+    assert all(
+        p.grad is None or p.grad.abs().sum() == 0
+        for n, p in model.named_parameters()
+        if "lora_" in n
+    )
 
 
 def test_sampled_loss_approaches_the_full_softmax(tiny_bert):
@@ -106,8 +124,14 @@ def test_sampled_loss_approaches_the_full_softmax(tiny_bert):
     output = model(history=left_pad([[0, 3, 5]], 4), targets=left_pad([[3, 5, 2]], 4), table=table)
     full = sequence_loss(output).item()
     popularity = torch.ones(NUM_ITEMS)
-    sampled = np.mean([sequence_loss(output, "sampled", 400, popularity, torch.Generator().manual_seed(s)).item()
-                       for s in range(5)])
+    sampled = np.mean(
+        [
+            sequence_loss(
+                output, "sampled", 400, popularity, torch.Generator().manual_seed(s)
+            ).item()
+            for s in range(5)
+        ]
+    )
     assert sampled == pytest.approx(full, rel=0.05)
 
 
