@@ -91,7 +91,8 @@ class TwoTowers(nn.Module):
         self.item_text_bias = nn.Linear(text_dim, 1) if item_text else None
         self.item_emb = nn.Embedding(num_items, dim) if item_ids else None
         self.item_bias = nn.Embedding(num_items, 1) if item_ids else None
-        self.user_emb = nn.Embedding(num_users, dim)
+        # no table without users (a history model: a user is their history)
+        self.user_emb = nn.Embedding(num_users, dim) if num_users else None
         self.user_text_proj = nn.Linear(user_text_dim, dim, bias=False) if user_text_dim else None
         self.register_buffer(
             "user_text", torch.zeros(num_users, user_text_dim or 0), persistent=True
@@ -168,11 +169,15 @@ class TwoTowers(nn.Module):
         """User vectors and biases for user indices."""
         raise NotImplementedError
 
+    def reference_parameter(self) -> torch.Tensor:
+        """A parameter of the head (for the device and dtype of new tensors)."""
+        return next(self.parameters())
+
     def weight_penalty(self) -> torch.Tensor:
         """Sum of squares of the text-to-item weights (a ridge on the map from text to item vector
         and bias: what lets items never rated, scored from their text alone, generalise)."""
         if self.item_proj is None:
-            return self.user_emb.weight.new_zeros(())
+            return self.reference_parameter().new_zeros(())
         return self.item_proj.weight.square().sum() + self.item_text_bias.weight.square().sum()
 
     @staticmethod

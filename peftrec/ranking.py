@@ -149,7 +149,7 @@ def target_ranks(
     """Full-ranking rank of each user's target item among all items not excluded (P3)."""
     was_training = head.training
     head.eval()
-    device = head.user_emb.weight.device
+    device = head.reference_parameter().device
     items = head.items(item_text.to(device), torch.arange(len(item_text), device=device))
     ranks = []
     for start in range(0, len(users), chunk):

@@ -494,33 +494,48 @@ class Recommender:
             return self._bounded(self._raw_scores(rows)).numpy()
 
     def recommend(
-        self, user_id: str, k: int = 10, exclude_seen: bool = True
+        self,
+        user_id: str,
+        k: int = 10,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
     ) -> list[tuple[str, float]]:
         """The ``k`` highest-scored items for ``user_id`` as ``(item_id, score)``, best first.
 
         With ``exclude_seen`` the items the user is known to have interacted with (the training
-        interactions saved with the model, and those added since) are left out.
+        interactions saved with the model, and those added since) are left out. ``candidates``
+        (item ids) restricts the ranking to those items, e.g. a shelf of new arrivals.
         """
         if not isinstance(user_id, (str, int, np.integer)) or isinstance(user_id, bool):
             raise TypeError(
                 f"recommend: pass one user id (str or int), got {type(user_id).__name__}; "
                 "for several users use recommend_batch(user_ids, k)"
             )
-        return self.recommend_batch([user_id], k, exclude_seen, where="recommend")[0]
+        return self.recommend_batch([user_id], k, exclude_seen, candidates, where="recommend")[0]
 
     def recommend_batch(
         self,
         user_ids: Sequence[str],
         k: int = 10,
         exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
         where: str = "recommend_batch",
     ) -> list[list[tuple[str, float]]]:
         """:meth:`recommend` for many users at once (one matrix product), in the given order."""
         k = check_k(k, where)
         users = id_list(user_ids, where, "user")
+        allowed = (
+            None if candidates is None else self._items(id_list(candidates, where, "item"), where)
+        )
         with self._lock:
             rows = self._users(users, where)
             scores = self._raw_scores(rows).numpy().astype(np.float64)
+            if (
+                allowed is not None
+            ):  # only these items compete (a shelf of new arrivals, a genre ...)
+                outside = np.ones(scores.shape[1], dtype=bool)
+                outside[allowed.numpy()] = False
+                scores[:, outside] = -np.inf
             if exclude_seen:
                 for r, row in enumerate(rows.tolist()):
                     scores[r, self._seen[row]] = -np.inf

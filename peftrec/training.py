@@ -196,7 +196,7 @@ def predict_ratings(
     """Ratings for (user, item) index pairs from precomputed pooled item encodings."""
     was_training = head.training
     head.eval()
-    device = head.user_emb.weight.device
+    device = head.reference_parameter().device
     index = torch.arange(len(item_text), device=device)
     vectors = head.items(item_text.to(device), index)
     out = []

@@ -148,14 +148,35 @@ def test_split_batches_give_every_process_a_piece_of_every_step():
         SplitBatches(LengthBucketBatches(ItemShuffler(range(3)), [5, 5, 5], 2), 4)
 
 
-def test_two_processes_rank_like_one_process(tmp_path, bert_without_dropout, toy_files):
-    """The ranking loss of a step is one softmax over all the step's items, whichever process
-    encoded them (the item vectors are gathered with their gradients), normalised by the step's
-    pairs: 2 processes train like 1."""
-    recipe = RECIPE.with_name("train_ranking.py")
+# recipe, its extra settings, what counts the work, what each epoch reports
+TOP_K_RECIPES = {
+    # one softmax over all the step's items, whichever process encoded them (the item vectors are
+    # gathered with their gradients), normalised by the step's pairs
+    "ranking": (
+        "train_ranking.py",
+        ["train.head_warmup_epochs=1"],
+        "pairs_per_process",
+        "train_loss",
+    ),
+    # each process takes a piece of the step's users; the catalogue is scored whole by each
+    "sequential": (
+        "train_sequential.py",
+        ["adapter.method=frozen", "sequence.dropout=0.0", "sequence.users_per_step=8"],
+        "positions_per_process",
+        "train_loss",
+    ),
+}
+
+
+@pytest.mark.parametrize("task", TOP_K_RECIPES)
+def test_two_processes_rank_like_one_process(tmp_path, bert_without_dropout, toy_files, task):
+    """Each step's loss is normalised by the step's total over all processes: 2 processes train
+    like 1."""
+    name, extra, counts, epoch_key = TOP_K_RECIPES[task]
+    recipe = RECIPE.with_name(name)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
-    settings = [*SETTINGS, "train.head_warmup_epochs=1"]
+    settings = [*SETTINGS, *extra]
     runs = [
         subprocess.Popen(
             [
@@ -191,11 +212,11 @@ def test_two_processes_rank_like_one_process(tmp_path, bert_without_dropout, toy
         assert process.returncode == 0, stderr[-3000:]
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert a["num_processes"] == 1 and b["num_processes"] == 2
-    assert len(b["pairs_per_process"]) == 2 and min(b["pairs_per_process"]) > 0
-    assert sum(b["pairs_per_process"]) == a["pairs_per_process"][0] and a["steps"] == b["steps"]
+    assert len(b[counts]) == 2 and min(b[counts]) > 0
+    assert sum(b[counts]) == a[counts][0] and a["steps"] == b["steps"]
     assert len(a["history"]) == len(b["history"]) == 3
     for x, y in zip(a["history"], b["history"], strict=True):
         assert x["valid_ndcg@10"] == pytest.approx(y["valid_ndcg@10"], abs=1e-6)
-        assert x.get("train_loss", 0) == pytest.approx(y.get("train_loss", 0), abs=1e-6)
-    assert a["history"][2]["train_loss"] != a["history"][1]["train_loss"]  # it trained
+        assert x.get(epoch_key, 0) == pytest.approx(y.get(epoch_key, 0), abs=1e-6)
+    assert a["history"][2][epoch_key] != a["history"][1][epoch_key]  # it trained
     assert a["test_ndcg@10"] == pytest.approx(b["test_ndcg@10"], abs=1e-6)

@@ -70,7 +70,15 @@ RECIPES = {
         "test_ndcg@10",
         ("valid_ndcg@10", "train_loss"),
     ),
+    # 30 toy users / 4 per step = 8 steps an epoch, like the others; LoRA adapts from epoch 1
+    "sequential": (
+        RECIPE.with_name("train_sequential.py"),
+        "positions_per_process",
+        "test_ndcg@10",
+        ("valid_ndcg@10", "train_loss"),
+    ),
 }
+EXTRA = {"sequential": ["sequence.users_per_step=4", "sequence.max_history=8"]}
 
 
 @pytest.mark.parametrize("task", RECIPES)
@@ -78,6 +86,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
     tmp_path, toy_files, tiny_bert, task
 ):
     recipe, counts, test_key, epoch_keys = RECIPES[task]
+    settings = [*SETTINGS, *EXTRA.get(task, [])]
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
@@ -86,7 +95,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
         open(tmp_path / "crash.log", "w") as crash_log,
     ):
         reference = popen(
-            [sys.executable, str(recipe), *tiny_overrides(toy_files, tiny_bert, full), *SETTINGS],
+            [sys.executable, str(recipe), *tiny_overrides(toy_files, tiny_bert, full), *settings],
             full_log,
         )
         victim = popen(
@@ -95,7 +104,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
                 str(driver),
                 str(recipe),
                 *tiny_overrides(toy_files, tiny_bert, crashed),
-                *SETTINGS,
+                *settings,
             ],
             crash_log,
             PAUSE_AT="14",
@@ -120,7 +129,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
                 sys.executable,
                 str(recipe),
                 *tiny_overrides(toy_files, tiny_bert, crashed),
-                *SETTINGS,
+                *settings,
                 "train.resume=true",
             ],
             crash_log,

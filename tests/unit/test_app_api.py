@@ -259,6 +259,10 @@ def test_ids_and_texts_that_are_refused_or_warned_about(folder):
 def test_recommend_batch_matches_one_by_one_and_shows_fields(folder):
     rec = Recommender.from_pretrained(folder)
     assert rec.recommend_batch(USERS[:4], k=3) == [rec.recommend(u, k=3) for u in USERS[:4]]
+    shelf = rec.recommend("u3", k=2, candidates=["i1", "i4", "i9"])
+    assert {i for i, _ in shelf} <= {"i1", "i4", "i9"} and len(shelf) == 2
+    with pytest.raises(ValueError, match="only 1 items are left"):
+        rec.recommend("u0", k=2, candidates=["i2", "i3"])  # u0 has seen i2
     assert rec.item_info(ITEMS[2]) == {"title": "Movie 2", "text": TEXTS[2]}
 
 

@@ -144,4 +144,4 @@ def test_next_item_ranks_exclude_what_the_user_has_seen(tiny_bert):
     exclude[0, 0] = exclude[0, 1] = True
     fewer = next_item_ranks(model.head, table, histories, targets, exclude)
     assert ranks.shape == (2,) and (fewer <= ranks).all() and 1 <= fewer.min()
-    assert isinstance(model.head, SequentialHead) and model.head.user_emb.num_embeddings == 0
+    assert isinstance(model.head, SequentialHead) and model.head.user_emb is None
