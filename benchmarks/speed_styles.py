@@ -23,6 +23,7 @@ import torch
 from benchmarks.speed_measure import Batch
 from peftrec.config import RatingRecipeConfig, RatingTrainConfig, load_config
 from peftrec.heads import RatingHead
+from peftrec.losses import step_loss
 from peftrec.metrics import rmse
 from peftrec.model import RecModel, RecOutput, build_model
 from peftrec.tokens import pad_batch
@@ -81,9 +82,8 @@ def rating_loss(
     """The loss of one rating step of ``recipes/train_rating.py`` on one process (which
     inlines it): the squared error plus ``l2`` x the pairs' penalty per rating, over the
     ratings, plus ``text_l2`` x the ridge on the text-to-item weights."""
-    count = len(ratings)
     squared = (output.scores - ratings).square().sum()
-    return (squared + l2 * output.penalty * count) / count + text_l2 * head.weight_penalty()
+    return step_loss(squared, output.penalty, len(ratings), l2=l2) + text_l2 * head.weight_penalty()
 
 
 def train_step(

@@ -234,7 +234,7 @@ class SequenceConfig:
     heads: int = option(1, "attention heads per block (must divide model.dim)", at_least(1))
     dropout: float = option(0.2, "dropout in the encoder", fraction(high_open=True))
     text_norm: bool = option(
-        True, "standardise each pooled text dimension with the catalogue's statistics"
+        False, "standardise each pooled text dimension with the catalogue's statistics"
     )
     loss: Literal["softmax", "sampled"] = option(
         "softmax",

@@ -54,3 +54,20 @@ def bpr(
 
 
 LOSSES = {"softmax": sampled_softmax, "bpr": bpr}
+
+
+def step_loss(
+    summed: torch.Tensor,
+    penalty: torch.Tensor,
+    count: int,
+    *,
+    l2: float,
+    step_count: float | None = None,
+    processes: int = 1,
+) -> torch.Tensor:
+    """The task loss of one process's piece of an optimizer step: its summed per-example loss
+    plus ``l2`` x the mean L2 penalty per example, divided by the examples of the whole step
+    (``step_count``, over all processes; default ``count``) and multiplied by ``processes``, so
+    that the gradient DDP averages is the one-process gradient. The recipes add L_S and the
+    text ridge to it."""
+    return (summed + l2 * penalty * count) * processes / (step_count or count)

@@ -128,7 +128,7 @@ class SequentialHead(TwoTowers):
         blocks: int = 2,
         heads: int = 1,
         history_dropout: float = 0.2,
-        text_norm: bool = True,
+        text_norm: bool = False,
         num_users: int = 0,
         **towers,
     ):

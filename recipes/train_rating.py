@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
 from peftrec.config import RatingRecipeConfig, config_to_dict
+from peftrec.losses import step_loss
 from peftrec.metrics import load_metric
 from peftrec.recipe import (
     build_run_model,
@@ -164,11 +165,16 @@ def main(argv: list[str] | None = None) -> dict:
                         device=accelerator.device,
                     )
                 )
-                loss = (
-                    squared + cfg.train.l2 * output.penalty * len(ratings)
-                ) * accelerator.num_processes
+                loss = step_loss(
+                    squared,
+                    output.penalty,
+                    len(ratings),
+                    l2=cfg.train.l2,
+                    step_count=pieces[:, 1].sum().item(),
+                    processes=accelerator.num_processes,
+                )
                 accelerator.backward(
-                    loss / pieces[:, 1].sum().item()
+                    loss
                     + cfg.transfer.weight * output.source
                     + cfg.train.text_l2 * unwrapped.head.weight_penalty()
                 )

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
 from peftrec.config import SequentialRecipeConfig, config_to_dict
+from peftrec.losses import step_loss
 from peftrec.metrics import load_metric, scores_by_group
 from peftrec.ranking import seen_mask
 from peftrec.recipe import (
@@ -202,11 +203,16 @@ def main(argv: list[str] | None = None) -> dict:
                         device=accelerator.device,
                     )
                 )
-                loss = (
-                    summed + cfg.train.l2 * output.penalty * positions
-                ) * accelerator.num_processes
+                loss = step_loss(
+                    summed,
+                    output.penalty,
+                    positions,
+                    l2=cfg.train.l2,
+                    step_count=pieces[:, 1].sum().item(),
+                    processes=accelerator.num_processes,
+                )
                 accelerator.backward(
-                    loss / pieces[:, 1].sum().item()
+                    loss
                     + cfg.transfer.weight * output.source
                     + cfg.train.text_l2 * unwrapped.head.weight_penalty()
                 )
