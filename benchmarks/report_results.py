@@ -76,7 +76,8 @@ def backbone_name(record: dict[str, Any]) -> str:
 
 
 def ranking_k(record: dict[str, Any]) -> int:
-    return record["config"].get("ranking", {}).get("k", 10)
+    config = record["config"]
+    return config.get("ranking", config.get("sequence", {})).get("k", 10)
 
 
 def headline(record: dict[str, Any]) -> tuple[str, float]:

@@ -69,6 +69,11 @@ class Catalog:
     clipped against it."""
     user_state: dict[str, torch.Tensor] | None = None
     """The whole user table and what refits it, when users were added or updated after training."""
+    knowledge: dict | None = None
+    """A knowledge model's vocabulary: ``relations`` (all, pre_release), ``group_map``,
+    ``groups`` and ``entities`` (the rows of its entity table), to read new items' facts."""
+    item_facts: torch.Tensor | None = None
+    """Entity rows ``(items, groups, width)`` of the items beyond the head's table."""
 
 
 def required_files(spec: ModelSpec) -> list[str]:
@@ -137,6 +142,7 @@ def save_artifact(
             "user_texts": catalog.user_texts,
             "item_fields": catalog.item_fields,
             "rating_scale": list(catalog.rating_scale) if catalog.rating_scale else None,
+            "knowledge": catalog.knowledge,
         }
         (tmp / "catalog.json").write_text(json.dumps(catalog_json, ensure_ascii=False))
         save_file(
@@ -146,6 +152,8 @@ def save_artifact(
             },
             tmp / "seen.safetensors",
         )
+        if catalog.item_facts is not None:
+            save_file({"facts": catalog.item_facts.contiguous()}, tmp / "items.safetensors")
         if catalog.user_state is not None:
             save_file(
                 {k: v.contiguous() for k, v in catalog.user_state.items()},
@@ -338,7 +346,7 @@ def load_artifact(
 def read_catalog(folder: Path) -> Catalog:
     raw = read_json(folder / "catalog.json")
     seen = read_safetensors(folder / "seen.safetensors")
-    users = folder / "users.safetensors"
+    users, items = folder / "users.safetensors", folder / "items.safetensors"
     try:
         scale = raw.get("rating_scale")
         return Catalog(
@@ -351,6 +359,8 @@ def read_catalog(folder: Path) -> Catalog:
             item_fields=raw.get("item_fields"),
             rating_scale=tuple(scale) if scale else None,
             user_state=read_safetensors(users) if users.is_file() else None,
+            knowledge=raw.get("knowledge"),
+            item_facts=read_safetensors(items)["facts"] if items.is_file() else None,
         )
     except (KeyError, TypeError) as err:
         raise ArtifactError(

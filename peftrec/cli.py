@@ -117,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
         "name",
         nargs="?",
         default="ml-100k",
-        choices=["ml-100k", "ml-1m", "ml-latest-small"],
+        choices=["ml-100k", "ml-1m", "ml-latest-small", "ml-100k-kg"],
         help="the data set (ml-100k works offline, from PyPI)",
     )
     p.add_argument(

@@ -65,6 +65,11 @@ class DataConfig:
     interactions: str | None = option(None, 'interactions file (dataset="files")')
     items: str | None = option(None, 'item metadata file (dataset="files")')
     users: str | None = option(None, 'user metadata file (dataset="files")')
+    item_knowledge: str | None = option(
+        None,
+        "item facts file (item_id, relation, entity) for model.knowledge; ml-100k: its "
+        "Freebase graph, no file needed",
+    )
     protocol: Literal["p1", "p2", "p3", "p2u", "all"] = option(
         "p1",
         "p1 random split, p2 cold-start items, p3 leave-one-out ranking, p2u cold-start users, "
@@ -135,6 +140,14 @@ class ModelConfig:
     )
     user_text: bool = option(False, "add a projection of the user's profile text")
     dropout: float = option(0.0, "dropout on the pooled text", fraction(high_open=True))
+    knowledge: Literal["none", "all", "pre_release"] = option(
+        "none",
+        "a knowledge tower over the items' facts: all relations, or pre_release (no award "
+        "nominations or wins, which a brand-new item would not have yet)",
+    )
+    knowledge_min_count: int = option(
+        2, "an entity gets its own embedding when this many training items have it", at_least(1)
+    )
     item_id_dropout: float = option(
         0.0,
         "drop an item's ID embedding at this rate while training, so items added by text alone "
@@ -176,12 +189,20 @@ class TrainConfig:
         1e-3, "learning rate while the backbone adapts (adapter, towers and head)", positive()
     )
     head_lr: float = option(5e-3, "learning rate of the towers during head warm-up", positive())
+    backbone_lr: float | None = option(
+        None,
+        "learning rate of the backbone's trained weights (null: train.lr)",
+        or_null(positive()),
+    )
     weight_decay: float = option(0.0, "AdamW weight decay", non_negative())
     l2: float = option(0.1, "L2 on user/item vectors and biases, per interaction", non_negative())
     text_l2: float = option(
         0.0,
         "L2 on the weights mapping item text to item vector and bias (cold items)",
         non_negative(),
+    )
+    knowledge_l2: float = option(
+        0.0, "L2 on the knowledge tower's entity embeddings (model.knowledge)", non_negative()
     )
     warmup_ratio: float = option(0.1, "fraction of steps with a rising learning rate", fraction())
     scheduler: Literal["linear", "cosine", "constant"] = option("cosine", "learning-rate schedule")

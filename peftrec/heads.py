@@ -81,6 +81,7 @@ class TwoTowers(nn.Module):
         user_text_dim: int | None = None,
         dropout: float = 0.0,
         id_dropout: float = 0.0,
+        knowledge: dict | None = None,
     ):
         super().__init__()
         if not (item_ids or item_text):
@@ -103,6 +104,14 @@ class TwoTowers(nn.Module):
                 "model.item_id_dropout needs items with both an ID embedding and a text"
             )
         self.id_dropout = id_dropout
+        # {"groups", "entities", "width"}: the knowledge tower's sizes (peftrec.knowledge)
+        self.knowledge = None
+        if knowledge:
+            from .knowledge import KnowledgeTower
+
+            self.knowledge = KnowledgeTower(
+                num_items, dim, knowledge["groups"], knowledge["entities"], knowledge["width"]
+            )
         for table in (self.item_emb, self.item_bias, self.user_emb):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.01)
@@ -113,10 +122,14 @@ class TwoTowers(nn.Module):
         self.text_dim, self.dim = text_dim, dim
 
     def items(
-        self, text: torch.Tensor, index: torch.Tensor | None = None
+        self,
+        text: torch.Tensor,
+        index: torch.Tensor | None = None,
+        facts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Item vectors and biases from pooled text ``(n, text_dim)`` and ID indices
-        (-1: unknown)."""
+        (-1: unknown); with a knowledge tower, from the items' facts too (``facts``: entity rows
+        of items the head's table does not hold, e.g. added after training)."""
         if self.item_proj is not None:
             vector = self.item_proj(self.dropout(text))
             bias = self.item_text_bias(text).squeeze(-1)
@@ -131,7 +144,18 @@ class TwoTowers(nn.Module):
             safe = index.clamp(min=0)
             vector = vector + self.item_emb(safe) * known
             bias = bias + self.item_bias(safe).squeeze(-1) * known.squeeze(-1)
+        if self.knowledge is not None:
+            if index is None and facts is None:  # texts alone: items with no known facts
+                index = torch.full((len(text),), -1, dtype=torch.long, device=text.device)
+            extra = self.knowledge(index, facts)
+            vector, bias = vector + extra[0], bias + extra[1]
         return vector, bias
+
+    def knowledge_penalty(self) -> torch.Tensor:
+        """Sum of squares of the knowledge tower's entity tables (0 without one)."""
+        if self.knowledge is None:
+            return self.reference_parameter().new_zeros(())
+        return self.knowledge.penalty()
 
     def step(
         self,

@@ -71,3 +71,12 @@ def step_loss(
     that the gradient DDP averages is the one-process gradient. The recipes add L_S and the
     text ridge to it."""
     return (summed + l2 * penalty * count) * processes / (step_count or count)
+
+
+def ridge(head, text_l2: float, knowledge_l2: float = 0.0) -> torch.Tensor:
+    """The ridges on the maps from what is known of an item (its text, its facts) to its vector
+    and bias: what lets items without ratings, scored from those alone, generalise."""
+    total = text_l2 * head.weight_penalty()
+    if knowledge_l2:
+        total = total + knowledge_l2 * head.knowledge_penalty()
+    return total

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from .heads import TwoTowers
-from .losses import LOSSES, other_positives
+from .losses import LOSSES, other_positives, ridge
 from .metrics import rank_of_targets
 from .training import ItemGroups
 
@@ -104,6 +104,7 @@ def warm_up_ranking_head(
     seed: int,
     items_per_step: int = 128,
     text_l2: float = 0.0,
+    knowledge_l2: float = 0.0,
 ) -> None:
     """Train the towers on fixed pooled text features with the same loss as the adapted phase.
 
@@ -130,8 +131,7 @@ def warm_up_ranking_head(
             step_loss = (
                 ranking_step_loss(scores, u, positions, loss, temperature).mean() + l2 * penalty
             )
-            if text_l2:
-                step_loss = step_loss + text_l2 * head.weight_penalty()
+            step_loss = step_loss + ridge(head, text_l2, knowledge_l2)
             optimizer.zero_grad()
             step_loss.backward()
             optimizer.step()

@@ -35,7 +35,9 @@ from .artifact import Catalog, save_artifact
 from .checkpointing import CheckpointError, check_resumable, find_checkpoint
 from .config import ConfigError, check_settings, config_to_dict, parse_cli, save_config
 from .data import DataError, Interactions, RecDataset, check_splits, load_data, split_rows
+from .data.knowledge import ItemKnowledge, load_item_knowledge, ml100k_knowledge
 from .files import write_atomic
+from .knowledge import ML100K_GROUPS, KnowledgeVocabulary
 from .model import RecModel
 from .spec import spec_from_config
 from .tasks import Task
@@ -143,6 +145,10 @@ class RunData:
     test: Interactions
     item_texts: list[str]
     user_texts: list[str] | None = None
+    knowledge: ItemKnowledge | None = None
+    """The items' facts (``model.knowledge``), and how they become entity rows:"""
+    vocabulary: KnowledgeVocabulary | None = None
+    group_map: dict[str, str] | None = None
     known_users: np.ndarray = field(init=False)
     """Boolean per user: has training interactions."""
     known_items: np.ndarray = field(init=False)
@@ -186,7 +192,40 @@ def load_run_data(cfg, task: Task) -> RunData:
         len(dataset.user_ids),
         len(dataset.item_ids),
     )
-    return RunData(dataset, train, valid, test, item_texts, user_texts)
+    data = RunData(dataset, train, valid, test, item_texts, user_texts)
+    if cfg.model.knowledge != "none":
+        data.knowledge, data.group_map = item_facts(cfg.data, dataset)
+        data.vocabulary = KnowledgeVocabulary.build(
+            data.knowledge,
+            train.items,
+            relations=cfg.model.knowledge,
+            group_map=data.group_map,
+            min_count=cfg.model.knowledge_min_count,
+        )
+        linked = data.knowledge.linked_items(len(dataset.item_ids))
+        logger.info(
+            "knowledge (%s): %d facts of %d items; %d groups, %d entities with rows",
+            cfg.model.knowledge,
+            len(data.knowledge),
+            int(linked.sum()),
+            len(data.vocabulary.groups),
+            len(data.vocabulary.entities),
+        )
+    return data
+
+
+def item_facts(data_cfg, dataset: RecDataset) -> tuple[ItemKnowledge, dict[str, str] | None]:
+    """The items' facts and the grouping of their relations: ml-100k's Freebase graph through
+    peftrec's repaired link (relations grouped by kind), or ``data.item_knowledge`` (each
+    relation its own group)."""
+    if data_cfg.item_knowledge:
+        return load_item_knowledge(data_cfg.item_knowledge, dataset.item_ids), None
+    if data_cfg.dataset != "ml-100k":
+        raise DataError(
+            f"model.knowledge needs the items' facts: data.item_knowledge names a file of "
+            f"(item_id, relation, entity) rows for dataset {dataset.name!r}"
+        )
+    return ml100k_knowledge(dataset.item_ids), ML100K_GROUPS
 
 
 def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list[list[int]]]:
@@ -202,12 +241,25 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
     spec = spec_from_config(
         cfg, task.name, num_users=len(data.dataset.user_ids), num_items=len(data.dataset.item_ids)
     )
+    vocabulary = data.vocabulary
+    if vocabulary is not None:
+        spec.head["knowledge"] = {
+            "groups": len(vocabulary.groups),
+            "entities": len(vocabulary.entities),
+            "width": vocabulary.width,
+        }
     model, tokenizer = assemble(
         spec,
         adapter=cfg.adapter,
         trust_remote_code=cfg.backbone.trust_remote_code,
         backbone_dropout=cfg.backbone.dropout,
     )
+    if vocabulary is not None:
+        model.head.knowledge.facts.copy_(
+            vocabulary.table(
+                data.knowledge, len(data.dataset.item_ids), cfg.model.knowledge, data.group_map
+            )
+        )
     tokens = tokenize_texts(tokenizer, data.item_texts, cfg.data.max_length)
     if cfg.adapter.method == "top_layers":
         model.cache_lower_layers(tokens, cfg.train.eval_batch_size)
@@ -272,11 +324,18 @@ def item_batches(
 
 
 def make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-    )
+    """AdamW over what trains: the backbone's weights at ``train.backbone_lr`` (when set), the
+    rest at ``train.lr``."""
+    backbone = {id(p) for p in model.backbone.parameters()}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    rest = [p for p in trained if id(p) not in backbone]
+    adapter = [p for p in trained if id(p) in backbone]
+    backbone_lr = getattr(cfg.train, "backbone_lr", None)
+    if backbone_lr is None or not adapter:
+        groups = [{"params": trained}]
+    else:
+        groups = [{"params": rest}, {"params": adapter, "lr": backbone_lr}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
 def make_scheduler(cfg, optimizer, steps_per_epoch: int, accelerator):
@@ -298,13 +357,13 @@ def make_scheduler(cfg, optimizer, steps_per_epoch: int, accelerator):
     )
 
 
-def catalog_of(data: RunData, protocol: str, task: Task) -> Catalog:
+def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
     """What the saved model knows by id. Seen are its training interactions (with a protocol the
     held-out ones stay recommendable, so the app reproduces the evaluation) or, trained for
     production (``all``), every interaction of the data."""
     seen = (
         data.train
-        if protocol != "all"
+        if cfg.data.protocol != "all"
         else Interactions(
             *(
                 np.concatenate([getattr(data.train, f), getattr(data.valid, f)])
@@ -331,6 +390,14 @@ def catalog_of(data: RunData, protocol: str, task: Task) -> Catalog:
         rating_scale=(float(ratings.min()), float(ratings.max()))
         if task.name == "rating"
         else None,
+        knowledge=None
+        if data.vocabulary is None
+        else {
+            "relations": cfg.model.knowledge,
+            "group_map": data.group_map,
+            "groups": data.vocabulary.groups,
+            "entities": data.vocabulary.entities,
+        },
     )
 
 
@@ -361,7 +428,7 @@ def save_run(
         out / "model",
         model,
         tokenizer,
-        catalog_of(data, cfg.data.protocol, task),
+        catalog_of(data, cfg, task),
         config_yaml=(out / "config.yaml").read_text(),
         card=card,
     )

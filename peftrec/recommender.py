@@ -28,6 +28,7 @@ from .inputs import (
     id_mapping,
     warn_about_texts,
 )
+from .knowledge import KnowledgeVocabulary
 from .sequential import SequentialHead, history_states
 from .tokens import tokenize_texts
 
@@ -88,6 +89,17 @@ class Recommender:
             int, tuple[torch.Tensor, torch.Tensor, float]
         ] = {}  # (items, ratings, l2)
         self._interacted: dict[int, np.ndarray] = {}  # items of users added from interactions
+        # a knowledge model: its vocabulary (to read new items' facts) and added items' facts
+        self._vocabulary_info = catalog.knowledge
+        self._vocabulary = None
+        if catalog.knowledge:
+            self._vocabulary = KnowledgeVocabulary(
+                catalog.knowledge["groups"], catalog.knowledge["entities"]
+            )
+        added = len(self.item_ids) - self.num_trained_items
+        self._item_facts = (
+            catalog.item_facts if catalog.item_facts is not None else self._no_facts(added)
+        )
         if catalog.user_state:
             self._restore_users(catalog.user_state)
 
@@ -128,9 +140,16 @@ class Recommender:
             return self._item_text_cache
 
     def add_items(
-        self, items: Mapping[str, str], fields: Mapping[str, Mapping[str, str]] | None = None
+        self,
+        items: Mapping[str, str],
+        fields: Mapping[str, Mapping[str, str]] | None = None,
+        knowledge: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> None:
         """Add new items, or change the text of known ones, as ``{item_id: text}``.
+
+        For a model with a knowledge tower, ``knowledge`` gives new items' facts as
+        ``{item_id: [(relation, entity), ...]}`` (the relations of the training facts, e.g.
+        ``("film.film.directed_by", "m.0bxtg")``); entities the model never learned are ignored.
 
         Only these texts are encoded; the rest of the cached catalogue is kept. A new item has no
         ID embedding, so it is scored from its text alone (a model trained with
@@ -155,6 +174,7 @@ class Recommender:
                     self._item_index[item_id] = len(self.item_ids)
                     self.item_ids.append(item_id)
                     self.item_texts.append(text)
+                    self._item_facts = torch.cat([self._item_facts, self._no_facts(1)])
                     for values in self.item_fields.values():
                         values.append("")
                 else:
@@ -164,6 +184,14 @@ class Recommender:
                 row = self._item_index[check_id(item_id, "add_items", "item")]
                 for name, value in values.items():
                     self.item_fields.setdefault(name, [""] * len(self.item_ids))[row] = str(value)
+            for item_id, facts in (knowledge or {}).items():
+                row = self._item_index[check_id(item_id, "add_items", "item")]
+                if row < self.num_trained_items:
+                    raise ValueError(
+                        f"add_items: item {item_id!r} was trained with its facts, which cannot "
+                        "be replaced"
+                    )
+                self._item_facts[row - self.num_trained_items] = self._fact_rows(facts, item_id)
             grown = torch.zeros(len(self.item_ids), cache.shape[1])
             grown[: len(cache)] = cache
             grown[rows] = encoded
@@ -171,6 +199,28 @@ class Recommender:
             if self.is_sequential:  # a changed text moves the states of histories holding it
                 self._user_cache = None
         logger.info("encoded %d item texts; catalogue has %d items", len(items), len(self.item_ids))
+
+    def _no_facts(self, count: int) -> torch.Tensor:
+        tower = self.model.head.knowledge
+        shape = tower.facts.shape[1:] if tower is not None else (0, 0)
+        return torch.full((count, *shape), -1, dtype=torch.long)
+
+    def _fact_rows(self, facts, item_id: str) -> torch.Tensor:
+        if self.model.head.knowledge is None or self._vocabulary is None:
+            raise ValueError(
+                "add_items: this model has no knowledge tower (model.knowledge), so it cannot "
+                "use facts"
+            )
+        if isinstance(facts, (str, Mapping)) or not all(
+            isinstance(f, (tuple, list)) and len(f) == 2 for f in facts
+        ):
+            raise TypeError(
+                f"add_items: the facts of item {item_id!r} are a list of (relation, entity) pairs"
+            )
+        info = self._vocabulary_info
+        return self._vocabulary.rows(
+            [(str(r), str(e)) for r, e in facts], info["relations"], info["group_map"]
+        )
 
     def item_info(self, item_id: str) -> dict[str, str]:
         """What the catalogue knows of an item: its fields (title, year, ...) and its text."""
@@ -211,7 +261,11 @@ class Recommender:
         text = self._item_text()
         rows = torch.arange(len(text)) if rows is None else rows
         id_index = torch.where(rows < self.num_trained_items, rows, torch.full_like(rows, -1))
-        return self.model.head.items(text[rows].to(self.device), id_index.to(self.device))
+        facts = None
+        if self.model.head.knowledge is not None:  # trained items' facts, then added ones'
+            facts = torch.cat([self.model.head.knowledge.facts.cpu(), self._item_facts])[rows]
+            facts = facts.to(self.device)
+        return self.model.head.items(text[rows].to(self.device), id_index.to(self.device), facts)
 
     # -- users -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -602,6 +656,10 @@ class Recommender:
                     list(self._history.values()) or [np.zeros(0, dtype=np.int64)]
                 ),
                 user_state=self._user_state(),
+                knowledge=self._vocabulary_info,
+                item_facts=self._item_facts
+                if self.model.head.knowledge is not None and len(self._item_facts)
+                else None,
             )
             return save_artifact(
                 folder,

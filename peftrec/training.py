@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from .data import DataError
 from .heads import RatingHead
+from .losses import ridge
 from .metrics import rmse, scores_by_group
 from .tokens import pad_batch
 
@@ -154,6 +155,7 @@ def warm_up_head(
     l2: float,
     seed: int,
     text_l2: float = 0.0,
+    knowledge_l2: float = 0.0,
     valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> list[float]:
     """Train the towers on fixed pooled text features (``item_text``) before the backbone adapts.
@@ -175,8 +177,7 @@ def warm_up_head(
             loss = (head.score(user, item) - r[batch]).square().mean() + l2 * head.penalty(
                 user, item
             )
-            if text_l2:
-                loss = loss + text_l2 * head.weight_penalty()
+            loss = loss + ridge(head, text_l2, knowledge_l2)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
 from peftrec.config import RankingRecipeConfig, config_to_dict
-from peftrec.losses import step_loss
+from peftrec.losses import ridge, step_loss
 from peftrec.metrics import load_metric, scores_by_group
 from peftrec.ranking import seen_mask, step_loss_sum, target_ranks, warm_up_ranking_head
 from peftrec.recipe import (
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
             lr=cfg.train.head_lr,
             l2=cfg.train.l2,
             text_l2=cfg.train.text_l2,
+            knowledge_l2=cfg.train.knowledge_l2,
             loss=cfg.ranking.loss,
             temperature=cfg.ranking.temperature,
             items_per_step=cfg.train.items_per_step,
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
                 accelerator.backward(
                     loss
                     + cfg.transfer.weight * output.source
-                    + cfg.train.text_l2 * unwrapped.head.weight_penalty()
+                    + ridge(unwrapped.head, cfg.train.text_l2, cfg.train.knowledge_l2)
                 )
                 optimizer.step()
                 scheduler.step()

