@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 	$(BIN)/peftrec fetch ml-100k
+	$(BIN)/peftrec fetch ml-100k-kg
 
 # Train MiniLM + LoRA on MovieLens-100K (protocol P1), then query the saved model as an app.
 demo: setup

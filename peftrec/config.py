@@ -145,6 +145,9 @@ class ModelConfig:
         "a knowledge tower over the items' facts: all relations, or pre_release (no award "
         "nominations or wins, which a brand-new item would not have yet)",
     )
+    knowledge_dropout: float = option(
+        0.0, "leave out each of an item's facts at this rate in training", fraction(high_open=True)
+    )
     knowledge_min_count: int = option(
         2, "an entity gets its own embedding when this many training items have it", at_least(1)
     )

@@ -110,7 +110,12 @@ class TwoTowers(nn.Module):
             from .knowledge import KnowledgeTower
 
             self.knowledge = KnowledgeTower(
-                num_items, dim, knowledge["groups"], knowledge["entities"], knowledge["width"]
+                num_items,
+                dim,
+                knowledge["groups"],
+                knowledge["entities"],
+                knowledge["width"],
+                knowledge.get("dropout", 0.0),
             )
         for table in (self.item_emb, self.item_bias, self.user_emb):
             if table is not None:

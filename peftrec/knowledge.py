@@ -135,9 +135,18 @@ def group_of(
 class KnowledgeTower(nn.Module):
     """Pooled entity embeddings per group: ``(vector, bias)`` to add to an item's."""
 
-    def __init__(self, num_items: int, dim: int, num_groups: int, num_entities: int, width: int):
+    def __init__(
+        self,
+        num_items: int,
+        dim: int,
+        num_groups: int,
+        num_entities: int,
+        width: int,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.num_groups = num_groups
+        self.dropout = dropout  # each fact is left out at this rate in training (no memorising)
         # rows 0..num_entities-1: entities; then one "none in this group" row per group
         self.embedding = nn.Embedding(num_entities + num_groups, dim)
         self.bias = nn.Embedding(num_entities + num_groups, 1)
@@ -157,6 +166,8 @@ class KnowledgeTower(nn.Module):
             facts = self.facts[index.clamp(min=0)].clone()
             facts[index < 0] = -1
         real = facts >= 0
+        if self.training and self.dropout:
+            real = real & (torch.rand(real.shape, device=real.device) >= self.dropout)
         none = ~real.any(-1)  # (n, groups): no entity of this item in the group
         none_rows = self.num_entities + torch.arange(self.num_groups, device=facts.device)
         facts = torch.where(real, facts, 0)

@@ -247,6 +247,7 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
             "groups": len(vocabulary.groups),
             "entities": len(vocabulary.entities),
             "width": vocabulary.width,
+            "dropout": cfg.model.knowledge_dropout,
         }
     model, tokenizer = assemble(
         spec,
