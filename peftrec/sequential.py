@@ -148,11 +148,14 @@ class SequentialHead(TwoTowers):
             self.text_scale.copy_(text.std(0).clamp(min=1e-6))
 
     def items(
-        self, text: torch.Tensor, index: torch.Tensor | None = None
+        self,
+        text: torch.Tensor,
+        index: torch.Tensor | None = None,
+        facts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.text_norm:
             text = (text - self.text_mean) / self.text_scale
-        return super().items(text, index)
+        return super().items(text, index, facts)
 
     def states(
         self, items: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor
