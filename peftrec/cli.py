@@ -168,6 +168,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command != "fetch":
+        from .quiet import quiet_libraries
+
+        quiet_libraries()
     try:
         args.run(args)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as err:

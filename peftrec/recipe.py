@@ -21,7 +21,6 @@ import logging
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from .data.knowledge import ItemKnowledge, load_item_knowledge, ml100k_knowledge
 from .files import write_atomic
 from .knowledge import ML100K_GROUPS, KnowledgeVocabulary
 from .model import RecModel
+from .quiet import quiet_libraries
 from .spec import spec_from_config
 from .tasks import Task
 from .tokens import tokenize_texts
@@ -46,24 +46,6 @@ from .training import ItemShuffler, LengthBucketBatches, SplitBatches
 from .transfer import build_source_objective
 
 logger = logging.getLogger("peftrec.recipe")
-NOISY_LIBRARIES = ("httpx", "datasets", "peft", "transformers", "accelerate", "bitsandbytes")
-
-
-def quiet_libraries() -> None:
-    """Silence library messages a user cannot act on (progress of hub lookups, deprecations
-    raised inside PEFT and transformers' own code); warnings and errors stay visible."""
-    for name in NOISY_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # bitsandbytes on CPU: its optional 4-bit kernels come from the Hub's `kernels` package
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    warnings.filterwarnings(
-        "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
-    )
-    import datasets
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars at every model load
-    datasets.disable_progress_bars()  # "Generating train split" bars when reading data files
 
 
 def start(config_cls, argv: Sequence[str] | None, task: Task):
