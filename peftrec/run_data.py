@@ -1,0 +1,113 @@
+"""A run's data, loaded the same way by every recipe: the dataset split by ``data.protocol``,
+checked, with the texts the model reads and, for a knowledge model, the items' facts.
+
+:func:`load_run_data` gives a :class:`RunData`; :func:`item_facts` finds the items' facts.
+Both are re-exported by :mod:`peftrec.recipe`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data import DataError, Interactions, RecDataset, check_splits, load_data, split_rows
+from .data.knowledge import ItemKnowledge, load_item_knowledge, ml100k_knowledge
+from .knowledge import ML100K_GROUPS, KnowledgeVocabulary
+from .tasks import Task
+
+logger = logging.getLogger("peftrec.recipe")  # logged as the recipe's set-up
+
+
+@dataclass
+class RunData:
+    """A run's data: the dataset, its splits by protocol and the texts the model reads."""
+
+    dataset: RecDataset
+    train: Interactions
+    valid: Interactions
+    test: Interactions
+    item_texts: list[str]
+    user_texts: list[str] | None = None
+    knowledge: ItemKnowledge | None = None
+    """The items' facts (``model.knowledge``), and how they become entity rows:"""
+    vocabulary: KnowledgeVocabulary | None = None
+    group_map: dict[str, str] | None = None
+    known_users: np.ndarray = field(init=False)
+    """Boolean per user: has training interactions."""
+    known_items: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.known_users = np.bincount(self.train.users, minlength=len(self.dataset.user_ids)) > 0
+        self.known_items = np.bincount(self.train.items, minlength=len(self.dataset.item_ids)) > 0
+
+
+def load_run_data(cfg, task: Task) -> RunData:
+    """Load, split by ``data.protocol`` (subsampled by ``data.train_fraction``), check,
+    render texts."""
+    dataset = load_data(cfg.data)
+    split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
+    train, valid, test = (
+        dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test)
+    )
+    if cfg.data.train_fraction < 1.0:
+        keep = np.random.default_rng(cfg.data.seed).random(len(train)) < cfg.data.train_fraction
+        train = train.subset(np.flatnonzero(keep))
+    check_splits(
+        dataset,
+        cfg.data.protocol,
+        {"train": train, "validation": valid, "test": test},
+        cfg.data.train_fraction,
+    )
+    item_texts = dataset.item_texts(cfg.data.item_template)
+    user_texts = dataset.user_texts(cfg.data.user_template) if cfg.model.user_text else None
+    if cfg.model.user_text and user_texts is None:
+        raise DataError(
+            f"model.user_text=true needs user profile fields, and dataset {dataset.name!r} has "
+            "none (data.users names a users file)"
+        )
+    logger.info(
+        "%s %s: %d train / %d valid / %d test interactions, %d users, %d items",
+        dataset.name,
+        cfg.data.protocol,
+        len(train),
+        len(valid),
+        len(test),
+        len(dataset.user_ids),
+        len(dataset.item_ids),
+    )
+    data = RunData(dataset, train, valid, test, item_texts, user_texts)
+    if cfg.model.knowledge != "none":
+        data.knowledge, data.group_map = item_facts(cfg.data, dataset)
+        data.vocabulary = KnowledgeVocabulary.build(
+            data.knowledge,
+            train.items,
+            relations=cfg.model.knowledge,
+            group_map=data.group_map,
+            min_count=cfg.model.knowledge_min_count,
+        )
+        linked = data.knowledge.linked_items(len(dataset.item_ids))
+        logger.info(
+            "knowledge (%s): %d facts of %d items; %d groups, %d entities with rows",
+            cfg.model.knowledge,
+            len(data.knowledge),
+            int(linked.sum()),
+            len(data.vocabulary.groups),
+            len(data.vocabulary.entities),
+        )
+    return data
+
+
+def item_facts(data_cfg, dataset: RecDataset) -> tuple[ItemKnowledge, dict[str, str] | None]:
+    """The items' facts and the grouping of their relations: ml-100k's Freebase graph through
+    peftrec's repaired link (relations grouped by kind), or ``data.item_knowledge`` (each
+    relation its own group)."""
+    if data_cfg.item_knowledge:
+        return load_item_knowledge(data_cfg.item_knowledge, dataset.item_ids), None
+    if data_cfg.dataset != "ml-100k":
+        raise DataError(
+            f"model.knowledge needs the items' facts: data.item_knowledge names a file of "
+            f"(item_id, relation, entity) rows for dataset {dataset.name!r}"
+        )
+    return ml100k_knowledge(dataset.item_ids), ML100K_GROUPS
