@@ -14,7 +14,8 @@ rank its text-only copy would get among the trained catalogue with the rank of t
 - share of trained items whose text-only copy would enter at least one user's top 10.
 
 A model trained with ``model.item_id_dropout`` should have a small gap and copies that rank like
-the items. Text-only models (no ID part) score both the same by construction.
+the items. With a knowledge tower the copy keeps the item's facts (as ``add_items(...,
+knowledge=...)`` gives them). Text-only models (no ID part) score both the same by construction.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ TOP = 10
 
 @torch.no_grad()
 def compare(folder: Path) -> dict[str, float]:
-    rec = Recommender.from_pretrained(folder)
+    rec = Recommender.from_pretrained(folder).engine  # the network: text and ID parts apart
     head, trained = rec.model.head, rec.num_trained_items
     text = rec._item_text()[:trained]
     users = rec._user_vectors(torch.arange(rec.num_trained_users))
     full = head.score_all(users, head.items(text, torch.arange(trained))).double()
-    alone = head.score_all(users, head.items(text, torch.full((trained,), -1))).double()
+    # a new item has no ID embedding; a knowledge model's new item comes with its facts
+    facts = head.knowledge.facts[:trained] if head.knowledge is not None else None
+    alone = head.score_all(users, head.items(text, torch.full((trained,), -1), facts)).double()
     # rank of item i among the trained catalogue (users x items), and of its copy in its place
     order = torch.sort(full, dim=1, descending=True).values  # (users, items), best first
     rank_item = 1 + torch.searchsorted(-order.contiguous(), -full.contiguous(), right=False)

@@ -21,9 +21,9 @@ before the spec) still load; their backbone dtype was not recorded and is float3
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,61 +32,36 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .adapters import adapter_state
-from .assembly import assemble, read_safetensors
+from .assembly import assemble
 from .files import write_folder_atomic
 from .model import RecModel
-from .spec import ArtifactError, ModelSpec, SpecError, spec_from_format1
+from .model_folder import (
+    FORMAT,
+    FORMAT_VERSION,
+    Catalog,
+    check_catalog,
+    check_folder,
+    read_catalog,
+    read_spec,
+    required_files,
+)
+from .serving import SERVING_FILE, write_serving
+from .spec import ArtifactError, ModelSpec
 from .tasks import task_of
 
-FORMAT = "peftrec"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-PEFT_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors")
+if TYPE_CHECKING:
+    from .recommender_model import ModelRecommender
 
-__all__ = ["ArtifactError", "Catalog", "load_artifact", "required_files", "save_artifact"]
+logger = logging.getLogger(__name__)
 
-
-@dataclass
-class Catalog:
-    """What the model knows by id: users, items with their texts, and who rated what.
-
-    The first ``spec.head["num_items"]`` items (and users) are the rows of the head's ID tables;
-    items after them were added by text, users after them by profile, ratings or interactions
-    (their vectors are in ``user_state``).
-    """
-
-    user_ids: list[str]
-    item_ids: list[str]
-    item_texts: list[str]
-    seen_users: np.ndarray
-    seen_items: np.ndarray
-    user_texts: list[str] | None = None
-    item_fields: dict[str, list[str]] | None = None
-    """Per-item fields (title, year, genres, ...) aligned with ``item_ids``, for display."""
-    rating_scale: tuple[float, float] | None = None
-    """Lowest and highest training rating (rating models): inputs are checked and predictions
-    clipped against it."""
-    user_state: dict[str, torch.Tensor] | None = None
-    """The whole user table and what refits it, when users were added or updated after training."""
-    knowledge: dict | None = None
-    """A knowledge model's vocabulary: ``relations`` (all, pre_release), ``group_map``,
-    ``groups`` and ``entities`` (the rows of its entity table), to read new items' facts."""
-    item_facts: torch.Tensor | None = None
-    """Entity rows ``(items, groups, width)`` of the items beyond the head's table."""
-
-
-def required_files(spec: ModelSpec) -> list[str]:
-    """The files (relative paths) a model folder with this spec must hold."""
-    files = ["peftrec.json", "head.safetensors", "tokenizer", "catalog.json", "seen.safetensors"]
-    method = spec.adapter.method
-    if method in ("top_layers", "full"):
-        files.append("adapter/backbone.safetensors")
-    elif method != "frozen":
-        files += PEFT_FILES
-    if spec.init == "random":
-        files.append("base.safetensors")
-    return files
+__all__ = [
+    "ArtifactError",
+    "Catalog",
+    "load_artifact",
+    "read_spec",
+    "required_files",
+    "save_artifact",
+]
 
 
 def save_artifact(
@@ -97,10 +72,14 @@ def save_artifact(
     *,
     config_yaml: str = "",
     card: dict[str, Any] | None = None,
+    serving: ModelRecommender | None = None,
 ) -> Path:
     """Write the model to ``folder`` atomically: a crash mid-save leaves any previous one intact.
 
-    ``card`` (data, protocol, metrics ...) goes into ``README.md`` and ``peftrec.json``.
+    ``card`` (data, protocol, metrics ...) goes into ``README.md`` and ``peftrec.json``. The
+    vectors an app serves (``serving.safetensors``) come from ``serving`` (the recommender being
+    saved) or, by default, from encoding the catalogue once; they are written only when they
+    reproduce the head's own scores (checked here), with a digest of the files they came from.
     """
     spec = model.spec
     if spec is None:
@@ -108,6 +87,20 @@ def save_artifact(
             "save_artifact: the model has no spec (build it with peftrec.assembly.assemble)"
         )
     check_catalog(catalog, spec, Path(folder) / "catalog.json")
+    if serving is None:
+        from .recommender_model import ModelRecommender
+
+        device = next(model.parameters()).device
+        serving = ModelRecommender(model, tokenizer, catalog, device=device)
+    vectors = serving.serving_vectors()
+    if not serving.serves_exactly(vectors):
+        logger.info(
+            "save_artifact: the %s head's scores are not a dot product of vectors, so the model "
+            "is served through the network (no %s)",
+            spec.task,
+            SERVING_FILE,
+        )
+        vectors = None
 
     def fill(tmp: Path) -> None:
         meta = {
@@ -160,6 +153,8 @@ def save_artifact(
                 tmp / "users.safetensors",
             )
         (tmp / "config.yaml").write_text(config_yaml)
+        if vectors is not None:  # last: its digest covers the files written above
+            write_serving(tmp, vectors, serving.item_text_encodings())
         missing = [f for f in required_files(spec) if not (tmp / f).exists()]
         if missing:
             raise ArtifactError(
@@ -213,103 +208,6 @@ def model_card(spec: ModelSpec, card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(
-            f"{path}: missing; is {path.parent} a folder saved by peftrec?"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
-
-
-def refuse_pickles(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.suffix in UNSAFE_SUFFIXES:
-            raise ArtifactError(
-                f"{path}: refusing to load a pickle-based file; peftrec loads safetensors only"
-            )
-
-
-def read_spec(folder: Path) -> tuple[ModelSpec, dict]:
-    """The spec in ``folder/peftrec.json`` (format 1 or 2) and the whole file."""
-    path = folder / "peftrec.json"
-    meta = read_json(path)
-    version = meta.get("format_version") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ArtifactError(f'{path}: not a peftrec model file (no "format": "{FORMAT}")')
-    if version not in READABLE_VERSIONS:
-        raise ArtifactError(
-            f"{path}: a peftrec format-{version} model; this peftrec "
-            f"({__version__}) reads formats {READABLE_VERSIONS[0]}-{READABLE_VERSIONS[-1]}: "
-            f"install the peftrec that wrote it ({meta.get('peftrec_version', 'unknown')})"
-        )
-    try:
-        spec = (
-            spec_from_format1(meta)
-            if version == 1
-            else ModelSpec.from_dict(meta.get("spec"), f"{path}: spec")
-        )
-    except (KeyError, TypeError) as err:
-        raise ArtifactError(f"{path}: incomplete model description ({err})") from None
-    except SpecError as err:
-        raise ArtifactError(str(err)) from None
-    task_of(spec.task)
-    return spec, meta
-
-
-def check_catalog(catalog: Catalog, spec: ModelSpec, where: Path) -> None:
-    """The id lists and texts match the head's tables, ids are unique, seen pairs are in range."""
-    head = spec.head
-    problems = []
-    if len(catalog.item_ids) < head["num_items"]:
-        problems.append(
-            f"{len(catalog.item_ids)} item ids for the head's {head['num_items']} items"
-        )
-    if len(catalog.item_texts) != len(catalog.item_ids):
-        problems.append(
-            f"{len(catalog.item_texts)} item texts for {len(catalog.item_ids)} item ids"
-        )
-    for name, values in (catalog.item_fields or {}).items():
-        if len(values) != len(catalog.item_ids):
-            problems.append(
-                f"{len(values)} values of item field {name!r} for {len(catalog.item_ids)} item ids"
-            )
-    table = head.get("num_users")  # None: a history model, whose users are their histories
-    if table is not None and len(catalog.user_ids) < table:
-        problems.append(f"{len(catalog.user_ids)} user ids for the head's {table} users")
-    state = catalog.user_state
-    if (
-        table is not None
-        and len(catalog.user_ids) > table
-        and (state is None or len(state.get("vectors", ())) != len(catalog.user_ids))
-    ):
-        problems.append(
-            f"{len(catalog.user_ids) - table} users beyond the head's table without "
-            "their vectors (users.safetensors)"
-        )
-    if catalog.user_texts is not None and len(catalog.user_texts) != len(catalog.user_ids):
-        problems.append(
-            f"{len(catalog.user_texts)} user texts for {len(catalog.user_ids)} user ids"
-        )
-    for kind, ids in (("item", catalog.item_ids), ("user", catalog.user_ids)):
-        if len(set(ids)) != len(ids):
-            problems.append(f"a {kind} id appears twice")
-    users, items = np.asarray(catalog.seen_users), np.asarray(catalog.seen_items)
-    if len(users) != len(items):
-        problems.append("seen users and items differ in length")
-    elif len(users) and (
-        users.min() < 0
-        or users.max() >= len(catalog.user_ids)
-        or items.min() < 0
-        or items.max() >= len(catalog.item_ids)
-    ):
-        problems.append("seen interactions point outside the id lists")
-    if problems:
-        raise ArtifactError(f"{where}: does not match the model ({'; '.join(problems)})")
-
-
 def load_artifact(
     folder: str | Path, *, backbone: str | None = None, trust_remote_code: bool = False
 ):
@@ -319,50 +217,16 @@ def load_artifact(
     ``meta`` is ``peftrec.json`` with the spec as an object (``meta["spec"]``).
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise ArtifactError(f"{folder}: no such model folder")
-    spec, meta = read_spec(folder)
-    missing = [f for f in required_files(spec) if not (folder / f).exists()]
-    if missing:
-        raise ArtifactError(
-            f"{folder / missing[0]}: missing; a {spec.adapter.method} {spec.task} model needs "
-            f"{', '.join(required_files(spec))}"
-        )
-    if not (folder / "tokenizer" / "tokenizer_config.json").is_file():
-        raise ArtifactError(
-            f"{folder / 'tokenizer' / 'tokenizer_config.json'}: missing; the tokenizer folder "
-            "is incomplete"
-        )
-    refuse_pickles(folder)
+    spec, meta = check_folder(folder)
+    task_of(spec.task)
     catalog = read_catalog(folder)
     check_catalog(catalog, spec, folder / "catalog.json")
+    if catalog.user_state is not None:
+        catalog.user_state = {k: torch.from_numpy(v) for k, v in catalog.user_state.items()}
+    if catalog.item_facts is not None:
+        catalog.item_facts = torch.from_numpy(catalog.item_facts)
     model, tokenizer = assemble(
         spec, saved=folder, base=backbone, trust_remote_code=trust_remote_code
     )
     config_yaml = (folder / "config.yaml").read_text() if (folder / "config.yaml").is_file() else ""
     return model, tokenizer, catalog, {**meta, "spec": spec, "config_yaml": config_yaml}
-
-
-def read_catalog(folder: Path) -> Catalog:
-    raw = read_json(folder / "catalog.json")
-    seen = read_safetensors(folder / "seen.safetensors")
-    users, items = folder / "users.safetensors", folder / "items.safetensors"
-    try:
-        scale = raw.get("rating_scale")
-        return Catalog(
-            user_ids=list(raw["user_ids"]),
-            item_ids=list(raw["item_ids"]),
-            item_texts=list(raw["item_texts"]),
-            user_texts=raw.get("user_texts"),
-            seen_users=seen["users"].numpy(),
-            seen_items=seen["items"].numpy(),
-            item_fields=raw.get("item_fields"),
-            rating_scale=tuple(scale) if scale else None,
-            user_state=read_safetensors(users) if users.is_file() else None,
-            knowledge=raw.get("knowledge"),
-            item_facts=read_safetensors(items)["facts"] if items.is_file() else None,
-        )
-    except (KeyError, TypeError) as err:
-        raise ArtifactError(
-            f"{folder / 'catalog.json'} or seen.safetensors: missing field {err}"
-        ) from None

@@ -3,6 +3,8 @@
     peftrec fetch ml-100k
     peftrec recommend runs/minilm_lora_rating/model --user 196 --user 10 -k 5 [--json]
     peftrec predict runs/minilm_lora_rating/model --user 196 242 302 [--json]
+    peftrec serve runs/minilm_lora_rating/model [--host 127.0.0.1] [--port 8000]
+    peftrec explain runs/minilm_lora_rating/model --user 196 --item 50 [--html why.html]
 
 Arguments are checked before the model is loaded (loading takes seconds).
 """
@@ -104,6 +106,49 @@ def predict(args: argparse.Namespace) -> None:
         print(f"user {args.user}, item {item} ({title_of(recommender, item)}): {label} {score:.3f}")
 
 
+def serve(args: argparse.Namespace) -> None:
+    try:
+        from .server import serve as run_server
+    except ImportError as err:
+        raise ValueError(
+            f"the HTTP service needs FastAPI and uvicorn ({err.name} is missing): "
+            "pip install 'peftrec[serve]'"
+        ) from None
+    from .recommender import Recommender
+
+    run_server(Recommender.from_pretrained(args.model), host=args.host, port=args.port)
+
+
+def explain(args: argparse.Namespace) -> None:
+    from .recommender import Recommender
+
+    recommender = Recommender.from_pretrained(args.model)
+    try:
+        explanation = recommender.explain(args.user, args.item, steps=args.steps)
+    except ImportError as err:
+        raise ValueError(
+            f"explanations need Captum ({err.name} is missing): pip install 'peftrec[explain]'"
+        ) from None
+    if args.json:
+        print(json.dumps(explanation.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(f"{title_of(recommender, args.item)}")
+        print(explanation.text(args.top))
+    if args.html:
+        args.html.write_text(explanation.html(title_of(recommender, args.item)), encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr)
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="peftrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,6 +207,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="+", help="item ids")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(run=predict)
+    p = commands.add_parser(
+        "serve", help="serve a saved model over HTTP (JSON endpoints, docs at /docs)"
+    )
+    p.add_argument(
+        "model", type=model_folder, help="folder written by a recipe (<output_dir>/model)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
+    p.set_defaults(run=serve)
+    p = commands.add_parser(
+        "explain", help="why an item scores what it does for a user: its words, past items"
+    )
+    p.add_argument(
+        "model", type=model_folder, help="folder written by a recipe (<output_dir>/model)"
+    )
+    p.add_argument("--user", required=True, help="the user id")
+    p.add_argument("--item", required=True, help="the item id")
+    p.add_argument("--top", type=positive_int, default=5, help="words shown (default 5)")
+    p.add_argument("--steps", type=positive_int, default=32, help="integration steps (default 32)")
+    p.add_argument("--html", type=Path, default=None, help="also write a page, words highlighted")
+    p.add_argument("--json", action="store_true", help="print JSON (every word) instead")
+    p.set_defaults(run=explain)
     return main
 
 

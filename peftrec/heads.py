@@ -69,6 +69,10 @@ class TwoTowers(nn.Module):
     User tower: p_u = user-ID embedding (+ V g_u, g_u a fixed encoding of the user's profile text).
     """
 
+    score_link = "identity"
+    """How ``offset + b_u + b_i + <p_u, q_i>`` becomes a score (``sigmoid`` for probabilities):
+    what lets an app serve saved vectors (:mod:`peftrec.serving`) without the network."""
+
     def __init__(
         self,
         text_dim: int,

@@ -125,3 +125,25 @@ def warn_about_texts(
         )
         warnings.warn(message, stacklevel=3)
         logger.warning(message)
+
+
+ADD_HINTS = {
+    "item": "add it first with add_items({id: text})",
+    "user": (
+        "add one with add_users({id: profile}), fold_in(id, {item_id: rating}) or "
+        "add_interactions({id: [item_id]})"
+    ),
+}
+
+
+def rows_of(ids: list[str], index: Mapping[str, int], where: str, kind: str) -> list[int]:
+    """The rows of known ids (already checked with :func:`check_id`); a KeyError names the first
+    unknown one and says how to add it."""
+    missing = [i for i in ids if i not in index]
+    if missing:
+        known = f"this model knows {len(index)} users; " if kind == "user" else ""
+        raise KeyError(
+            f"{where}: unknown {kind} id {missing[0]!r} ({len(missing)} unknown of {len(ids)}); "
+            f"{known}{ADD_HINTS[kind]}"
+        )
+    return [index[i] for i in ids]

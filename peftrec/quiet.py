@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 
 NOISY_LIBRARIES = ("httpx", "datasets", "peft", "transformers", "accelerate", "bitsandbytes")
@@ -18,8 +20,12 @@ def quiet_libraries() -> None:
     warnings.filterwarnings(
         "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
     )
-    import datasets
-    import transformers
+    if "transformers" in sys.modules or "datasets" in sys.modules:
+        import datasets
+        import transformers
 
-    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars at every model load
-    datasets.disable_progress_bars()  # "Generating train split" bars when reading data files
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars
+        datasets.disable_progress_bars()  # "Generating train split" bars when reading data
+    else:  # not imported yet (serving needs neither): they read these when they are
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

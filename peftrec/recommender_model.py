@@ -1,14 +1,17 @@
-"""The app API: load a trained model, score and recommend, add items by text and users by profile,
-ratings or interactions, and save the result.
+"""The model side of the app API: a trained network with its catalogue, which encodes texts and
+changes the catalogue and the users (adding items by text, users by profile, ratings or
+interactions), computes the vectors :class:`peftrec.Recommender` serves, and saves the result.
 
-Safe under concurrent use: every method holds one lock while it reads or changes the catalogue,
-the user table or the caches, so threads may call ``recommend`` while others ``add_items``; the
-first call that needs the encoded catalogue encodes it once, whichever thread makes it. The
-user-side methods, inherited from :mod:`peftrec.recommender_users`, hold the same lock.
+Apps use :class:`peftrec.Recommender`, which loads this lazily, the first time a text must be
+encoded. Safe under concurrent use: every method holds one lock while it reads or changes the
+catalogue, the user table or the caches; the first call that needs the encoded catalogue
+encodes it once, whichever thread makes it. The user-side methods, inherited from
+:mod:`peftrec.recommender_users`, hold the same lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -19,24 +22,24 @@ import torch
 
 from .artifact import Catalog, load_artifact, save_artifact
 from .heads import RatingHead
-from .inputs import check_id, check_k, check_text, id_list, id_mapping, warn_about_texts
+from .inputs import check_id, check_text, id_mapping, rows_of, warn_about_texts
 from .knowledge import KnowledgeVocabulary
 from .recommender_users import RecommenderUsers
 from .sequential import SequentialHead, history_states
+from .serving import ServingVectors
 from .tokens import tokenize_texts
 
 logger = logging.getLogger(__name__)
 
 
-class Recommender(RecommenderUsers):
-    """A trained peftrec model plus its catalogue, with item and user vectors cached for serving.
+class ModelRecommender(RecommenderUsers):
+    """A trained peftrec model plus its catalogue, with item and user vectors cached.
 
     Items are scored from their text (and, for items the model was trained on, their ID
     embedding); :meth:`add_items` adds items by text alone. Users are trained rows, or added with
     :meth:`add_users` (a profile text), :meth:`fold_in` (a few ratings) or
-    :meth:`add_interactions` (items they interacted with). Rating models predict ratings, clipped
-    to the scale of the training ratings; ranking models predict scores, comparable only within
-    one user. :meth:`save_pretrained` writes it all back as a model folder.
+    :meth:`add_interactions` (items they interacted with). :meth:`serving_vectors` gives what
+    scores them all; :meth:`save_pretrained` writes it all back as a model folder.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Recommender(RecommenderUsers):
         batch_size: int = 256,
     ):
         self.model = model.to(device).eval()
+        catalog = as_torch(catalog)
         self.spec = model.spec
         self.tokenizer = tokenizer
         self.meta = meta or {"spec": model.spec}
@@ -83,16 +87,15 @@ class Recommender(RecommenderUsers):
         )
 
     @classmethod
-    def from_pretrained(
+    def load(
         cls,
         folder: str | Path,
         *,
         device: str = "cpu",
         backbone: str | None = None,
         trust_remote_code: bool = False,
-    ) -> Recommender:
-        """Load a folder written by a peftrec recipe or :meth:`save_pretrained` (safetensors and
-        JSON only; every file the model needs is checked first)."""
+    ) -> ModelRecommender:
+        """Load a folder written by a peftrec recipe or :meth:`save_pretrained`."""
         model, tokenizer, catalog, meta = load_artifact(
             folder, backbone=backbone, trust_remote_code=trust_remote_code
         )
@@ -115,18 +118,7 @@ class Recommender(RecommenderUsers):
         fields: Mapping[str, Mapping[str, str]] | None = None,
         knowledge: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> None:
-        """Add new items, or change the text of known ones, as ``{item_id: text}``.
-
-        For a model with a knowledge tower, ``knowledge`` gives new items' facts as
-        ``{item_id: [(relation, entity), ...]}`` (the relations of the training facts, e.g.
-        ``("film.film.directed_by", "m.0bxtg")``); entities the model never learned are ignored.
-
-        Only these texts are encoded; the rest of the cached catalogue is kept. A new item has no
-        ID embedding, so it is scored from its text alone (a model trained with
-        ``model.item_id_dropout`` has learned to score trained items that way too). ``fields``
-        (``{item_id: {"title": ...}}``) are shown by :meth:`item_info`. Texts longer than the
-        model reads, or mostly unknown to its tokenizer, get a warning.
-        """
+        """The network side of :meth:`peftrec.Recommender.add_items`."""
         items = id_mapping(
             items, "add_items", "item", "text", "{'9001': 'Arrival (2016). Genres: Sci-Fi.'}"
         )
@@ -192,25 +184,10 @@ class Recommender(RecommenderUsers):
             [(str(r), str(e)) for r, e in facts], info["relations"], info["group_map"]
         )
 
-    def item_info(self, item_id: str) -> dict[str, str]:
-        """What the catalogue knows of an item: its fields (title, year, ...) and its text."""
-        row = self._items([item_id], "item_info")[0].item()
-        with self._lock:
-            return {
-                **{k: v[row] for k, v in self.item_fields.items()},
-                "text": self.item_texts[row],
-            }
-
     def _items(self, item_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
         ids = [check_id(i, where, "item") for i in item_ids]
         with self._lock:
-            missing = [i for i in ids if i not in self._item_index]
-            if missing:
-                raise KeyError(
-                    f"{where}: unknown item id {missing[0]!r} ({len(missing)} unknown of "
-                    f"{len(ids)}); add it first with add_items({{id: text}})"
-                )
-            return torch.as_tensor([self._item_index[i] for i in ids], dtype=torch.long)
+            return torch.as_tensor(rows_of(ids, self._item_index, where, "item"), dtype=torch.long)
 
     @torch.no_grad()
     def _item_vectors(self, rows: torch.Tensor | None = None):
@@ -223,150 +200,58 @@ class Recommender(RecommenderUsers):
             facts = facts.to(self.device)
         return self.model.head.items(text[rows].to(self.device), id_index.to(self.device), facts)
 
-    # -- scoring -----------------------------------------------------------------------------
-    def _bounded(self, scores: torch.Tensor) -> torch.Tensor:
-        """Ratings clipped to the training scale (rating models); ranking scores as they are."""
-        if self.is_rating and self.rating_scale is not None:
-            return scores.clamp(*self.rating_scale)
-        return scores
-
+    # -- what the app API serves ----------------------------------------------------------
     @torch.no_grad()
-    def predict(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        """Scores of aligned pairs ``(user_ids[k], item_ids[k])``: predicted ratings, clipped to the
-        training scale, for a rating model; for a ranking model, scores that order one user's items
-        (higher is better) and mean nothing across users or as ratings."""
-        users, items = id_list(user_ids, "predict", "user"), id_list(item_ids, "predict", "item")
-        if len(users) != len(items):
-            raise ValueError(
-                f"predict: {len(users)} users but {len(items)} items; pass aligned lists"
-            )
-        if not users:
-            return np.zeros(0, dtype=np.float32)
+    def serving_vectors(self) -> ServingVectors:
+        """Every item's and user's vector and bias, as numpy, with the head's offset and link."""
         with self._lock:
-            scores = self.model.head.score(
-                self._user_vectors(self._users(users)), self._item_vectors(self._items(items))
-            )
-            return self._bounded(scores).cpu().numpy()
-
-    @torch.no_grad()
-    def predict_texts(self, user_id: str, texts: Sequence[str]) -> np.ndarray:
-        """Scores (as :meth:`predict`) of one user for items given only by their texts
-        (not stored)."""
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError(
-                "predict_texts: pass a list of texts, e.g. predict_texts('196', ['a comedy'])"
-            )
-        if len(texts) == 0:
-            return np.zeros(0, dtype=np.float32)
-        for k, text in enumerate(texts):
-            check_text(text, "predict_texts", f"text {k}")
-        with self._lock:
-            user = self._user_vectors(self._users([user_id], "predict_texts"))
-            items = self.model.head.items(self._encode(list(texts)).to(self.device), None)
-            return self._bounded(self.model.head.score_all(user, items)[0]).cpu().numpy()
-
-    @torch.no_grad()
-    def _raw_scores(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.model.head.score_all(self._user_vectors(rows), self._item_vectors()).cpu()
-
-    def score_all(self, user_ids: Sequence[str] | None = None) -> np.ndarray:
-        """Scores (as :meth:`predict`) of the given (default: all) users for every catalogue item,
-        ``(users, items)``."""
-        with self._lock:
-            rows = (
-                torch.arange(len(self.user_ids))
-                if user_ids is None
-                else self._users(id_list(user_ids, "score_all", "user"), "score_all")
-            )
-            return self._bounded(self._raw_scores(rows)).numpy()
-
-    def recommend(
-        self,
-        user_id: str,
-        k: int = 10,
-        exclude_seen: bool = True,
-        candidates: Sequence[str] | None = None,
-    ) -> list[tuple[str, float]]:
-        """The ``k`` highest-scored items for ``user_id`` as ``(item_id, score)``, best first.
-
-        With ``exclude_seen`` the items the user is known to have interacted with (the training
-        interactions saved with the model, and those added since) are left out. ``candidates``
-        (item ids) restricts the ranking to those items, e.g. a shelf of new arrivals.
-        """
-        if not isinstance(user_id, (str, int, np.integer)) or isinstance(user_id, bool):
-            raise TypeError(
-                f"recommend: pass one user id (str or int), got {type(user_id).__name__}; "
-                "for several users use recommend_batch(user_ids, k)"
-            )
-        return self.recommend_batch([user_id], k, exclude_seen, candidates, where="recommend")[0]
-
-    def recommend_batch(
-        self,
-        user_ids: Sequence[str],
-        k: int = 10,
-        exclude_seen: bool = True,
-        candidates: Sequence[str] | None = None,
-        where: str = "recommend_batch",
-    ) -> list[list[tuple[str, float]]]:
-        """:meth:`recommend` for many users at once (one matrix product), in the given order."""
-        k = check_k(k, where)
-        users = id_list(user_ids, where, "user")
-        allowed = (
-            None if candidates is None else self._items(id_list(candidates, where, "item"), where)
-        )
-        with self._lock:
-            rows = self._users(users, where)
-            scores = self._raw_scores(rows).numpy().astype(np.float64)
-            # only these items compete (a shelf of new arrivals, a genre ...)
-            if allowed is not None:
-                outside = np.ones(scores.shape[1], dtype=bool)
-                outside[allowed.numpy()] = False
-                scores[:, outside] = -np.inf
-            if exclude_seen:
-                for r, row in enumerate(rows.tolist()):
-                    scores[r, self._seen[row]] = -np.inf
-            shown = self._bounded(torch.as_tensor(scores)).numpy()
-            results = []
-            for r, user in enumerate(users):
-                available = int(np.isfinite(scores[r]).sum())
-                if k > available:
-                    raise ValueError(
-                        f"{where}: k={k} but only {available} items are left to recommend to user "
-                        f"{user!r}"
-                    )
-                top = np.argpartition(-scores[r], k - 1)[:k]
-                top = top[np.argsort(-scores[r, top], kind="stable")]
-                results.append([(self.item_ids[i], float(shown[r, i])) for i in top])
-            return results
-
-    def recommend_for_history(
-        self, item_ids: Sequence[str], k: int = 10, exclude_seen: bool = True
-    ) -> list[tuple[str, float]]:
-        """The ``k`` best next items after an anonymous session's items (time order); a history
-        model only. With ``exclude_seen`` the session's items are left out."""
-        if not self.is_sequential:
-            raise ValueError(
-                "recommend_for_history needs a history model (recipes/train_sequential.py); this "
-                f"is a {self.spec.task} model, whose users are rows of a table"
-            )
-        rows = self._items(
-            id_list(item_ids, "recommend_for_history", "item"), "recommend_for_history"
-        )
-        k = check_k(k, "recommend_for_history")
-        with self._lock, torch.no_grad():
             items = self._item_vectors()
-            state = history_states(self.model.head, items, [rows.tolist()])
-            scores = self.model.head.score_states(state, items)[0].cpu().numpy().astype(np.float64)
-        if exclude_seen:
-            scores[rows.numpy()] = -np.inf
-        if k > int(np.isfinite(scores).sum()):
-            raise ValueError(
-                f"recommend_for_history: k={k} but only {int(np.isfinite(scores).sum())} "
-                "items are left"
+            users = self._user_table()
+            head = self.model.head
+            offset = float(head.global_mean) if self.is_rating else 0.0
+            return ServingVectors(
+                *(numpy32(t) for t in (*items, *users)),
+                offset=offset,
+                link=head.score_link,
+                ratings=self.is_rating,
+                histories=self.is_sequential,
             )
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(self.item_ids[i], float(scores[i])) for i in top]
+
+    @torch.no_grad()
+    def serves_exactly(self, vectors: ServingVectors) -> bool:
+        """Whether the vectors reproduce the head's own scores (float32 rounding aside), on the
+        first 64 users against the whole catalogue."""
+        with self._lock:
+            rows = torch.arange(min(len(self.user_ids), 64))
+            expected = self.model.head.score_all(self._user_vectors(rows), self._item_vectors())
+            got = vectors.rows(rows.numpy())
+            return bool(np.allclose(got, numpy32(expected), rtol=1e-5, atol=1e-5))
+
+    def item_text_encodings(self) -> np.ndarray:
+        """The pooled text encoding of every catalogue item (encoded once, then cached)."""
+        return numpy32(self._item_text())
+
+    def set_item_text_encodings(self, encodings: np.ndarray) -> None:
+        """Reuse encodings saved with the model, so the catalogue is not encoded again."""
+        with self._lock:
+            if len(encodings) != len(self.item_ids):
+                raise ValueError(
+                    f"{len(encodings)} saved text encodings for {len(self.item_ids)} items"
+                )
+            self._item_text_cache = torch.from_numpy(np.array(encodings)).to(self.device)
+
+    @torch.no_grad()
+    def text_items(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and biases of items given only by their texts (not stored)."""
+        with self._lock:
+            items = self.model.head.items(self._encode(list(texts)).to(self.device), None)
+            return numpy32(items[0]), numpy32(items[1])
+
+    @torch.no_grad()
+    def history_state(self, rows: Sequence[int]) -> np.ndarray:
+        """A history model's state after the given item rows (time order), ``(1, dim)``."""
+        with self._lock:
+            return numpy32(history_states(self.model.head, self._item_vectors(), [list(rows)]))
 
     # -- saving ------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -396,4 +281,48 @@ class Recommender(RecommenderUsers):
                 catalog,
                 card=self.meta.get("card"),
                 config_yaml=self.meta.get("config_yaml", ""),
+                serving=self,
             )
+
+
+class HeadScores:
+    """The scoring interface of :class:`~peftrec.serving.ServingVectors`, computed by the head
+    itself: for a head whose scores are not ``link(offset + b_u + b_i + <p_u, q_i>)``."""
+
+    def __init__(self, engine: ModelRecommender):
+        self.engine, self.head = engine, engine.model.head
+        vectors, biases = engine._user_table()
+        self.user_vectors, self.user_biases = numpy32(vectors), numpy32(biases)
+
+    @torch.no_grad()
+    def pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        user = self.engine._user_vectors(torch.as_tensor(users))
+        return numpy32(self.head.score(user, self.engine._item_vectors(torch.as_tensor(items))))
+
+    def rows(self, users: np.ndarray) -> np.ndarray:
+        return self.against(self.user_vectors[users], self.user_biases[users])
+
+    @torch.no_grad()
+    def against(self, vectors, biases, item_vectors=None, item_biases=None) -> np.ndarray:
+        device = self.engine.device
+        user = (torch.as_tensor(vectors).to(device), torch.as_tensor(biases).to(device))
+        items = (
+            self.engine._item_vectors()
+            if item_vectors is None
+            else (torch.as_tensor(item_vectors).to(device), torch.as_tensor(item_biases).to(device))
+        )
+        return numpy32(self.head.score_all(user, items))
+
+
+def numpy32(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
+
+
+def as_torch(catalog: Catalog) -> Catalog:
+    """The catalogue with its arrays as torch tensors (a folder's are read as numpy)."""
+    state, facts = catalog.user_state, catalog.item_facts
+    return dataclasses.replace(
+        catalog,
+        user_state=None if state is None else {k: torch.as_tensor(v) for k, v in state.items()},
+        item_facts=None if facts is None else torch.as_tensor(facts),
+    )

@@ -17,7 +17,15 @@ import torch
 
 from .artifact import Catalog
 from .fold_in import ridge_fold_in, softmax_fold_in
-from .inputs import check_id, check_rating, check_text, id_list, id_mapping, warn_about_texts
+from .inputs import (
+    check_id,
+    check_rating,
+    check_text,
+    id_list,
+    id_mapping,
+    rows_of,
+    warn_about_texts,
+)
 from .sequential import history_states
 
 logger = logging.getLogger("peftrec.recommender")  # the app API logs under one name
@@ -57,15 +65,7 @@ class RecommenderUsers:
     def _users(self, user_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
         ids = [check_id(u, where, "user") for u in user_ids]
         with self._lock:
-            missing = [u for u in ids if u not in self._user_index]
-            if missing:
-                raise KeyError(
-                    f"{where}: unknown user id {missing[0]!r} ({len(missing)} unknown of "
-                    f"{len(ids)}); this model knows {len(self.user_ids)} users; add one with "
-                    f"add_users({{id: profile}}), fold_in(id, {{item_id: rating}}) or "
-                    f"add_interactions({{id: [item_id]}})"
-                )
-            return torch.as_tensor([self._user_index[u] for u in ids], dtype=torch.long)
+            return torch.as_tensor(rows_of(ids, self._user_index, where, "user"), dtype=torch.long)
 
     @torch.no_grad()
     def _user_table(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,14 +138,7 @@ class RecommenderUsers:
         )
 
     def add_users(self, users: Mapping[str, str]) -> None:
-        """Add users who have no ratings yet, as ``{user_id: profile_text}``.
-
-        Needs a model trained with ``model.user_text=true``: a new user's vector is the projection
-        of the encoded profile (the user-ID part is zero) and the bias 0. The text should follow
-        the training template (ml-100k: "A 24-year-old male technician."). Users added earlier
-        may get a new profile (a user folded in with ratings is refit with it); the profiles of
-        trained users cannot be replaced, since their vectors were learned with their own.
-        """
+        """The network side of :meth:`peftrec.Recommender.add_users`."""
         head = self.model.head
         if head.user_text_proj is None:
             raise ValueError(
@@ -182,17 +175,7 @@ class RecommenderUsers:
         logger.info("encoded %d user profiles; %d users", len(users), len(self.user_ids))
 
     def fold_in(self, user_id: str, ratings: Mapping[str, float], l2: float = 10.0) -> None:
-        """Fit a user's bias and vector to a few ``{item_id: rating}``, with the items fixed.
-
-        Closed-form ridge regression of ``rating - mean - b_i`` on ``b_u + <p_u, q_i>``, with
-        penalty ``l2 * |(b_u, p_u) - prior|^2``. For a new user the prior is the profile vector
-        (from :meth:`add_users`) and bias 0, or zero; for a trained user it is what the model
-        learned, so the fit *updates* them with the new ratings, as far as they justify. Calling
-        it again for the same user replaces the ratings given before (pass all you know). The
-        ratings must lie on the training scale; the rated items count as seen. Rating models only
-        (ranking models: :meth:`add_interactions`). The default ``l2`` was the best on the
-        validation users of ml-100k p2u (``benchmarks/cold_users.py``).
-        """
+        """The network side of :meth:`peftrec.Recommender.fold_in`."""
         if not self.is_rating:
             raise ValueError(
                 "fold_in fits ratings, and this is a ranking model, whose scores are not ratings; "
@@ -239,16 +222,7 @@ class RecommenderUsers:
         self._put_users([self.user_ids[row]], vector[None], torch.tensor([bias]))
 
     def add_interactions(self, interactions: Mapping[str, Sequence[str]], l2: float = 0.05) -> None:
-        """Record that users interacted with items, as ``{user_id: [item_id, ...]}`` (time order).
-
-        Every model counts the items as seen (:meth:`recommend` leaves them out). A user the
-        model does not know is added: a ranking model fits the user's vector to the items with its
-        own loss (a softmax over the catalogue, ``l2`` towards the profile vector or zero); a
-        rating model, which needs ratings to fit a user (:meth:`fold_in`), gives them the profile
-        vector (or zero) and no bias, so they get the items' baseline scores. Known users keep
-        their vectors (users added this way are refit with all their items). A history model
-        (sequential) appends the items to the user's history, so the next call scores from it.
-        """
+        """The network side of :meth:`peftrec.Recommender.add_interactions`."""
         interactions = id_mapping(
             interactions, "add_interactions", "user", "list of item ids", "{'196': ['242', '302']}"
         )
@@ -299,7 +273,8 @@ class RecommenderUsers:
     def _user_state(self) -> dict[str, torch.Tensor] | None:
         """The user table and what refits it, when it differs from the trained one."""
         if self.is_sequential or (
-            self._user_cache is None and not (self._profiles or self._folded or self._interacted)
+            len(self.user_ids) == self.num_trained_users
+            and not (self._profiles or self._folded or self._interacted)
         ):
             # nothing beyond the trained weights (a history model's states come from histories)
             return None

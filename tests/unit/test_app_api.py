@@ -125,9 +125,12 @@ def test_concurrent_add_items_keep_every_item(folder):
 
 
 def test_concurrent_first_calls_encode_the_catalogue_once(folder, monkeypatch):
-    rec = Recommender.from_pretrained(folder)
-    calls, original = [], rec._encode
-    monkeypatch.setattr(rec, "_encode", lambda texts: calls.append(len(texts)) or original(texts))
+    loaded = Recommender.from_pretrained(folder)
+    rec = Recommender(loaded.model, loaded.tokenizer, SCALED)  # in memory: nothing encoded yet
+    calls, original = [], rec.engine._encode
+    monkeypatch.setattr(
+        rec.engine, "_encode", lambda texts: calls.append(len(texts)) or original(texts)
+    )
     results = [None] * 4
 
     def ask(k):
@@ -170,7 +173,7 @@ def test_ratings_are_checked_and_predictions_clipped_to_the_scale(folder):
         rec.fold_in("new", {"i1": -3})
     with torch.no_grad():
         rec.model.head.global_mean.fill_(9.0)  # a model whose raw scores leave the scale
-    rec._user_cache = None
+    rec = Recommender(rec.model, rec.tokenizer, SCALED)
     assert rec.predict(["u0"], ["i1"])[0] == 5.0 and rec.score_all().max() == 5.0
     assert rec.recommend("u0", k=2)[0][1] == 5.0
 

@@ -11,6 +11,7 @@ import torch
 
 from peftrec.artifact import ArtifactError, Catalog, save_artifact
 from peftrec.recommender import Recommender
+from peftrec.tokens import tokenize_texts
 
 from .test_model import CASES, NUM_ITEMS, NUM_USERS, TEXTS, adapter_config, make
 
@@ -69,12 +70,24 @@ def test_round_trip_gives_identical_predictions(tmp_path, tiny_backbones, kind, 
             "catalog.json",
             "seen.safetensors",
             "config.yaml",
+            "serving.safetensors",
         ]
         + (["adapter"] if method != "frozen" else [])
     )
     assert loaded.spec.task == task and loaded.spec.adapter.method == adapter_config(method).method
     np.testing.assert_array_equal(loaded.score_all(), in_memory.score_all())
     assert loaded.recommend("u0", k=3) == in_memory.recommend("u0", k=3)
+    # served from the saved vectors, without the network; the network's own scores agree
+    assert not loaded.network_loaded
+    with torch.no_grad():
+        head = model.eval().head
+        users = head.users(torch.arange(len(USERS)))
+        items = head.items(
+            model.encode_texts(tokenize_texts(tokenizer, TEXTS, model.spec.max_length)),
+            torch.arange(len(ITEMS)),
+        )
+        network = head.score_all(users, items).numpy()
+    np.testing.assert_allclose(loaded.score_all(), network, rtol=1e-5, atol=1e-5)
 
 
 def test_predict_recommend_and_errors(saved):
@@ -104,9 +117,9 @@ def test_new_items_are_scored_from_text_alone(saved, monkeypatch):
     rec = Recommender.from_pretrained(folder)
     before = rec.score_all(["u1"])[0]
     encoded = []
-    original = rec._encode
+    original = rec.engine._encode
     monkeypatch.setattr(
-        rec, "_encode", lambda texts: encoded.append(list(texts)) or original(texts)
+        rec.engine, "_encode", lambda texts: encoded.append(list(texts)) or original(texts)
     )
     rec.add_items({"new1": "good movie 9 comedy", "i4": "bad film horror"})
     assert encoded == [["good movie 9 comedy", "bad film horror"]]  # the rest stays cached
