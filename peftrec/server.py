@@ -101,11 +101,14 @@ def create_app(recommender: Recommender) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        errors = [  # without the offending input, which may not be JSON (raw bytes)
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        field = ".".join(p for p in errors[0]["loc"] if p != "body") or "body"
         return JSONResponse(
             status_code=422,
-            content={"error": f"{field}: {first['msg']}", "field": field, "detail": exc.errors()},
+            content={"error": f"{field}: {errors[0]['msg']}", "field": field, "detail": errors},
         )
 
     @app.exception_handler(KeyError)
@@ -119,7 +122,7 @@ def create_app(recommender: Recommender) -> FastAPI:
 
     def listed(user: str | None, pairs: list[tuple[str, float]]) -> Recommendations:
         items = [
-            Recommendation(item=i, score=s, title=recommender.item_info(i).get("title"))
+            Recommendation(item=i, score=s, title=recommender.item_info(i).get("title") or None)
             for i, s in pairs
         ]
         return Recommendations(user=user, score=label, items=items)

@@ -103,7 +103,11 @@ def test_bad_requests_name_the_field_and_unknown_ids_are_404(service):
     status, error = call(base, "/recommend", {"k": 3})
     assert status == 422 and error["field"] == "user"
     status, error = call(base, "/recommend", b"{not json")
-    assert status == 422
+    assert status == 422 and error["detail"][0]["type"] == "json_invalid"
+    request = urllib.request.Request(base + "/recommend", data=b'{"user": "u0", "k": "x"}')
+    with pytest.raises(urllib.error.HTTPError) as raised:  # no content type: raw bytes
+        urllib.request.urlopen(request, timeout=60)
+    assert raised.value.code == 422 and "error" in json.loads(raised.value.read())
     status, error = call(base, "/recommend", {"user": "nobody"})
     assert status == 404 and "unknown user id 'nobody'" in error["error"]
     status, error = call(base, "/items/nothing")
