@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-MetricName = Literal["rating_error", "ranking"]
-METRIC_NAMES: tuple[str, ...] = ("rating_error", "ranking")
+MetricName = Literal["rating_error", "ranking", "preference"]
+METRIC_NAMES: tuple[str, ...] = ("rating_error", "ranking", "preference")
 _HERE = Path(__file__).parent
 
 

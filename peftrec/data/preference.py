@@ -1,0 +1,120 @@
+"""Binary preference records: will the user like the next item, given their last ten (labelled)?
+
+Protocol ``tallrec-movie`` rebuilds TALLRec's MovieLens-100K benchmark (Bao et al., RecSys 2023,
+their ``preprocess_movie.py``) from the ratings: label ``int(rating > 3)``; each user's rows sorted
+by timestamp (ties in file order); for every position ``i >= 10`` a record holds the previous ten
+items with their labels, the target item and its label; users in order of their first row in the
+file; records concatenated user by user, the last 10,000 kept and split in list order
+8,000 / 1,000 / 1,000. Few-shot training sets are ``default_rng(seed).permutation(8000)[:n]``
+(what ``datasets``' ``shuffle(seed).select(range(n))`` draws). The splits' fingerprints are those
+of TALLRec's published files (checked in the tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import numpy as np
+
+from .errors import DataError
+from .tables import RecDataset
+
+HISTORY = 10
+KEPT = 10_000
+SPLIT_SIZES = (8_000, 1_000, 1_000)
+SHOTS = (16, 64, 256)
+LIKED_ABOVE = 3.0
+
+
+@dataclass
+class PreferenceRecords:
+    """Aligned arrays, one row per record (indices into the dataset's users and items)."""
+
+    users: np.ndarray
+    items: np.ndarray
+    """(n,) the target item."""
+    labels: np.ndarray
+    """(n,) int64: 1 when the user rated the target above 3."""
+    history_items: np.ndarray
+    """(n, 10) the user's ten previous items, oldest first."""
+    history_labels: np.ndarray
+    """(n, 10) their labels."""
+    rows: np.ndarray
+    """(n,) the target's row in the dataset's interactions."""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> PreferenceRecords:
+        return PreferenceRecords(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
+class PreferenceSplit(NamedTuple):
+    train: PreferenceRecords
+    valid: PreferenceRecords
+    test: PreferenceRecords
+
+
+def preference_records(dataset: RecDataset, history: int = HISTORY) -> PreferenceRecords:
+    """Every record of every user (users in order of first appearance), before the last-10,000
+    cut."""
+    inter = dataset.interactions
+    if inter.timestamps is None:
+        raise DataError(f"{dataset.name}: preference records need timestamps to order a history")
+    rows = np.arange(len(inter))
+    # users in order of their first row; within a user, rows by (timestamp, row)
+    first_row = np.full(len(dataset.user_ids), len(inter))
+    np.minimum.at(first_row, inter.users, rows)
+    order = np.lexsort((rows, inter.timestamps, first_row[inter.users]))
+    users, items = inter.users[order], inter.items[order]
+    labels = (inter.ratings[order] > LIKED_ABOVE).astype(np.int64)
+    starts = np.flatnonzero(np.diff(users, prepend=-1))
+    targets = np.concatenate(
+        [np.arange(s + history, e) for s, e in zip(starts, [*starts[1:], len(users)], strict=True)]
+    ).astype(np.int64)
+    window = targets[:, None] - np.arange(history, 0, -1)[None, :]
+    return PreferenceRecords(
+        users=users[targets],
+        items=items[targets],
+        labels=labels[targets],
+        history_items=items[window],
+        history_labels=labels[window],
+        rows=order[targets],
+    )
+
+
+def tallrec_split(dataset: RecDataset) -> PreferenceSplit:
+    """Protocol ``tallrec-movie``: the last 10,000 records, 8,000 / 1,000 / 1,000 in list order."""
+    records = preference_records(dataset)
+    if len(records) < KEPT:
+        raise DataError(
+            f"{dataset.name}: {len(records)} preference records; tallrec-movie needs {KEPT}"
+        )
+    kept = records.subset(np.arange(len(records) - KEPT, len(records)))
+    a, b = SPLIT_SIZES[0], SPLIT_SIZES[0] + SPLIT_SIZES[1]
+    return PreferenceSplit(
+        kept.subset(np.arange(a)), kept.subset(np.arange(a, b)), kept.subset(np.arange(b, KEPT))
+    )
+
+
+def few_shot(train: PreferenceRecords, n: int, seed: int) -> PreferenceRecords:
+    """The ``n`` training records of a few-shot run: ``default_rng(seed).permutation``'s first n."""
+    if not 0 < n <= len(train):
+        raise ValueError(f"few_shot: n must be in 1..{len(train)}, got {n}")
+    return train.subset(np.random.default_rng(seed).permutation(len(train))[:n])
+
+
+def records_fingerprint(records: PreferenceRecords, dataset: RecDataset) -> str:
+    """First 12 hex of the md5 of the lines ``f"{user},{item}\\n"`` in list order."""
+    lines = "".join(
+        f"{dataset.user_ids[u]},{dataset.item_ids[i]}\n"
+        for u, i in zip(records.users, records.items, strict=True)
+    )
+    return hashlib.md5(lines.encode()).hexdigest()[:12]
+
+
+def like_ratio(records: PreferenceRecords) -> np.ndarray:
+    """The no-training reference: the share of liked items among the ten in the history."""
+    return records.history_labels.mean(axis=1)
