@@ -1,0 +1,61 @@
+"""Protocol p4's time blocks: fingerprints on the real ml-100k, checked against the rule applied
+from scratch to the raw ratings file, and the rule on a toy table."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+import pytest
+
+from peftrec.data import DataError, Interactions, RecDataset, fingerprint
+from peftrec.data.blocks import time_blocks
+
+from .test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
+
+P4 = [  # (train, held-out share) per block B1..B5
+    ("18000:60b5e3ee5505", "2000:258abfb6332a"),
+    ("18000:446aad724109", "2000:793e83237a23"),
+    ("18000:8ac59b17ccf1", "2000:cebd1650bb99"),
+    ("18000:215250d36346", "2000:f5f6d69122d0"),
+    ("18000:1a147876a8fe", "2000:a3fdc0f8cd6f"),
+]
+
+
+def test_p4_fingerprints(ml100k):  # noqa: F811
+    blocks = time_blocks(ml100k)
+    assert [(fingerprint(b.train), fingerprint(b.held)) for b in blocks] == P4
+    # the rule from scratch: sort (timestamp, row) pairs, cut, permute each block with its number
+    times = ml100k.interactions.timestamps
+    order = np.array(sorted(range(len(times)), key=lambda r: (times[r], r)), dtype=np.int64)
+    for k, block in enumerate(blocks, start=1):
+        rows = order[(k - 1) * 20_000 : k * 20_000]
+        held = np.sort(np.random.default_rng(k).permutation(rows)[:2000])
+        digest = hashlib.md5(held.astype(np.int64).tobytes()).hexdigest()[:12]
+        assert fingerprint(block.held) == f"2000:{digest}"
+        assert np.array_equal(block.rows, np.sort(rows))
+    assert times[blocks[0].rows].max() <= times[blocks[1].rows].min()  # blocks follow in time
+
+
+def test_blocks_partition_in_time_order_and_refuse_too_little_data():
+    rng = np.random.default_rng(0)
+    n = 50
+    dataset = RecDataset(
+        name="toy",
+        user_ids=["a", "b"],
+        item_ids=["x", "y", "z"],
+        item_fields={},
+        user_fields={},
+        interactions=Interactions(
+            rng.integers(0, 2, n), rng.integers(0, 3, n), np.ones(n), rng.integers(0, 9, n) * 1.0
+        ),
+    )
+    blocks = time_blocks(dataset, blocks=4, size=10, held_share=0.2)
+    rows = np.concatenate([b.rows for b in blocks])
+    assert len(set(rows.tolist())) == 40 and all(len(b.held) == 2 for b in blocks)
+    times = dataset.interactions.timestamps
+    for early, late in itertools.pairwise(blocks):
+        assert times[early.rows].max() <= times[late.rows].min()
+    with pytest.raises(DataError, match="need 60 ratings; dataset 'toy' has 50"):
+        time_blocks(dataset, blocks=6, size=10)
