@@ -224,6 +224,11 @@ class TrainConfig:
         or_null(at_least(1)),
     )
     resume: bool = option(False, "continue from <output_dir>/checkpoints/latest if there is one")
+    init_from: str | None = option(
+        None,
+        "warm start: a saved model folder (same backbone, method and task) to continue from on "
+        "this data; its users and items keep their rows, new ones are added",
+    )
 
 
 @dataclass

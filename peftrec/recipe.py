@@ -37,7 +37,7 @@ from .files import write_atomic
 from .model import RecModel
 from .quiet import quiet_libraries
 from .run_data import RunData, item_facts, load_run_data
-from .spec import spec_from_config
+from .spec import ArtifactError, spec_from_config
 from .tasks import Task
 from .tokens import tokenize_texts
 from .training import ItemShuffler, LengthBucketBatches, SplitBatches
@@ -142,6 +142,7 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
     (``model.user_text``) and the source-domain term L_S (``transfer``).
     """
     from .assembly import assemble
+    from .warm_start import warm_start
 
     spec = spec_from_config(
         cfg, task.name, num_users=len(data.dataset.user_ids), num_items=len(data.dataset.item_ids)
@@ -165,6 +166,14 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
             vocabulary.table(
                 data.knowledge, len(data.dataset.item_ids), cfg.model.knowledge, data.group_map
             )
+        )
+    if cfg.train.init_from:  # before the caches: they encode with the parent's adapter
+        warm_start(
+            model,
+            cfg.train.init_from,
+            data.dataset.user_ids,
+            data.dataset.item_ids,
+            vocabulary.entities if vocabulary is not None else None,
         )
     tokens = tokenize_texts(tokenizer, data.item_texts, cfg.data.max_length)
     if cfg.adapter.method == "top_layers":
@@ -362,6 +371,6 @@ def exit_on_user_error(main: Callable[[list[str]], Any]) -> None:
     """Run a recipe's ``main``; a mistake in the user's input ends with one line, no traceback."""
     try:
         main(sys.argv[1:])
-    except (ConfigError, DataError, CheckpointError) as error:
+    except (ConfigError, DataError, CheckpointError, ArtifactError) as error:
         print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
         sys.exit(2)

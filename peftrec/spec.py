@@ -58,9 +58,15 @@ class ModelSpec:
     """Recompute the backbone's activations in the backward pass (less memory, more time)."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Task-specific settings a loaded model needs (none for rating and ranking)."""
+    parent: dict[str, str] | None = None
+    """The model this one was warm-started from (``train.init_from``): its folder name and the
+    digest of its files (:func:`peftrec.serving.folder_digest`); None when trained from scratch."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["parent"] is None:  # only warm-started models name one
+            del out["parent"]
+        return out
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "spec") -> ModelSpec:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     # warm-up: biases from regularised averages, then the towers on frozen pooled text features
     # (a resumed run finds its result in the checkpoint)
     head = model.head
-    if resume_from is None:
+    if resume_from is None and not cfg.train.init_from:  # a warm start keeps the parent's
         head.init_biases(
             torch.as_tensor(train.users),
             torch.as_tensor(train.items),

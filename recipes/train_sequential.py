@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # the catalogue table: every item's pooled text, what each step scores against
     catalogue = CatalogueTable(model.encode_texts(tokens, cfg.train.eval_batch_size))
-    if resume_from is None:
+    if resume_from is None and not cfg.train.init_from:  # a warm start keeps the parent's
         model.head.fit_text_norm(catalogue.table)
 
     # optimizer, schedule and batches of users (each process takes a piece of every step)

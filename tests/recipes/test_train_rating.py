@@ -152,3 +152,53 @@ def test_knowledge_tells_cold_items_apart_when_their_text_cannot(tmp_path, toy_f
     np.testing.assert_allclose(
         again.predict(["u0", "u0"], ["n_good", "n_bad"]), [good, bad], rtol=1e-6
     )
+
+
+def test_a_warm_start_continues_the_parent_on_new_data(tmp_path, toy_files, tiny_bert):
+    base = [
+        sys.executable,
+        str(RECIPE),
+        "--config",
+        str(REPO / "recipes/configs/minilm_lora_rating.yaml"),
+    ]
+    parent = tmp_path / "parent"
+    result = run(
+        [*base, *tiny_overrides(toy_files, tiny_bert, parent), "train.head_warmup_epochs=20"]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the next window: the same data with two new users rating known items
+    grown = tmp_path / "ratings.csv"
+    extra = "".join(f"n{u},i{i},{1 + (i % 5)},{99000 + i}\n" for u in range(2) for i in range(20))
+    grown.write_text(toy_files["interactions"].read_text() + extra)
+    child = tmp_path / "child"
+    overrides = [o for o in tiny_overrides(toy_files, tiny_bert, child) if "interactions" not in o]
+    result = run(
+        [
+            *base,
+            *overrides,
+            f"data.interactions={grown}",
+            f"train.init_from={parent / 'model'}",
+            "train.head_warmup_epochs=0",
+            "train.epochs=1",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warm start from" in result.stderr and "2 and 0 are new" in result.stderr
+    spec = json.loads((child / "model" / "peftrec.json").read_text())["spec"]
+    assert spec["parent"]["folder"] == "model" and spec["head"]["num_users"] == 32
+    scratch = tmp_path / "scratch"  # the same run without the parent
+    new = [o for o in tiny_overrides(toy_files, tiny_bert, scratch) if "interactions" not in o]
+    no_parent = [*new, f"data.interactions={grown}", "train.head_warmup_epochs=0", "train.epochs=1"]
+    assert run([*base, *no_parent]).returncode == 0
+    continued = json.loads((child / "metrics.json").read_text())["history"]
+    fresh = json.loads((scratch / "metrics.json").read_text())["history"]
+    # before its first epoch the child scores as the parent left off, far from a new model
+    assert continued[0]["phase"] == fresh[0]["phase"] == "head warm-up"
+    learned = json.loads((parent / "metrics.json").read_text())["history"][-1]["valid_rmse"]
+    assert continued[0]["valid_rmse"] < 0.8 * fresh[0]["valid_rmse"]
+    assert continued[0]["valid_rmse"] == pytest.approx(learned, abs=0.1)
+    rec = Recommender.from_pretrained(child / "model")
+    assert len(rec.recommend("n0", k=3)) == 3
+
+    wrong = run([*base, *overrides, f"data.interactions={grown}", f"train.init_from={tmp_path}"])
+    assert wrong.returncode == 2 and "peftrec.json: missing" in wrong.stderr

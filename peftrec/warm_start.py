@@ -1,0 +1,167 @@
+"""Warm start (``train.init_from``): continue from a saved model on new data.
+
+The new run's model is built for the new data (its users and items), then takes the parent's
+weights: the adapter (or trained backbone blocks), and the towers and head, with the ID tables
+matched by id: a user or item the parent knew keeps its learned row, a new one keeps its fresh
+initialisation (text-only items need nothing). A knowledge model's entity rows are matched by
+entity the same way. The parent must share the backbone, the adaptation method, the task and
+every head setting but the table sizes; the new model's spec names its parent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel, set_peft_model_state_dict
+
+from .assembly import read_safetensors
+from .model import RecModel
+from .model_folder import check_folder, read_json
+from .serving import folder_digest
+from .spec import ArtifactError, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+TABLE_SIZES = ("num_users", "num_items", "knowledge")  # head settings that follow the data
+
+
+@dataclass
+class WarmStart:
+    """What a warm start restored: rows matched by id, and rows that are new."""
+
+    users_kept: int
+    users_new: int
+    items_kept: int
+    items_new: int
+
+
+def check_parent(parent: ModelSpec, spec: ModelSpec, folder: Path) -> None:
+    """Refuse a parent that differs from the new model in what a warm start cannot bridge."""
+    differences = [
+        f"{name}: {a!r} in the parent, {b!r} now"
+        for name, a, b in (
+            ("task", parent.task, spec.task),
+            ("backbone", parent.backbone, spec.backbone),
+            ("backbone type", parent.model_type, spec.model_type),
+            ("adapter", parent.adapter, spec.adapter),
+            ("pooling", parent.pooling, spec.pooling),
+            ("init", parent.init, spec.init),
+        )
+        if a != b
+    ]
+    for key in sorted(set(parent.head) | set(spec.head)):
+        if key not in TABLE_SIZES and parent.head.get(key) != spec.head.get(key):
+            differences.append(
+                f"head.{key}: {parent.head.get(key)!r} in the parent, {spec.head.get(key)!r} now"
+            )
+    if differences:
+        raise ArtifactError(
+            f"train.init_from={folder}: a warm start continues the same model, and this one "
+            f"differs: {'; '.join(differences)}"
+        )
+
+
+def rows_by_id(parent_ids: list[str], ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(new rows, parent rows)`` of the ids both know."""
+    where = {i: k for k, i in enumerate(parent_ids)}
+    pairs = [(k, where[i]) for k, i in enumerate(ids) if i in where]
+    if not pairs:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    new, old = zip(*pairs, strict=True)
+    return np.asarray(new, dtype=np.int64), np.asarray(old, dtype=np.int64)
+
+
+@torch.no_grad()
+def warm_start(
+    model: RecModel,
+    folder: str | Path,
+    user_ids: list[str],
+    item_ids: list[str],
+    entities: list[str] | None = None,
+) -> WarmStart:
+    """Load the parent in ``folder`` into ``model`` (built for ``user_ids``, ``item_ids`` and,
+    for a knowledge model, ``entities``); records the parent in ``model.spec``."""
+    folder = Path(folder)
+    parent, _ = check_folder(folder)
+    check_parent(parent, model.spec, folder)
+    catalog = read_json(folder / "catalog.json")
+    load_backbone_weights(model, folder, parent)
+
+    state = read_safetensors(folder / "head.safetensors")
+    users = rows_by_id(catalog["user_ids"], user_ids)
+    items = rows_by_id(catalog["item_ids"], item_ids)
+    parent_entities = (catalog.get("knowledge") or {}).get("entities") or []
+    ents = rows_by_id(parent_entities, entities or [])
+    own = model.head.state_dict()
+    for name, value in state.items():
+        target = own[name]
+        if name.startswith("knowledge.") and name.endswith(".weight"):
+            # entity rows by entity; the per-group "none" rows after them by position
+            groups = parent.head["knowledge"]["groups"]
+            copy_rows(target, value, *ents)
+            target[-groups:] = value[-groups:]
+        elif name == "knowledge.facts" or name == "user_text":
+            continue  # rebuilt from the new data
+        elif name.startswith("user_") and value.dim() and len(value) == parent.head["num_users"]:
+            copy_rows(target, value, *users)
+        elif name.startswith("item_") and value.dim() and len(value) == parent.head["num_items"]:
+            copy_rows(target, value, *items)
+        elif target.shape == value.shape:
+            target.copy_(value)
+        else:
+            raise ArtifactError(
+                f"{folder / 'head.safetensors'}: {name} has shape {tuple(value.shape)}, the new "
+                f"model's {tuple(target.shape)}"
+            )
+    model.spec.parent = {"folder": folder.name, "digest": folder_digest(folder)}
+    done = WarmStart(
+        len(users[0]), len(user_ids) - len(users[0]), len(items[0]), len(item_ids) - len(items[0])
+    )
+    logger.info(
+        "warm start from %s: %d users and %d items continue, %d and %d are new",
+        folder,
+        done.users_kept,
+        done.items_kept,
+        done.users_new,
+        done.items_new,
+    )
+    return done
+
+
+def copy_rows(target: torch.Tensor, source: torch.Tensor, new: np.ndarray, old: np.ndarray):
+    if len(new):
+        target[torch.as_tensor(new)] = source[torch.as_tensor(old)].to(target.dtype)
+
+
+def load_backbone_weights(model: RecModel, folder: Path, parent: ModelSpec) -> None:
+    """The parent's adapter (PEFT) or trained backbone weights, into the new, trainable model."""
+    method = parent.adapter.method
+    if method == "frozen":
+        return
+    if method in ("top_layers", "full"):
+        state = read_safetensors(folder / "adapter" / "backbone.safetensors")
+        missing = set(state) - set(dict(model.backbone.named_parameters()))
+        if missing:
+            raise ArtifactError(
+                f"{folder / 'adapter' / 'backbone.safetensors'}: weights "
+                f"{sorted(missing)[:3]} are not in the new backbone"
+            )
+        model.backbone.load_state_dict(state, strict=False)
+        return
+    if not isinstance(model.backbone, PeftModel):
+        raise ArtifactError(f"train.init_from={folder}: the new model has no PEFT adapter to load")
+    try:
+        result = set_peft_model_state_dict(
+            model.backbone, read_safetensors(folder / "adapter" / "adapter_model.safetensors")
+        )
+    except RuntimeError as err:  # e.g. another LoRA rank
+        raise ArtifactError(f"{folder / 'adapter'}: does not fit the new adapter ({err})") from None
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise ArtifactError(
+            f"{folder / 'adapter'}: adapter weights {unexpected[:3]} do not fit the new adapter"
+        )
