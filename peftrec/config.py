@@ -70,12 +70,22 @@ class DataConfig:
         "item facts file (item_id, relation, entity) for model.knowledge; ml-100k: its "
         "Freebase graph, no file needed",
     )
-    protocol: Literal["p1", "p2", "p3", "p2u", "all"] = option(
+    protocol: Literal["p1", "p2", "p3", "p2u", "p4", "all"] = option(
         "p1",
         "p1 random split, p2 cold-start items, p3 leave-one-out ranking, p2u cold-start users, "
-        "all: train on everything but a 5% validation share (production; no test)",
+        "p4 time blocks (continual updates), all: train on everything but a 5% validation "
+        "share (production; no test)",
     )
     seed: int = option(0, "split seed")
+    block: int = option(
+        1, "p4: the update step t: train on block t, test on block t+1", at_least(1)
+    )
+    window: Literal["all", "new"] = option(
+        "all", "p4: train on blocks 1..t (all: a full retrain) or on block t alone (new)"
+    )
+    replay: float = option(
+        0.0, "p4 with window=new: the share of earlier blocks' training rows mixed in", fraction()
+    )
     item_template: str = option("{title} ({year}). Genres: {genres}.", "text of an item")
     user_template: str = option("A {age}-year-old {gender} {occupation}.", "text of a user")
     max_length: int = option(64, "tokens per text", at_least(1))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .data import DataError, Interactions, RecDataset, check_splits, load_data, split_rows
+from .data.blocks import p4_split
 from .data.knowledge import ItemKnowledge, load_item_knowledge, ml100k_knowledge
 from .knowledge import ML100K_GROUPS, KnowledgeVocabulary
 from .tasks import Task
@@ -47,7 +48,12 @@ def load_run_data(cfg, task: Task) -> RunData:
     """Load, split by ``data.protocol`` (subsampled by ``data.train_fraction``), check,
     render texts."""
     dataset = load_data(cfg.data)
-    split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
+    if cfg.data.protocol == "p4":
+        split = p4_split(
+            dataset, cfg.data.block, cfg.data.window, cfg.data.replay, seed=cfg.data.seed
+        )
+    else:
+        split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
     train, valid, test = (
         dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test)
     )

@@ -83,7 +83,7 @@ TASKS: dict[str, Task] = {
         head=RatingHead,
         config=RatingRecipeConfig,
         recipe="train_rating.py",
-        protocols=("p1", "p2", "p2u", "p3", "all"),
+        protocols=("p1", "p2", "p2u", "p3", "p4", "all"),
         metric="rating_error",
         reported=(
             Reported("rmse", "RMSE", False),

@@ -9,11 +9,12 @@ each update scored on the next block and on the earlier held-out shares.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from .errors import DataError
+from .splits import Split
 from .tables import RecDataset
 
 BLOCKS, BLOCK_SIZE, HELD_SHARE = 5, 20_000, 0.1
@@ -54,3 +55,35 @@ def time_blocks(
         n_held = round(size * held_share)
         out.append(Block(np.sort(permuted[n_held:]), np.sort(permuted[:n_held])))
     return out
+
+
+def p4_split(
+    dataset: RecDataset,
+    block: int,
+    window: Literal["all", "new"] = "all",
+    replay: float = 0.0,
+    seed: int = 0,
+) -> Split:
+    """The rows of update step ``block`` (t = 1..4): train on B_t's training rows (``window="new"``,
+    plus a random ``replay`` share of the earlier blocks' training rows) or on those of B_1..B_t
+    (``"all"``: a full retrain); validate (early stopping) on B_t's held-out share; test on all of
+    B_{t+1}."""
+    blocks = time_blocks(dataset)
+    if not 1 <= block < len(blocks):
+        raise DataError(f"protocol p4: data.block must be 1..{len(blocks) - 1}, got {block}")
+    now, earlier = blocks[block - 1], blocks[: block - 1]
+    if window == "all":
+        train = np.concatenate([b.train for b in [*earlier, now]])
+    else:
+        train = now.train
+        if replay > 0 and earlier:
+            past = np.concatenate([b.train for b in earlier])
+            keep = np.random.default_rng(seed).random(len(past)) < replay
+            train = np.concatenate([train, past[keep]])
+    return Split(np.sort(train), now.held, blocks[block].rows)
+
+
+def earlier_held(dataset: RecDataset, block: int) -> np.ndarray:
+    """The held-out shares of B_1..B_{t-1}: what measures forgetting after update t."""
+    blocks = time_blocks(dataset)[: block - 1]
+    return np.sort(np.concatenate([b.held for b in blocks])) if blocks else np.zeros(0, np.int64)

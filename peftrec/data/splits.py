@@ -12,7 +12,7 @@ import numpy as np
 from peftrec.data.errors import DataError
 from peftrec.data.tables import RecDataset
 
-Protocol = Literal["p1", "p2", "p3", "p2u", "all"]
+Protocol = Literal["p1", "p2", "p3", "p2u", "p4", "all"]
 PRODUCTION_VALID_SHARE = 0.05  # protocol "all": the random share of rows kept for early stopping
 
 
@@ -44,6 +44,10 @@ def split_rows(dataset: RecDataset, protocol: Protocol, seed: int = 0) -> Split:
     all: training for production: every row trains but a random 5% kept for validation (early
         stopping); no test split.
     """
+    if protocol == "p4":
+        raise DataError(
+            "protocol p4 splits by time block and update step: use data.blocks.p4_split"
+        )
     if protocol not in get_args(Protocol):
         raise DataError(
             f"unknown protocol {protocol!r}; choose 'p1' (random rating split), 'p2' (cold-start "
@@ -118,6 +122,7 @@ def check_splits(
             ),
             "p1": "p1 splits the ratings 80/10/10, so it needs at least 10 ratings",
             "all": "all keeps 5% of the ratings for validation, so it needs at least 2 ratings",
+            "p4": "p4 cuts the ratings into 5 time blocks of 20,000",
         }[protocol]
         if name == "train" and train_fraction < 1:
             hint = f"data.train_fraction={train_fraction} kept none of the training ratings"

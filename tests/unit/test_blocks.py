@@ -59,3 +59,21 @@ def test_blocks_partition_in_time_order_and_refuse_too_little_data():
         assert times[early.rows].max() <= times[late.rows].min()
     with pytest.raises(DataError, match="need 60 ratings; dataset 'toy' has 50"):
         time_blocks(dataset, blocks=6, size=10)
+
+
+def test_p4_update_steps_train_test_and_forgetting_rows(ml100k):  # noqa: F811
+    from peftrec.data.blocks import earlier_held, p4_split
+
+    blocks = time_blocks(ml100k)
+    full = p4_split(ml100k, 3, "all")
+    assert len(full.train) == 54_000 and np.array_equal(full.valid, blocks[2].held)
+    assert np.array_equal(full.test, blocks[3].rows)
+    new = p4_split(ml100k, 3, "new")
+    assert np.array_equal(new.train, blocks[2].train)
+    replayed = p4_split(ml100k, 3, "new", replay=0.25)
+    past = np.setdiff1d(replayed.train, blocks[2].train)
+    assert 0.2 < len(past) / 36_000 < 0.3 and np.isin(past, full.train).all()
+    held = earlier_held(ml100k, 3)
+    assert len(held) == 4000 and not np.isin(held, full.train).any()
+    with pytest.raises(DataError, match=r"data.block must be 1..4, got 5"):
+        p4_split(ml100k, 5)

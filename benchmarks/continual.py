@@ -1,0 +1,159 @@
+"""Continual updates on protocol p4: full retrain against warm starts, side by side.
+
+    python benchmarks/continual.py --config recipes/configs/minilm_lora_rating.yaml \\
+        --out benchmarks/results/continual.md
+
+ml-100k in 5 time blocks of 20,000 ratings (``peftrec.data.blocks``). Every arm trains on B1
+first (one shared run), then takes the updates t = 2, 3, 4, each scored on the next block
+B_{t+1} (the recipe's test RMSE, unclipped, with its warm/cold split) and on the held-out shares
+of B_1..B_{t-1} (forgetting: RMSE of the saved model's clipped predictions):
+
+- retrain: a new model on B_1..B_t (``data.window=all``);
+- warm start: the previous model continued on B_t alone (``train.init_from``, ``window=new``);
+- warm start + replay: the same with a random 20% of the earlier blocks' training rows mixed in.
+
+Wall time is the recipe's own (start-up and saving included), one process, this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from peftrec.data import load_movielens  # noqa: E402
+from peftrec.data.blocks import earlier_held  # noqa: E402
+from peftrec.metrics import rmse  # noqa: E402
+from peftrec.recommender import Recommender  # noqa: E402
+
+ARMS = {
+    "retrain": ["data.window=all"],
+    "warm start": ["data.window=new"],
+    "warm start + replay 20%": ["data.window=new", "data.replay=0.2"],
+}
+UPDATES = (2, 3, 4)
+
+
+def train(config: Path, out: Path, overrides: list[str]) -> dict:
+    """One recipe run (skipped when its metrics exist); its metrics.json."""
+    if not (out / "metrics.json").is_file():
+        command = [sys.executable, str(REPO / "recipes/train_rating.py"), "--config", str(config)]
+        command += ["data.protocol=p4", *overrides, f"output_dir={out}"]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        if done.returncode != 0:
+            raise SystemExit(f"{out}: the recipe failed\n{done.stderr[-3000:]}")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def forgetting(folder: Path, dataset, block: int) -> float:
+    rows = earlier_held(dataset, block)
+    inter = dataset.interactions
+    rec = Recommender.from_pretrained(folder)
+    users = [dataset.user_ids[u] for u in inter.users[rows]]
+    items = [dataset.item_ids[i] for i in inter.items[rows]]
+    return rmse(rec.predict(users, items), inter.ratings[rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config", type=Path, default=REPO / "recipes/configs/minilm_lora_rating.yaml"
+    )
+    parser.add_argument("--runs", type=Path, default=REPO / "runs/benchmarks/continual")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown report to write")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    dataset = load_movielens("ml-100k")
+
+    first = train(args.config, args.runs / "b1", ["data.block=1"])
+    rows = {}
+    for arm, options in ARMS.items():
+        previous = args.runs / "b1" / "model"
+        for t in UPDATES:
+            out = args.runs / f"{arm.split()[0]}{'_replay' if 'replay' in arm else ''}_b{t}"
+            extra = [] if arm == "retrain" else [f"train.init_from={previous}"]
+            metrics = train(args.config, out, [f"data.block={t}", *options, *extra])
+            rows[arm, t] = {
+                "next": metrics["test_rmse"],
+                "next_warm": metrics.get("test_rmse_warm"),
+                "next_cold_users": metrics.get("test_rmse_cold_users"),
+                "forgetting": forgetting(out / "model", dataset, t),
+                "seconds": metrics["wall_seconds"],
+                "trainable": metrics["trainable_parameters"],
+            }
+            previous = out / "model"
+
+    def fmt(v):
+        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+    lines = [
+        "# Continual updates, protocol p4 (ml-100k, 5 time blocks of 20,000 ratings)",
+        "",
+        f"`python benchmarks/continual.py --config {args.config.relative_to(REPO)}`; the same "
+        f"config for every run; {platform.machine()}, {os.cpu_count()} cores (shared), one "
+        f"process per run; {time.perf_counter() - started:.0f} s for the whole study. B1 run: "
+        f"next-block RMSE {first['test_rmse']:.4f}, {first['wall_seconds']:.0f} s.",
+        "",
+        "| arm | update t | next block RMSE (warm / cold users) | forgetting: RMSE on earlier "
+        "held-out shares | wall time |",
+        "|---|---|---|---|---|",
+    ]
+    for (arm, t), r in rows.items():
+        lines.append(
+            f"| {arm} | {t} | {fmt(r['next'])} ({fmt(r['next_warm'])} / "
+            f"{fmt(r['next_cold_users'])}) | {fmt(r['forgetting'])} | {r['seconds']:.0f} s |"
+        )
+    lines += [
+        "",
+        "| arm | mean next-block RMSE | mean forgetting | wall time per update, of retrain |",
+    ]
+    lines += ["|---|---|---|---|"]
+    base = np.mean([rows["retrain", t]["seconds"] for t in UPDATES])
+    summary = {}
+    for arm in ARMS:
+        nxt = np.mean([rows[arm, t]["next"] for t in UPDATES])
+        fgt = np.mean([rows[arm, t]["forgetting"] for t in UPDATES])
+        sec = np.mean([rows[arm, t]["seconds"] for t in UPDATES])
+        summary[arm] = {"next": nxt, "forgetting": fgt, "seconds": sec}
+        lines.append(f"| {arm} | {nxt:.4f} | {fgt:.4f} | {100 * sec / base:.0f}% ({sec:.0f} s) |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+        (args.out.with_suffix(".json")).write_text(
+            json.dumps({f"{a} t={t}": r for (a, t), r in rows.items()}, indent=2)
+        )
+        plot(rows, args.out.with_suffix(".png"))
+
+
+def plot(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in ARMS:
+        ax.plot(UPDATES, [rows[arm, t]["next"] for t in UPDATES], marker="o", label=arm)
+    ax.set_xlabel("update t (trained through block t)")
+    ax.set_ylabel("RMSE on block t+1")
+    ax.set_xticks(UPDATES)
+    ax.legend()
+    ax.set_title("p4: next-block RMSE per update")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
