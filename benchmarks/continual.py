@@ -9,7 +9,8 @@ B_{t+1} (the recipe's test RMSE, unclipped, with its warm/cold split) and on the
 of B_1..B_{t-1} (forgetting: RMSE of the saved model's clipped predictions):
 
 - retrain: a new model on B_1..B_t (``data.window=all``);
-- warm start: the previous model continued on B_t alone (``train.init_from``, ``window=new``);
+- warm start: the previous model continued on B_t alone (``train.init_from``, ``window=new``),
+  with the config's epochs, or with 2;
 - warm start + replay: the same with a random 20% of the earlier blocks' training rows mixed in.
 
 Wall time is the recipe's own (start-up and saving included), one process, this machine.
@@ -36,10 +37,11 @@ from peftrec.data.blocks import earlier_held  # noqa: E402
 from peftrec.metrics import rmse  # noqa: E402
 from peftrec.recommender import Recommender  # noqa: E402
 
-ARMS = {
-    "retrain": ["data.window=all"],
-    "warm start": ["data.window=new"],
-    "warm start + replay 20%": ["data.window=new", "data.replay=0.2"],
+ARMS = {  # name: (folder prefix, overrides)
+    "retrain": ("retrain", ["data.window=all"]),
+    "warm start": ("warm", ["data.window=new"]),
+    "warm start, 2 epochs": ("warm2", ["data.window=new", "train.epochs=2"]),
+    "warm start + replay 20%": ("replay", ["data.window=new", "data.replay=0.2"]),
 }
 UPDATES = (2, 3, 4)
 
@@ -77,10 +79,10 @@ def main() -> None:
 
     first = train(args.config, args.runs / "b1", ["data.block=1"])
     rows = {}
-    for arm, options in ARMS.items():
+    for arm, (prefix, options) in ARMS.items():
         previous = args.runs / "b1" / "model"
         for t in UPDATES:
-            out = args.runs / f"{arm.split()[0]}{'_replay' if 'replay' in arm else ''}_b{t}"
+            out = args.runs / f"{prefix}_b{t}"
             extra = [] if arm == "retrain" else [f"train.init_from={previous}"]
             metrics = train(args.config, out, [f"data.block={t}", *options, *extra])
             rows[arm, t] = {

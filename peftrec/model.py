@@ -38,6 +38,7 @@ class RecModel(nn.Module):
         # a randomly initialised backbone's base weights (saved with the model: no hub copy exists)
         self.random_base: dict[str, torch.Tensor] | None = None
         self.source: nn.Module | None = None  # L_S while training (peftrec.transfer)
+        self.warm_start = None  # what train.init_from restored (peftrec.warm_start.WarmStart)
 
     def cache_features(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> None:
         """For a frozen backbone: encode each text once; ``forward`` (through ``item_index``) and

@@ -168,7 +168,7 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
             )
         )
     if cfg.train.init_from:  # before the caches: they encode with the parent's adapter
-        warm_start(
+        model.warm_start = warm_start(
             model,
             cfg.train.init_from,
             data.dataset.user_ids,

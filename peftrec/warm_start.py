@@ -11,7 +11,7 @@ every head setting but the table sizes; the new model's spec names its parent.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,20 @@ class WarmStart:
     users_new: int
     items_kept: int
     items_new: int
+    biases: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """The parent's bias tables with (new rows, parent rows), for :meth:`restore_biases`."""
+
+    @torch.no_grad()
+    def restore_biases(self, head: torch.nn.Module) -> None:
+        """Put the parent's biases back on the users and items it knew (and its global mean),
+        after a recipe initialised every bias from the new window's averages, so that only the
+        new users and items start from those."""
+        own = head.state_dict()
+        for name, (value, new, old) in self.biases.items():
+            if name == "global_mean":
+                own[name].copy_(value)
+            else:
+                copy_rows(own[name], value, new, old)
 
 
 def check_parent(parent: ModelSpec, spec: ModelSpec, folder: Path) -> None:
@@ -121,6 +135,11 @@ def warm_start(
     done = WarmStart(
         len(users[0]), len(user_ids) - len(users[0]), len(items[0]), len(item_ids) - len(items[0])
     )
+    for name, rows in (("user_bias.weight", users), ("item_bias.weight", items)):
+        if name in state:
+            done.biases[name] = (state[name], *rows)
+    if "global_mean" in state:
+        done.biases["global_mean"] = (state["global_mean"], *users)
     logger.info(
         "warm start from %s: %d users and %d items continue, %d and %d are new",
         folder,

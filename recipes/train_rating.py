@@ -70,12 +70,14 @@ def main(argv: list[str] | None = None) -> dict:
     # warm-up: biases from regularised averages, then the towers on frozen pooled text features
     # (a resumed run finds its result in the checkpoint)
     head = model.head
-    if resume_from is None and not cfg.train.init_from:  # a warm start keeps the parent's
+    if resume_from is None:
         head.init_biases(
             torch.as_tensor(train.users),
             torch.as_tensor(train.items),
             torch.as_tensor(train.ratings),
         )
+        if model.warm_start is not None:  # known users and items keep what the parent learned
+            model.warm_start.restore_biases(head)
         item_text = model.encode_texts(tokens, cfg.train.eval_batch_size)
         warm_up_head(
             head,

@@ -85,3 +85,21 @@ def test_a_parent_that_differs_is_refused(parent, tiny_bert, change, message):
 def test_a_missing_parent_is_refused(tmp_path, tiny_bert):
     with pytest.raises(ArtifactError, match="no such model folder"):
         warm_start(child(tiny_bert), tmp_path / "nowhere", NEW_USERS, NEW_ITEMS)
+
+
+def test_biases_from_the_new_window_only_for_new_users_and_items(parent, tiny_bert):
+    folder, old = parent
+    model = child(tiny_bert)
+    done = warm_start(model, folder, NEW_USERS, NEW_ITEMS)
+    head = model.head
+    rng = np.random.default_rng(0)
+    users = torch.as_tensor(rng.integers(0, len(NEW_USERS), 200))
+    items = torch.as_tensor(rng.integers(0, len(NEW_ITEMS), 200))
+    head.init_biases(users, items, torch.as_tensor(rng.integers(1, 6, 200), dtype=torch.float32))
+    averaged = head.user_bias.weight.detach().clone()
+    done.restore_biases(head)
+    before = old.head.state_dict()
+    assert torch.equal(head.user_bias.weight[: NUM_USERS - 2], before["user_bias.weight"][2:])
+    assert torch.equal(head.user_bias.weight[NUM_USERS - 2 :], averaged[NUM_USERS - 2 :])
+    assert torch.equal(head.item_bias.weight[: NUM_ITEMS - 1], before["item_bias.weight"][1:])
+    assert torch.equal(head.global_mean, before["global_mean"])
