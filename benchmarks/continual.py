@@ -11,7 +11,8 @@ of B_1..B_{t-1} (forgetting: RMSE of the saved model's clipped predictions):
 - retrain: a new model on B_1..B_t (``data.window=all``);
 - warm start: the previous model continued on B_t alone (``train.init_from``, ``window=new``),
   with the config's epochs, or with 2;
-- warm start + replay: the same with a random 20% of the earlier blocks' training rows mixed in.
+- warm start + replay: the same with a random 20% of the earlier blocks' training rows mixed in;
+- warm start on everything: the previous model continued for 2 epochs on B_1..B_t.
 
 Wall time is the recipe's own (start-up and saving included), one process, this machine.
 """
@@ -42,6 +43,7 @@ ARMS = {  # name: (folder prefix, overrides)
     "warm start": ("warm", ["data.window=new"]),
     "warm start, 2 epochs": ("warm2", ["data.window=new", "train.epochs=2"]),
     "warm start + replay 20%": ("replay", ["data.window=new", "data.replay=0.2"]),
+    "warm start on blocks 1..t, 2 epochs": ("warmall2", ["data.window=all", "train.epochs=2"]),
 }
 UPDATES = (2, 3, 4)
 
