@@ -12,7 +12,8 @@ of B_1..B_{t-1} (forgetting: RMSE of the saved model's clipped predictions):
 - warm start: the previous model continued on B_t alone (``train.init_from``, ``window=new``),
   with the config's epochs, or with 2;
 - warm start + replay: the same with a random 20% of the earlier blocks' training rows mixed in;
-- warm start on everything: the previous model continued for 2 epochs on B_1..B_t.
+- warm start on everything: the previous model continued for 2 epochs on B_1..B_t;
+- warm start + L2-SP: on B_t alone, with the adapter held near the parent's (``transfer``).
 
 Wall time is the recipe's own (start-up and saving included), one process, this machine.
 """
@@ -44,6 +45,10 @@ ARMS = {  # name: (folder prefix, overrides)
     "warm start, 2 epochs": ("warm2", ["data.window=new", "train.epochs=2"]),
     "warm start + replay 20%": ("replay", ["data.window=new", "data.replay=0.2"]),
     "warm start on blocks 1..t, 2 epochs": ("warmall2", ["data.window=all", "train.epochs=2"]),
+    "warm start + L2-SP toward the parent": (
+        "l2sp",
+        ["data.window=new", "transfer.loss=l2sp", "transfer.weight=0.01"],
+    ),
 }
 UPDATES = (2, 3, 4)
 BOOTSTRAP = 1000

@@ -35,13 +35,14 @@ logger = logging.getLogger(__name__)
 
 
 class L2SP(nn.Module):
-    """Squared distance of the trained backbone weights from their pretrained values.
+    """Squared distance of the trained backbone weights from their starting values: the
+    pretrained ones, or with ``from_current`` (a warm start) the parent's, LoRA deltas included.
 
     The starting values are plain attributes, not buffers, so DDP does not broadcast a copy of
     every trained weight at each step; they follow the weights to their device on first use.
     """
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, from_current: bool = False):
         super().__init__()
         self.lora_layers = [m for m in backbone.modules() if _is_lora(m)]
         in_lora = {
@@ -58,13 +59,25 @@ class L2SP(nn.Module):
             raise ValueError(
                 "transfer.loss=l2sp: the backbone has no trained weights (adapter.method=frozen?)"
             )
+        # a new LoRA starts at delta 0 (the pretrained weight); a warm start at the parent's
+        self._deltas = {}
+        if from_current:
+            with torch.no_grad():
+                for k, layer in enumerate(self.lora_layers):
+                    for name in layer.active_adapters:
+                        if name in layer.lora_A:
+                            self._deltas[k, name] = layer.get_delta_weight(name).detach().clone()
 
     def forward(self, model, input_ids, attention_mask, item_index, pooled) -> torch.Tensor:
         total = pooled.new_zeros(())
-        for layer in self.lora_layers:
+        for k, layer in enumerate(self.lora_layers):
             for name in layer.active_adapters:
                 if name in layer.lora_A or name in getattr(layer, "lora_embedding_A", {}):
-                    total = total + layer.get_delta_weight(name).float().square().sum()
+                    delta = layer.get_delta_weight(name).float()
+                    start = self._deltas.get((k, name))
+                    if start is not None:
+                        delta = delta - start.to(delta.device).float()
+                    total = total + delta.square().sum()
         for k, p in enumerate(self.others):
             if self._start[k].device != p.device:
                 self._start[k] = self._start[k].to(p.device)
@@ -216,7 +229,9 @@ def build_source_objective(
     transfer_cfg, model, token_lists: Sequence[Sequence[int]], tokenizer, batch_size: int = 256
 ) -> nn.Module | None:
     """The L_S module for ``transfer.loss``; call before training starts. None for ``none`` or a
-    zero weight, so the lambda = 0 ablation runs exactly the plain objective (no extra pass)."""
+    zero weight, so the lambda = 0 ablation runs exactly the plain objective (no extra pass).
+    After a warm start (``train.init_from``) l2sp and distill hold the model near its parent
+    instead of the pretrained backbone, which limits forgetting."""
     if transfer_cfg.loss == "none" or transfer_cfg.weight == 0:
         return None
     if not any(p.requires_grad for p in model.backbone.parameters()):
@@ -224,10 +239,16 @@ def build_source_objective(
             f"transfer.loss={transfer_cfg.loss}: the backbone does not train "
             "(adapter.method=frozen); L_S only acts on an adapted backbone"
         )
+    warm = getattr(model, "warm_start", None) is not None  # L_S toward the parent model
     if transfer_cfg.loss == "l2sp":
-        return L2SP(model.backbone)
+        return L2SP(model.backbone, from_current=warm)
     if transfer_cfg.loss == "distill":
-        return Distillation(pretrained_encodings(model, token_lists, batch_size))
+        targets = (
+            model.encode_texts(token_lists, batch_size)
+            if warm
+            else pretrained_encodings(model, token_lists, batch_size)
+        )
+        return Distillation(targets)
     if transfer_cfg.loss == "lm":
         objective = LanguageModelling(
             model.backbone,

@@ -103,3 +103,20 @@ def test_biases_from_the_new_window_only_for_new_users_and_items(parent, tiny_be
     assert torch.equal(head.user_bias.weight[NUM_USERS - 2 :], averaged[NUM_USERS - 2 :])
     assert torch.equal(head.item_bias.weight[: NUM_ITEMS - 1], before["item_bias.weight"][1:])
     assert torch.equal(head.global_mean, before["global_mean"])
+
+
+def test_l2sp_after_a_warm_start_holds_the_model_near_its_parent(parent, tiny_bert):
+    from peftrec.transfer import L2SP
+
+    folder, _ = parent
+    model = child(tiny_bert)
+    warm_start(model, folder, NEW_USERS, NEW_ITEMS)
+    toward_parent = L2SP(model.backbone, from_current=True)
+    toward_pretrained = L2SP(model.backbone)
+    zero = torch.zeros(1)
+    assert toward_parent(model, None, None, None, zero).item() == pytest.approx(0.0, abs=1e-12)
+    assert toward_pretrained(model, None, None, None, zero).item() > 0  # the parent's own delta
+    with torch.no_grad():
+        lora_b = next(p for n, p in model.backbone.named_parameters() if "lora_B" in n)
+        lora_b.add_(0.1)
+    assert toward_parent(model, None, None, None, zero).item() > 0
