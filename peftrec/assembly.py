@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from .adapters import apply_adapter, disable_4bit_cpu_repacking, quantization_config
 from .backbones import load_backbone, load_tokenizer
 from .model import RecModel
+from .model_folder import read_arrays
 from .spec import ArtifactError, ModelSpec
 from .tokens import tokenize_texts
 
@@ -164,9 +163,5 @@ def load_head(head: nn.Module, path: Path) -> None:
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ArtifactError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+    """A safetensors file as torch tensors, with an error naming the file."""
+    return read_arrays(path, framework="pt")

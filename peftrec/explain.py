@@ -107,10 +107,7 @@ def text_scorer(engine, user_row: int, item_row: int):
     model, head = engine.model, engine.model.head
     device = next(model.parameters()).device
     id_row = item_row if item_row < engine.num_trained_items else -1
-    facts = None
-    if head.knowledge is not None:
-        facts = torch.cat([head.knowledge.facts.cpu(), engine._item_facts])[item_row : item_row + 1]
-        facts = facts.to(device)
+    facts = engine._facts(torch.tensor([item_row]))
     user = tuple(t.detach() for t in engine._user_vectors(torch.tensor([user_row])))
 
     def score(input_ids: torch.Tensor) -> torch.Tensor:

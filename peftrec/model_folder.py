@@ -171,14 +171,31 @@ def check_catalog(catalog: Catalog, spec: ModelSpec, where: Path) -> None:
         raise ArtifactError(f"{where}: does not match the model ({'; '.join(problems)})")
 
 
-def read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """A safetensors file as numpy arrays, with an error naming the file."""
+def read_arrays(path: Path, framework: str = "np") -> dict:
+    """A safetensors file as numpy arrays (``framework="pt"``: torch tensors, which imports
+    torch), with an error naming the file."""
     if not path.is_file():
         raise ArtifactError(f"{path}: missing")
+    if framework == "pt":
+        from safetensors.torch import load_file as load_torch
+
+        load = load_torch
+    else:
+        load = load_file
     try:
-        return load_file(path)
+        return load(path)
     except (SafetensorError, OSError, ValueError) as err:
         raise ArtifactError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+
+
+def histories(catalog: Catalog) -> dict[int, np.ndarray]:
+    """Each user's known items in the saved (time) order, for every user row (empty for a user
+    without any)."""
+    users = np.asarray(catalog.seen_users, dtype=np.int64)
+    items = np.asarray(catalog.seen_items, dtype=np.int64)
+    order = np.argsort(users, kind="stable")
+    starts = np.searchsorted(users[order], np.arange(len(catalog.user_ids) + 1))
+    return {u: items[order[starts[u] : starts[u + 1]]] for u in range(len(catalog.user_ids))}
 
 
 def check_folder(folder: Path) -> tuple[ModelSpec, dict]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .inputs import check_id, check_k, check_text, id_list, rows_of
-from .model_folder import check_catalog, check_folder, read_catalog
+from .model_folder import check_catalog, check_folder, histories, read_catalog
 from .serving import ServingVectors, read_item_text, read_serving
 
 if TYPE_CHECKING:
@@ -85,11 +85,13 @@ class Recommender:
         vectors = read_serving(folder, len(catalog.user_ids), len(catalog.item_ids))
 
         def load() -> ModelRecommender:
+            from .artifact import load_artifact
             from .recommender_model import ModelRecommender
 
-            engine = ModelRecommender.load(
-                folder, device=device, backbone=backbone, trust_remote_code=trust_remote_code
+            model, tokenizer, saved, info = load_artifact(
+                folder, backbone=backbone, trust_remote_code=trust_remote_code
             )
+            engine = ModelRecommender(model, tokenizer, saved, info, device=device)
             encodings = read_item_text(folder) if vectors is not None else None
             if encodings is not None:  # the catalogue is not encoded again
                 engine.set_item_text_encodings(encodings)
@@ -109,6 +111,8 @@ class Recommender:
         self._loader = loader
         self._engine: ModelRecommender | None = None
         self._vectors: ServingVectors | None = vectors
+        # whether the head's scores are the vectors' linked dot products (saved vectors: yes)
+        self._dot_product: bool | None = True if vectors is not None else None
         self.user_ids = list(catalog.user_ids)
         self.item_ids = list(catalog.item_ids)
         self.item_texts = list(catalog.item_texts)
@@ -117,14 +121,7 @@ class Recommender:
         self.num_trained_items = spec.head["num_items"]
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {it: i for i, it in enumerate(self.item_ids)}
-        seen_users = np.asarray(catalog.seen_users, dtype=np.int64)
-        seen_items = np.asarray(catalog.seen_items, dtype=np.int64)
-        order = np.argsort(seen_users, kind="stable")
-        starts = np.searchsorted(seen_users[order], np.arange(len(self.user_ids) + 1))
-        self._seen = {
-            u: np.unique(seen_items[order[starts[u] : starts[u + 1]]])
-            for u in range(len(self.user_ids))
-        }
+        self._seen = {u: np.unique(h) for u, h in histories(catalog).items()}
         if vectors is not None:
             self.is_rating, self.is_sequential = vectors.ratings, vectors.histories
         else:  # the network says
@@ -174,7 +171,9 @@ class Recommender:
         from .recommender_model import HeadScores
 
         vectors = self.engine.serving_vectors()
-        self._vectors = vectors if self.engine.serves_exactly(vectors) else HeadScores(self.engine)
+        if self._dot_product is None:  # a property of the head, checked once
+            self._dot_product = self.engine.serves_exactly(vectors)
+        self._vectors = vectors if self._dot_product else HeadScores(self.engine)
 
     def _items(self, item_ids: Any, where: str) -> np.ndarray:
         ids = id_list(item_ids, where, "item")

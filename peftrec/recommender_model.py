@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifact import Catalog, load_artifact, save_artifact
+from .artifact import Catalog, save_artifact
 from .heads import RatingHead
 from .inputs import check_id, check_text, id_mapping, rows_of, warn_about_texts
 from .knowledge import KnowledgeVocabulary
@@ -85,21 +85,6 @@ class ModelRecommender(RecommenderUsers):
         self._item_facts = (
             catalog.item_facts if catalog.item_facts is not None else self._no_facts(added)
         )
-
-    @classmethod
-    def load(
-        cls,
-        folder: str | Path,
-        *,
-        device: str = "cpu",
-        backbone: str | None = None,
-        trust_remote_code: bool = False,
-    ) -> ModelRecommender:
-        """Load a folder written by a peftrec recipe or :meth:`save_pretrained`."""
-        model, tokenizer, catalog, meta = load_artifact(
-            folder, backbone=backbone, trust_remote_code=trust_remote_code
-        )
-        return cls(model, tokenizer, catalog, meta, device=device)
 
     # -- catalogue ---------------------------------------------------------------------------
     def _encode(self, texts: Sequence[str]) -> torch.Tensor:
@@ -194,11 +179,16 @@ class ModelRecommender(RecommenderUsers):
         text = self._item_text()
         rows = torch.arange(len(text)) if rows is None else rows
         id_index = torch.where(rows < self.num_trained_items, rows, torch.full_like(rows, -1))
-        facts = None
-        if self.model.head.knowledge is not None:  # trained items' facts, then added ones'
-            facts = torch.cat([self.model.head.knowledge.facts.cpu(), self._item_facts])[rows]
-            facts = facts.to(self.device)
+        facts = self._facts(rows)
         return self.model.head.items(text[rows].to(self.device), id_index.to(self.device), facts)
+
+    def _facts(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """A knowledge model's entity rows of these items (trained items' facts, then added
+        ones'), on the device; None without a knowledge tower."""
+        if self.model.head.knowledge is None:
+            return None
+        facts = torch.cat([self.model.head.knowledge.facts.cpu(), self._item_facts])[rows]
+        return facts.to(self.device)
 
     # -- what the app API serves ----------------------------------------------------------
     @torch.no_grad()

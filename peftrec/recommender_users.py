@@ -26,6 +26,7 @@ from .inputs import (
     rows_of,
     warn_about_texts,
 )
+from .model_folder import histories
 from .sequential import history_states
 
 logger = logging.getLogger("peftrec.recommender")  # the app API logs under one name
@@ -41,8 +42,7 @@ class RecommenderUsers:
     def _init_users(self, catalog: Catalog) -> None:
         """The user state of a loaded catalogue: histories, seen items, and added users' state."""
         # each user's known interactions in time order (a history model reads them) and as a set
-        self._history = {u: np.zeros(0, dtype=np.int64) for u in range(len(self.user_ids))}
-        self._history.update(self._group(catalog.seen_users, catalog.seen_items))
+        self._history = histories(catalog)
         self._seen = {u: np.unique(h) for u, h in self._history.items()}
         # (vectors, biases) per user, computed on first use
         self._user_cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -52,15 +52,6 @@ class RecommenderUsers:
         self._interacted: dict[int, np.ndarray] = {}  # items of users added from interactions
         if catalog.user_state:
             self._restore_users(catalog.user_state)
-
-    @staticmethod
-    def _group(users: np.ndarray, items: np.ndarray) -> dict[int, np.ndarray]:
-        """Each user's items, in the given (time) order."""
-        users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
-        order = np.argsort(users, kind="stable")
-        users, items = users[order], items[order]
-        starts = np.flatnonzero(np.diff(users, prepend=-1))
-        return {int(users[s]): g for s, g in zip(starts, np.split(items, starts[1:]), strict=True)}
 
     def _users(self, user_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
         ids = [check_id(u, where, "user") for u in user_ids]
