@@ -6,6 +6,7 @@ Layout (format 2)::
     README.md           a model card: backbone, method, task, data, metrics
     adapter/            PEFT's own adapter format, or backbone.safetensors (top_layers, full)
     base.safetensors    a randomly initialised backbone's base weights (backbone.init=random)
+    merged.safetensors  the base weights merged parent adapters changed (train.warm_start=merge)
     head.safetensors    towers and head
     tokenizer/          the tokenizer the model was trained with
     catalog.json        user ids, item ids, texts and fields (the id maps), the rating scale
@@ -117,6 +118,11 @@ def save_artifact(
                 {k: v.cpu().contiguous() for k, v in model.random_base.items()},
                 tmp / "base.safetensors",
             )
+        if model.merged_base is not None:  # so are the weights a merged parent changed
+            save_file(
+                {k: v.cpu().contiguous() for k, v in model.merged_base.items()},
+                tmp / "merged.safetensors",
+            )
         if isinstance(model.backbone, PeftModel):
             model.backbone.save_pretrained(tmp / "adapter")
             make_portable(tmp / "adapter", spec)
@@ -138,13 +144,13 @@ def save_artifact(
             "knowledge": catalog.knowledge,
         }
         (tmp / "catalog.json").write_text(json.dumps(catalog_json, ensure_ascii=False))
-        save_file(
-            {
-                "users": torch.as_tensor(np.asarray(catalog.seen_users), dtype=torch.int64),
-                "items": torch.as_tensor(np.asarray(catalog.seen_items), dtype=torch.int64),
-            },
-            tmp / "seen.safetensors",
-        )
+        seen = {
+            "users": torch.as_tensor(np.asarray(catalog.seen_users), dtype=torch.int64),
+            "items": torch.as_tensor(np.asarray(catalog.seen_items), dtype=torch.int64),
+        }
+        if catalog.seen_labels is not None:
+            seen["labels"] = torch.as_tensor(np.asarray(catalog.seen_labels), dtype=torch.int64)
+        save_file(seen, tmp / "seen.safetensors")
         if catalog.item_facts is not None:
             save_file({"facts": catalog.item_facts.contiguous()}, tmp / "items.safetensors")
         if catalog.user_state is not None:

@@ -39,6 +39,8 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ModelConfig",
+    "PreferenceConfig",
+    "PreferenceRecipeConfig",
     "RankingConfig",
     "RankingRecipeConfig",
     "RatingRecipeConfig",
@@ -70,11 +72,11 @@ class DataConfig:
         "item facts file (item_id, relation, entity) for model.knowledge; ml-100k: its "
         "Freebase graph, no file needed",
     )
-    protocol: Literal["p1", "p2", "p3", "p2u", "p4", "all"] = option(
+    protocol: Literal["p1", "p2", "p3", "p2u", "p4", "tallrec-movie", "all"] = option(
         "p1",
         "p1 random split, p2 cold-start items, p3 leave-one-out ranking, p2u cold-start users, "
-        "p4 time blocks (continual updates), all: train on everything but a 5% validation "
-        "share (production; no test)",
+        "p4 time blocks (continual updates), tallrec-movie: TALLRec's binary preference "
+        "benchmark, all: train on everything but a 5% validation share (production; no test)",
     )
     seed: int = option(0, "split seed")
     block: int = option(
@@ -91,6 +93,12 @@ class DataConfig:
     max_length: int = option(64, "tokens per text", at_least(1))
     train_fraction: float = option(
         1.0, "subsample training ratings (sparse-data studies)", fraction(low_open=True)
+    )
+    train_records: int | None = option(
+        None,
+        "preference, few-shot: train on n records, default_rng(data.seed).permutation's first n "
+        "(null: all)",
+        or_null(at_least(1)),
     )
 
 
@@ -239,6 +247,13 @@ class TrainConfig:
         "warm start: a saved model folder (same backbone, method and task) to continue from on "
         "this data; its users and items keep their rows, new ones are added",
     )
+    warm_start: Literal["continue", "merge", "towers"] = option(
+        "continue",
+        "with init_from: continue (the parent's adapter trains on), merge (the parent's adapter "
+        "merged into the backbone, a fresh one trained on top; lora and peft methods that "
+        "merge) or towers (the parent's adapter kept as it is: only the towers and head train, "
+        "on text features encoded once)",
+    )
 
 
 @dataclass
@@ -288,6 +303,29 @@ class SequenceConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Binary preference: how the LM reads a record (labelled history + target) and on what."""
+
+    reader: Literal["towers", "cross"] = option(
+        "towers",
+        "towers: item texts encoded once per step, a user is their labelled history's items; "
+        "cross: the LM reads the history's titles and the target in one text (TALLRec-style)",
+    )
+    records: Literal["benchmark", "source"] = option(
+        "benchmark",
+        "tallrec-movie: train on the benchmark's records, or on the source domain (the records "
+        "of the ratings no benchmark record targets; then adapt with train.init_from)",
+    )
+    history_targets: bool = option(
+        True, "towers: each history event is a training example too (from the record's others)"
+    )
+    records_per_step: int = option(
+        64, "records per optimizer step, over all processes", at_least(1)
+    )
+    record_length: int = option(256, "cross: tokens of a record's text", at_least(1))
+
+
+@dataclass
 class RecipeConfig:
     """The sections every recipe shares."""
 
@@ -329,6 +367,20 @@ class SequentialRecipeConfig(RecipeConfig):
     )
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     output_dir: str = option("runs/minilm_frozen_sequential", "folder for checkpoints and results")
+
+
+@dataclass
+class PreferenceRecipeConfig(RecipeConfig):
+    """Binary preference: the probability that a user with a labelled history likes an item."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(protocol="tallrec-movie"))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=20, lr=1e-3, head_warmup_epochs=0, patience=3, items_per_step=64
+        )
+    )
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    output_dir: str = option("runs/minilm_frozen_preference", "folder for checkpoints and results")
 
 
 def check_settings(cfg: Any) -> None:
@@ -374,6 +426,24 @@ def _conflicts(cfg: Any) -> list[str]:
                 f"{adapter.method}: the backbone's activations are computed once, without "
                 "gradients"
             )
+    train = getattr(cfg, "train", None)
+    if train is not None and train.warm_start != "continue":
+        if not train.init_from:
+            problems.append(
+                f"train.warm_start={train.warm_start} says how to continue a parent: name it "
+                "with train.init_from"
+            )
+        elif train.warm_start == "merge" and adapter is not None:
+            if adapter.method not in ("lora", "peft"):
+                problems.append(
+                    f"train.warm_start=merge merges a LoRA-style adapter into the backbone, and "
+                    f"adapter.method={adapter.method} has none that merges (lora or peft do)"
+                )
+        elif train.warm_start == "towers" and transfer is not None and transfer.loss != "none":
+            problems.append(
+                f"transfer.loss={transfer.loss} acts on the backbone, which "
+                "train.warm_start=towers keeps as the parent left it: use transfer.loss=none"
+            )
     if model is not None and model.item_id_dropout and not (model.item_ids and model.item_text):
         problems.append(
             f"model.item_id_dropout={model.item_id_dropout} drops item-ID embeddings so that the "
@@ -387,6 +457,27 @@ def _conflicts(cfg: Any) -> list[str]:
         problems.append(
             "model.user_text=true: a sequential model's user is their history, not a profile"
         )
+    preference = getattr(cfg, "preference", None)
+    if preference is not None and model is not None:
+        if model.user_text:
+            problems.append(
+                "model.user_text=true: a preference model's user is their history, not a profile"
+            )
+        if preference.reader == "cross" and (model.item_ids or model.knowledge != "none"):
+            problems.append(
+                "preference.reader=cross reads each record as one text, with no item-ID or "
+                "knowledge tower: set model.item_ids=false and model.knowledge=none"
+            )
+        if cfg.data.train_fraction < 1:
+            problems.append(
+                "data.train_fraction subsamples ratings; a preference run draws records with "
+                "data.train_records"
+            )
+        if preference.records == "source" and cfg.data.protocol != "tallrec-movie":
+            problems.append("preference.records=source is tallrec-movie's source domain")
+    data = getattr(cfg, "data", None)
+    if data is not None and data.train_records is not None and preference is None:
+        problems.append("data.train_records draws preference records (the preference recipe)")
     if model is not None and adapter is not None and not model.item_text:
         if adapter.method != "frozen":
             problems.append(

@@ -60,6 +60,8 @@ class Catalog:
     ``groups`` and ``entities`` (the rows of its entity table), to read new items' facts."""
     item_facts: Array | None = None
     """Entity rows ``(items, groups, width)`` of the items beyond the head's table."""
+    seen_labels: Array | None = None
+    """A preference model: 1 where the user liked the seen item (aligned with ``seen_items``)."""
 
 
 def required_files(spec: ModelSpec) -> list[str]:
@@ -72,6 +74,8 @@ def required_files(spec: ModelSpec) -> list[str]:
         files += PEFT_FILES
     if spec.init == "random":
         files.append("base.safetensors")
+    if spec.adapter.merged:
+        files.append("merged.safetensors")
     return files
 
 
@@ -188,11 +192,11 @@ def read_arrays(path: Path, framework: str = "np") -> dict:
         raise ArtifactError(f"{path}: corrupt or truncated safetensors file ({err})") from None
 
 
-def histories(catalog: Catalog) -> dict[int, np.ndarray]:
-    """Each user's known items in the saved (time) order, for every user row (empty for a user
-    without any)."""
+def histories(catalog: Catalog, values: Array | None = None) -> dict[int, np.ndarray]:
+    """Each user's known items (or the aligned ``values``, e.g. ``seen_labels``) in the saved
+    (time) order, for every user row (empty for a user without any)."""
     users = np.asarray(catalog.seen_users, dtype=np.int64)
-    items = np.asarray(catalog.seen_items, dtype=np.int64)
+    items = np.asarray(catalog.seen_items if values is None else values, dtype=np.int64)
     order = np.argsort(users, kind="stable")
     starts = np.searchsorted(users[order], np.arange(len(catalog.user_ids) + 1))
     return {u: items[order[starts[u] : starts[u + 1]]] for u in range(len(catalog.user_ids))}
@@ -238,6 +242,7 @@ def read_catalog(folder: Path) -> Catalog:
             user_state=read_arrays(users) if users.is_file() else None,
             knowledge=raw.get("knowledge"),
             item_facts=read_arrays(items)["facts"] if items.is_file() else None,
+            seen_labels=seen.get("labels"),
         )
     except (KeyError, TypeError, AttributeError) as err:
         raise ArtifactError(

@@ -47,6 +47,7 @@ __all__ = [  # the data part lives in run_data; recipes import it from here with
     "RunData",
     "build_run_model",
     "catalog_of",
+    "encode_start",
     "exit_on_user_error",
     "flat_config",
     "item_batches",
@@ -174,12 +175,14 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
             data.dataset.user_ids,
             data.dataset.item_ids,
             vocabulary.entities if vocabulary is not None else None,
+            mode=cfg.train.warm_start,
+            item_texts=data.item_texts,
         )
     tokens = tokenize_texts(tokenizer, data.item_texts, cfg.data.max_length)
-    if cfg.adapter.method == "top_layers":
+    if not any(p.requires_grad for p in model.backbone.parameters()):  # or warm_start=towers
+        model.cache_features(tokens, cfg.train.eval_batch_size, encode_start(model, tokens, cfg))
+    elif cfg.adapter.method == "top_layers":
         model.cache_lower_layers(tokens, cfg.train.eval_batch_size)
-    elif not any(p.requires_grad for p in model.backbone.parameters()):
-        model.cache_features(tokens, cfg.train.eval_batch_size)
     if data.user_texts is not None:
         model.head.user_text.copy_(
             model.encode_texts(tokenize_texts(tokenizer, data.user_texts, cfg.data.max_length))
@@ -195,6 +198,14 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
         total - backbone,
     )
     return model, tokenizer, tokens
+
+
+def encode_start(model: RecModel, tokens: list[list[int]], cfg) -> torch.Tensor:
+    """The catalogue's pooled encodings before training (a warm start: the parent's saved ones
+    for unchanged texts, only the rest encoded)."""
+    if model.warm_start is not None:
+        return model.warm_start.encode_items(model, tokens, cfg.train.eval_batch_size)
+    return model.encode_texts(tokens, cfg.train.eval_batch_size)
 
 
 def trainable_counts(model: torch.nn.Module) -> tuple[int, int]:
@@ -294,7 +305,13 @@ def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
         np.lexsort((rows, seen.timestamps if seen.timestamps is not None else rows, seen.users))
     )
     ratings = data.train.ratings
+    labels = None
+    if task.name == "preference":  # a known user is their last labelled interactions
+        from .data.preference import LIKED_ABOVE
+
+        labels = (seen.ratings > LIKED_ABOVE).astype(np.int64)
     return Catalog(
+        seen_labels=labels,
         user_ids=data.dataset.user_ids,
         item_ids=data.dataset.item_ids,
         item_texts=data.item_texts,
@@ -325,9 +342,11 @@ def save_run(
     data: RunData,
     results: dict[str, Any],
     card_metrics: dict[str, Any],
+    item_text: torch.Tensor | None = None,
 ) -> None:
     """The resolved config, the model apps load (with its card) and ``metrics.json``, each written
-    atomically, by the main process."""
+    atomically, by the main process. ``item_text``: the catalogue's pooled encodings by the
+    saved weights (the test's), so that saving does not encode the catalogue again."""
     if not accelerator.is_main_process:
         return
     out = Path(cfg.output_dir)
@@ -339,13 +358,22 @@ def save_run(
         ),
         "metrics": card_metrics,
     }
+    catalog = catalog_of(data, cfg, task)
+    serving = None
+    if item_text is not None:
+        from .recommender_model import ModelRecommender
+
+        device = next(model.parameters()).device
+        serving = ModelRecommender(model, tokenizer, catalog, device=device)
+        serving.set_item_text_encodings(item_text.cpu().numpy())
     save_artifact(
         out / "model",
         model,
         tokenizer,
-        catalog_of(data, cfg, task),
+        catalog,
         config_yaml=(out / "config.yaml").read_text(),
         card=card,
+        serving=serving,
     )
     write_atomic(out / "metrics.json", json.dumps(results, indent=2))
 

@@ -282,6 +282,66 @@ class Recommender:
             rows = self._users(users, "predict"), self._items(items, "predict")
             return self._bounded(self._served().pairs(*rows)).astype(np.float32)
 
+    def predict_proba(
+        self,
+        items: Sequence[str],
+        users: Sequence[str] | None = None,
+        histories: Sequence[Sequence[tuple[str, bool]]] | None = None,
+    ) -> np.ndarray:
+        """A preference model: the probability that each user likes the aligned item.
+
+        Give one of ``users`` (known user ids: each is their last labelled interactions the model
+        was trained on) or ``histories`` (per item, a labelled history: ``(item_id, liked)``
+        pairs in time order, as a benchmark record carries; the last ten are read).
+        """
+        if self.spec.task != "preference":
+            raise ValueError(
+                "predict_proba needs a preference model (recipes/train_preference.py); this is a "
+                f"{self.spec.task} model: use predict"
+            )
+        item_ids = id_list(items, "predict_proba", "item")
+        if (users is None) == (histories is None):
+            raise ValueError(
+                "predict_proba: pass users (known user ids) or histories (lists of "
+                "(item_id, liked) pairs), one of them, aligned with items"
+            )
+        given = users if users is not None else histories
+        if isinstance(given, (str, bytes)) or len(given) != len(item_ids):
+            raise ValueError(
+                f"predict_proba: {len(item_ids)} items but "
+                f"{1 if isinstance(given, (str, bytes)) else len(given)} "
+                f"{'users' if users is not None else 'histories'}; pass aligned lists"
+            )
+        if not item_ids:
+            return np.zeros(0, dtype=np.float32)
+        with self._lock:
+            rows = self._items(item_ids, "predict_proba")
+            if users is not None:
+                user_rows = self._users(users, "predict_proba")
+                if self.spec.head.get("reader") != "cross":  # the saved vectors' dot products
+                    return self._served().pairs(user_rows, rows).astype(np.float32)
+                engine = self.engine
+                labelled = [(engine._history[u], engine._labels[u]) for u in user_rows.tolist()]
+            else:
+                labelled = [self._labelled_history(h, k) for k, h in enumerate(histories)]
+            return self.engine.preference_probabilities(rows, labelled).astype(np.float32)
+
+    def _labelled_history(self, history: Any, k: int) -> tuple[np.ndarray, list[int]]:
+        """``(item rows, 0/1 labels)`` of one history of ``(item_id, liked)`` pairs."""
+        where = f"predict_proba: histories[{k}]"
+        if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+            raise TypeError(f"{where}: pass a list of (item_id, liked) pairs, e.g. [('50', True)]")
+        ids, labels = [], []
+        for j, pair in enumerate(history):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise TypeError(f"{where}[{j}]: {pair!r} is not an (item_id, liked) pair")
+            liked = pair[1]
+            if not (isinstance(liked, (bool, np.bool_)) or liked in (0, 1)):
+                raise ValueError(f"{where}[{j}]: liked must be True/False or 1/0, got {liked!r}")
+            ids.append(check_id(pair[0], where, "item"))
+            labels.append(int(liked))
+        return self._items(ids, where) if ids else np.zeros(0, dtype=np.int64), labels
+
     def predict_texts(self, user_id: str, texts: Sequence[str]) -> np.ndarray:
         """Scores (as :meth:`predict`) of one user for items given only by their texts
         (not stored)."""

@@ -24,6 +24,7 @@ from .artifact import Catalog, save_artifact
 from .heads import RatingHead
 from .inputs import check_id, check_text, id_mapping, rows_of, warn_about_texts
 from .knowledge import KnowledgeVocabulary
+from .preference import PreferenceHead, history_records, item_titles, record_texts
 from .recommender_users import RecommenderUsers
 from .sequential import SequentialHead, history_states
 from .serving import ServingVectors
@@ -70,7 +71,9 @@ class ModelRecommender(RecommenderUsers):
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {it: i for i, it in enumerate(self.item_ids)}
         self.is_sequential = isinstance(model.head, SequentialHead)
-        if self.is_sequential:
+        self.is_preference = isinstance(model.head, PreferenceHead)
+        self.is_cross_encoder = self.is_preference and model.head.reader == "cross"
+        if self.is_sequential or self.is_preference:
             self.num_trained_users = 0  # no user table: every user is their history
         self._lock = threading.RLock()
         self._item_text_cache: torch.Tensor | None = None  # pooled encodings, one row per item
@@ -211,6 +214,8 @@ class ModelRecommender(RecommenderUsers):
     def serves_exactly(self, vectors: ServingVectors) -> bool:
         """Whether the vectors reproduce the head's own scores (float32 rounding aside), on the
         first 64 users against the whole catalogue."""
+        if self.is_cross_encoder:  # it reads whole records: no vector stands for a user or item
+            return False
         with self._lock:
             rows = torch.arange(min(len(self.user_ids), 64))
             expected = self.model.head.score_all(self._user_vectors(rows), self._item_vectors())
@@ -243,12 +248,40 @@ class ModelRecommender(RecommenderUsers):
         with self._lock:
             return numpy32(history_states(self.model.head, self._item_vectors(), [list(rows)]))
 
+    @torch.no_grad()
+    def preference_probabilities(
+        self, items: np.ndarray, histories: Sequence[tuple[Sequence[int], Sequence[int]]]
+    ) -> np.ndarray:
+        """A preference model: the like probability of each item row after the aligned labelled
+        history ``(item rows, labels)`` (the last ``history`` events of each are read)."""
+        head = self.model.head
+        with self._lock:
+            if not self.is_cross_encoder:
+                users = head.users_of_histories(self._item_vectors()[0], histories)
+                item = self._item_vectors(torch.as_tensor(items))
+                return numpy32(head.score(users, item))
+            parts, shares = history_records(items, histories, head.history)
+            titles = item_titles(self.item_fields, self.item_texts)
+            texts = record_texts(parts, titles)
+            tokens = tokenize_texts(self.tokenizer, texts, head.record_length)
+            text = self.model.encode_texts(tokens, self.batch_size).to(self.device)
+            return numpy32(torch.sigmoid(head.cross_logits(text, shares.to(self.device))))
+
     # -- saving ------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the model with everything added since loading (items, users, interactions) as a
         model folder, atomically; :meth:`from_pretrained` of it gives the same scores."""
         with self._lock:
             seen_users, seen_items = self._history_pairs()
+            seen_labels = None
+            if self._labels is not None:  # aligned with _history_pairs' order
+                seen_labels = np.concatenate(
+                    [
+                        self._labels.get(u, np.zeros(len(h), dtype=np.int64))
+                        for u, h in self._history.items()
+                    ]
+                    or [np.zeros(0, dtype=np.int64)]
+                )
             catalog = Catalog(
                 user_ids=list(self.user_ids),
                 item_ids=list(self.item_ids),
@@ -258,6 +291,7 @@ class ModelRecommender(RecommenderUsers):
                 rating_scale=self.rating_scale,
                 seen_users=seen_users,
                 seen_items=seen_items,
+                seen_labels=seen_labels,
                 user_state=self._user_state(),
                 knowledge=self._vocabulary_info,
                 item_facts=self._item_facts

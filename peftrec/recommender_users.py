@@ -43,6 +43,10 @@ class RecommenderUsers:
         """The user state of a loaded catalogue: histories, seen items, and added users' state."""
         # each user's known interactions in time order (a history model reads them) and as a set
         self._history = histories(catalog)
+        # a preference model: the labels of those interactions (1: liked), aligned
+        self._labels = (
+            histories(catalog, catalog.seen_labels) if catalog.seen_labels is not None else None
+        )
         self._seen = {u: np.unique(h) for u, h in self._history.items()}
         # (vectors, biases) per user, computed on first use
         self._user_cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -61,7 +65,12 @@ class RecommenderUsers:
     @torch.no_grad()
     def _user_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         with self._lock:
-            if self._user_cache is None and self.is_sequential:  # the state after each history
+            if self._user_cache is None and self._labels is not None:  # labelled histories
+                self._user_cache = self.model.head.users_of_histories(
+                    self._item_vectors()[0],
+                    [(self._history[u], self._labels[u]) for u in range(len(self.user_ids))],
+                )
+            elif self._user_cache is None and self.is_sequential:  # the state after each history
                 states = history_states(
                     self.model.head,
                     self._item_vectors(),
@@ -221,6 +230,11 @@ class RecommenderUsers:
             u: self._items(id_list(items, "add_interactions", "item"), "add_interactions")
             for u, items in interactions.items()
         }
+        if self._labels is not None:
+            raise ValueError(
+                "add_interactions: a preference model reads labelled histories; pass them to "
+                "predict_proba(items, histories=[[(item_id, liked), ...], ...])"
+            )
         with self._lock:
             for user_id, items in resolved.items():
                 if self.is_sequential:  # the next call reads the longer history

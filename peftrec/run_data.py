@@ -12,8 +12,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import DataError, Interactions, RecDataset, check_splits, load_data, split_rows
+from .data import (
+    DataError,
+    Interactions,
+    RecDataset,
+    Split,
+    check_splits,
+    load_data,
+    split_rows,
+)
 from .data.blocks import p4_split
+from .data.preference import PreferenceSplit, run_records
 from .data.knowledge import ItemKnowledge, load_item_knowledge, ml100k_knowledge
 from .knowledge import ML100K_GROUPS, KnowledgeVocabulary
 from .tasks import Task
@@ -31,6 +40,8 @@ class RunData:
     test: Interactions
     item_texts: list[str]
     user_texts: list[str] | None = None
+    records: PreferenceSplit | None = None
+    """A preference run's records (train, valid, test); the splits are their targets' rows."""
     knowledge: ItemKnowledge | None = None
     """The items' facts (``model.knowledge``), and how they become entity rows:"""
     vocabulary: KnowledgeVocabulary | None = None
@@ -48,7 +59,14 @@ def load_run_data(cfg, task: Task) -> RunData:
     """Load, split by ``data.protocol`` (subsampled by ``data.train_fraction``), check,
     render texts."""
     dataset = load_data(cfg.data)
-    if cfg.data.protocol == "p4":
+    records = None
+    if task.name == "preference":
+        pref = cfg.preference
+        records = run_records(
+            dataset, cfg.data.protocol, pref.records, cfg.data.train_records, cfg.data.seed
+        )
+        split = Split(*(part.rows for part in records))
+    elif cfg.data.protocol == "p4":
         split = p4_split(
             dataset, cfg.data.block, cfg.data.window, cfg.data.replay, seed=cfg.data.seed
         )
@@ -57,7 +75,7 @@ def load_run_data(cfg, task: Task) -> RunData:
     train, valid, test = (
         dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test)
     )
-    if cfg.data.train_fraction < 1.0:
+    if cfg.data.train_fraction < 1.0 and records is None:
         keep = np.random.default_rng(cfg.data.seed).random(len(train)) < cfg.data.train_fraction
         train = train.subset(np.flatnonzero(keep))
     check_splits(
@@ -83,7 +101,7 @@ def load_run_data(cfg, task: Task) -> RunData:
         len(dataset.user_ids),
         len(dataset.item_ids),
     )
-    data = RunData(dataset, train, valid, test, item_texts, user_texts)
+    data = RunData(dataset, train, valid, test, item_texts, user_texts, records=records)
     if cfg.model.knowledge != "none":
         data.knowledge, data.group_map = item_facts(cfg.data, dataset)
         data.vocabulary = KnowledgeVocabulary.build(

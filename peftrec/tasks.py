@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .config import RankingRecipeConfig, RatingRecipeConfig, RecipeConfig, SequentialRecipeConfig
+from .config import (
+    PreferenceRecipeConfig,
+    RankingRecipeConfig,
+    RatingRecipeConfig,
+    RecipeConfig,
+    SequentialRecipeConfig,
+)
 from .heads import RankingHead, RatingHead, TwoTowers
+from .preference import PreferenceHead
 from .sequential import SequentialHead
 from .spec import ArtifactError
 
@@ -75,6 +82,20 @@ def sequential_head_options(cfg, head: dict) -> dict:
     }
 
 
+def preference_head_options(cfg, head: dict) -> dict:
+    """A preference head has no user table (a user is their labelled history), and its reader."""
+    from .data.preference import HISTORY
+
+    head = {k: v for k, v in head.items() if k not in ("num_users", "user_text_dim")}
+    return {
+        **head,
+        "reader": cfg.preference.reader,
+        "history": HISTORY,
+        "history_targets": cfg.preference.history_targets,
+        "record_length": cfg.preference.record_length,
+    }
+
+
 TASKS: dict[str, Task] = {
     "rating": Task(
         name="rating",
@@ -126,6 +147,25 @@ TASKS: dict[str, Task] = {
             Reported("mrr", "MRR", True),
         ),
         head_options=sequential_head_options,
+    ),
+    "preference": Task(
+        name="preference",
+        title="Binary preference",
+        summary=(
+            "binary preference: the probability that a user with a labelled history likes an "
+            "item (BCE)"
+        ),
+        head=PreferenceHead,
+        config=PreferenceRecipeConfig,
+        recipe="train_preference.py",
+        protocols=("tallrec-movie", "p3"),
+        metric="preference",
+        reported=(
+            Reported("auc", "AUC", True),
+            Reported("logloss", "LogLoss", False),
+            Reported("gauc", "GAUC", True),
+        ),
+        head_options=preference_head_options,
     ),
 }
 

@@ -118,3 +118,49 @@ def records_fingerprint(records: PreferenceRecords, dataset: RecDataset) -> str:
 def like_ratio(records: PreferenceRecords) -> np.ndarray:
     """The no-training reference: the share of liked items among the ten in the history."""
     return records.history_labels.mean(axis=1)
+
+
+def source_records(dataset: RecDataset) -> PreferenceRecords:
+    """tallrec-movie's source domain: every record before the benchmark's last 10,000, i.e. the
+    records whose targets are the ratings no benchmark record targets."""
+    records = preference_records(dataset)
+    if len(records) <= KEPT:
+        raise DataError(f"{dataset.name}: no preference records before the benchmark's {KEPT}")
+    return records.subset(np.arange(len(records) - KEPT))
+
+
+def p3_preference_split(dataset: RecDataset) -> PreferenceSplit:
+    """Protocol p3 with labels: P3's leave-one-out by time, one record per target with its ten
+    previous rows. A user's last record (their last row) is test, the one before validation,
+    the rest train; the test record's history holds the validation row."""
+    records = preference_records(dataset)
+    users = records.users
+    last = np.r_[users[1:] != users[:-1], True]  # records are grouped by user, in time order
+    before_last = np.r_[last[1:], False] & ~last
+    test, valid = np.flatnonzero(last), np.flatnonzero(before_last)
+    train = np.flatnonzero(~(last | before_last))
+    if not (len(train) and len(valid)):
+        raise DataError(
+            f"{dataset.name}: p3 preference records need users with at least {HISTORY + 3} rows"
+        )
+    return PreferenceSplit(records.subset(train), records.subset(valid), records.subset(test))
+
+
+def run_records(dataset: RecDataset, protocol: str, records: str, n: int | None, seed: int):
+    """A preference run's (train, valid, test) records: the protocol's split, with the source
+    domain's records to train on (``records="source"``), or ``n`` of the training records
+    (few-shot)."""
+    if protocol == "tallrec-movie":
+        split = tallrec_split(dataset)
+    elif protocol == "p3":
+        split = p3_preference_split(dataset)
+    else:
+        raise DataError(f"preference records: protocol must be tallrec-movie or p3, not {protocol}")
+    train = source_records(dataset) if records == "source" else split.train
+    if n is not None:
+        if n > len(train):
+            raise DataError(
+                f"data.train_records={n}, but protocol {protocol} has {len(train)} training records"
+            )
+        train = few_shot(train, n, seed)
+    return PreferenceSplit(train, split.valid, split.test)

@@ -1,0 +1,323 @@
+"""Binary preference (will the user like this item?): the head and what feeds it.
+
+A record is a user's labelled history (items, each liked or not, oldest first) and a target item
+(:mod:`peftrec.data.preference`). :class:`PreferenceHead` turns it into the logit of a like, in
+one of two ways an LM reads the record (``reader``):
+
+- ``towers`` (item-amortised): the item tower of :class:`~peftrec.heads.TwoTowers` encodes each
+  item text once per step; the user is the mean of their history's item vectors, each plus a
+  learned like / dislike vector, and the logit is ``offset + a * s + b_t + <u, q_t>``;
+- ``cross`` (TALLRec-style): the LM reads one text with the liked and disliked titles and the
+  target (:func:`record_text`), and the logit is ``offset + a * s + w . h_record``.
+
+``s`` is the logit of the history's (smoothed) like share, with weight ``a`` starting at 1: an
+untrained head ranks records as counting likes does, and training learns what the items add.
+With ``history_targets`` (towers) every history event is a training example too: its label is
+predicted from the other events of the record, so a record of ten teaches eleven labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .heads import TwoTowers
+from .tokens import pad_batch
+
+READERS = ("towers", "cross")
+
+
+class PreferenceOutput(NamedTuple):
+    logits: torch.Tensor  # (events,) the like logit of every scored event
+    labels: torch.Tensor  # (events,) float 0/1
+    targets: int  # how many of the events are the records' targets (the first ones)
+    penalty: torch.Tensor
+    source: torch.Tensor
+
+
+def share_logit(labels: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Logit of the smoothed like share ``(likes + 1) / (n + 2)`` of 0/1 ``labels``."""
+    likes, n = labels.sum(dim), labels.size(dim)
+    return torch.log((likes + 1) / (n - likes + 1))
+
+
+class PreferenceHead(TwoTowers):
+    """The logit that a user with a labelled history likes a target item (see the module)."""
+
+    score_link = "sigmoid"
+
+    def __init__(
+        self,
+        text_dim: int,
+        num_items: int,
+        dim: int = 64,
+        *,
+        reader: str = "towers",
+        history: int = 10,
+        history_targets: bool = True,
+        record_length: int = 256,
+        num_users: int = 0,
+        user_text_dim: int | None = None,
+        **towers,
+    ):
+        if reader not in READERS:
+            raise ValueError(f"preference reader must be one of {READERS}, got {reader!r}")
+        if num_users or user_text_dim:
+            raise ValueError("a preference head has no user table: a user is their history")
+        if reader == "cross":  # the text is the whole record: no item IDs, no facts
+            towers = {**towers, "item_ids": False, "item_text": True, "knowledge": None}
+        super().__init__(text_dim, 0, num_items, dim, **towers)
+        self.reader, self.history, self.history_targets = reader, history, history_targets
+        self.record_length = record_length  # cross: tokens of a record's text
+        self.label = nn.Embedding(2, dim)
+        nn.init.normal_(self.label.weight, std=0.01)
+        self.share_weight = nn.Parameter(torch.ones(()))
+        self.offset = nn.Parameter(torch.zeros(()))
+
+    def users(self, index):  # noqa: D102  (no user table)
+        raise TypeError("a preference head scores histories, not user ids")
+
+    def history_users(
+        self, vectors: torch.Tensor, history: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Towers: user vectors and biases of labelled histories ``(users, k)`` (rows of
+        ``vectors``), so that a record's logit is ``b_u + b_t + <u, q_t>``."""
+        user = self.history_sums(vectors, history, labels).mean(1)
+        return user, self.offset + self.share_weight * share_logit(labels.float())
+
+    @torch.no_grad()
+    def users_of_histories(
+        self, vectors: torch.Tensor, histories: Sequence[tuple[Sequence[int], Sequence[int]]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`history_users` of histories of any length, ``(item rows, labels)`` each, the
+        last ``self.history`` of each kept (an empty one: no vector, a like share of one half)."""
+        out_vectors, out_biases = [], []
+        for rows, labels in histories:
+            rows, labels = list(rows)[-self.history :], list(labels)[-self.history :]
+            if not rows:
+                out_vectors.append(vectors.new_zeros(1, self.dim))
+                out_biases.append(self.offset.detach().reshape(1))
+                continue
+            device = vectors.device
+            user = self.history_users(
+                vectors,
+                torch.as_tensor([rows], device=device),
+                torch.as_tensor([labels], device=device),
+            )
+            out_vectors.append(user[0])
+            out_biases.append(user[1])
+        if not out_vectors:
+            return vectors.new_zeros(0, self.dim), vectors.new_zeros(0)
+        return torch.cat(out_vectors), torch.cat(out_biases)
+
+    def score(self, user, item):
+        """Like probabilities of aligned (user, item) pairs of vectors and biases."""
+        return torch.sigmoid(user[1] + item[1] + (user[0] * item[0]).sum(-1))
+
+    def score_all(self, user, items):
+        return torch.sigmoid(user[1][:, None] + items[1][None, :] + user[0] @ items[0].T)
+
+    def history_sums(
+        self, vectors: torch.Tensor, history: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """``(records, k, dim)``: each history event's item vector plus its label's vector."""
+        return vectors[history] + self.label(labels.long())
+
+    def record_logits(
+        self,
+        items: tuple[torch.Tensor, torch.Tensor],
+        targets: torch.Tensor,
+        history: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Towers: the like logit of each record; ``targets``/``history`` are rows of ``items``
+        (vectors, biases), ``labels`` the history's 0/1 labels ``(records, k)``."""
+        user, bias = self.history_users(items[0], history, labels)
+        return bias + items[1][targets] + (user * items[0][targets]).sum(-1)
+
+    def history_event_logits(
+        self, items: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Towers: ``(records, k)`` logits of each history event from the record's other events."""
+        k = labels.size(1)
+        events = self.history_sums(items[0], history, labels)
+        others = (events.sum(1, keepdim=True) - events) / (k - 1)
+        likes = labels.float().sum(1, keepdim=True) - labels.float()
+        share = torch.log((likes + 1) / (k - 1 - likes + 1))
+        return (
+            self.offset
+            + self.share_weight * share
+            + items[1][history]
+            + (others * items[0][history]).sum(-1)
+        )
+
+    def cross_logits(self, text: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        """Cross: the like logit of each record from its pooled record text and the logit of its
+        history's like share (:func:`share_logit`)."""
+        return (
+            self.offset
+            + self.share_weight * share
+            + self.item_text_bias(self.dropout(text)).squeeze(-1)
+        )
+
+    def step(
+        self,
+        model,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        history: torch.Tensor,
+        labels: torch.Tensor,
+        target_labels: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        item_index: torch.Tensor | None = None,
+    ) -> PreferenceOutput:
+        """A step's logits and labels: the records' targets first, then (towers with
+        ``history_targets``, while training) every history event.
+
+        Towers: ``input_ids`` holds each distinct item text of the step once, ``item_index`` its
+        item row (for ID embeddings and caches), ``targets`` and ``history`` point into it.
+        Cross: ``input_ids`` holds one record text per record.
+        """
+        text = model.encode(input_ids, attention_mask, item_index)
+        source = text.new_zeros(())
+        if model.source is not None and model.training:
+            source = model.source(model, input_ids, attention_mask, item_index, text)
+        target_labels = target_labels.float()
+        if self.reader == "cross":
+            logits = self.cross_logits(text, share_logit(labels.float()))
+            penalty = self.item_text_bias.weight.square().sum().expand(len(logits))
+            return PreferenceOutput(logits, target_labels, len(logits), penalty.mean(), source)
+        items = self.items(text, item_index)
+        logits = self.record_logits(items, targets, history, labels)
+        all_labels = target_labels
+        if self.history_targets and self.training:
+            logits = torch.cat([logits, self.history_event_logits(items, history, labels).ravel()])
+            all_labels = torch.cat([target_labels, labels.float().ravel()])
+        used = torch.cat([targets, history.ravel()])
+        penalty = items[0][used].square().sum(-1).mean() + items[1][used].square().mean()
+        return PreferenceOutput(logits, all_labels, len(targets), penalty, source)
+
+    @torch.no_grad()
+    def score_records(
+        self,
+        items: tuple[torch.Tensor, torch.Tensor],
+        targets: torch.Tensor,
+        history: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int = 4096,
+    ) -> torch.Tensor:
+        """Towers, evaluation: like probabilities of records whose items are rows of ``items``
+        (the whole catalogue's vectors and biases)."""
+        out = [
+            torch.sigmoid(
+                self.record_logits(
+                    items,
+                    targets[i : i + batch_size],
+                    history[i : i + batch_size],
+                    labels[i : i + batch_size],
+                )
+            )
+            for i in range(0, len(targets), batch_size)
+        ]
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+def item_titles(item_fields: dict[str, list[str]] | None, item_texts: Sequence[str]) -> list[str]:
+    """What a record text calls each item: ``title (year)`` when the items have those fields,
+    else the item's whole text."""
+    fields = item_fields or {}
+    if "title" not in fields:
+        return list(item_texts)
+    years = fields.get("year")
+    return [
+        f"{title} ({years[i]})" if years and years[i] else title
+        for i, title in enumerate(fields["title"])
+    ]
+
+
+def record_text(titles: Sequence[str], liked: Sequence[int], target: str) -> str:
+    """The text a cross-encoder reads for one record (TALLRec's wording, shortened)."""
+    yes = ", ".join(f'"{t}"' for t, like in zip(titles, liked, strict=True) if like) or "none"
+    no = ", ".join(f'"{t}"' for t, like in zip(titles, liked, strict=True) if not like) or "none"
+    return f'The user liked: {yes}. The user disliked: {no}. Will the user like "{target}"?'
+
+
+def history_records(
+    items: Sequence[int], histories: Sequence[tuple[Sequence[int], Sequence[int]]], k: int
+) -> tuple[list[str], torch.Tensor]:
+    """Cross, for apps: the record texts' parts and like-share logits of labelled histories of
+    any length ``(item rows, labels)`` (the last ``k`` of each) before the aligned target rows:
+    ``([(history rows, labels, target row), ...], share logits)``."""
+    parts, shares = [], []
+    for target, (rows, labels) in zip(items, histories, strict=True):
+        rows, labels = list(rows)[-k:], list(labels)[-k:]
+        parts.append((rows, labels, int(target)))
+        shares.append(share_logit(torch.tensor(labels, dtype=torch.float32)))
+    return parts, torch.stack(shares) if shares else torch.zeros(0)
+
+
+def record_texts(records, titles: Sequence[str]) -> list[str]:
+    """:func:`record_text` of every record (``titles``: per item row, :func:`item_titles`)."""
+    if isinstance(records, list):  # (history rows, labels, target row) triples
+        triples = records
+    else:
+        triples = zip(
+            records.history_items.tolist(),
+            records.history_labels.tolist(),
+            records.items.tolist(),
+            strict=True,
+        )
+    return [record_text([titles[i] for i in h], labels, titles[t]) for h, labels, t in triples]
+
+
+class PreferenceCollator:
+    """Batches of records for :meth:`PreferenceHead.step`.
+
+    Towers: the distinct items of the batch's targets and histories, each text once, with
+    ``targets``/``history`` pointing at their rows. Cross: one tokenized record text per record
+    (``record_tokens``, aligned with the records).
+    """
+
+    def __init__(
+        self,
+        records,
+        pad_id: int,
+        *,
+        item_tokens: Sequence[Sequence[int]] | None = None,
+        record_tokens: Sequence[Sequence[int]] | None = None,
+    ):
+        if (item_tokens is None) == (record_tokens is None):
+            raise ValueError("PreferenceCollator: pass item_tokens (towers) or record_tokens")
+        self.records, self.pad_id = records, pad_id
+        self.item_tokens, self.record_tokens = item_tokens, record_tokens
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __call__(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = np.asarray(index, dtype=np.int64)
+        r = self.records
+        batch = {
+            "history": torch.as_tensor(r.history_items[index]),
+            "labels": torch.as_tensor(r.history_labels[index]),
+            "target_labels": torch.as_tensor(r.labels[index]),
+        }
+        if self.record_tokens is not None:
+            ids, mask = pad_batch([self.record_tokens[i] for i in index], self.pad_id)
+            return {**batch, "input_ids": ids, "attention_mask": mask}
+        used = np.concatenate([r.items[index], r.history_items[index].ravel()])
+        distinct, rows = np.unique(used, return_inverse=True)
+        ids, mask = pad_batch([self.item_tokens[i] for i in distinct], self.pad_id)
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return {
+            **batch,
+            "history": rows[len(index) :].view(len(index), -1),
+            "targets": rows[: len(index)],
+            "input_ids": ids,
+            "attention_mask": mask,
+            "item_index": torch.as_tensor(distinct),
+        }
