@@ -78,6 +78,10 @@ def assemble(
                 ) from None
         else:
             random_base = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    merged_base = None
+    if saved is not None and spec.adapter.merged:  # merged parents' weights, under the adapter
+        merged_base = read_safetensors(saved / "merged.safetensors")
+        set_base_weights(backbone, merged_base, saved / "merged.safetensors")
     disable_4bit_cpu_repacking(backbone)
     if backbone_dropout is not None:  # e.g. 0: train on the same features the head warmed up on
         for module in backbone.modules():
@@ -99,6 +103,7 @@ def assemble(
     model.random_base = (
         random_base  # saved with the model: the random base weights exist nowhere else
     )
+    model.merged_base = merged_base
     if (
         saved is None
         and isinstance(backbone, PeftModel)
@@ -153,6 +158,18 @@ def load_adapter(backbone: nn.Module, folder: Path, spec: ModelSpec, name: str) 
         return PeftModel.from_pretrained(backbone, folder)
     except (RuntimeError, ValueError, KeyError) as err:
         raise ArtifactError(f"{folder}: adapter does not fit backbone {name} ({err})") from None
+
+
+@torch.no_grad()
+def set_base_weights(backbone: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    """Copy base weights, named as in the plain backbone, into ``backbone`` (adapted by PEFT or
+    not: a LoRA layer's weight is its ``base_layer``'s)."""
+    base = backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone
+    own = {name.replace(".base_layer", ""): value for name, value in base.state_dict().items()}
+    for name, value in state.items():
+        if name not in own or own[name].shape != value.shape:
+            raise ArtifactError(f"{where}: weight {name} does not fit the backbone")
+        own[name].copy_(value)
 
 
 def load_head(head: nn.Module, path: Path) -> None:

@@ -37,12 +37,21 @@ class RecModel(nn.Module):
         self.feature_cache: tuple[str, torch.Tensor] | None = None  # (token key, pooled features)
         # a randomly initialised backbone's base weights (saved with the model: no hub copy exists)
         self.random_base: dict[str, torch.Tensor] | None = None
+        # base weights that merged parent adapters changed (saved with the model, as random_base)
+        self.merged_base: dict[str, torch.Tensor] | None = None
         self.source: nn.Module | None = None  # L_S while training (peftrec.transfer)
         self.warm_start = None  # what train.init_from restored (peftrec.warm_start.WarmStart)
 
-    def cache_features(self, token_lists: Sequence[Sequence[int]], batch_size: int = 256) -> None:
+    def cache_features(
+        self,
+        token_lists: Sequence[Sequence[int]],
+        batch_size: int = 256,
+        features: torch.Tensor | None = None,
+    ) -> None:
         """For a frozen backbone: encode each text once; ``forward`` (through ``item_index``) and
-        ``encode_texts(token_lists)`` then look the pooled features up, so training runs no LM."""
+        ``encode_texts(token_lists)`` then look the pooled features up, so training runs no LM.
+        ``features``: the texts' encodings, when known already (a warm start's parent saved
+        them)."""
         if any(p.requires_grad for p in self.backbone.parameters()):
             raise ValueError(
                 "cache_features: the backbone trains, so cached features would go stale"
@@ -50,7 +59,9 @@ class RecModel(nn.Module):
         key = token_key(token_lists)
         if self.feature_cache is None or self.feature_cache[0] != key:
             self.feature_cache = None
-            self.feature_cache = (key, self.encode_texts(token_lists, batch_size))
+            if features is None:
+                features = self.encode_texts(token_lists, batch_size)
+            self.feature_cache = (key, features)
 
     def cache_lower_layers(
         self, token_lists: Sequence[Sequence[int]], batch_size: int = 256, max_mib: float = 1024.0
@@ -110,18 +121,24 @@ class RecModel(nn.Module):
 
     @torch.no_grad()
     def encode_texts(
-        self, token_lists: Sequence[Sequence[int]], batch_size: int = 256
+        self,
+        token_lists: Sequence[Sequence[int]],
+        batch_size: int = 256,
+        rows: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Pooled encodings of many tokenized texts, in length-sorted batches, in input order
-        (from the lower-layer cache when it holds exactly these texts)."""
+        (from the lower-layer cache when it holds exactly these texts). With ``rows``, only those
+        texts are encoded (an evaluation that scores a few items); the other rows are zero."""
         if self.feature_cache is not None and self.feature_cache[0] == token_key(token_lists):
             return self.feature_cache[1].clone()
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         cached = self.layer_cache is not None and self.layer_cache.matches(token_lists)
-        out = torch.empty(len(token_lists), self.head.text_dim)
-        for batch in length_sorted_batches(token_lists, batch_size):
+        chosen = list(range(len(token_lists))) if rows is None else [int(r) for r in rows]
+        out = torch.zeros(len(token_lists), self.head.text_dim)
+        for batch in length_sorted_batches([token_lists[i] for i in chosen], batch_size):
+            batch = [chosen[i] for i in batch]
             input_ids, attention_mask = pad_batch([token_lists[i] for i in batch], self.pad_id)
             index = torch.as_tensor(batch, device=device) if cached else None
             out[batch] = self.encode(input_ids.to(device), attention_mask.to(device), index).cpu()

@@ -31,6 +31,9 @@ class AdapterSpec:
     """qlora: the backbone is loaded in 4 (nf4) or 8 bits."""
     top_k_layers: int | None = None
     """top_layers: how many of the last blocks were trained."""
+    merged: int = 0
+    """How many parent adapters were merged into the base weights (``train.warm_start=merge``);
+    the base weights they changed are saved with the model (``merged.safetensors``)."""
 
 
 @dataclass
@@ -66,6 +69,8 @@ class ModelSpec:
         out = dataclasses.asdict(self)
         if out["parent"] is None:  # only warm-started models name one
             del out["parent"]
+        if not out["adapter"]["merged"]:  # only merged models have merged weights
+            del out["adapter"]["merged"]
         return out
 
     @classmethod

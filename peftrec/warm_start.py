@@ -6,27 +6,35 @@ matched by id: a user or item the parent knew keeps its learned row, a new one k
 initialisation (text-only items need nothing). A knowledge model's entity rows are matched by
 entity the same way. The parent must share the backbone, the adaptation method, the task and
 every head setting but the table sizes; the new model's spec names its parent.
+
+``mode`` (``train.warm_start``) says what happens to the parent's adapter: ``continue`` trains
+it on; ``merge`` folds it into the backbone's base weights (PEFT's ``merge_and_unload``) and
+keeps the new model's fresh adapter on top, so the new model saves the base weights merging
+changed (``merged.safetensors``) next to its own adapter; ``towers`` loads it and freezes the
+backbone, so only the towers and head train.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from peft import PeftModel, set_peft_model_state_dict
 
-from .assembly import read_safetensors
+from .assembly import assemble, read_safetensors, set_base_weights
 from .model import RecModel
 from .model_folder import check_folder, read_json
-from .serving import folder_digest
+from .serving import folder_digest, read_item_text, read_serving
 from .spec import ArtifactError, ModelSpec
 
 logger = logging.getLogger(__name__)
 
 TABLE_SIZES = ("num_users", "num_items", "knowledge")  # head settings that follow the data
+Mode = Literal["continue", "merge", "towers"]
 
 
 @dataclass
@@ -39,6 +47,19 @@ class WarmStart:
     items_new: int
     biases: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray]] = field(default_factory=dict)
     """The parent's bias tables with (new rows, parent rows), for :meth:`restore_biases`."""
+    encodings: tuple[np.ndarray, torch.Tensor] | None = None
+    """``(new rows, pooled encodings)`` the parent saved for the items whose text is unchanged:
+    what the new model encodes them as before it trains."""
+
+    def encode_items(self, model: RecModel, tokens: list[list[int]], batch_size: int = 256):
+        """The catalogue's pooled encodings before training: the parent's saved ones where the
+        text is unchanged, the other items encoded (a daily update encodes only its new items)."""
+        if self.encodings is None:
+            return model.encode_texts(tokens, batch_size)
+        rows, saved = self.encodings
+        out = model.encode_texts(tokens, batch_size, np.setdiff1d(np.arange(len(tokens)), rows))
+        out[torch.as_tensor(rows)] = saved
+        return out
 
     @torch.no_grad()
     def restore_biases(self, head: torch.nn.Module) -> None:
@@ -61,7 +82,8 @@ def check_parent(parent: ModelSpec, spec: ModelSpec, folder: Path) -> None:
             ("task", parent.task, spec.task),
             ("backbone", parent.backbone, spec.backbone),
             ("backbone type", parent.model_type, spec.model_type),
-            ("adapter", parent.adapter, spec.adapter),
+            # merged parents are continued too: the merged weights travel with the model
+            ("adapter", replace(parent.adapter, merged=0), replace(spec.adapter, merged=0)),
             ("pooling", parent.pooling, spec.pooling),
             ("init", parent.init, spec.init),
         )
@@ -96,14 +118,24 @@ def warm_start(
     user_ids: list[str],
     item_ids: list[str],
     entities: list[str] | None = None,
+    mode: Mode = "continue",
+    item_texts: list[str] | None = None,
 ) -> WarmStart:
     """Load the parent in ``folder`` into ``model`` (built for ``user_ids``, ``item_ids`` and,
-    for a knowledge model, ``entities``); records the parent in ``model.spec``."""
+    for a knowledge model, ``entities``), its adapter as ``mode`` says; records the parent in
+    ``model.spec``. With ``item_texts`` (the new catalogue's), the parent's saved encodings of
+    unchanged texts are kept for :meth:`WarmStart.encode_items`."""
     folder = Path(folder)
     parent, _ = check_folder(folder)
     check_parent(parent, model.spec, folder)
     catalog = read_json(folder / "catalog.json")
-    load_backbone_weights(model, folder, parent)
+    load_base_weights(model, folder, parent)
+    if mode == "merge":
+        merge_parent(model, folder, parent)
+    else:
+        load_backbone_weights(model, folder, parent)
+    if mode == "towers":
+        model.backbone.requires_grad_(False)
 
     state = read_safetensors(folder / "head.safetensors")
     users = rows_by_id(catalog["user_ids"], user_ids)
@@ -131,7 +163,7 @@ def warm_start(
                 f"{folder / 'head.safetensors'}: {name} has shape {tuple(value.shape)}, the new "
                 f"model's {tuple(target.shape)}"
             )
-    model.spec.parent = {"folder": folder.name, "digest": folder_digest(folder)}
+    model.spec.parent = {"folder": folder.name, "digest": folder_digest(folder), "mode": mode}
     done = WarmStart(
         len(users[0]), len(user_ids) - len(users[0]), len(items[0]), len(item_ids) - len(items[0])
     )
@@ -140,8 +172,11 @@ def warm_start(
             done.biases[name] = (state[name], *rows)
     if "global_mean" in state:
         done.biases["global_mean"] = (state["global_mean"], *users)
+    if item_texts is not None and parent.max_length == model.spec.max_length:
+        done.encodings = saved_encodings(folder, catalog, item_ids, item_texts)
     logger.info(
-        "warm start from %s: %d users and %d items continue, %d and %d are new",
+        "warm start (%s) from %s: %d users and %d items continue, %d and %d are new",
+        mode,
         folder,
         done.users_kept,
         done.items_kept,
@@ -151,9 +186,65 @@ def warm_start(
     return done
 
 
+def saved_encodings(
+    folder: Path, catalog: dict, item_ids: list[str], item_texts: list[str]
+) -> tuple[np.ndarray, torch.Tensor] | None:
+    """``(new rows, encodings)`` of the items the parent saved an encoding of, with the same
+    text; None when its serving file is missing or no longer matches its weights."""
+    if read_serving(folder, len(catalog["user_ids"]), len(catalog["item_ids"])) is None:
+        return None
+    saved = read_item_text(folder)
+    known = zip(catalog["item_ids"], catalog["item_texts"], strict=True)
+    where = {pair: k for k, pair in enumerate(known)}
+    pairs = [
+        (k, where[p]) for k, p in enumerate(zip(item_ids, item_texts, strict=True)) if p in where
+    ]
+    if saved is None or not pairs:
+        return None
+    new, old = (np.asarray(x, dtype=np.int64) for x in zip(*pairs, strict=True))
+    return new, torch.from_numpy(saved[old])
+
+
 def copy_rows(target: torch.Tensor, source: torch.Tensor, new: np.ndarray, old: np.ndarray):
     if len(new):
         target[torch.as_tensor(new)] = source[torch.as_tensor(old)].to(target.dtype)
+
+
+def load_base_weights(model: RecModel, folder: Path, parent: ModelSpec) -> None:
+    """The base weights that exist only in the parent's folder: a random initialisation's
+    (``base.safetensors``) and those earlier merges changed (``merged.safetensors``)."""
+    if parent.init == "random":
+        model.random_base = read_safetensors(folder / "base.safetensors")
+        set_base_weights(model.backbone, model.random_base, folder / "base.safetensors")
+    if parent.adapter.merged:
+        model.merged_base = read_safetensors(folder / "merged.safetensors")
+        set_base_weights(model.backbone, model.merged_base, folder / "merged.safetensors")
+        model.spec.adapter.merged = parent.adapter.merged
+
+
+def merge_parent(model: RecModel, folder: Path, parent: ModelSpec) -> None:
+    """The parent's adapter merged into the new model's base weights, under its fresh adapter:
+    the new model encodes as the parent did, and trains an adapter of its own."""
+    if not isinstance(model.backbone, PeftModel):
+        raise ArtifactError(f"train.init_from={folder}: the new model has no PEFT adapter")
+    old, _ = assemble(parent, saved=folder)
+    if old.backbone.peft_config["default"].is_prompt_learning:
+        raise ArtifactError(
+            f"train.warm_start=merge: the parent's {old.backbone.peft_config['default'].peft_type}"
+            " adapter adds virtual tokens, which do not merge into weights; use continue"
+        )
+    merged = old.backbone.merge_and_unload().state_dict()
+    base = model.backbone.get_base_model().state_dict()
+    current = {name.replace(".base_layer", ""): value for name, value in base.items()}
+    changed = {
+        name: value.detach().clone()
+        for name, value in merged.items()
+        if name in current and not torch.equal(current[name], value)
+    }
+    set_base_weights(model.backbone, changed, folder / "adapter")
+    model.merged_base = {**(model.merged_base or {}), **changed}
+    model.spec.adapter.merged = parent.adapter.merged + 1
+    logger.info("merged the parent's adapter into %d base weights", len(changed))
 
 
 def load_backbone_weights(model: RecModel, folder: Path, parent: ModelSpec) -> None:

@@ -18,6 +18,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
@@ -28,6 +29,7 @@ from peftrec.losses import ridge, step_loss
 from peftrec.metrics import load_metric
 from peftrec.recipe import (
     build_run_model,
+    encode_start,
     exit_on_user_error,
     item_batches,
     load_run_data,
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         if model.warm_start is not None:  # known users and items keep what the parent learned
             model.warm_start.restore_biases(head)
-        item_text = model.encode_texts(tokens, cfg.train.eval_batch_size)
+        item_text = encode_start(model, tokens, cfg)
         warm_up_head(
             head,
             item_text,
@@ -113,9 +115,14 @@ def main(argv: list[str] | None = None) -> dict:
     progress, stopper = TrainingProgress(), EarlyStopping(cfg.train.patience)
     accelerator.register_for_checkpointing(progress, stopper)
 
-    def validate() -> dict[str, float]:
-        item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
-        return evaluate_ratings(accelerator, unwrapped.head, item_text, valid_loader, metric)
+    valid_items = np.unique(valid.items)  # validation scores these: only they are encoded
+
+    def validate(item_text: torch.Tensor | None = None) -> dict[str, float]:
+        if item_text is None:
+            item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size, valid_items)
+        return evaluate_ratings(
+            accelerator, unwrapped.head, item_text.to(accelerator.device), valid_loader, metric
+        )
 
     def finished() -> bool:
         return cfg.train.max_steps is not None and progress.step >= cfg.train.max_steps
@@ -128,8 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
             progress.batches_done,
             progress.step,
         )
-    else:
-        scores = validate()
+    else:  # the backbone has not changed since the warm-up encoded the texts
+        scores = validate(item_text)
         progress.history.append(
             {"epoch": 0, "phase": "head warm-up", **{f"valid_{k}": v for k, v in scores.items()}}
         )
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         card.update({"test RMSE": test_scores["rmse"], "test MAE": test_scores["mae"]})
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
-    save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
+    save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card, item_text)
     if accelerator.is_main_process:
         if test_scores:
             print(

@@ -183,7 +183,7 @@ def test_a_warm_start_continues_the_parent_on_new_data(tmp_path, toy_files, tiny
         ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "warm start from" in result.stderr and "2 and 0 are new" in result.stderr
+    assert "warm start (continue) from" in result.stderr and "2 and 0 are new" in result.stderr
     spec = json.loads((child / "model" / "peftrec.json").read_text())["spec"]
     assert spec["parent"]["folder"] == "model" and spec["head"]["num_users"] == 32
     scratch = tmp_path / "scratch"  # the same run without the parent

@@ -84,6 +84,15 @@ def test_out_of_range_settings_name_the_key(recipe, tmp_path, override, message)
             ["backbone.init=random", "adapter.method=qlora"],
             "backbone.init=random cannot be combined with adapter.method=qlora",
         ),
+        (["train.warm_start=merge"], "train.warm_start=merge says how to continue a parent"),
+        (
+            ["train.warm_start=merge", "train.init_from=x", "adapter.method=prefix"],
+            "adapter.method=prefix has none that merges",
+        ),
+        (
+            ["train.warm_start=towers", "train.init_from=x", "transfer.loss=l2sp"],
+            "transfer.loss=l2sp acts on the backbone, which train.warm_start=towers keeps",
+        ),
     ],
 )
 def test_conflicting_settings_are_refused_at_start_up(recipe, tmp_path, overrides, message):

@@ -3,13 +3,19 @@ items keep fresh rows, the spec names the parent, and a parent that differs is r
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from peftrec.artifact import ArtifactError, Catalog, save_artifact
+from peftrec.backbones import load_tokenizer
 from peftrec.config import BackboneConfig, ModelConfig
 from peftrec.model import build_model
+from peftrec.recommender import Recommender
+from peftrec.tokens import tokenize_texts
 from peftrec.warm_start import warm_start
 
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, TEXTS, adapter_config
@@ -120,3 +126,86 @@ def test_l2sp_after_a_warm_start_holds_the_model_near_its_parent(parent, tiny_be
         lora_b = next(p for n, p in model.backbone.named_parameters() if "lora_B" in n)
         lora_b.add_(0.1)
     assert toward_parent(model, None, None, None, zero).item() > 0
+
+
+NEW_TEXTS = [*TEXTS[1:], "good movie j0 drama", "bad movie j1 drama"]
+
+
+def lora_weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.backbone.state_dict().items() if "lora_" in k}
+
+
+def move_adapter(model, seed: int) -> None:
+    """Train the adapter, as it were: a lost adapter or lost merged weights then show."""
+    with torch.no_grad():
+        for name, param in model.backbone.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05, generator=torch.Generator().manual_seed(seed))
+
+
+def test_merge_folds_the_parent_adapter_into_the_backbone_under_a_fresh_one(
+    parent, tiny_bert, tmp_path
+):
+    folder, old = parent
+    model, tokenizer = child(tiny_bert), load_tokenizer(str(tiny_bert))
+    fresh = lora_weights(model)
+    warm_start(model, folder, NEW_USERS, NEW_ITEMS, mode="merge")
+    assert all(torch.equal(v, fresh[k]) for k, v in lora_weights(model).items())  # its own
+    assert model.spec.adapter.merged == 1 and model.spec.parent["mode"] == "merge"
+    assert model.merged_base and all(n.endswith("weight") for n in model.merged_base)
+    tokens = tokenize_texts(tokenizer, TEXTS, 16)
+    # a fresh LoRA adds nothing yet: merged, the new model encodes as its parent did
+    torch.testing.assert_close(model.encode_texts(tokens), old.encode_texts(tokens))
+    assert not torch.allclose(old.encode_texts(tokens), child(tiny_bert).encode_texts(tokens))
+
+    move_adapter(model, 1)
+    catalog = Catalog(NEW_USERS, NEW_ITEMS, NEW_TEXTS, np.array([0]), np.array([0]))
+    saved = save_artifact(tmp_path / "child", model, tokenizer, catalog)
+    assert (saved / "merged.safetensors").is_file()
+    assert json.loads((saved / "peftrec.json").read_text())["spec"]["adapter"]["merged"] == 1
+    texts = ["good movie 77 drama", "bad movie 78 drama"]
+    expected = Recommender(model, tokenizer, catalog).predict_texts("n0", texts)
+    np.testing.assert_allclose(  # through the network: base, merged weights, then the adapter
+        Recommender.from_pretrained(saved).predict_texts("n0", texts), expected, rtol=1e-6
+    )
+
+    again = child(tiny_bert)  # merged twice: both parents' adapters in the base weights
+    warm_start(again, saved, NEW_USERS, NEW_ITEMS, mode="merge")
+    assert again.spec.adapter.merged == 2
+    torch.testing.assert_close(again.encode_texts(tokens), model.encode_texts(tokens))
+    onwards = child(tiny_bert)  # continued: the merged weights travel with the model
+    warm_start(onwards, saved, NEW_USERS, NEW_ITEMS)
+    assert (
+        onwards.spec.adapter.merged == 1 and onwards.merged_base.keys() == model.merged_base.keys()
+    )
+    torch.testing.assert_close(onwards.encode_texts(tokens), model.encode_texts(tokens))
+
+    (saved / "merged.safetensors").unlink()
+    with pytest.raises(ArtifactError, match=r"merged\.safetensors: missing"):
+        Recommender.from_pretrained(saved)
+
+
+def test_towers_keeps_the_parent_adapter_and_trains_only_the_head(parent, tiny_bert):
+    folder, old = parent
+    model = child(tiny_bert)
+    warm_start(model, folder, NEW_USERS, NEW_ITEMS, mode="towers")
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    parent_lora = lora_weights(old)
+    assert all(torch.equal(v, parent_lora[k]) for k, v in lora_weights(model).items())
+    assert model.spec.parent["mode"] == "towers" and not model.spec.adapter.merged
+
+
+def test_the_parents_saved_encodings_stand_for_unchanged_texts(parent, tiny_bert):
+    folder, old = parent
+    model, tokenizer = child(tiny_bert), load_tokenizer(str(tiny_bert))
+    texts = [*NEW_TEXTS[:-3], "a changed text", *NEW_TEXTS[-2:]]
+    done = warm_start(model, folder, NEW_USERS, NEW_ITEMS, item_texts=texts, mode="continue")
+    rows, _ = done.encodings
+    assert rows.tolist() == list(range(NUM_ITEMS - 2))  # known, but for the changed text
+    tokens = tokenize_texts(tokenizer, texts, old.spec.max_length)
+    torch.testing.assert_close(done.encode_items(model, tokens), model.encode_texts(tokens))
+    # a parent whose weights changed since it saved its encodings: nothing is reused
+    save_file({k: v + 1 for k, v in old.head.state_dict().items()}, folder / "head.safetensors")
+    again = warm_start(child(tiny_bert), folder, NEW_USERS, NEW_ITEMS, item_texts=texts)
+    assert again.encodings is None
