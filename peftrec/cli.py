@@ -5,6 +5,7 @@
     peftrec predict runs/minilm_lora_rating/model --user 196 242 302 [--json]
     peftrec serve runs/minilm_lora_rating/model [--host 127.0.0.1] [--port 8000]
     peftrec explain runs/minilm_lora_rating/model --user 196 --item 50 [--html why.html]
+    peftrec update runs/yesterday/model --data interactions.csv --out runs/today/model
 
 Arguments are checked before the model is loaded. Known users and items are served from the
 saved vectors in a fraction of a second; `explain` loads the language model (seconds).
@@ -140,6 +141,27 @@ def explain(args: argparse.Namespace) -> None:
         print(f"wrote {args.html}", file=sys.stderr)
 
 
+def update_model(args: argparse.Namespace) -> None:
+    from .update import update
+
+    print(f"updating {args.model} ({args.epochs} epoch(s), warm start: {args.warm_start}) ...")
+    metrics = update(
+        args.model,
+        args.data,
+        args.out,
+        items=args.items,
+        users=args.users,
+        epochs=args.epochs,
+        warm_start=args.warm_start,
+        settings=args.set,
+    )
+    score = next((k for k in metrics if k.startswith("valid_")), None)
+    if score is not None:
+        value = metrics[score]
+        print(f"validation {score[6:]} {value:.4f} (best epoch {metrics['best_epoch']})")
+    print(f"model saved to {args.out}")
+
+
 def port_number(text: str) -> int:
     try:
         value = int(text)
@@ -230,6 +252,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--html", type=Path, default=None, help="also write a page, words highlighted")
     p.add_argument("--json", action="store_true", help="print JSON (every word) instead")
     p.set_defaults(run=explain)
+    p = commands.add_parser(
+        "update",
+        help="continue a saved model on new interactions (a warm start) into a new model folder",
+    )
+    p.add_argument("model", type=model_folder, help="the saved model to continue from")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="interactions to train on (CSV, TSV, Parquet, JSON Lines): the whole history so far, "
+        "or the new window",
+    )
+    p.add_argument("--out", required=True, type=Path, help="the new model folder (must not exist)")
+    p.add_argument(
+        "--items", type=Path, default=None, help="items file (default: the model's catalogue)"
+    )
+    p.add_argument("--users", type=Path, default=None, help="users file (profile models)")
+    p.add_argument(
+        "--epochs", type=positive_int, default=2, help="epochs from the model (default 2)"
+    )
+    p.add_argument(
+        "--warm-start",
+        choices=["continue", "merge", "towers"],
+        default="continue",
+        help="what the model's adapter does (train.warm_start; default continue)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another recipe setting, e.g. train.lr=5e-4 (repeat for several)",
+    )
+    p.set_defaults(run=update_model)
     return main
 
 

@@ -1,0 +1,96 @@
+"""``peftrec update``: a saved model continued on new interactions by its recipe, into a new
+folder that loads like any model; bad input is refused with a clear error and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from peftrec import cli
+from peftrec.recommender import Recommender
+
+from .test_train_rating import RECIPE, REPO, run, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory, toy_files, tiny_bert):
+    out = tmp_path_factory.mktemp("parent") / "run"
+    config = str(REPO / "recipes/configs/minilm_lora_rating.yaml")
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            "--config",
+            config,
+            *tiny_overrides(toy_files, tiny_bert, out),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "model"
+
+
+def grown(tmp_path, toy_files, extra: str):
+    path = tmp_path / "interactions.csv"
+    path.write_text(toy_files["interactions"].read_text() + extra)
+    return path
+
+
+NEW_USERS = "".join(f"n{u},i{i},{1 + (i % 5)},{99000 + i}\n" for u in range(2) for i in range(20))
+
+
+def test_update_continues_the_model_on_new_interactions(parent, tmp_path, toy_files, capsys):
+    out = tmp_path / "today" / "model"
+    data = grown(tmp_path, toy_files, NEW_USERS)
+    assert (
+        cli.main(["update", str(parent), "--data", str(data), "--out", str(out), "--epochs", "1"])
+        == 0
+    )
+    assert f"model saved to {out}" in capsys.readouterr().out
+    spec = json.loads((out / "peftrec.json").read_text())["spec"]
+    assert spec["parent"]["mode"] == "continue" and spec["head"]["num_users"] == 32
+    config = (out / "config.yaml").read_text()
+    assert "protocol: all" in config and "epochs: 1" in config
+    rec = Recommender.from_pretrained(out)
+    assert len(rec.recommend("n0", k=3)) == 3  # a user the parent never saw
+    old = Recommender.from_pretrained(parent)
+    assert rec.predict(["u0"], ["i1"]) != old.predict(["u0"], ["i1"])  # it trained
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".model.")]  # no leftovers
+
+
+def test_bad_input_is_refused_before_training_and_writes_nothing(parent, tmp_path, capsys):
+    out = tmp_path / "new"
+    data = tmp_path / "nowhere.csv"
+    assert cli.main(["update", str(parent), "--data", str(data), "--out", str(out)]) == 2
+    assert f"--data {data}: no such file" in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    assert (
+        cli.main(
+            ["update", str(parent), "--data", str(parent / "config.yaml"), "--out", str(taken)]
+        )
+        == 2
+    )
+    assert "already exists" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(parent, bare)
+    (bare / "config.yaml").unlink()
+    assert (
+        cli.main(["update", str(bare), "--data", str(bare / "catalog.json"), "--out", str(out)])
+        == 2
+    )
+    assert "config.yaml: missing or empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not a model folder: refused by the argument parser
+        cli.main(["update", str(tmp_path), "--data", str(data), "--out", str(out)])
+    assert not out.exists()
+
+
+def test_data_the_recipe_refuses_writes_nothing(parent, tmp_path, toy_files, capsys):
+    out = tmp_path / "new"
+    data = grown(tmp_path, toy_files, "u0,i999,4,99999\n")  # an item the catalogue lacks
+    assert cli.main(["update", str(parent), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the rating recipe stopped, nothing was written" in err and "'i999'" in err
+    assert not out.exists() and list(tmp_path.iterdir()) == [data]
