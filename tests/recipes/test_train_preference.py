@@ -1,0 +1,141 @@
+"""The preference recipe run for real at tiny scale (both readers), and the saved model served
+as an app would: predict_proba reproduces the recipe's test AUC."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from peftrec.data import load_files
+from peftrec.data.preference import p3_preference_split
+from peftrec.metrics import load_metric
+from peftrec.recommender import Recommender
+
+from .test_train_rating import REPO, run, tiny_overrides
+
+RECIPE = REPO / "recipes" / "train_preference.py"
+
+
+def preference_overrides(toy_files, backbone, out) -> list[str]:
+    keep = [o for o in tiny_overrides(toy_files, backbone, out) if not o.startswith("train.")]
+    return [*keep, "data.protocol=p3", "train.epochs=3", "preference.records_per_step=32"]
+
+
+@pytest.mark.parametrize(
+    ("reader", "extra"),
+    [
+        ("towers", ["adapter.method=frozen"]),
+        ("cross", ["adapter.method=lora", "model.item_ids=false", "preference.record_length=96"]),
+    ],
+)
+def test_preference_recipe_trains_and_predict_proba_reproduces_its_test_auc(
+    tmp_path, toy_files, tiny_bert, tiny_gpt2, reader, extra
+):
+    out = tmp_path / "run"
+    backbone = tiny_bert if reader == "towers" else tiny_gpt2
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            "--config",
+            str(REPO / "recipes/configs/minilm_frozen_preference.yaml"),
+            *preference_overrides(toy_files, backbone, out),
+            f"preference.reader={reader}",
+            *extra,
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["test_auc"] <= 1 and metrics["steps"] > 0
+    assert metrics["train_records"] == 30 * (20 - 12)  # toy users have 20 rows each
+
+    dataset = load_files(toy_files["interactions"], toy_files["items"])
+    _, _, test = p3_preference_split(dataset)
+    ids = dataset.item_ids
+    rec = Recommender.from_pretrained(out / "model")
+    histories = [
+        [(ids[i], bool(like)) for i, like in zip(h, labels, strict=True)]
+        for h, labels in zip(test.history_items, test.history_labels, strict=True)
+    ]
+    p = rec.predict_proba([ids[i] for i in test.items], histories=histories)
+    assert p.shape == (len(test),) and ((p > 0) & (p < 1)).all()
+    scores = load_metric("preference").compute(
+        predictions=p, references=test.labels, groups=test.users
+    )
+    assert scores["auc"] == pytest.approx(metrics["test_auc"], abs=1e-6)
+    assert scores["logloss"] == pytest.approx(metrics["test_logloss"], abs=1e-5)
+
+    # known users: their last labelled training interactions; the same through the network
+    users = [dataset.user_ids[u] for u in test.users[:5]]
+    items = [ids[i] for i in test.items[:5]]
+    served = Recommender.from_pretrained(out / "model")
+    known = served.predict_proba(items, users=users)
+    assert known.shape == (5,) and ((known > 0) & (known < 1)).all()
+    if reader == "towers":  # served from saved vectors: no network needed, and it agrees
+        assert not served.network_loaded
+        np.testing.assert_allclose(served.predict(users, items), known, rtol=1e-5)
+        engine = rec.engine
+        rows = [rec._user_index[u] for u in users]
+        labelled = [(engine._history[r], engine._labels[r]) for r in rows]
+        again = engine.preference_probabilities(rec._items(items, "test"), labelled)
+        np.testing.assert_allclose(again, known, rtol=1e-5)
+
+    # saved again, loaded again: the same probabilities
+    rec.save_pretrained(tmp_path / "again")
+    back = Recommender.from_pretrained(tmp_path / "again")
+    np.testing.assert_allclose(back.predict_proba(items, histories=histories[:5]), p[:5], rtol=1e-5)
+
+
+def test_predict_proba_refuses_bad_input(tmp_path, toy_files, tiny_bert):
+    out = tmp_path / "run"
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            "--config",
+            str(REPO / "recipes/configs/minilm_frozen_preference.yaml"),
+            *preference_overrides(toy_files, tiny_bert, out),
+            "train.epochs=1",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rec = Recommender.from_pretrained(out / "model")
+    item = rec.item_ids[0]
+    with pytest.raises(ValueError, match="one of them"):
+        rec.predict_proba([item])
+    with pytest.raises(ValueError, match="one of them"):
+        rec.predict_proba([item], users=[rec.user_ids[0]], histories=[[]])
+    with pytest.raises(ValueError, match="1 items but 2 users"):
+        rec.predict_proba([item], users=rec.user_ids[:2])
+    with pytest.raises(ValueError, match=r"histories\[0\]\[1\]: liked must be"):
+        rec.predict_proba([item], histories=[[(item, True), (item, "yes")]])
+    with pytest.raises(TypeError, match=r"histories\[0\]\[0\].*not an \(item_id, liked\) pair"):
+        rec.predict_proba([item], histories=[[item]])
+    with pytest.raises(KeyError, match="nope"):
+        rec.predict_proba([item], histories=[[("nope", True)]])
+    with pytest.raises(KeyError, match="ghost"):
+        rec.predict_proba([item], users=["ghost"])
+    with pytest.raises(ValueError, match="labelled histories"):
+        rec.add_interactions({rec.user_ids[0]: [item]})
+    # an empty history is a like share of one half: a valid input
+    assert rec.predict_proba([item], histories=[[]]).shape == (1,)
+
+
+def test_the_rating_recipe_has_no_predict_proba(tmp_path, toy_files, tiny_bert):
+    out = tmp_path / "run"
+    result = run(
+        [
+            sys.executable,
+            str(REPO / "recipes" / "train_rating.py"),
+            *tiny_overrides(toy_files, tiny_bert, out),
+            "adapter.method=frozen",
+            "train.epochs=1",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rec = Recommender.from_pretrained(out / "model")
+    with pytest.raises(ValueError, match="needs a preference model"):
+        rec.predict_proba([rec.item_ids[0]], users=[rec.user_ids[0]])
