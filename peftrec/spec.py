@@ -62,8 +62,9 @@ class ModelSpec:
     extras: dict[str, Any] = field(default_factory=dict)
     """Task-specific settings a loaded model needs (none for rating and ranking)."""
     parent: dict[str, str] | None = None
-    """The model this one was warm-started from (``train.init_from``): its folder name and the
-    digest of its files (:func:`peftrec.serving.folder_digest`); None when trained from scratch."""
+    """The model this one was warm-started from (``train.init_from``): its folder name, the
+    digest of its files (:func:`peftrec.serving.folder_digest`) and the ``mode``
+    (``train.warm_start``); None when trained from scratch."""
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
