@@ -108,6 +108,38 @@ def predict(args: argparse.Namespace) -> None:
         print(f"user {args.user}, item {item} ({title_of(recommender, item)}): {label} {score:.3f}")
 
 
+def labelled_history(text: str) -> list[tuple[str, bool]]:
+    """``--history 50:1,172:0``: (item_id, liked) pairs in time order (liked: 1/0)."""
+    pairs = []
+    for k, part in enumerate(p for p in text.split(",") if p.strip()):
+        item, sep, liked = part.strip().rpartition(":")
+        if not sep or not item or liked not in ("0", "1"):
+            raise argparse.ArgumentTypeError(
+                f"history entry {k + 1} {part!r}: write item_id:1 (liked) or item_id:0"
+            )
+        pairs.append((item, liked == "1"))
+    return pairs
+
+
+def predict_proba(args: argparse.Namespace) -> None:
+    from .recommender import Recommender
+
+    recommender = Recommender.from_pretrained(args.model)
+    n = len(args.items)
+    if args.user is not None:
+        p = recommender.predict_proba(args.items, users=[args.user] * n)
+    else:
+        p = recommender.predict_proba(args.items, histories=[args.history] * n)
+    if args.json:
+        out = [{"item_id": i, "probability": float(v)} for i, v in zip(args.items, p, strict=True)]
+        print(json.dumps({"user_id": args.user, "predictions": out}, indent=2))
+        return
+    who = f"user {args.user}" if args.user is not None else "the history"
+    for item, value in zip(args.items, p, strict=True):
+        title = title_of(recommender, item)
+        print(f"{who}, item {item} ({title}): P(like) {value:.3f}")
+
+
 def serve(args: argparse.Namespace) -> None:
     try:
         from .server import serve as run_server
@@ -230,6 +262,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="+", help="item ids")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(run=predict)
+    p = commands.add_parser(
+        "predict-proba",
+        help="a preference model: the probability that a user (or a labelled history) likes items",
+    )
+    p.add_argument(
+        "model", type=model_folder, help="folder written by a recipe (<output_dir>/model)"
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a known user id")
+    who.add_argument(
+        "--history",
+        type=labelled_history,
+        help="a labelled history in time order: item_id:1 (liked) or item_id:0, comma-separated",
+    )
+    p.add_argument("items", nargs="+", help="item ids")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.set_defaults(run=predict_proba)
     p = commands.add_parser(
         "serve", help="serve a saved model over HTTP (JSON endpoints, docs at /docs)"
     )

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from peftrec import cli
 from peftrec.data import load_files
 from peftrec.data.preference import p3_preference_split
 from peftrec.metrics import load_metric
@@ -89,7 +90,7 @@ def test_preference_recipe_trains_and_predict_proba_reproduces_its_test_auc(
     np.testing.assert_allclose(back.predict_proba(items, histories=histories[:5]), p[:5], rtol=1e-5)
 
 
-def test_predict_proba_refuses_bad_input(tmp_path, toy_files, tiny_bert):
+def test_predict_proba_refuses_bad_input(tmp_path, toy_files, tiny_bert, capsys):
     out = tmp_path / "run"
     result = run(
         [
@@ -122,6 +123,24 @@ def test_predict_proba_refuses_bad_input(tmp_path, toy_files, tiny_bert):
         rec.add_interactions({rec.user_ids[0]: [item]})
     # an empty history is a like share of one half: a valid input
     assert rec.predict_proba([item], histories=[[]]).shape == (1,)
+
+    # the CLI: a labelled history (or a known user) against items, the same probabilities
+    other = rec.item_ids[1]
+    history = [(rec.item_ids[2], True), (rec.item_ids[3], False)]
+    expected = rec.predict_proba([item, other], histories=[history, history])
+    argv = ["predict-proba", str(out / "model"), "--json", item, other]
+    assert cli.main([*argv, "--history", f"{rec.item_ids[2]}:1,{rec.item_ids[3]}:0"]) == 0
+    got = [p["probability"] for p in json.loads(capsys.readouterr().out)["predictions"]]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert cli.main([*argv, "--user", rec.user_ids[0]]) == 0
+    expected = rec.predict_proba([item, other], users=[rec.user_ids[0]] * 2)
+    got = [p["probability"] for p in json.loads(capsys.readouterr().out)["predictions"]]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--history", f"{rec.item_ids[2]}:yes"])
+    assert "write item_id:1 (liked) or item_id:0" in capsys.readouterr().err
+    assert cli.main([*argv, "--history", "ghost:1"]) == 2
+    assert "ghost" in capsys.readouterr().err
 
 
 def test_the_rating_recipe_has_no_predict_proba(tmp_path, toy_files, tiny_bert):
