@@ -22,8 +22,8 @@ from .data import (
     split_rows,
 )
 from .data.blocks import p4_split
-from .data.preference import PreferenceSplit, run_records
 from .data.knowledge import ItemKnowledge, load_item_knowledge, ml100k_knowledge
+from .data.preference import PreferenceSplit, run_records
 from .knowledge import ML100K_GROUPS, KnowledgeVocabulary
 from .tasks import Task
 

@@ -62,7 +62,9 @@ def test_served_user_vectors_give_the_records_probabilities():
     history, labels = torch.randint(0, 30, (4, 10)), torch.randint(0, 2, (4, 10))
     targets = torch.randint(0, 30, (4,))
     expected = h.score_records(items, targets, history, labels)
-    users = h.users_of_histories(items[0], list(zip(history.tolist(), labels.tolist())))
+    users = h.users_of_histories(
+        items[0], list(zip(history.tolist(), labels.tolist(), strict=True))
+    )
     torch.testing.assert_close(h.score(users, (items[0][targets], items[1][targets])), expected)
     # a longer history reads its last ten; an empty one is a like share of one half
     longer = [([1, 2, *history[0].tolist()], [0, 1, *labels[0].tolist()])]
