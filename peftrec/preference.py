@@ -78,7 +78,8 @@ class PreferenceHead(TwoTowers):
         self.share_weight = nn.Parameter(torch.ones(()))
         self.offset = nn.Parameter(torch.zeros(()))
 
-    def users(self, index):  # noqa: D102  (no user table)
+    def users(self, index):
+        """No user table: a user is their labelled history (:meth:`history_users`)."""
         raise TypeError("a preference head scores histories, not user ids")
 
     def history_users(

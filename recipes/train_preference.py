@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # data: records (labelled history of ten, target) by protocol; their targets are the splits
     data = load_run_data(cfg, TASK)
-    train, valid, test = data.records
+    train = data.records.train
 
     # model: spec -> backbone + adapter, item tower and the labelled-history user; caches, L_S
     model, tokenizer, tokens = build_run_model(cfg, TASK, data)
