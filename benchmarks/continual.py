@@ -12,10 +12,16 @@ of B_1..B_{t-1} (forgetting: RMSE of the saved model's clipped predictions):
 - warm start: the previous model continued on B_t alone (``train.init_from``, ``window=new``),
   with the config's epochs, or with 2;
 - warm start + replay: the same with a random 20% of the earlier blocks' training rows mixed in;
-- warm start on everything: the previous model continued for 2 epochs on B_1..B_t;
-- warm start + L2-SP: on B_t alone, with the adapter held near the parent's (``transfer``).
+- warm start on everything: the previous model continued for 2 epochs (or 1) on B_1..B_t;
+- warm start + L2-SP: on B_t alone, with the adapter held near the parent's (``transfer``);
+- merge + new adapter: the parent's LoRA merged into the backbone, a fresh one trained on B_t
+  (``train.warm_start=merge``);
+- towers only: the parent's adapter kept frozen, only the towers and head train, on B_t or on
+  B_1..B_t (``train.warm_start=towers``; no language-model pass in training).
 
-Wall time is the recipe's own (start-up and saving included), one process, this machine.
+The updates run update by update, every arm in turn, so that the arms share the machine's load.
+Wall time is the whole process (imports, start-up, training, evaluation, saving), one process,
+this machine; the recipe's own ``wall_seconds`` (after the imports) is recorded beside it.
 """
 
 from __future__ import annotations
@@ -45,24 +51,39 @@ ARMS = {  # name: (folder prefix, overrides)
     "warm start, 2 epochs": ("warm2", ["data.window=new", "train.epochs=2"]),
     "warm start + replay 20%": ("replay", ["data.window=new", "data.replay=0.2"]),
     "warm start on blocks 1..t, 2 epochs": ("warmall2", ["data.window=all", "train.epochs=2"]),
+    "warm start on blocks 1..t, 1 epoch": ("warmall1", ["data.window=all", "train.epochs=1"]),
     "warm start + L2-SP toward the parent": (
         "l2sp",
         ["data.window=new", "transfer.loss=l2sp", "transfer.weight=0.01"],
     ),
+    "merge + new adapter, 2 epochs": (
+        "merge2",
+        ["data.window=new", "train.warm_start=merge", "train.epochs=2"],
+    ),
+    "towers only": ("towers", ["data.window=new", "train.warm_start=towers"]),
+    "towers only on blocks 1..t": ("towersall", ["data.window=all", "train.warm_start=towers"]),
 }
 UPDATES = (2, 3, 4)
 BOOTSTRAP = 1000
 
 
 def train(config: Path, out: Path, overrides: list[str]) -> dict:
-    """One recipe run (skipped when its metrics exist); its metrics.json."""
+    """One recipe run (skipped when its metrics exist); its metrics.json, with the process's
+    wall time (``process_seconds``, kept in ``out/process.json``)."""
     if not (out / "metrics.json").is_file():
         command = [sys.executable, str(REPO / "recipes/train_rating.py"), "--config", str(config)]
         command += ["data.protocol=p4", *overrides, f"output_dir={out}"]
+        tick = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         if done.returncode != 0:
             raise SystemExit(f"{out}: the recipe failed\n{done.stderr[-3000:]}")
-    return json.loads((out / "metrics.json").read_text())
+        (out / "process.json").write_text(json.dumps({"seconds": time.perf_counter() - tick}))
+    metrics = json.loads((out / "metrics.json").read_text())
+    process = out / "process.json"
+    metrics["process_seconds"] = (
+        json.loads(process.read_text())["seconds"] if process.is_file() else None
+    )
+    return metrics
 
 
 def forgetting(folder: Path, dataset, block: int) -> float:
@@ -87,21 +108,25 @@ def main() -> None:
 
     first = train(args.config, args.runs / "b1", ["data.block=1"])
     rows = {}
-    for arm, (prefix, options) in ARMS.items():
-        previous = args.runs / "b1" / "model"
-        for t in UPDATES:
+    previous = dict.fromkeys(ARMS, args.runs / "b1" / "model")
+    for t in UPDATES:  # update by update, every arm in turn: the arms share the machine's load
+        for arm, (prefix, options) in ARMS.items():
             out = args.runs / f"{prefix}_b{t}"
-            extra = [] if arm == "retrain" else [f"train.init_from={previous}"]
+            extra = [] if arm == "retrain" else [f"train.init_from={previous[arm]}"]
             metrics = train(args.config, out, [f"data.block={t}", *options, *extra])
             rows[arm, t] = {
                 "next": metrics["test_rmse"],
                 "next_warm": metrics.get("test_rmse_warm"),
                 "next_cold_users": metrics.get("test_rmse_cold_users"),
                 "forgetting": forgetting(out / "model", dataset, t),
-                "seconds": metrics["wall_seconds"],
+                "seconds": metrics["process_seconds"],
+                "recipe_seconds": metrics["wall_seconds"],
                 "trainable": metrics["trainable_parameters"],
+                "backbone_trainable": metrics["backbone_trainable_parameters"],
+                "epochs": metrics["best_epoch"],
             }
-            previous = out / "model"
+            previous[arm] = out / "model"
+            print(f"{arm}, t={t}: {rows[arm, t]}", flush=True)
 
     def fmt(v):
         return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
@@ -109,52 +134,72 @@ def main() -> None:
     lines = [
         "# Continual updates, protocol p4 (ml-100k, 5 time blocks of 20,000 ratings)",
         "",
-        f"`python benchmarks/continual.py --config {args.config.relative_to(REPO)}`; the same "
-        f"config for every run; {platform.machine()}, {os.cpu_count()} cores (shared), one "
-        f"process per run; {time.perf_counter() - started:.0f} s for the whole study. B1 run: "
-        f"next-block RMSE {first['test_rmse']:.4f}, {first['wall_seconds']:.0f} s.",
+        f"`python benchmarks/continual.py --config {args.config.resolve().relative_to(REPO)}`; "
+        f"the same config for every run; {platform.machine()}, {os.cpu_count()} cores "
+        f"(shared), one process per run, {os.environ.get('OMP_NUM_THREADS', 'default')} thread(s); "
+        f"{sum(r['seconds'] for r in rows.values()):.0f} s of updates ({len(rows)} runs; this "
+        f"report {time.perf_counter() - started:.0f} s). B1 run: next-block RMSE "
+        f"{first['test_rmse']:.4f}, "
+        + (
+            f"{first['process_seconds']:.0f} s."
+            if first["process_seconds"]
+            else f"{first['wall_seconds']:.0f} s (the recipe's time, after its imports)."
+        ),
         "",
         "| arm | update t | next block RMSE (warm / cold users) | forgetting: RMSE on earlier "
-        "held-out shares | wall time |",
-        "|---|---|---|---|---|",
+        "held-out shares | best epoch | wall time (recipe) |",
+        "|---|---|---|---|---|---|",
     ]
-    for (arm, t), r in rows.items():
-        lines.append(
-            f"| {arm} | {t} | {fmt(r['next'])} ({fmt(r['next_warm'])} / "
-            f"{fmt(r['next_cold_users'])}) | {fmt(r['forgetting'])} | {r['seconds']:.0f} s |"
+    for t in UPDATES:
+        for arm in ARMS:
+            r = rows[arm, t]
+            lines.append(
+                f"| {arm} | {t} | {fmt(r['next'])} ({fmt(r['next_warm'])} / "
+                f"{fmt(r['next_cold_users'])}) | {fmt(r['forgetting'])} | {r['epochs']} | "
+                f"{r['seconds']:.0f} s ({r['recipe_seconds']:.0f} s) |"
+            )
+    base = {k: np.mean([rows["retrain", t][k] for t in UPDATES]) for k in ("seconds", "trainable")}
+    summary = {}
+    for arm in ARMS:
+        summary[arm] = {
+            k: float(np.mean([rows[arm, t][k] for t in UPDATES]))
+            for k in ("next", "forgetting", "seconds", "recipe_seconds", "trainable")
+        }
+        summary[arm]["paired"] = (
+            paired_difference(args.runs, dataset, arm) if arm != "retrain" else None
         )
     lines += [
         "",
-        "| arm | mean next-block RMSE | mean forgetting | wall time per update, of retrain |",
-    ]
-    lines += ["|---|---|---|---|"]
-    base = np.mean([rows["retrain", t]["seconds"] for t in UPDATES])
-    summary = {}
-    for arm in ARMS:
-        nxt = np.mean([rows[arm, t]["next"] for t in UPDATES])
-        fgt = np.mean([rows[arm, t]["forgetting"] for t in UPDATES])
-        sec = np.mean([rows[arm, t]["seconds"] for t in UPDATES])
-        summary[arm] = {"next": nxt, "forgetting": fgt, "seconds": sec}
-        lines.append(f"| {arm} | {nxt:.4f} | {fgt:.4f} | {100 * sec / base:.0f}% ({sec:.0f} s) |")
-    lines += [
+        "Means over t = 2, 3, 4; the paired difference is against the retrain on the same "
+        "next-block ratings (pooled over the updates; the app's clipped predictions; 95% "
+        f"bootstrap interval resampling (update, user) groups, {BOOTSTRAP} draws); wall time is "
+        "the whole process per update; trainable parameters per update:",
         "",
-        "Paired against the retrain on the same next-block ratings (pooled over t = 2, 3, 4; the "
-        "app's clipped predictions; 95% bootstrap interval resampling (update, user) groups, "
-        f"{BOOTSTRAP} draws):",
-        "",
-        "| arm | next-block RMSE minus retrain's [95% CI] |",
-        "|---|---|",
+        "| arm | next-block RMSE | minus retrain's [95% CI] | forgetting | wall time, of retrain "
+        "| trainable parameters, of retrain |",
+        "|---|---|---|---|---|---|",
     ]
-    for arm in list(ARMS)[1:]:
-        mean, low, high = paired_difference(args.runs, dataset, arm)
-        lines.append(f"| {arm} | {mean:+.4f} [{low:+.4f}, {high:+.4f}] |")
+    for arm, m in summary.items():
+        paired = "-" if m["paired"] is None else "{:+.4f} [{:+.4f}, {:+.4f}]".format(*m["paired"])
+        lines.append(
+            f"| {arm} | {m['next']:.4f} | {paired} | {m['forgetting']:.4f} | "
+            f"{100 * m['seconds'] / base['seconds']:.0f}% ({m['seconds']:.0f} s) | "
+            f"{100 * m['trainable'] / base['trainable']:.0f}% ({m['trainable']:,.0f}) |"
+        )
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
         (args.out.with_suffix(".json")).write_text(
-            json.dumps({f"{a} t={t}": r for (a, t), r in rows.items()}, indent=2)
+            json.dumps(
+                {
+                    "runs": {f"{a} t={t}": r for (a, t), r in rows.items()},
+                    "summary": summary,
+                    "b1": {k: first.get(k) for k in ("test_rmse", "process_seconds")},
+                },
+                indent=2,
+            )
         )
         plot(rows, args.out.with_suffix(".png"))
 
@@ -194,13 +239,13 @@ def plot(rows: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for arm in ARMS:
         ax.plot(UPDATES, [rows[arm, t]["next"] for t in UPDATES], marker="o", label=arm)
     ax.set_xlabel("update t (trained through block t)")
     ax.set_ylabel("RMSE on block t+1")
     ax.set_xticks(UPDATES)
-    ax.legend()
+    ax.legend(fontsize=7)
     ax.set_title("p4: next-block RMSE per update")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
