@@ -318,6 +318,13 @@ class Recommender:
             rows = self._items(item_ids, "predict_proba")
             if users is not None:
                 user_rows = self._users(users, "predict_proba")
+                empty = [u for u in user_rows.tolist() if len(self._seen[u]) == 0]
+                if empty:
+                    raise ValueError(
+                        f"predict_proba: user {self.user_ids[empty[0]]!r} has no labelled "
+                        "interactions in this model (it was trained on other users' records); "
+                        "pass their history: histories=[[(item_id, liked), ...]]"
+                    )
                 if self.spec.head.get("reader") != "cross":  # the saved vectors' dot products
                     return self._served().pairs(user_rows, rows).astype(np.float32)
                 engine = self.engine
@@ -331,6 +338,8 @@ class Recommender:
         where = f"predict_proba: histories[{k}]"
         if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
             raise TypeError(f"{where}: pass a list of (item_id, liked) pairs, e.g. [('50', True)]")
+        if len(history) == 0:
+            raise ValueError(f"{where}: empty; a record needs at least one (item_id, liked) pair")
         ids, labels = [], []
         for j, pair in enumerate(history):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -340,7 +349,7 @@ class Recommender:
                 raise ValueError(f"{where}[{j}]: liked must be True/False or 1/0, got {liked!r}")
             ids.append(check_id(pair[0], where, "item"))
             labels.append(int(liked))
-        return self._items(ids, where) if ids else np.zeros(0, dtype=np.int64), labels
+        return self._items(ids, where), labels
 
     def predict_texts(self, user_id: str, texts: Sequence[str]) -> np.ndarray:
         """Scores (as :meth:`predict`) of one user for items given only by their texts

@@ -100,6 +100,7 @@ def test_predict_proba_refuses_bad_input(tmp_path, toy_files, tiny_bert, capsys)
             str(REPO / "recipes/configs/minilm_frozen_preference.yaml"),
             *preference_overrides(toy_files, tiny_bert, out),
             "train.epochs=1",
+            "data.train_records=20",  # of 30 users: some have no labelled training interactions
         ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -121,8 +122,13 @@ def test_predict_proba_refuses_bad_input(tmp_path, toy_files, tiny_bert, capsys)
         rec.predict_proba([item], users=["ghost"])
     with pytest.raises(ValueError, match="labelled histories"):
         rec.add_interactions({rec.user_ids[0]: [item]})
-    # an empty history is a like share of one half: a valid input
-    assert rec.predict_proba([item], histories=[[]]).shape == (1,)
+    # no history at all is not a record the model was trained on: refused, saying what to pass
+    with pytest.raises(ValueError, match=r"histories\[0\]: empty"):
+        rec.predict_proba([item], histories=[[]])
+    unknown = [u for u in rec.user_ids if len(rec._seen[rec._user_index[u]]) == 0]
+    assert unknown
+    with pytest.raises(ValueError, match="no labelled interactions"):
+        rec.predict_proba([item], users=[unknown[0]])
 
     # the CLI: a labelled history (or a known user) against items, the same probabilities
     other = rec.item_ids[1]
@@ -132,8 +138,9 @@ def test_predict_proba_refuses_bad_input(tmp_path, toy_files, tiny_bert, capsys)
     assert cli.main([*argv, "--history", f"{rec.item_ids[2]}:1,{rec.item_ids[3]}:0"]) == 0
     got = [p["probability"] for p in json.loads(capsys.readouterr().out)["predictions"]]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    assert cli.main([*argv, "--user", rec.user_ids[0]]) == 0
-    expected = rec.predict_proba([item, other], users=[rec.user_ids[0]] * 2)
+    known = next(u for u in rec.user_ids if len(rec._seen[rec._user_index[u]]))
+    assert cli.main([*argv, "--user", known]) == 0
+    expected = rec.predict_proba([item, other], users=[known] * 2)
     got = [p["probability"] for p in json.loads(capsys.readouterr().out)["predictions"]]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     with pytest.raises(SystemExit):
