@@ -2,11 +2,17 @@
 
     python benchmarks/continual.py --config recipes/configs/minilm_lora_rating.yaml \\
         --out benchmarks/results/continual.md
+    python benchmarks/continual.py --task ranking \\
+        --config recipes/configs/minilm_lora_ranking.yaml \\
+        --out benchmarks/results/continual_ranking.md
 
 ml-100k in 5 time blocks of 20,000 ratings (``peftrec.data.blocks``). Every arm trains on B1
 first (one shared run), then takes the updates t = 2, 3, 4, each scored on the next block
 B_{t+1} (the recipe's test RMSE, unclipped, with its warm/cold split) and on the held-out shares
-of B_1..B_{t-1} (forgetting: RMSE of the saved model's clipped predictions):
+of B_1..B_{t-1} (forgetting: RMSE of the saved model's clipped predictions). A ranking model
+(``--task ranking``) is scored by NDCG@10 with full ranking: on each user's first interaction of
+B_{t+1}, the items the user had in B_1..B_t excluded, and (forgetting) on each user's first row of
+the earlier held-out shares, the training rows of B_1..B_t excluded. The arms:
 
 - retrain: a new model on B_1..B_t (``data.window=all``);
 - warm start: the previous model continued on B_t alone (``train.init_from``, ``window=new``),
@@ -36,13 +42,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from peftrec.data import load_movielens  # noqa: E402
-from peftrec.data.blocks import earlier_held, time_blocks  # noqa: E402
-from peftrec.metrics import rmse  # noqa: E402
+from peftrec.data.blocks import (  # noqa: E402
+    earlier_held,
+    first_per_user,
+    p4_history,
+    p4_ranking_split,
+    time_blocks,
+)
+from peftrec.metrics import rank_of_targets  # noqa: E402
+from peftrec.ranking import seen_mask  # noqa: E402
 from peftrec.recommender import Recommender  # noqa: E402
 
 ARMS = {  # name: (folder prefix, overrides)
@@ -61,17 +75,36 @@ ARMS = {  # name: (folder prefix, overrides)
         ["data.window=new", "train.warm_start=merge", "train.epochs=2"],
     ),
     "towers only": ("towers", ["data.window=new", "train.warm_start=towers"]),
+    "towers only + replay 50%": (
+        "towersreplay",
+        ["data.window=new", "data.replay=0.5", "train.warm_start=towers"],
+    ),
     "towers only on blocks 1..t": ("towersall", ["data.window=all", "train.warm_start=towers"]),
 }
+TASK_ARMS = {  # a ranking run costs more: the issue's arms and the rating study's best
+    "rating": tuple(ARMS),
+    "ranking": (
+        "retrain",
+        "warm start",
+        "warm start + replay 20%",
+        "warm start on blocks 1..t, 1 epoch",
+        "merge + new adapter, 2 epochs",
+        "towers only",
+        "towers only + replay 50%",
+        "towers only on blocks 1..t",
+    ),
+}
+METRIC = {"rating": ("rmse", "RMSE"), "ranking": ("ndcg@10", "NDCG@10")}  # key, name
 UPDATES = (2, 3, 4)
 BOOTSTRAP = 1000
 
 
-def train(config: Path, out: Path, overrides: list[str]) -> dict:
+def train(config: Path, task: str, out: Path, overrides: list[str]) -> dict:
     """One recipe run (skipped when its metrics exist); its metrics.json, with the process's
     wall time (``process_seconds``, kept in ``out/process.json``)."""
     if not (out / "metrics.json").is_file():
-        command = [sys.executable, str(REPO / "recipes/train_rating.py"), "--config", str(config)]
+        recipe = REPO / f"recipes/train_{task}.py"
+        command = [sys.executable, str(recipe), "--config", str(config)]
         command += ["data.protocol=p4", *overrides, f"output_dir={out}"]
         tick = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -86,39 +119,76 @@ def train(config: Path, out: Path, overrides: list[str]) -> dict:
     return metrics
 
 
-def forgetting(folder: Path, dataset, block: int) -> float:
-    rows = earlier_held(dataset, block)
+def per_row(folder: Path, dataset, task: str, rows: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """The saved model, through the app, on each of ``rows``: the squared error of its clipped
+    prediction (rating), or the NDCG@10 of the row's item as its user's target, the items of
+    the ``exclude`` rows not ranked (ranking)."""
     inter = dataset.interactions
     rec = Recommender.from_pretrained(folder)
     users = [dataset.user_ids[u] for u in inter.users[rows]]
-    items = [dataset.item_ids[i] for i in inter.items[rows]]
-    return rmse(rec.predict(users, items), inter.ratings[rows])
+    if task == "rating":
+        items = [dataset.item_ids[i] for i in inter.items[rows]]
+        return (rec.predict(users, items) - inter.ratings[rows]) ** 2
+    assert list(rec.item_ids) == list(dataset.item_ids)
+    shape = len(dataset.user_ids), len(dataset.item_ids)
+    mask = seen_mask(inter.users[exclude], inter.items[exclude], *shape)[inter.users[rows]]
+    scores = torch.as_tensor(rec.score_all(users))
+    ranks = rank_of_targets(scores, torch.as_tensor(inter.items[rows]), mask).numpy()
+    return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def summarise(task: str, values: np.ndarray) -> float:
+    """RMSE of squared errors, or mean NDCG."""
+    return float(np.sqrt(values.mean()) if task == "rating" else values.mean())
+
+
+def forgetting(folder: Path, dataset, task: str, block: int) -> float:
+    """The metric on the held-out shares of B_1..B_{t-1} (a ranking: each user's first row)."""
+    rows = earlier_held(dataset, block)
+    if task == "ranking":
+        rows = first_per_user(dataset, rows)
+    return summarise(task, per_row(folder, dataset, task, rows, p4_history(dataset, block)[0]))
+
+
+def next_rows(dataset, task: str, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """The next block's scored rows after update t, and what a ranking excludes."""
+    if task == "rating":
+        return time_blocks(dataset)[t].rows, np.zeros(0, np.int64)
+    return p4_ranking_split(dataset, t).test, p4_history(dataset, t)[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=tuple(TASK_ARMS), default="rating")
     parser.add_argument(
         "--config", type=Path, default=REPO / "recipes/configs/minilm_lora_rating.yaml"
     )
-    parser.add_argument("--runs", type=Path, default=REPO / "runs/benchmarks/continual")
+    parser.add_argument("--runs", type=Path, default=None, help="default runs/benchmarks/continual")
+    parser.add_argument("--arms", nargs="+", default=None, help="a subset of the task's arms")
     parser.add_argument("--out", type=Path, default=None, help="Markdown report to write")
     args = parser.parse_args()
+    task, arms = args.task, args.arms or list(TASK_ARMS[args.task])
+    if "retrain" not in arms or set(arms) - set(ARMS):
+        raise SystemExit(f"--arms: retrain and any of {list(ARMS)}")
+    runs = args.runs or REPO / "runs/benchmarks" / ("continual" + "_ranking" * (task == "ranking"))
+    key, name = METRIC[task]
     started = time.perf_counter()
     dataset = load_movielens("ml-100k")
 
-    first = train(args.config, args.runs / "b1", ["data.block=1"])
+    first = train(args.config, task, runs / "b1", ["data.block=1"])
     rows = {}
-    previous = dict.fromkeys(ARMS, args.runs / "b1" / "model")
+    previous = dict.fromkeys(arms, runs / "b1" / "model")
     for t in UPDATES:  # update by update, every arm in turn: the arms share the machine's load
-        for arm, (prefix, options) in ARMS.items():
-            out = args.runs / f"{prefix}_b{t}"
+        for arm in arms:
+            prefix, options = ARMS[arm]
+            out = runs / f"{prefix}_b{t}"
             extra = [] if arm == "retrain" else [f"train.init_from={previous[arm]}"]
-            metrics = train(args.config, out, [f"data.block={t}", *options, *extra])
+            metrics = train(args.config, task, out, [f"data.block={t}", *options, *extra])
             rows[arm, t] = {
-                "next": metrics["test_rmse"],
-                "next_warm": metrics.get("test_rmse_warm"),
-                "next_cold_users": metrics.get("test_rmse_cold_users"),
-                "forgetting": forgetting(out / "model", dataset, t),
+                "next": metrics[f"test_{key}"],
+                "next_warm": metrics.get(f"test_{key}_warm"),
+                "next_cold_users": metrics.get(f"test_{key}_cold_users"),
+                "forgetting": forgetting(out / "model", dataset, task, t),
                 "seconds": metrics["process_seconds"],
                 "recipe_seconds": metrics["wall_seconds"],
                 "trainable": metrics["trainable_parameters"],
@@ -131,27 +201,33 @@ def main() -> None:
     def fmt(v):
         return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
 
+    scored = (
+        "all its ratings"
+        if task == "rating"
+        else "each user's first interaction, full ranking, the user's earlier items excluded"
+    )
     lines = [
-        "# Continual updates, protocol p4 (ml-100k, 5 time blocks of 20,000 ratings)",
+        f"# Continual updates, protocol p4 ({task}; ml-100k, 5 time blocks of 20,000 ratings)",
         "",
-        f"`python benchmarks/continual.py --config {args.config.resolve().relative_to(REPO)}`; "
-        f"the same config for every run; {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared), one process per run, {os.environ.get('OMP_NUM_THREADS', 'default')} thread(s); "
+        f"`python benchmarks/continual.py --task {task} --config "
+        f"{args.config.resolve().relative_to(REPO)}`; the same config for every run; "
+        f"{platform.machine()}, {os.cpu_count()} cores (shared), one process per run, "
+        f"{os.environ.get('OMP_NUM_THREADS', 'default')} thread(s); "
         f"{sum(r['seconds'] for r in rows.values()):.0f} s of updates ({len(rows)} runs; this "
-        f"report {time.perf_counter() - started:.0f} s). B1 run: next-block RMSE "
-        f"{first['test_rmse']:.4f}, "
+        f"report {time.perf_counter() - started:.0f} s). The next block: {scored}. B1 run: "
+        f"next-block {name} {first[f'test_{key}']:.4f}, "
         + (
             f"{first['process_seconds']:.0f} s."
             if first["process_seconds"]
             else f"{first['wall_seconds']:.0f} s (the recipe's time, after its imports)."
         ),
         "",
-        "| arm | update t | next block RMSE (warm / cold users) | forgetting: RMSE on earlier "
-        "held-out shares | best epoch | wall time (recipe) |",
+        f"| arm | update t | next block {name} (warm / cold users) | forgetting: {name} on "
+        "earlier held-out shares | best epoch | wall time (recipe) |",
         "|---|---|---|---|---|---|",
     ]
     for t in UPDATES:
-        for arm in ARMS:
+        for arm in arms:
             r = rows[arm, t]
             lines.append(
                 f"| {arm} | {t} | {fmt(r['next'])} ({fmt(r['next_warm'])} / "
@@ -160,23 +236,24 @@ def main() -> None:
             )
     base = {k: np.mean([rows["retrain", t][k] for t in UPDATES]) for k in ("seconds", "trainable")}
     summary = {}
-    for arm in ARMS:
+    for arm in arms:
         summary[arm] = {
             k: float(np.mean([rows[arm, t][k] for t in UPDATES]))
             for k in ("next", "forgetting", "seconds", "recipe_seconds", "trainable")
         }
         summary[arm]["paired"] = (
-            paired_difference(args.runs, dataset, arm) if arm != "retrain" else None
+            paired_difference(runs, dataset, task, arm) if arm != "retrain" else None
         )
     lines += [
         "",
         "Means over t = 2, 3, 4; the paired difference is against the retrain on the same "
-        "next-block ratings (pooled over the updates; the app's clipped predictions; 95% "
-        f"bootstrap interval resampling (update, user) groups, {BOOTSTRAP} draws); wall time is "
-        "the whole process per update; trainable parameters per update:",
+        "next-block rows (pooled over the updates, through the app: "
+        + ("its clipped predictions" if task == "rating" else "its scores")
+        + f"; 95% bootstrap interval resampling (update, user) groups, {BOOTSTRAP} draws); wall "
+        "time is the whole process per update; trainable parameters per update:",
         "",
-        "| arm | next-block RMSE | minus retrain's [95% CI] | forgetting | wall time, of retrain "
-        "| trainable parameters, of retrain |",
+        f"| arm | next-block {name} | minus retrain's [95% CI] | forgetting | wall time, of "
+        "retrain | trainable parameters, of retrain |",
         "|---|---|---|---|---|---|",
     ]
     for arm, m in summary.items():
@@ -194,32 +271,30 @@ def main() -> None:
         (args.out.with_suffix(".json")).write_text(
             json.dumps(
                 {
+                    "task": task,
                     "runs": {f"{a} t={t}": r for (a, t), r in rows.items()},
                     "summary": summary,
-                    "b1": {k: first.get(k) for k in ("test_rmse", "process_seconds")},
+                    "b1": {k: first.get(k) for k in (f"test_{key}", "process_seconds")},
                 },
                 indent=2,
             )
         )
-        plot(rows, args.out.with_suffix(".png"))
+        plot(rows, arms, f"{name} on block t+1", args.out.with_suffix(".png"))
 
 
-def paired_difference(runs: Path, dataset, arm: str) -> tuple[float, float, float]:
-    """RMSE(arm) - RMSE(retrain) on the next blocks' ratings, with a bootstrap interval over
+def paired_difference(runs: Path, dataset, task: str, arm: str) -> tuple[float, float, float]:
+    """metric(arm) - metric(retrain) on the next blocks' rows, with a bootstrap interval over
     (update, user) groups."""
     inter = dataset.interactions
-    errors, groups = {arm: [], "retrain": []}, []
+    values, groups = {arm: [], "retrain": []}, []
     for t in UPDATES:
-        rows = time_blocks(dataset)[t].rows  # block t+1
-        users = [dataset.user_ids[u] for u in inter.users[rows]]
-        items = [dataset.item_ids[i] for i in inter.items[rows]]
-        for name in errors:
-            rec = Recommender.from_pretrained(runs / f"{ARMS[name][0]}_b{t}" / "model")
-            errors[name].append((rec.predict(users, items) - inter.ratings[rows]) ** 2)
+        rows, exclude = next_rows(dataset, task, t)
+        for name in values:
+            folder = runs / f"{ARMS[name][0]}_b{t}" / "model"
+            values[name].append(per_row(folder, dataset, task, rows, exclude))
         groups.append(t * 100_000 + inter.users[rows])
-    a, b = np.concatenate(errors[arm]), np.concatenate(errors["retrain"])
-    groups = np.concatenate(groups)
-    keys, index = np.unique(groups, return_inverse=True)
+    a, b = np.concatenate(values[arm]), np.concatenate(values["retrain"])
+    keys, index = np.unique(np.concatenate(groups), return_inverse=True)
     sums_a = np.bincount(index, weights=a)
     sums_b = np.bincount(index, weights=b)
     counts = np.bincount(index)
@@ -228,25 +303,26 @@ def paired_difference(runs: Path, dataset, arm: str) -> tuple[float, float, floa
     for _ in range(BOOTSTRAP):
         pick = np.bincount(rng.integers(len(keys), size=len(keys)), minlength=len(keys))
         n = (pick * counts).sum()
-        draws.append(np.sqrt((pick * sums_a).sum() / n) - np.sqrt((pick * sums_b).sum() / n))
-    mean = float(np.sqrt(a.mean()) - np.sqrt(b.mean()))
+        mean_a, mean_b = (pick * sums_a).sum() / n, (pick * sums_b).sum() / n
+        draws.append(np.sqrt(mean_a) - np.sqrt(mean_b) if task == "rating" else mean_a - mean_b)
+    mean = summarise(task, a) - summarise(task, b)
     return mean, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
 
 
-def plot(rows: dict, path: Path) -> None:
+def plot(rows: dict, arms: list[str], label: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm in ARMS:
+    for arm in arms:
         ax.plot(UPDATES, [rows[arm, t]["next"] for t in UPDATES], marker="o", label=arm)
     ax.set_xlabel("update t (trained through block t)")
-    ax.set_ylabel("RMSE on block t+1")
+    ax.set_ylabel(label)
     ax.set_xticks(UPDATES)
     ax.legend(fontsize=7)
-    ax.set_title("p4: next-block RMSE per update")
+    ax.set_title(f"p4: next-block {label.split()[0]} per update")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

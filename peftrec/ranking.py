@@ -20,6 +20,18 @@ def seen_mask(users: np.ndarray, items: np.ndarray, num_users: int, num_items: i
     return mask
 
 
+def excluded_items(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(validation, test)`` masks of the items a run's ranking leaves out for each user: what
+    the model line learned from, and everything the user interacted with before the test
+    (training and validation; on p4 every row of blocks 1..t)."""
+    shape = len(data.dataset.user_ids), len(data.dataset.item_ids)
+    learned = data.train if data.learned is None else data.learned
+    valid = seen_mask(learned.users, learned.items, *shape)
+    if data.before_test is None:
+        return valid, valid | seen_mask(data.valid.users, data.valid.items, *shape)
+    return valid, seen_mask(data.before_test.users, data.before_test.items, *shape)
+
+
 def ranking_step_loss(
     scores: torch.Tensor,
     users: torch.Tensor,

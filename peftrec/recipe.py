@@ -285,10 +285,11 @@ def make_scheduler(cfg, optimizer, steps_per_epoch: int, accelerator):
 
 def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
     """What the saved model knows by id. Seen are its training interactions (with a protocol the
-    held-out ones stay recommendable, so the app reproduces the evaluation) or, trained for
-    production (``all``), every interaction of the data."""
+    held-out ones stay recommendable, so the app reproduces the evaluation; on p4 every row of
+    blocks 1..t, which the evaluation excludes) or, trained for production (``all``), every
+    interaction of the data."""
     seen = (
-        data.train
+        (data.train if data.before_test is None else data.before_test)
         if cfg.data.protocol != "all"
         else Interactions(
             *(

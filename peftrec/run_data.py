@@ -21,7 +21,7 @@ from .data import (
     load_data,
     split_rows,
 )
-from .data.blocks import p4_split
+from .data.blocks import p4_history, p4_ranking_split, p4_split
 from .data.knowledge import ItemKnowledge, load_item_knowledge, ml100k_knowledge
 from .data.preference import PreferenceSplit, run_records
 from .knowledge import ML100K_GROUPS, KnowledgeVocabulary
@@ -46,20 +46,27 @@ class RunData:
     """The items' facts (``model.knowledge``), and how they become entity rows:"""
     vocabulary: KnowledgeVocabulary | None = None
     group_map: dict[str, str] | None = None
+    learned: Interactions | None = None
+    """p4: the training rows of blocks 1..t, what the model line has learned (a warm start's
+    parents included); None: the training split."""
+    before_test: Interactions | None = None
+    """p4: every row of blocks 1..t, what a user has interacted with before the test block
+    (a ranking excludes it); None: the training and validation splits."""
     known_users: np.ndarray = field(init=False)
-    """Boolean per user: has training interactions."""
+    """Boolean per user: has interactions the model line learned from (warm)."""
     known_items: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.known_users = np.bincount(self.train.users, minlength=len(self.dataset.user_ids)) > 0
-        self.known_items = np.bincount(self.train.items, minlength=len(self.dataset.item_ids)) > 0
+        learned = self.train if self.learned is None else self.learned
+        self.known_users = np.bincount(learned.users, minlength=len(self.dataset.user_ids)) > 0
+        self.known_items = np.bincount(learned.items, minlength=len(self.dataset.item_ids)) > 0
 
 
 def load_run_data(cfg, task: Task) -> RunData:
     """Load, split by ``data.protocol`` (subsampled by ``data.train_fraction``), check,
     render texts."""
     dataset = load_data(cfg.data)
-    records = None
+    records = learned = before_test = None
     if task.name == "preference":
         pref = cfg.preference
         records = run_records(
@@ -67,8 +74,10 @@ def load_run_data(cfg, task: Task) -> RunData:
         )
         split = Split(*(part.rows for part in records))
     elif cfg.data.protocol == "p4":
-        split = p4_split(
-            dataset, cfg.data.block, cfg.data.window, cfg.data.replay, seed=cfg.data.seed
+        p4 = p4_split if task.name == "rating" else p4_ranking_split
+        split = p4(dataset, cfg.data.block, cfg.data.window, cfg.data.replay, seed=cfg.data.seed)
+        learned, before_test = (
+            dataset.interactions.subset(r) for r in p4_history(dataset, cfg.data.block)
         )
     else:
         split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
@@ -101,7 +110,17 @@ def load_run_data(cfg, task: Task) -> RunData:
         len(dataset.user_ids),
         len(dataset.item_ids),
     )
-    data = RunData(dataset, train, valid, test, item_texts, user_texts, records=records)
+    data = RunData(
+        dataset,
+        train,
+        valid,
+        test,
+        item_texts,
+        user_texts,
+        records=records,
+        learned=learned,
+        before_test=before_test,
+    )
     if cfg.model.knowledge != "none":
         data.knowledge, data.group_map = item_facts(cfg.data, dataset)
         data.vocabulary = KnowledgeVocabulary.build(

@@ -121,7 +121,7 @@ TASKS: dict[str, Task] = {
         head=RankingHead,
         config=RankingRecipeConfig,
         recipe="train_ranking.py",
-        protocols=("p3", "all"),
+        protocols=("p3", "p4", "all"),
         metric="ranking",
         reported=(
             Reported("ndcg@{k}", "NDCG@{k}", True),

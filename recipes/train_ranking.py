@@ -1,4 +1,5 @@
-"""Top-K ranking with a parameter-efficiently adapted language model (protocol P3).
+"""Top-K ranking with a parameter-efficiently adapted language model (protocol P3; p4 for
+continual updates: each user's first interaction of the next block is the target).
 
 Launch:
     accelerate launch recipes/train_ranking.py --config recipes/configs/minilm_lora_ranking.yaml
@@ -29,7 +30,7 @@ from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkp
 from peftrec.config import RankingRecipeConfig, config_to_dict
 from peftrec.losses import ridge, step_loss
 from peftrec.metrics import load_metric, scores_by_group
-from peftrec.ranking import seen_mask, step_loss_sum, target_ranks, warm_up_ranking_head
+from peftrec.ranking import excluded_items, step_loss_sum, target_ranks, warm_up_ranking_head
 from peftrec.recipe import (
     build_run_model,
     exit_on_user_error,
@@ -61,9 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     # data: leave-one-out by time; every interaction is an implicit positive
     data = load_run_data(cfg, TASK)
     train, valid, test = data.train, data.valid, data.test
-    num_users, num_items = len(data.dataset.user_ids), len(data.dataset.item_ids)
-    train_seen = seen_mask(train.users, train.items, num_users, num_items)
-    test_seen = train_seen | seen_mask(valid.users, valid.items, num_users, num_items)
+    train_seen, test_seen = excluded_items(data)  # each user's items seen before, not ranked
 
     # model: spec -> backbone + adapter, towers and a dot-product head; caches, L_S
     model, tokenizer, tokens = build_run_model(cfg, TASK, data)
@@ -76,11 +75,15 @@ def main(argv: list[str] | None = None) -> dict:
         item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
         ranks = target_ranks(unwrapped.head, item_text, users, targets, exclude).numpy()
         scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
-        if by_group:
-            warm = data.known_items[targets]
+        if by_group:  # p4's next block brings users the model line has not learned from
+            warm_item, warm_user = data.known_items[targets], data.known_users[users]
             scores.update(
                 scores_by_group(
-                    {"warm": warm, "cold_items": ~warm},
+                    {
+                        "warm": warm_item & warm_user,
+                        "cold_items": ~warm_item,
+                        "cold_users": ~warm_user,
+                    },
                     lambda rows: metric.compute(predictions=ranks[rows], k=k),
                     (f"ndcg@{k}", f"hr@{k}", "mrr"),
                 )
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         if stop or finished():
             break
 
-    # evaluate: best validation weights, test targets, train and validation items excluded
+    # evaluate: best validation weights, test targets, the items each user had before excluded
     stopper.restore(unwrapped)
     test_scores = evaluate(test.users, test.items, test_seen, by_group=True) if len(test) else {}
     results = run_summary(
@@ -281,12 +284,14 @@ def main(argv: list[str] | None = None) -> dict:
             test_scores["mrr"],
         )
         logger.info(
-            "test NDCG@%d by target item: warm %s (%d users), cold %s (%d users)",
+            "test NDCG@%d by group: %s",
             k,
-            test_scores[f"ndcg@{k}_warm"],
-            test_scores["count_warm"],
-            test_scores[f"ndcg@{k}_cold_items"],
-            test_scores["count_cold_items"],
+            ", ".join(
+                f"{group} {test_scores[f'ndcg@{k}_{group}']:.4f} "
+                f"({test_scores[f'count_{group}']} users)"
+                for group in ("warm", "cold_items", "cold_users")
+                if test_scores[f"count_{group}"]
+            ),
         )
         card.update(
             {

@@ -4,7 +4,9 @@ All rows ordered by (timestamp, row) and cut into ``blocks`` blocks of ``size`` 
 ml-100k. Block k's held-out share (its random 10%, drawn with ``default_rng(k)`` as the first
 rows of a permutation of its rows) is never trained on: it measures forgetting once later
 blocks have been learned. A model is trained on B1, updated with B2, B3, B4 in turn, and after
-each update scored on the next block and on the earlier held-out shares.
+each update scored on the next block and on the earlier held-out shares. A ranking model's targets
+are each user's first interaction of a block (:func:`first_per_user`), ranked against every item
+the user has not interacted with before (:func:`p4_history`).
 """
 
 from __future__ import annotations
@@ -81,6 +83,39 @@ def p4_split(
             keep = np.random.default_rng(seed).random(len(past)) < replay
             train = np.concatenate([train, past[keep]])
     return Split(np.sort(train), now.held, blocks[block].rows)
+
+
+def first_per_user(dataset: RecDataset, rows: np.ndarray) -> np.ndarray:
+    """Sorted rows: each user's first of ``rows`` in time (ties in file order), a ranking
+    model's next-item target in a block."""
+    inter = dataset.interactions
+    rows = np.asarray(rows, dtype=np.int64)
+    ordered = rows[np.lexsort((rows, inter.timestamps[rows]))]
+    _, first = np.unique(inter.users[ordered], return_index=True)
+    return np.sort(ordered[first])
+
+
+def p4_ranking_split(
+    dataset: RecDataset,
+    block: int,
+    window: Literal["all", "new"] = "all",
+    replay: float = 0.0,
+    seed: int = 0,
+) -> Split:
+    """:func:`p4_split` for a ranking model: the same training rows; validate on each user's first
+    row of B_t's held-out share, test on each user's first row of B_{t+1}."""
+    train, held, following = p4_split(dataset, block, window, replay, seed)
+    return Split(train, first_per_user(dataset, held), first_per_user(dataset, following))
+
+
+def p4_history(dataset: RecDataset, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(learned, before)`` at update step ``block``: the training rows of B_1..B_t (what the
+    model line has learned, a warm start's parents included: they make a user or item warm) and
+    every row of B_1..B_t (what a user has interacted with before the next block: excluded from
+    a ranking)."""
+    blocks = time_blocks(dataset)[:block]
+    learned = np.sort(np.concatenate([b.train for b in blocks]))
+    return learned, np.sort(np.concatenate([b.rows for b in blocks]))
 
 
 def earlier_held(dataset: RecDataset, block: int) -> np.ndarray:

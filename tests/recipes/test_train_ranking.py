@@ -10,6 +10,7 @@ import pytest
 
 from peftrec.recommender import Recommender
 
+from ..unit.test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
 from .test_train_rating import REPO, run, tiny_overrides
 
 RECIPE = REPO / "recipes" / "train_ranking.py"
@@ -73,3 +74,59 @@ def test_ranking_recipe_refuses_a_rating_split(tmp_path, toy_files, tiny_bert):
         and "data.protocol=p1: the ranking recipe evaluates p3" in result.stderr
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_ranking_on_p4_updates_and_the_app_ranks_the_next_block_as_the_recipe(
+    tmp_path,
+    tiny_bert,
+    ml100k,  # noqa: F811
+):
+    import torch
+
+    from peftrec.data.blocks import p4_history, p4_ranking_split
+    from peftrec.metrics import rank_of_targets
+    from peftrec.ranking import seen_mask
+
+    base = [
+        sys.executable,
+        str(RECIPE),
+        "--config",
+        str(REPO / "recipes/configs/minilm_idonly_ranking.yaml"),
+        f"backbone.name={tiny_bert}",
+        "data.protocol=p4",
+        "model.dim=8",
+    ]
+    parent, child = tmp_path / "b1", tmp_path / "b2"
+    first = run([*base, "data.block=1", "train.epochs=2", f"output_dir={parent}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    update = [
+        *base,
+        "data.block=2",
+        "data.window=new",
+        f"train.init_from={parent / 'model'}",
+        "train.epochs=1",
+        f"output_dir={child}",
+    ]
+    result = run(update)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((child / "metrics.json").read_text())
+    # B3's first rows: 267 users, 95 of them met in B1..B2 (the parent's users count as warm)
+    assert metrics["test_count_cold_users"] == 267 - 95 and metrics["test_count_warm"] > 0
+
+    rec = Recommender.from_pretrained(child / "model")
+    inter = ml100k.interactions
+    test = p4_ranking_split(ml100k, 2).test
+    _, before = p4_history(ml100k, 2)
+    shape = len(ml100k.user_ids), len(ml100k.item_ids)
+    users = inter.users[test]
+    scores = torch.as_tensor(rec.score_all([ml100k.user_ids[u] for u in users]))
+    exclude = seen_mask(inter.users[before], inter.items[before], *shape)[users]
+    ranks = rank_of_targets(scores, torch.as_tensor(inter.items[test]), exclude).numpy()
+    ndcg = np.where(ranks <= 10, 1 / np.log2(ranks + 1.0), 0.0).mean()
+    assert ndcg == pytest.approx(metrics["test_ndcg@10"], abs=1e-6)
+    # what a user had in B1 (learned by the parent, not by this update) is not recommended again
+    earlier = before[np.isin(before, p4_ranking_split(ml100k, 1).train)]
+    user = int(np.bincount(inter.users[earlier]).argmax())
+    had = {ml100k.item_ids[i] for i in inter.items[earlier][inter.users[earlier] == user]}
+    top = rec.recommend(ml100k.user_ids[user], k=50)
+    assert had and had.isdisjoint(item for item, _ in top)

@@ -77,3 +77,51 @@ def test_p4_update_steps_train_test_and_forgetting_rows(ml100k):  # noqa: F811
     assert len(held) == 4000 and not np.isin(held, full.train).any()
     with pytest.raises(DataError, match=r"data.block must be 1..4, got 5"):
         p4_split(ml100k, 5)
+
+
+P4_RANKING = [  # (validation, test) targets per update step t = 1..4: each user's first row
+    ("206:d0f005854e8d", "252:ff3c651dbd2b"),
+    ("227:8cd27fab4377", "267:bfb326374195"),
+    ("239:4e46ccc611e6", "279:bfdc45ce9841"),
+    ("233:43dc32a1160f", "301:d7bc5d9ee0cb"),
+]
+
+
+def test_p4_ranking_targets_are_each_users_first_row_of_the_block(ml100k):  # noqa: F811
+    from peftrec.data.blocks import p4_history, p4_ranking_split, p4_split
+
+    blocks = time_blocks(ml100k)
+    inter = ml100k.interactions
+    got = [p4_ranking_split(ml100k, t) for t in (1, 2, 3, 4)]
+    assert [(fingerprint(s.valid), fingerprint(s.test)) for s in got] == P4_RANKING
+    split = got[1]  # t = 2: the same training rows as the rating protocol's
+    assert np.array_equal(split.train, p4_split(ml100k, 2).train)
+    following = blocks[2].rows
+    assert np.isin(split.test, following).all() and np.isin(split.valid, blocks[1].held).all()
+    users = inter.users[split.test]
+    assert len(set(users.tolist())) == len(users) == len(set(inter.users[following].tolist()))
+    for row in split.test[:40]:  # none of the user's rows of the block comes before the target
+        theirs = following[inter.users[following] == inter.users[row]]
+        earlier = inter.timestamps[theirs] < inter.timestamps[row]
+        tied_before = (inter.timestamps[theirs] == inter.timestamps[row]) & (theirs < row)
+        assert not (earlier | tied_before).any()
+    learned, before = p4_history(ml100k, 2)
+    assert np.array_equal(learned, p4_split(ml100k, 2, "all").train)
+    assert np.array_equal(before, np.sort(np.concatenate([blocks[0].rows, blocks[1].rows])))
+
+
+def test_first_per_user_takes_the_earliest_row_ties_in_file_order():
+    from peftrec.data.blocks import first_per_user
+
+    dataset = RecDataset(
+        name="toy",
+        user_ids=["a", "b"],
+        item_ids=["x", "y", "z"],
+        item_fields={},
+        user_fields={},
+        interactions=Interactions(
+            [0, 1, 0, 0, 1], [0, 1, 2, 1, 0], np.ones(5), [5.0, 3.0, 2.0, 2.0, 3.0]
+        ),
+    )
+    assert first_per_user(dataset, np.arange(5)).tolist() == [1, 2]  # b: row 1 ties row 4
+    assert first_per_user(dataset, np.array([0, 3, 4])).tolist() == [3, 4]
