@@ -6,12 +6,15 @@ one of two ways an LM reads the record (``reader``):
 
 - ``towers`` (item-amortised): the item tower of :class:`~peftrec.heads.TwoTowers` encodes each
   item text once per step; the user is the mean of their history's item vectors, each plus a
-  learned like / dislike vector, and the logit is ``offset + a * s + b_t + <u, q_t>``;
+  learned like / dislike vector, and the logit is ``offset + a * s + b_u + b_t + <u, q_t>``;
 - ``cross`` (TALLRec-style): the LM reads one text with the liked and disliked titles and the
   target (:func:`record_text`), and the logit is ``offset + a * s + w . h_record``.
 
 ``s`` is the logit of the history's (smoothed) like share, with weight ``a`` starting at 1: an
 untrained head ranks records as counting likes does, and training learns what the items add.
+``b_u`` (towers, starting at 0) reads the share against the history items' own like rates
+(their biases ``b_h``, as fixed covariates): ``c * mean(label_h - sigmoid(b_h)) + d * mean(b_h)``,
+a user who likes what most dislike is lenient, one who likes only what all like is not.
 With ``history_targets`` (towers) every history event is a training example too: its label is
 predicted from the other events of the record, so a record of ten teaches eleven labels.
 """
@@ -77,25 +80,48 @@ class PreferenceHead(TwoTowers):
         nn.init.normal_(self.label.weight, std=0.01)
         self.share_weight = nn.Parameter(torch.ones(()))
         self.offset = nn.Parameter(torch.zeros(()))
+        self.leniency_weight = nn.Parameter(torch.zeros(()))  # c, d of b_u (see the module)
+        self.quality_weight = nn.Parameter(torch.zeros(()))
 
     def users(self, index):
         """No user table: a user is their labelled history (:meth:`history_users`)."""
         raise TypeError("a preference head scores histories, not user ids")
 
     def history_users(
-        self, vectors: torch.Tensor, history: torch.Tensor, labels: torch.Tensor
+        self,
+        items: tuple[torch.Tensor, torch.Tensor],
+        history: torch.Tensor,
+        labels: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Towers: user vectors and biases of labelled histories ``(users, k)`` (rows of
-        ``vectors``), so that a record's logit is ``b_u + b_t + <u, q_t>``."""
-        user = self.history_sums(vectors, history, labels).mean(1)
-        return user, self.offset + self.share_weight * share_logit(labels.float())
+        ``items``, vectors and biases), so that a record's logit is ``bias + b_t + <u, q_t>``."""
+        user = self.history_sums(items[0], history, labels).mean(1)
+        labels = labels.float()
+        return user, self.history_bias(items[1][history], labels, share_logit(labels))
+
+    def history_bias(
+        self, biases: torch.Tensor, labels: torch.Tensor, share: torch.Tensor, dim: int = -1
+    ) -> torch.Tensor:
+        """``offset + a * s + b_u`` of histories: their items' biases and 0/1 labels (means
+        over ``dim``) and ``share``, the logit of their like share."""
+        biases = biases.detach()  # the items' like rates are covariates here, learned elsewhere
+        lenient = (labels - torch.sigmoid(biases)).mean(dim)
+        return (
+            self.offset
+            + self.share_weight * share
+            + self.leniency_weight * lenient
+            + self.quality_weight * biases.mean(dim)
+        )
 
     @torch.no_grad()
     def users_of_histories(
-        self, vectors: torch.Tensor, histories: Sequence[tuple[Sequence[int], Sequence[int]]]
+        self,
+        items: tuple[torch.Tensor, torch.Tensor],
+        histories: Sequence[tuple[Sequence[int], Sequence[int]]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`history_users` of histories of any length, ``(item rows, labels)`` each, the
         last ``self.history`` of each kept (an empty one: no vector, a like share of one half)."""
+        vectors = items[0]
         out_vectors, out_biases = [], []
         for rows, labels in histories:
             rows, labels = list(rows)[-self.history :], list(labels)[-self.history :]
@@ -105,7 +131,7 @@ class PreferenceHead(TwoTowers):
                 continue
             device = vectors.device
             user = self.history_users(
-                vectors,
+                items,
                 torch.as_tensor([rows], device=device),
                 torch.as_tensor([labels], device=device),
             )
@@ -137,24 +163,27 @@ class PreferenceHead(TwoTowers):
     ) -> torch.Tensor:
         """Towers: the like logit of each record; ``targets``/``history`` are rows of ``items``
         (vectors, biases), ``labels`` the history's 0/1 labels ``(records, k)``."""
-        user, bias = self.history_users(items[0], history, labels)
+        user, bias = self.history_users(items, history, labels)
         return bias + items[1][targets] + (user * items[0][targets]).sum(-1)
 
     def history_event_logits(
         self, items: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         """Towers: ``(records, k)`` logits of each history event from the record's other events."""
-        k = labels.size(1)
+        k, labels = labels.size(1), labels.float()
         events = self.history_sums(items[0], history, labels)
         others = (events.sum(1, keepdim=True) - events) / (k - 1)
-        likes = labels.float().sum(1, keepdim=True) - labels.float()
+        likes = labels.sum(1, keepdim=True) - labels
         share = torch.log((likes + 1) / (k - 1 - likes + 1))
-        return (
-            self.offset
-            + self.share_weight * share
-            + items[1][history]
-            + (others * items[0][history]).sum(-1)
+        # the record's other events, (records, k, k - 1): event j against all but itself
+        rest = ~torch.eye(k, dtype=torch.bool, device=labels.device)
+        biases = items[1][history]
+        bias = self.history_bias(
+            biases[:, None, :].expand(-1, k, -1)[:, rest].view(-1, k, k - 1),
+            labels[:, None, :].expand(-1, k, -1)[:, rest].view(-1, k, k - 1),
+            share,
         )
+        return bias + biases + (others * items[0][history]).sum(-1)
 
     def cross_logits(self, text: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
         """Cross: the like logit of each record from its pooled record text and the logit of its

@@ -257,7 +257,7 @@ class ModelRecommender(RecommenderUsers):
         head = self.model.head
         with self._lock:
             if not self.is_cross_encoder:
-                users = head.users_of_histories(self._item_vectors()[0], histories)
+                users = head.users_of_histories(self._item_vectors(), histories)
                 item = self._item_vectors(torch.as_tensor(items))
                 return numpy32(head.score(users, item))
             parts, shares = history_records(items, histories, head.history)

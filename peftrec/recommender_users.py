@@ -67,7 +67,7 @@ class RecommenderUsers:
         with self._lock:
             if self._user_cache is None and self._labels is not None:  # labelled histories
                 self._user_cache = self.model.head.users_of_histories(
-                    self._item_vectors()[0],
+                    self._item_vectors(),
                     [(self._history[u], self._labels[u]) for u in range(len(self.user_ids))],
                 )
             elif self._user_cache is None and self.is_sequential:  # the state after each history

@@ -42,6 +42,29 @@ def test_share_logit_is_the_smoothed_like_share():
     torch.testing.assert_close(share_logit(labels), expected)
 
 
+def test_a_users_bias_reads_the_like_share_against_the_items_like_rates():
+    h = head()
+    items = h.items(torch.randn(30, 12), torch.arange(30))
+    history, labels = torch.randint(0, 30, (4, 10)), torch.randint(0, 2, (4, 10)).float()
+    _, bias = h.history_users(items, history, labels)
+    b = items[1][history]
+    expected = (
+        h.offset
+        + h.share_weight * share_logit(labels)
+        + h.leniency_weight * (labels - torch.sigmoid(b)).mean(1)
+        + h.quality_weight * b.mean(1)
+    )
+    torch.testing.assert_close(bias, expected)
+    # the same likes of items most users like read as a stricter user than of items they dislike
+    with torch.no_grad():
+        h.quality_weight.zero_()
+        h.leniency_weight.fill_(2.0)
+    liked = torch.ones(1, 10)
+    popular, unpopular = torch.argsort(items[1])[-10:][None], torch.argsort(items[1])[:10][None]
+    strict, lenient = (h.history_users(items, rows, liked)[1] for rows in (popular, unpopular))
+    assert lenient > strict
+
+
 def test_a_history_event_is_scored_as_a_record_of_the_other_events():
     h = head()
     text = torch.randn(30, 12)
@@ -62,14 +85,12 @@ def test_served_user_vectors_give_the_records_probabilities():
     history, labels = torch.randint(0, 30, (4, 10)), torch.randint(0, 2, (4, 10))
     targets = torch.randint(0, 30, (4,))
     expected = h.score_records(items, targets, history, labels)
-    users = h.users_of_histories(
-        items[0], list(zip(history.tolist(), labels.tolist(), strict=True))
-    )
+    users = h.users_of_histories(items, list(zip(history.tolist(), labels.tolist(), strict=True)))
     torch.testing.assert_close(h.score(users, (items[0][targets], items[1][targets])), expected)
     # a longer history reads its last ten; an empty one is a like share of one half
     longer = [([1, 2, *history[0].tolist()], [0, 1, *labels[0].tolist()])]
-    torch.testing.assert_close(h.users_of_histories(items[0], longer)[1], users[1][:1])
-    empty = h.users_of_histories(items[0], [([], [])])
+    torch.testing.assert_close(h.users_of_histories(items, longer)[1], users[1][:1])
+    empty = h.users_of_histories(items, [([], [])])
     assert empty[0].abs().sum() == 0 and float(empty[1]) == pytest.approx(float(h.offset.detach()))
 
 
