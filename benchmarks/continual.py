@@ -157,6 +157,25 @@ def next_rows(dataset, task: str, t: int) -> tuple[np.ndarray, np.ndarray]:
     return p4_ranking_split(dataset, t).test, p4_history(dataset, t)[1]
 
 
+def popularity(dataset, window: str) -> float:
+    """Next-block NDCG@10 (mean over t) of ranking every item by its count in B_t's training
+    rows (``new``) or in those of B_1..B_t (``all``): no model, the reference a ranking update
+    must beat."""
+    inter, blocks = dataset.interactions, time_blocks(dataset)
+    shape = len(dataset.user_ids), len(dataset.item_ids)
+    tiebreak = np.random.default_rng(0).random(shape[1]) * 1e-3
+    values = []
+    for t in UPDATES:
+        test, before = next_rows(dataset, "ranking", t)
+        rows = blocks[t - 1].train if window == "new" else p4_history(dataset, t)[0]
+        counts = np.bincount(inter.items[rows], minlength=shape[1]) + tiebreak
+        scores = torch.as_tensor(np.tile(counts.astype(np.float32), (len(test), 1)))
+        mask = seen_mask(inter.users[before], inter.items[before], *shape)[inter.users[test]]
+        ranks = rank_of_targets(scores, torch.as_tensor(inter.items[test]), mask).numpy()
+        values.append(np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+    return float(np.mean(values))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=tuple(TASK_ARMS), default="rating")
@@ -263,6 +282,15 @@ def main() -> None:
             f"{100 * m['seconds'] / base['seconds']:.0f}% ({m['seconds']:.0f} s) | "
             f"{100 * m['trainable'] / base['trainable']:.0f}% ({m['trainable']:,.0f}) |"
         )
+    baselines = {}
+    if task == "ranking":
+        baselines = {window: popularity(dataset, window) for window in ("new", "all")}
+        lines += [
+            "",
+            "No model, the same targets and exclusions: ranking by popularity in B_t scores "
+            f"NDCG@10 {baselines['new']:.4f}, by popularity in B_1..B_t {baselines['all']:.4f} "
+            "(means over t).",
+        ]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
@@ -274,6 +302,7 @@ def main() -> None:
                     "task": task,
                     "runs": {f"{a} t={t}": r for (a, t), r in rows.items()},
                     "summary": summary,
+                    "popularity": baselines,
                     "b1": {k: first.get(k) for k in (f"test_{key}", "process_seconds")},
                 },
                 indent=2,
