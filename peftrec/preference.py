@@ -83,6 +83,12 @@ class PreferenceHead(TwoTowers):
         self.leniency_weight = nn.Parameter(torch.zeros(()))  # c, d of b_u (see the module)
         self.quality_weight = nn.Parameter(torch.zeros(()))
 
+    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
+        # a head saved before b_u existed scores exactly as it did with both weights at zero
+        for name in ("leniency_weight", "quality_weight"):
+            state.setdefault(prefix + name, torch.zeros(()))
+        super()._load_from_state_dict(state, prefix, *args, **kwargs)
+
     def users(self, index):
         """No user table: a user is their labelled history (:meth:`history_users`)."""
         raise TypeError("a preference head scores histories, not user ids")

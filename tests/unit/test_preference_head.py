@@ -65,6 +65,18 @@ def test_a_users_bias_reads_the_like_share_against_the_items_like_rates():
     assert lenient > strict
 
 
+def test_a_head_saved_before_the_users_bias_loads_with_it_at_zero():
+    h = head()
+    state = {k: v for k, v in h.state_dict().items() if "leniency" not in k and "quality" not in k}
+    old = PreferenceHead(12, 30, dim=6)
+    old.load_state_dict(state)  # strict: every other key must still match
+    assert float(old.leniency_weight) == float(old.quality_weight) == 0.0
+    with pytest.raises(RuntimeError, match="share_weight"):
+        PreferenceHead(12, 30, dim=6).load_state_dict(
+            {k: v for k, v in state.items() if k != "share_weight"}
+        )
+
+
 def test_a_history_event_is_scored_as_a_record_of_the_other_events():
     h = head()
     text = torch.randn(30, 12)
