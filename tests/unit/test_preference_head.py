@@ -70,7 +70,7 @@ def test_a_head_saved_before_the_users_bias_loads_with_it_at_zero():
     state = {k: v for k, v in h.state_dict().items() if "leniency" not in k and "quality" not in k}
     old = PreferenceHead(12, 30, dim=6)
     old.load_state_dict(state)  # strict: every other key must still match
-    assert float(old.leniency_weight) == float(old.quality_weight) == 0.0
+    assert old.leniency_weight.item() == old.quality_weight.item() == 0.0
     with pytest.raises(RuntimeError, match="share_weight"):
         PreferenceHead(12, 30, dim=6).load_state_dict(
             {k: v for k, v in state.items() if k != "share_weight"}
