@@ -76,7 +76,7 @@ def test_ranking_recipe_refuses_a_rating_split(tmp_path, toy_files, tiny_bert):
     assert not (tmp_path / "x").exists()
 
 
-def test_ranking_on_p4_updates_and_the_app_ranks_the_next_block_as_the_recipe(
+def test_ranking_on_p4_updated_twice_loads_and_ranks_the_next_block_as_in_memory(
     tmp_path,
     tiny_bert,
     ml100k,  # noqa: F811
@@ -96,27 +96,33 @@ def test_ranking_on_p4_updates_and_the_app_ranks_the_next_block_as_the_recipe(
         "data.protocol=p4",
         "model.dim=8",
     ]
-    parent, child = tmp_path / "b1", tmp_path / "b2"
+    parent = tmp_path / "b1"
     first = run([*base, "data.block=1", "train.epochs=2", f"output_dir={parent}"])
     assert first.returncode == 0, first.stderr[-3000:]
-    update = [
-        *base,
-        "data.block=2",
-        "data.window=new",
-        f"train.init_from={parent / 'model'}",
-        "train.epochs=1",
-        f"output_dir={child}",
-    ]
-    result = run(update)
-    assert result.returncode == 0, result.stderr[-3000:]
+    for t in (2, 3):  # updated twice, each time on the new block alone
+        child = tmp_path / f"b{t}"
+        update = [
+            *base,
+            f"data.block={t}",
+            "data.window=new",
+            f"train.init_from={parent / 'model'}",
+            "train.epochs=1",
+            f"output_dir={child}",
+        ]
+        result = run(update)
+        assert result.returncode == 0, result.stderr[-3000:]
+        parent = child
     metrics = json.loads((child / "metrics.json").read_text())
-    # B3's first rows: 267 users, 95 of them met in B1..B2 (the parent's users count as warm)
-    assert metrics["test_count_cold_users"] == 267 - 95 and metrics["test_count_warm"] > 0
+    # B4's first rows: 279 users, 118 of them met in B1..B3 (the parents' users count as warm)
+    assert metrics["test_count_cold_users"] == 279 - 118 and metrics["test_count_warm"] > 0
+    spec = json.loads((child / "model" / "peftrec.json").read_text())["spec"]
+    assert spec["parent"]["folder"] == "model"
 
+    # the saved model, loaded, ranks B4's first rows as the recipe's in-memory one did
     rec = Recommender.from_pretrained(child / "model")
     inter = ml100k.interactions
-    test = p4_ranking_split(ml100k, 2).test
-    _, before = p4_history(ml100k, 2)
+    test = p4_ranking_split(ml100k, 3).test
+    _, before = p4_history(ml100k, 3)
     shape = len(ml100k.user_ids), len(ml100k.item_ids)
     users = inter.users[test]
     scores = torch.as_tensor(rec.score_all([ml100k.user_ids[u] for u in users]))
@@ -124,7 +130,7 @@ def test_ranking_on_p4_updates_and_the_app_ranks_the_next_block_as_the_recipe(
     ranks = rank_of_targets(scores, torch.as_tensor(inter.items[test]), exclude).numpy()
     ndcg = np.where(ranks <= 10, 1 / np.log2(ranks + 1.0), 0.0).mean()
     assert ndcg == pytest.approx(metrics["test_ndcg@10"], abs=1e-6)
-    # what a user had in B1 (learned by the parent, not by this update) is not recommended again
+    # what a user had in B1 (learned by the first model, not by this update) is not recommended
     earlier = before[np.isin(before, p4_ranking_split(ml100k, 1).train)]
     user = int(np.bincount(inter.users[earlier]).argmax())
     had = {ml100k.item_ids[i] for i in inter.items[earlier][inter.users[earlier] == user]}
