@@ -11,7 +11,8 @@ test AUC. Arms:
 - towers, ID-only items (no text: what the LM adds);
 - towers with a source domain: one model trained on the records of the ratings no benchmark
   record targets (``preference.records=source``), then adapted on the n records
-  (``train.init_from``);
+  (``train.init_from``); and the same source model with its towers kept, only the head's six
+  calibration scalars fitted to the n records (``train.warm_start=head``);
 - cross-encoder (TALLRec-style: MiniLM + LoRA reads the titles): one seed, on CPU it costs
   minutes per pass over the validation records.
 
@@ -52,6 +53,12 @@ ARMS = {  # name: (config, overrides, setting, shots and seeds)
     "towers, frozen MiniLM": (TOWERS, [], "benchmark", None),
     "towers, ID-only items": (TOWERS, ["model.item_text=false"], "benchmark", None),
     "towers, frozen MiniLM + source domain": (TOWERS, [], "source", None),
+    "towers + source domain, head calibrated": (
+        TOWERS,
+        ["train.warm_start=head", "train.lr=1e-2", "train.epochs=100"],
+        "source",
+        None,
+    ),
     "cross-encoder, MiniLM + LoRA": (CROSS, ["train.epochs=3"], "benchmark", {256: [0]}),
 }
 

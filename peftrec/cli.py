@@ -323,7 +323,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--warm-start",
-        choices=["continue", "merge", "towers"],
+        choices=["continue", "merge", "towers", "head"],
         default="continue",
         help="what the model's adapter does (train.warm_start; default continue)",
     )

@@ -247,12 +247,13 @@ class TrainConfig:
         "warm start: a saved model folder (same backbone, method and task) to continue from on "
         "this data; its users and items keep their rows, new ones are added",
     )
-    warm_start: Literal["continue", "merge", "towers"] = option(
+    warm_start: Literal["continue", "merge", "towers", "head"] = option(
         "continue",
         "with init_from: continue (the parent's adapter trains on), merge (the parent's adapter "
         "merged into the backbone, a fresh one trained on top; lora and peft methods that "
-        "merge) or towers (the parent's adapter kept as it is: only the towers and head train, "
-        "on text features encoded once)",
+        "merge), towers (the parent's adapter kept as it is: only the towers and head train, "
+        "on text features encoded once) or head (preference: only the head's few calibration "
+        "scalars train, for adapting to a handful of records)",
     )
 
 
@@ -439,11 +440,18 @@ def _conflicts(cfg: Any) -> list[str]:
                     f"train.warm_start=merge merges a LoRA-style adapter into the backbone, and "
                     f"adapter.method={adapter.method} has none that merges (lora or peft do)"
                 )
-        elif train.warm_start == "towers" and transfer is not None and transfer.loss != "none":
+        elif train.warm_start == "head" and getattr(cfg, "preference", None) is None:
             problems.append(
-                f"transfer.loss={transfer.loss} acts on the backbone, which "
-                "train.warm_start=towers keeps as the parent left it: use transfer.loss=none"
+                "train.warm_start=head trains a preference head's calibration scalars, and this "
+                "recipe's head has none: use train.warm_start=towers"
             )
+        elif train.warm_start in ("towers", "head") and transfer is not None:
+            if transfer.loss != "none":
+                problems.append(
+                    f"transfer.loss={transfer.loss} acts on the backbone, which "
+                    f"train.warm_start={train.warm_start} keeps as the parent left it: use "
+                    "transfer.loss=none"
+                )
     if model is not None and model.item_id_dropout and not (model.item_ids and model.item_text):
         problems.append(
             f"model.item_id_dropout={model.item_id_dropout} drops item-ID embeddings so that the "

@@ -12,6 +12,10 @@ one of two ways an LM reads the record (``reader``):
 
 ``s`` is the logit of the history's (smoothed) like share, with weight ``a`` starting at 1: an
 untrained head ranks records as counting likes does, and training learns what the items add.
+Two more scalars, both starting at 1, weigh the item's bias (``b_t = w_b * b'_t``) and the match
+(``u = w_m * u'``); with the offset, ``a``, ``c`` and ``d`` they are the head's
+:attr:`~PreferenceHead.calibration`: what a few records can adapt in a trained model
+(``train.warm_start=head``) while its towers stay as they are.
 ``b_u`` (towers, starting at 0) reads the share against the history items' own like rates
 (their biases ``b_h``, as fixed covariates): ``c * mean(label_h - sigmoid(b_h)) + d * mean(b_h)``,
 a user who likes what most dislike is lenient, one who likes only what all like is not.
@@ -82,12 +86,38 @@ class PreferenceHead(TwoTowers):
         self.offset = nn.Parameter(torch.zeros(()))
         self.leniency_weight = nn.Parameter(torch.zeros(()))  # c, d of b_u (see the module)
         self.quality_weight = nn.Parameter(torch.zeros(()))
+        self.item_weight = nn.Parameter(torch.ones(()))  # w_b, w_m (see the module)
+        self.match_weight = nn.Parameter(torch.ones(()))
+
+    @property
+    def calibration(self) -> tuple[str, ...]:
+        """The scalar parameters ``train.warm_start=head`` trains (the rest stays as it is)."""
+        if self.reader == "cross":
+            return ("offset", "share_weight")
+        return (
+            "offset",
+            "share_weight",
+            "leniency_weight",
+            "quality_weight",
+            "item_weight",
+            "match_weight",
+        )
 
     def _load_from_state_dict(self, state, prefix, *args, **kwargs):
-        # a head saved before b_u existed scores exactly as it did with both weights at zero
-        for name in ("leniency_weight", "quality_weight"):
-            state.setdefault(prefix + name, torch.zeros(()))
+        # a head saved before b_u and the weights w_b, w_m existed scores exactly as it did
+        for name, default in (
+            ("leniency_weight", 0.0),
+            ("quality_weight", 0.0),
+            ("item_weight", 1.0),
+            ("match_weight", 1.0),
+        ):
+            state.setdefault(prefix + name, torch.full((), default))
         super()._load_from_state_dict(state, prefix, *args, **kwargs)
+
+    def items(self, text, index=None, facts=None):
+        """The towers' item vectors, and their biases times ``w_b`` (see the module)."""
+        vectors, biases = super().items(text, index, facts)
+        return vectors, self.item_weight * biases
 
     def users(self, index):
         """No user table: a user is their labelled history (:meth:`history_users`)."""
@@ -101,7 +131,7 @@ class PreferenceHead(TwoTowers):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Towers: user vectors and biases of labelled histories ``(users, k)`` (rows of
         ``items``, vectors and biases), so that a record's logit is ``bias + b_t + <u, q_t>``."""
-        user = self.history_sums(items[0], history, labels).mean(1)
+        user = self.match_weight * self.history_sums(items[0], history, labels).mean(1)
         labels = labels.float()
         return user, self.history_bias(items[1][history], labels, share_logit(labels))
 
@@ -178,7 +208,7 @@ class PreferenceHead(TwoTowers):
         """Towers: ``(records, k)`` logits of each history event from the record's other events."""
         k, labels = labels.size(1), labels.float()
         events = self.history_sums(items[0], history, labels)
-        others = (events.sum(1, keepdim=True) - events) / (k - 1)
+        others = self.match_weight * (events.sum(1, keepdim=True) - events) / (k - 1)
         likes = labels.sum(1, keepdim=True) - labels
         share = torch.log((likes + 1) / (k - 1 - likes + 1))
         # the record's other events, (records, k, k - 1): event j against all but itself

@@ -11,7 +11,8 @@ every head setting but the table sizes; the new model's spec names its parent.
 it on; ``merge`` folds it into the backbone's base weights (PEFT's ``merge_and_unload``) and
 keeps the new model's fresh adapter on top, so the new model saves the base weights merging
 changed (``merged.safetensors``) next to its own adapter; ``towers`` loads it and freezes the
-backbone, so only the towers and head train.
+backbone, so only the towers and head train; ``head`` freezes the towers too, so only the head's
+calibration scalars train (a preference head's, :attr:`PreferenceHead.calibration`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .spec import ArtifactError, ModelSpec
 logger = logging.getLogger(__name__)
 
 TABLE_SIZES = ("num_users", "num_items", "knowledge")  # head settings that follow the data
-Mode = Literal["continue", "merge", "towers"]
+Mode = Literal["continue", "merge", "towers", "head"]
 
 
 @dataclass
@@ -134,8 +135,17 @@ def warm_start(
         merge_parent(model, folder, parent)
     else:
         load_backbone_weights(model, folder, parent)
-    if mode == "towers":
+    if mode in ("towers", "head"):
         model.backbone.requires_grad_(False)
+    if mode == "head":
+        calibration = getattr(model.head, "calibration", None)
+        if calibration is None:
+            raise ValueError(
+                f"train.warm_start=head trains a head's calibration scalars, and a "
+                f"{model.spec.task} head has none (a preference head has): use towers"
+            )
+        for name, param in model.head.named_parameters():
+            param.requires_grad_(name in calibration)
 
     state = read_safetensors(folder / "head.safetensors")
     users = rows_by_id(catalog["user_ids"], user_ids)

@@ -165,3 +165,56 @@ def test_the_rating_recipe_has_no_predict_proba(tmp_path, toy_files, tiny_bert):
     rec = Recommender.from_pretrained(out / "model")
     with pytest.raises(ValueError, match="needs a preference model"):
         rec.predict_proba([rec.item_ids[0]], users=[rec.user_ids[0]])
+
+
+def test_a_few_records_calibrate_a_trained_model_with_its_towers_kept(
+    tmp_path, toy_files, tiny_bert
+):
+    from safetensors.torch import load_file
+
+    base = [
+        sys.executable,
+        str(RECIPE),
+        "--config",
+        str(REPO / "recipes/configs/minilm_frozen_preference.yaml"),
+    ]
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    first = run([*base, *preference_overrides(toy_files, tiny_bert, parent)])
+    assert first.returncode == 0, first.stderr[-3000:]
+    calibrate = [
+        *base,
+        *preference_overrides(toy_files, tiny_bert, child),
+        "data.train_records=16",
+        f"train.init_from={parent / 'model'}",
+        "train.warm_start=head",
+        "train.lr=0.05",
+    ]
+    result = run(calibrate)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((child / "metrics.json").read_text())
+    assert metrics["trainable_parameters"] == 6 and metrics["backbone_trainable_parameters"] == 0
+    before = load_file(parent / "model" / "head.safetensors")
+    after = load_file(child / "model" / "head.safetensors")
+    scalars = ("offset", "share_weight", "leniency_weight", "quality_weight")
+    scalars += ("item_weight", "match_weight")
+    for name, value in before.items():
+        if name not in scalars:  # the towers: exactly as the parent left them
+            assert after[name].equal(value), name
+    if metrics["best_epoch"] > 0:
+        assert any(not after[n].equal(before[n]) for n in scalars)
+    spec = json.loads((child / "model" / "peftrec.json").read_text())["spec"]
+    assert spec["parent"]["mode"] == "head"
+
+    # a rating model has no calibration scalars: refused before anything is written
+    refused = run(
+        [
+            sys.executable,
+            str(REPO / "recipes" / "train_rating.py"),
+            *tiny_overrides(toy_files, tiny_bert, tmp_path / "rating"),
+            f"train.init_from={parent / 'model'}",
+            "train.warm_start=head",
+        ]
+    )
+    assert refused.returncode != 0 and "train.warm_start=head" in refused.stderr
+    assert "train.warm_start=towers" in refused.stderr
+    assert not (tmp_path / "rating").exists()

@@ -67,14 +67,45 @@ def test_a_users_bias_reads_the_like_share_against_the_items_like_rates():
 
 def test_a_head_saved_before_the_users_bias_loads_with_it_at_zero():
     h = head()
-    state = {k: v for k, v in h.state_dict().items() if "leniency" not in k and "quality" not in k}
+    new = ("leniency", "quality", "item_weight", "match_weight")
+    state = {k: v for k, v in h.state_dict().items() if not any(n in k for n in new)}
     old = PreferenceHead(12, 30, dim=6)
     old.load_state_dict(state)  # strict: every other key must still match
     assert old.leniency_weight.item() == old.quality_weight.item() == 0.0
+    assert old.item_weight.item() == old.match_weight.item() == 1.0
     with pytest.raises(RuntimeError, match="share_weight"):
         PreferenceHead(12, 30, dim=6).load_state_dict(
             {k: v for k, v in state.items() if k != "share_weight"}
         )
+
+
+def test_the_calibration_weights_scale_the_items_bias_and_the_match():
+    h = head()
+    text, history = torch.randn(30, 12), torch.randint(0, 30, (4, 10))
+    labels, targets = torch.randint(0, 2, (4, 10)), torch.randint(0, 30, (4,))
+    with torch.no_grad():
+        h.item_weight.fill_(1.0)
+        h.match_weight.fill_(1.0)
+        plain = h.items(text, torch.arange(30))
+        user, _ = h.history_users(plain, history, labels)
+        match = (user * plain[0][targets]).sum(-1)
+        h.item_weight.fill_(2.0)
+        h.match_weight.fill_(0.5)
+        items = h.items(text, torch.arange(30))
+        got = h.record_logits(items, targets, history, labels)
+    torch.testing.assert_close(items[1], 2 * plain[1])
+    # the user's bias reads the scaled item biases as the items' like rates
+    _, scaled_bias = h.history_users(items, history, labels)
+    torch.testing.assert_close(got, scaled_bias + 2 * plain[1][targets] + 0.5 * match)
+    assert h.calibration == (
+        "offset",
+        "share_weight",
+        "leniency_weight",
+        "quality_weight",
+        "item_weight",
+        "match_weight",
+    )
+    assert set(h.calibration) <= {n for n, _ in h.named_parameters()}
 
 
 def test_a_history_event_is_scored_as_a_record_of_the_other_events():
