@@ -200,8 +200,8 @@ def test_a_few_records_calibrate_a_trained_model_with_its_towers_kept(
     for name, value in before.items():
         if name not in scalars:  # the towers: exactly as the parent left them
             assert after[name].equal(value), name
-    if metrics["best_epoch"] > 0:
-        assert any(not after[n].equal(before[n]) for n in scalars)
+    losses = [h["train_loss"] for h in metrics["history"] if "train_loss" in h]
+    assert losses[-1] < losses[0]  # the scalars did train
     spec = json.loads((child / "model" / "peftrec.json").read_text())["spec"]
     assert spec["parent"]["mode"] == "head"
 
