@@ -88,6 +88,10 @@ class PreferenceHead(TwoTowers):
         self.quality_weight = nn.Parameter(torch.zeros(()))
         self.item_weight = nn.Parameter(torch.ones(()))  # w_b, w_m (see the module)
         self.match_weight = nn.Parameter(torch.ones(()))
+        if reader == "cross":  # what the cross logit does not read stays out of training (DDP)
+            used = ("offset", "share_weight", "item_text_bias.")
+            for name, param in self.named_parameters():
+                param.requires_grad_(name.startswith(used))
 
     @property
     def calibration(self) -> tuple[str, ...]:

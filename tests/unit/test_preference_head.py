@@ -160,6 +160,30 @@ def test_the_cross_reader_has_no_item_tables_and_refuses_users():
         PreferenceHead(12, 30, num_users=5)
 
 
+@pytest.mark.parametrize("reader", ["towers", "cross"])
+def test_every_parameter_that_trains_gets_a_gradient(reader):
+    """A parameter that trains but is not read breaks DDP (it waits for its gradient)."""
+    torch.manual_seed(0)
+    h = PreferenceHead(12, 30, dim=6, reader=reader).train()
+    labels = torch.randint(0, 2, (4, 10))
+    if reader == "cross":
+        logits = h.cross_logits(torch.randn(4, 12), share_logit(labels.float()))
+    else:
+        items = h.items(torch.randn(30, 12), torch.arange(30))
+        history, targets = torch.randint(0, 30, (4, 10)), torch.randint(0, 30, (4,))
+        logits = torch.cat(
+            [
+                h.record_logits(items, targets, history, labels),
+                h.history_event_logits(items, history, labels).ravel(),
+            ]
+        )
+    logits.sum().backward()
+    trained = {n: p for n, p in h.named_parameters() if p.requires_grad}
+    assert trained and all(p.grad is not None for p in trained.values()), [
+        n for n, p in trained.items() if p.grad is None
+    ]
+
+
 def test_record_texts_name_liked_and_disliked_titles():
     titles = ["A (1990)", "B (1991)", "C (1992)"]
     parts, shares = history_records([2], [([0, 1], [1, 0])], k=10)
