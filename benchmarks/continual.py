@@ -51,6 +51,7 @@ from peftrec.data import load_movielens  # noqa: E402
 from peftrec.data.blocks import (  # noqa: E402
     earlier_held,
     first_per_user,
+    histories_before,
     p4_history,
     p4_ranking_split,
     time_blocks,
@@ -93,8 +94,18 @@ TASK_ARMS = {  # a ranking run costs more: the issue's arms and the rating study
         "towers only + replay 50%",
         "towers only on blocks 1..t",
     ),
+    "sequential": (  # a frozen backbone: a warm start trains what towers only would
+        "retrain",
+        "warm start",
+        "warm start + replay 20%",
+        "warm start on blocks 1..t, 2 epochs",
+    ),
 }
-METRIC = {"rating": ("rmse", "RMSE"), "ranking": ("ndcg@10", "NDCG@10")}  # key, name
+METRIC = {
+    "rating": ("rmse", "RMSE"),
+    "ranking": ("ndcg@10", "NDCG@10"),
+    "sequential": ("ndcg@10", "NDCG@10"),
+}  # key, name
 UPDATES = (2, 3, 4)
 BOOTSTRAP = 1000
 
@@ -119,10 +130,18 @@ def train(config: Path, task: str, out: Path, overrides: list[str]) -> dict:
     return metrics
 
 
-def per_row(folder: Path, dataset, task: str, rows: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+def per_row(
+    folder: Path,
+    dataset,
+    task: str,
+    rows: np.ndarray,
+    exclude: np.ndarray,
+    before: np.ndarray | None = None,
+) -> np.ndarray:
     """The saved model, through the app, on each of ``rows``: the squared error of its clipped
     prediction (rating), or the NDCG@10 of the row's item as its user's target, the items of
-    the ``exclude`` rows not ranked (ranking)."""
+    the ``exclude`` rows not ranked (ranking, sequential). A history model reads the user's
+    saved history or, with ``before``, the user's ``before`` rows that precede the target."""
     inter = dataset.interactions
     rec = Recommender.from_pretrained(folder)
     users = [dataset.user_ids[u] for u in inter.users[rows]]
@@ -132,7 +151,13 @@ def per_row(folder: Path, dataset, task: str, rows: np.ndarray, exclude: np.ndar
     assert list(rec.item_ids) == list(dataset.item_ids)
     shape = len(dataset.user_ids), len(dataset.item_ids)
     mask = seen_mask(inter.users[exclude], inter.items[exclude], *shape)[inter.users[rows]]
-    scores = torch.as_tensor(rec.score_all(users))
+    if before is None:
+        scores = torch.as_tensor(rec.score_all(users))
+    else:  # an earlier target: the history up to it, not the user's whole saved history
+        histories = histories_before(dataset, before, rows)
+        scores = torch.as_tensor(
+            np.stack([rec.score_history([dataset.item_ids[i] for i in h]) for h in histories])
+        )
     ranks = rank_of_targets(scores, torch.as_tensor(inter.items[rows]), mask).numpy()
     return np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
 
@@ -145,9 +170,12 @@ def summarise(task: str, values: np.ndarray) -> float:
 def forgetting(folder: Path, dataset, task: str, block: int) -> float:
     """The metric on the held-out shares of B_1..B_{t-1} (a ranking: each user's first row)."""
     rows = earlier_held(dataset, block)
-    if task == "ranking":
-        rows = first_per_user(dataset, rows)
-    return summarise(task, per_row(folder, dataset, task, rows, p4_history(dataset, block)[0]))
+    learned, before = p4_history(dataset, block)
+    if task == "rating":
+        return summarise(task, per_row(folder, dataset, task, rows, learned))
+    rows = first_per_user(dataset, rows)
+    history = before if task == "sequential" else None
+    return summarise(task, per_row(folder, dataset, task, rows, learned, history))
 
 
 def next_rows(dataset, task: str, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +217,7 @@ def main() -> None:
     task, arms = args.task, args.arms or list(TASK_ARMS[args.task])
     if "retrain" not in arms or set(arms) - set(ARMS):
         raise SystemExit(f"--arms: retrain and any of {list(ARMS)}")
-    runs = args.runs or REPO / "runs/benchmarks" / ("continual" + "_ranking" * (task == "ranking"))
+    runs = args.runs or REPO / "runs/benchmarks" / ("continual" + f"_{task}" * (task != "rating"))
     key, name = METRIC[task]
     started = time.perf_counter()
     dataset = load_movielens("ml-100k")
@@ -283,7 +311,7 @@ def main() -> None:
             f"{100 * m['trainable'] / base['trainable']:.0f}% ({m['trainable']:,.0f}) |"
         )
     baselines = {}
-    if task == "ranking":
+    if task != "rating":
         baselines = {window: popularity(dataset, window) for window in ("new", "all")}
         lines += [
             "",

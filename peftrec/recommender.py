@@ -440,20 +440,29 @@ class Recommender:
     ) -> list[tuple[str, float]]:
         """The ``k`` best next items after an anonymous session's items (time order); a history
         model only. With ``exclude_seen`` the session's items are left out."""
-        if not self.is_sequential:
-            raise ValueError(
-                "recommend_for_history needs a history model (recipes/train_sequential.py); this "
-                f"is a {self.spec.task} model, whose users are rows of a table"
-            )
         k = check_k(k, "recommend_for_history")
         with self._lock:
-            rows = self._items(item_ids, "recommend_for_history")
-            state = self.engine.history_state(rows.tolist())
-            scores = self._served().against(state, np.zeros(1, dtype=np.float32))[0]
-            scores = scores.astype(np.float64)
+            rows, scores = self._history_scores(item_ids, "recommend_for_history")
             if exclude_seen:
                 scores[rows] = -np.inf
             return self._top(scores, k, "recommend_for_history", "")
+
+    def score_history(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Scores of every catalogue item (as :meth:`score_all`) as the next item after a
+        session's items (time order; empty: no history); a history model only."""
+        with self._lock:
+            return self._history_scores(item_ids, "score_history")[1].astype(np.float32)
+
+    def _history_scores(self, item_ids: Sequence[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+        if not self.is_sequential:
+            raise ValueError(
+                f"{where} needs a history model (recipes/train_sequential.py); this "
+                f"is a {self.spec.task} model, whose users are rows of a table"
+            )
+        rows = self._items(item_ids, where)
+        state = self.engine.history_state(rows.tolist())
+        scores = self._served().against(state, np.zeros(1, dtype=np.float32))[0]
+        return rows, scores.astype(np.float64)
 
     # -- explanations ------------------------------------------------------------------------
     def explain(self, user_id: str, item_id: str, steps: int = 32) -> Explanation:

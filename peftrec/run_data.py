@@ -52,6 +52,10 @@ class RunData:
     before_test: Interactions | None = None
     """p4: every row of blocks 1..t, what a user has interacted with before the test block
     (a ranking excludes it); None: the training and validation splits."""
+    rows: Split | None = None
+    """The splits' row indices into ``dataset.interactions`` (after ``data.train_fraction``)."""
+    history_rows: tuple[np.ndarray, np.ndarray] | None = None
+    """p4: the row indices of ``learned`` and ``before_test``."""
     known_users: np.ndarray = field(init=False)
     """Boolean per user: has interactions the model line learned from (warm)."""
     known_items: np.ndarray = field(init=False)
@@ -66,7 +70,7 @@ def load_run_data(cfg, task: Task) -> RunData:
     """Load, split by ``data.protocol`` (subsampled by ``data.train_fraction``), check,
     render texts."""
     dataset = load_data(cfg.data)
-    records = learned = before_test = None
+    records = learned = before_test = history_rows = None
     if task.name == "preference":
         pref = cfg.preference
         records = run_records(
@@ -76,17 +80,18 @@ def load_run_data(cfg, task: Task) -> RunData:
     elif cfg.data.protocol == "p4":
         p4 = p4_split if task.name == "rating" else p4_ranking_split
         split = p4(dataset, cfg.data.block, cfg.data.window, cfg.data.replay, seed=cfg.data.seed)
-        learned, before_test = (
-            dataset.interactions.subset(r) for r in p4_history(dataset, cfg.data.block)
-        )
+        history_rows = p4_history(dataset, cfg.data.block)
+        learned, before_test = (dataset.interactions.subset(r) for r in history_rows)
     else:
         split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
+    if cfg.data.train_fraction < 1.0 and records is None:
+        keep = np.random.default_rng(cfg.data.seed).random(len(split.train)) < (
+            cfg.data.train_fraction
+        )
+        split = Split(split.train[keep], split.valid, split.test)
     train, valid, test = (
         dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test)
     )
-    if cfg.data.train_fraction < 1.0 and records is None:
-        keep = np.random.default_rng(cfg.data.seed).random(len(train)) < cfg.data.train_fraction
-        train = train.subset(np.flatnonzero(keep))
     check_splits(
         dataset,
         cfg.data.protocol,
@@ -120,6 +125,8 @@ def load_run_data(cfg, task: Task) -> RunData:
         records=records,
         learned=learned,
         before_test=before_test,
+        rows=split,
+        history_rows=history_rows,
     )
     if cfg.model.knowledge != "none":
         data.knowledge, data.group_map = item_facts(cfg.data, dataset)

@@ -139,7 +139,7 @@ TASKS: dict[str, Task] = {
         head=SequentialHead,
         config=SequentialRecipeConfig,
         recipe="train_sequential.py",
-        protocols=("p3",),
+        protocols=("p3", "p4"),
         metric="ranking",
         reported=(
             Reported("ndcg@{k}", "NDCG@{k}", True),

@@ -1,4 +1,5 @@
-"""Next-item recommendation: a user is the items they interacted with, in order (protocol P3).
+"""Next-item recommendation: a user is the items they interacted with, in order (protocol P3;
+p4 for continual updates: a history reads blocks 1..t, block t's rows are the targets).
 
 Launch:
     accelerate launch recipes/train_sequential.py \\
@@ -31,7 +32,7 @@ from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkp
 from peftrec.config import SequentialRecipeConfig, config_to_dict
 from peftrec.losses import ridge, step_loss
 from peftrec.metrics import load_metric, scores_by_group
-from peftrec.ranking import seen_mask
+from peftrec.ranking import excluded_items
 from peftrec.recipe import (
     build_run_model,
     exit_on_user_error,
@@ -49,8 +50,8 @@ from peftrec.sequential import (
     CatalogueTable,
     SequenceCollator,
     next_item_ranks,
+    run_histories,
     sequence_loss,
-    user_histories,
 )
 from peftrec.tasks import TASKS
 from peftrec.training import EarlyStopping
@@ -68,23 +69,15 @@ def main(argv: list[str] | None = None) -> dict:
     seq, k = cfg.sequence, cfg.sequence.k
 
     # data: each user's training items in time order; the validation and test items come next
+    # (p4: the history before each target, blocks 1..t)
     data = load_run_data(cfg, TASK)
     train, valid, test = data.train, data.valid, data.test
-    num_users, num_items = len(data.dataset.user_ids), len(data.dataset.item_ids)
-    histories = user_histories(train.users, train.items, train.timestamps, num_users)
-    valid_histories = [histories[u] for u in valid.users]
-    valid_item = dict(zip(valid.users.tolist(), valid.items.tolist(), strict=True))
-    test_histories = [
-        np.append(histories[u], valid_item[u]) if u in valid_item else histories[u]
-        for u in test.users
-    ]
-    valid_exclude = seen_mask(train.users, train.items, num_users, num_items)[
-        torch.as_tensor(valid.users)
-    ]
-    test_exclude = (
-        seen_mask(train.users, train.items, num_users, num_items)
-        | seen_mask(valid.users, valid.items, num_users, num_items)
-    )[torch.as_tensor(test.users)]
+    num_items = len(data.dataset.item_ids)
+    histories = run_histories(data)
+    valid_exclude, test_exclude = (
+        mask[torch.as_tensor(users)]
+        for mask, users in zip(excluded_items(data), (valid.users, test.users), strict=True)
+    )
 
     # model: spec -> backbone + adapter, item tower and history encoder; caches, L_S
     model, tokenizer, tokens = build_run_model(cfg, TASK, data)
@@ -99,12 +92,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # optimizer, schedule and batches of users (each process takes a piece of every step)
     collator = SequenceCollator(
-        histories,
+        histories.train,
         seq.max_history,
         tokens,
         tokenizer.pad_token_id,
         fresh=cfg.train.items_per_step if adapts else 0,
         seed=cfg.train.seed,
+        trained=histories.trained,
     )
     train_loader = item_batches(
         collator,
@@ -128,17 +122,17 @@ def main(argv: list[str] | None = None) -> dict:
         table = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
         if which == "valid":
             ranks = next_item_ranks(
-                unwrapped.head, table, valid_histories, valid.items, valid_exclude
+                unwrapped.head, table, histories.valid, valid.items, valid_exclude
             ).numpy()
             return {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
         ranks = next_item_ranks(
-            unwrapped.head, table, test_histories, test.items, test_exclude
+            unwrapped.head, table, histories.test, test.items, test_exclude
         ).numpy()
         scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
-        warm = data.known_items[test.items]
+        warm_item, warm_user = data.known_items[test.items], data.known_users[test.users]
         scores.update(
             scores_by_group(
-                {"warm": warm, "cold_items": ~warm},
+                {"warm": warm_item & warm_user, "cold_items": ~warm_item, "cold_users": ~warm_user},
                 lambda rows: metric.compute(predictions=ranks[rows], k=k),
                 (f"ndcg@{k}", f"hr@{k}", "mrr"),
             )

@@ -118,6 +118,24 @@ def p4_history(dataset: RecDataset, block: int) -> tuple[np.ndarray, np.ndarray]
     return learned, np.sort(np.concatenate([b.rows for b in blocks]))
 
 
+def histories_before(dataset: RecDataset, pool: np.ndarray, targets: np.ndarray) -> list:
+    """Each target row's history: the items of its user's ``pool`` rows that come before it in
+    (timestamp, row) order, oldest first (what a history model reads before the target)."""
+    inter = dataset.interactions
+    rows = np.arange(len(inter))
+    position = np.empty(len(inter), dtype=np.int64)
+    position[np.lexsort((rows, inter.timestamps))] = rows
+    pool = np.asarray(pool, dtype=np.int64)
+    pool = pool[np.lexsort((position[pool], inter.users[pool]))]  # by user, then time
+    starts = np.searchsorted(inter.users[pool], np.arange(len(dataset.user_ids) + 1))
+    out = []
+    for target in np.asarray(targets, dtype=np.int64):
+        user = inter.users[target]
+        mine = pool[starts[user] : starts[user + 1]]
+        out.append(inter.items[mine[position[mine] < position[target]]])
+    return out
+
+
 def earlier_held(dataset: RecDataset, block: int) -> np.ndarray:
     """The held-out shares of B_1..B_{t-1}: what measures forgetting after update t."""
     blocks = time_blocks(dataset)[: block - 1]

@@ -13,6 +13,7 @@ from peftrec.data import load_files, split_rows
 from peftrec.metrics import load_metric, rank_of_targets
 from peftrec.recommender import Recommender
 
+from ..unit.test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
 from .test_train_rating import REPO, run, tiny_overrides
 
 RECIPE = REPO / "recipes" / "train_sequential.py"
@@ -103,3 +104,56 @@ def test_the_sequential_recipe_refuses_what_it_cannot_use(tmp_path, toy_files, t
     )
     assert result.returncode == 2 and "unknown key 'train.head_batch_size'" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_history_model_updated_on_p4_ranks_the_next_block_after_blocks_1_to_t(
+    tmp_path,
+    tiny_bert,
+    ml100k,  # noqa: F811
+):
+    from peftrec.data.blocks import p4_history, p4_ranking_split
+    from peftrec.ranking import seen_mask
+
+    base = [
+        sys.executable,
+        str(RECIPE),
+        "--config",
+        str(REPO / "recipes/configs/minilm_idonly_sequential.yaml"),
+        f"backbone.name={tiny_bert}",
+        "data.protocol=p4",
+        "model.dim=8",
+        "sequence.max_history=8",
+        "train.patience=1",
+    ]
+    parent = tmp_path / "b1"
+    first = run([*base, "data.block=1", "train.epochs=1", f"output_dir={parent}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    child = tmp_path / "b2"
+    update = [
+        *base,
+        "data.block=2",
+        "data.window=new",
+        f"train.init_from={parent / 'model'}",
+        "train.epochs=1",
+        f"output_dir={child}",
+    ]
+    result = run(update)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((child / "metrics.json").read_text())
+    inter = ml100k.interactions
+    test = p4_ranking_split(ml100k, 2).test
+    learned, before = p4_history(ml100k, 2)
+    users = inter.users[test]
+    new_users = ~np.isin(users, inter.users[learned])
+    assert metrics["test_count_cold_users"] == int(new_users.sum()) > 0
+
+    # the saved model reads each user's every row of B1..B2 and ranks B3's first rows as the
+    # recipe did; a new user (no history) and an anonymous empty session score alike
+    rec = Recommender.from_pretrained(child / "model")
+    shape = len(ml100k.user_ids), len(ml100k.item_ids)
+    scores = torch.as_tensor(rec.score_all([ml100k.user_ids[u] for u in users]))
+    exclude = seen_mask(inter.users[before], inter.items[before], *shape)[users]
+    ranks = rank_of_targets(scores, torch.as_tensor(inter.items[test]), exclude).numpy()
+    ndcg = np.where(ranks <= 10, 1 / np.log2(ranks + 1.0), 0.0).mean()
+    assert ndcg == pytest.approx(metrics["test_ndcg@10"], abs=1e-6)
+    assert np.allclose(scores[np.flatnonzero(new_users)[0]], rec.score_history([]), atol=1e-5)

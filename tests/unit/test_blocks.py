@@ -125,3 +125,22 @@ def test_first_per_user_takes_the_earliest_row_ties_in_file_order():
     )
     assert first_per_user(dataset, np.arange(5)).tolist() == [1, 2]  # b: row 1 ties row 4
     assert first_per_user(dataset, np.array([0, 3, 4])).tolist() == [3, 4]
+
+
+def test_a_targets_history_is_its_users_earlier_rows_of_the_pool_oldest_first():
+    from peftrec.data.blocks import histories_before
+
+    dataset = RecDataset(
+        name="toy",
+        user_ids=["a", "b", "c"],
+        item_ids=["x", "y", "z", "w"],
+        item_fields={},
+        user_fields={},
+        interactions=Interactions(  # rows 0..5
+            [0, 0, 1, 0, 0, 2], [2, 0, 1, 3, 1, 0], np.ones(6), [5.0, 3.0, 1.0, 3.0, 9.0, 1.0]
+        ),
+    )
+    pool = np.array([0, 1, 2, 3])  # row 4 (a's latest) is not in the pool
+    histories = histories_before(dataset, pool, np.array([4, 3, 2, 5]))
+    # a at t=9 reads x (t=3, row 1), w (t=3, row 3: ties in file order), z (t=5)
+    assert [h.tolist() for h in histories] == [[0, 3, 2], [0], [], []]

@@ -21,6 +21,7 @@ from peftrec.spec import make_spec
 from peftrec.tasks import TASKS
 from peftrec.tokens import tokenize_texts
 
+from .test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
 from .test_model import NUM_ITEMS, TEXTS
 
 
@@ -145,3 +146,48 @@ def test_next_item_ranks_exclude_what_the_user_has_seen(tiny_bert):
     fewer = next_item_ranks(model.head, table, histories, targets, exclude)
     assert ranks.shape == (2,) and (fewer <= ranks).all() and 1 <= fewer.min()
     assert isinstance(model.head, SequentialHead) and model.head.user_emb is None
+
+
+def test_positions_outside_the_trained_rows_are_inputs_but_not_targets():
+    from peftrec.sequential import PAD, SequenceCollator, training_windows
+
+    histories = [np.array([4, 5, 6, 7]), np.array([1, 2])]
+    trained = [np.array([False, False, True, True]), np.array([True, False])]
+    inputs, targets = training_windows(histories, 2, trained)
+    assert [i.tolist() for i in inputs] == [[5, 6], [1]]
+    assert [t.tolist() for t in targets] == [[6, 7], [PAD]]
+    collator = SequenceCollator(histories, 2, [[0]] * 8, 0, fresh=8, trained=trained)
+    assert collator.users_with_targets() == [0]  # user 1 has no trained position
+    batch = collator([0, 1])
+    assert batch["targets"].tolist() == [[6, 7], [PAD, PAD]]
+    assert batch["fresh_index"].tolist() == [1, 5, 6, 7]  # the step's items, PAD not among them
+
+
+def test_p4_histories_read_blocks_1_to_t_and_train_on_the_new_blocks_rows(ml100k):  # noqa: F811
+    from types import SimpleNamespace
+
+    from peftrec.data.blocks import p4_history, p4_ranking_split
+    from peftrec.data.splits import Split
+    from peftrec.sequential import run_histories
+
+    inter = ml100k.interactions
+    split = p4_ranking_split(ml100k, 3, window="new")
+    learned, before = p4_history(ml100k, 3)
+    data = SimpleNamespace(
+        dataset=ml100k,
+        **{name: inter.subset(getattr(split, name)) for name in ("train", "valid", "test")},
+        rows=Split(*split),
+        history_rows=(learned, before),
+    )
+    histories = run_histories(data)
+    assert sum(len(h) for h in histories.train) == len(learned)  # B1..B3's training rows
+    assert sum(int(t.sum()) for t in histories.trained) == len(split.train) == 18_000
+    for position, row in enumerate(split.test[:50]):  # B4's first rows read all of B1..B3
+        user = inter.users[row]
+        mine = before[inter.users[before] == user]
+        assert sorted(histories.test[position].tolist()) == sorted(inter.items[mine].tolist())
+    for position, row in enumerate(split.valid[:50]):  # B3's held-out rows: only what came before
+        user, time = inter.users[row], inter.timestamps[row]
+        mine = before[(inter.users[before] == user) & (inter.timestamps[before] < time)]
+        assert set(inter.items[mine].tolist()) <= set(histories.valid[position].tolist())
+        assert inter.items[row] not in histories.valid[position]
