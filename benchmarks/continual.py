@@ -110,13 +110,16 @@ UPDATES = (2, 3, 4)
 BOOTSTRAP = 1000
 
 
+SETTINGS: list[str] = []  # --set: settings for every run
+
+
 def train(config: Path, task: str, out: Path, overrides: list[str]) -> dict:
     """One recipe run (skipped when its metrics exist); its metrics.json, with the process's
     wall time (``process_seconds``, kept in ``out/process.json``)."""
     if not (out / "metrics.json").is_file():
         recipe = REPO / f"recipes/train_{task}.py"
         command = [sys.executable, str(recipe), "--config", str(config)]
-        command += ["data.protocol=p4", *overrides, f"output_dir={out}"]
+        command += ["data.protocol=p4", *SETTINGS, *overrides, f"output_dir={out}"]
         tick = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         if done.returncode != 0:
@@ -213,8 +216,12 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=None, help="default runs/benchmarks/continual")
     parser.add_argument("--arms", nargs="+", default=None, help="a subset of the task's arms")
     parser.add_argument("--out", type=Path, default=None, help="Markdown report to write")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings for every run"
+    )
     args = parser.parse_args()
     task, arms = args.task, args.arms or list(TASK_ARMS[args.task])
+    SETTINGS[:] = args.set
     if "retrain" not in arms or set(arms) - set(ARMS):
         raise SystemExit(f"--arms: retrain and any of {list(ARMS)}")
     runs = args.runs or REPO / "runs/benchmarks" / ("continual" + f"_{task}" * (task != "rating"))
@@ -257,7 +264,9 @@ def main() -> None:
         f"# Continual updates, protocol p4 ({task}; ml-100k, 5 time blocks of 20,000 ratings)",
         "",
         f"`python benchmarks/continual.py --task {task} --config "
-        f"{args.config.resolve().relative_to(REPO)}`; the same config for every run; "
+        f"{args.config.resolve().relative_to(REPO)}"
+        + "".join(f" --set {s}" for s in args.set)
+        + "`; the same config for every run; "
         f"{platform.machine()}, {os.cpu_count()} cores (shared), one process per run, "
         f"{os.environ.get('OMP_NUM_THREADS', 'default')} thread(s); "
         f"{sum(r['seconds'] for r in rows.values()):.0f} s of updates ({len(rows)} runs; this "

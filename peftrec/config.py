@@ -291,6 +291,11 @@ class SequenceConfig:
     text_norm: bool = option(
         False, "standardise each pooled text dimension with the catalogue's statistics"
     )
+    empty_state: bool = option(
+        False,
+        "learn the state of an empty history (a new user) from each user's first trained item: "
+        "a prior of what users start with in the training window (false: a zero state)",
+    )
     loss: Literal["softmax", "sampled"] = option(
         "softmax",
         "softmax: cross-entropy over the whole catalogue at every position; sampled: "

@@ -129,6 +129,7 @@ class SequentialHead(TwoTowers):
         heads: int = 1,
         history_dropout: float = 0.2,
         text_norm: bool = False,
+        empty_state: bool = False,
         num_users: int = 0,
         **towers,
     ):
@@ -137,6 +138,8 @@ class SequentialHead(TwoTowers):
         super().__init__(text_dim, 0, num_items, dim, **towers)
         self.encoder = HistoryEncoder(dim, max_history, blocks, heads, history_dropout)
         self.text_norm = text_norm
+        # the state of an empty history (a new user): learned from users' first items, or zero
+        self.start = nn.Parameter(torch.zeros(dim)) if empty_state else None
         self.register_buffer("text_mean", torch.zeros(text_dim))
         self.register_buffer("text_scale", torch.ones(text_dim))
 
@@ -188,8 +191,10 @@ class SequentialHead(TwoTowers):
         fresh_index: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        first: torch.Tensor | None = None,
     ) -> SequenceOutput:
-        """One training step's outputs: next-item logits over the catalogue at every real position.
+        """One training step's outputs: next-item logits over the catalogue at every real position
+        (and, with a learned empty state, for each user's ``first`` item after no history).
 
         ``table`` holds the pooled text of every item (no gradient). With ``fresh_index`` (items
         whose texts ``input_ids`` are), those rows are encoded again by the LM and swapped in
@@ -206,6 +211,10 @@ class SequentialHead(TwoTowers):
         states = self.states(items, history)
         real = targets != PAD
         states, next_items = states[real], targets[real]
+        if self.start is not None and first is not None:
+            first = first[first != PAD]
+            states = torch.cat([states, self.start.expand(len(first), -1)])
+            next_items = torch.cat([next_items, first])
         penalty = states.square().sum(-1).mean() + items[0][next_items].square().sum(-1).mean()
         return SequenceOutput(self.score_states(states, items), next_items, penalty, source)
 
@@ -323,14 +332,18 @@ def history_states(
     histories: Sequence[Sequence[int]],
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """The state after each history's last item, ``(len(histories), dim)``; zero for an
-    empty one."""
+    """The state after each history's last item, ``(len(histories), dim)``; for an empty one
+    the head's learned empty state, or zero."""
     was_training = head.training
     head.eval()
     out = []
     for start in range(0, len(histories), batch_size):
         padded = left_pad(histories[start : start + batch_size], head.encoder.max_length)
-        out.append(head.states(items, padded.to(items[0].device))[:, -1])
+        padded = padded.to(items[0].device)
+        last = head.states(items, padded)[:, -1]
+        if head.start is not None:  # an empty history's state is the learned one
+            last = torch.where((padded[:, -1] == PAD)[:, None], head.start, last)
+        out.append(last)
     head.train(was_training)
     return torch.cat(out) if out else items[0].new_zeros(0, head.dim)
 
@@ -349,13 +362,23 @@ class SequenceCollator:
         fresh: int = 0,
         seed: int = 0,
         trained: Sequence[np.ndarray] | None = None,
+        first_items: bool = False,
     ):
         self.inputs, self.targets = training_windows(histories, max_history, trained)
+        # with first_items, each user's first item (when trained) is a target after no history
+        self.firsts = [
+            int(h[0]) if first_items and len(h) and (trained is None or trained[u][0]) else PAD
+            for u, h in enumerate(histories)
+        ]
         self.max_history, self.token_lists, self.pad_id = max_history, token_lists, pad_id
         self.fresh, self.seed = fresh, seed
 
     def users_with_targets(self) -> list[int]:
-        return [u for u, t in enumerate(self.targets) if (np.asarray(t) != PAD).any()]
+        return [
+            u
+            for u, t in enumerate(self.targets)
+            if (np.asarray(t) != PAD).any() or self.firsts[u] != PAD
+        ]
 
     def __call__(self, users: list[int]) -> dict[str, torch.Tensor]:
         from .tokens import pad_batch
@@ -363,11 +386,13 @@ class SequenceCollator:
         batch = {
             "history": left_pad([self.inputs[u] for u in users], self.max_history),
             "targets": left_pad([self.targets[u] for u in users], self.max_history),
+            "first": torch.as_tensor([self.firsts[u] for u in users], dtype=torch.long),
         }
         if self.fresh:
             step_items = np.unique(
                 np.concatenate([self.inputs[u] for u in users] + [self.targets[u] for u in users])
             )
+            step_items = np.union1d(step_items, [self.firsts[u] for u in users])
             step_items = step_items[step_items != PAD]
             rng = np.random.default_rng((self.seed, *users))
             chosen = np.sort(rng.permutation(step_items)[: self.fresh])

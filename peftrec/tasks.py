@@ -79,6 +79,7 @@ def sequential_head_options(cfg, head: dict) -> dict:
         "heads": seq.heads,
         "history_dropout": seq.dropout,
         "text_norm": seq.text_norm,
+        "empty_state": seq.empty_state,
     }
 
 

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         fresh=cfg.train.items_per_step if adapts else 0,
         seed=cfg.train.seed,
         trained=histories.trained,
+        first_items=seq.empty_state,
     )
     train_loader = item_batches(
         collator,
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
             if finished():
                 break
             if not adapting:  # the backbone stays as pretrained: no LM pass
-                batch = {key: batch[key] for key in ("history", "targets")}
+                batch = {key: batch[key] for key in ("history", "targets", "first")}
             with accelerator.accumulate(model):
                 output = model(**batch, table=table)
                 summed = sequence_loss(output, seq.loss, seq.negatives, popularity, generator)

@@ -123,6 +123,7 @@ def test_a_history_model_updated_on_p4_ranks_the_next_block_after_blocks_1_to_t(
         "data.protocol=p4",
         "model.dim=8",
         "sequence.max_history=8",
+        "sequence.empty_state=true",
         "train.patience=1",
     ]
     parent = tmp_path / "b1"
@@ -148,7 +149,8 @@ def test_a_history_model_updated_on_p4_ranks_the_next_block_after_blocks_1_to_t(
     assert metrics["test_count_cold_users"] == int(new_users.sum()) > 0
 
     # the saved model reads each user's every row of B1..B2 and ranks B3's first rows as the
-    # recipe did; a new user (no history) and an anonymous empty session score alike
+    # recipe did; a new user (no history) and an anonymous empty session score alike, by the
+    # learned empty state
     rec = Recommender.from_pretrained(child / "model")
     shape = len(ml100k.user_ids), len(ml100k.item_ids)
     scores = torch.as_tensor(rec.score_all([ml100k.user_ids[u] for u in users]))
@@ -156,4 +158,7 @@ def test_a_history_model_updated_on_p4_ranks_the_next_block_after_blocks_1_to_t(
     ranks = rank_of_targets(scores, torch.as_tensor(inter.items[test]), exclude).numpy()
     ndcg = np.where(ranks <= 10, 1 / np.log2(ranks + 1.0), 0.0).mean()
     assert ndcg == pytest.approx(metrics["test_ndcg@10"], abs=1e-6)
-    assert np.allclose(scores[np.flatnonzero(new_users)[0]], rec.score_history([]), atol=1e-5)
+    new = scores[np.flatnonzero(new_users)[0]].numpy()
+    assert np.allclose(new, rec.score_history([]), atol=1e-5)
+    spec = json.loads((child / "model" / "peftrec.json").read_text())["spec"]
+    assert spec["head"]["empty_state"] is True

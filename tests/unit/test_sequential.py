@@ -191,3 +191,26 @@ def test_p4_histories_read_blocks_1_to_t_and_train_on_the_new_blocks_rows(ml100k
         mine = before[(inter.users[before] == user) & (inter.timestamps[before] < time)]
         assert set(inter.items[mine].tolist()) <= set(histories.valid[position].tolist())
         assert inter.items[row] not in histories.valid[position]
+
+
+def test_a_learned_empty_state_trains_on_first_items_and_scores_new_users():
+    from peftrec.sequential import PAD, SequenceCollator, SequentialHead, history_states
+
+    torch.manual_seed(0)
+    head = SequentialHead(12, 6, dim=8, max_history=4, empty_state=True)
+    assert SequentialHead(12, 6, dim=8, max_history=4).start is None  # the default: zero
+    table = torch.randn(6, 12)
+    histories = [np.array([2, 3, 4]), np.array([5]), np.array([1, 0])]
+    trained = [np.array([True, True, True]), np.array([True]), np.array([False, True])]
+    collator = SequenceCollator(histories, 4, [[0]] * 6, 0, trained=trained, first_items=True)
+    # user 1 has no next item but a first one; user 2's first row is not trained
+    assert collator.firsts == [2, 5, PAD] and collator.users_with_targets() == [0, 1, 2]
+    batch = collator([0, 1, 2])
+    output = head.step(None, batch["history"], batch["targets"], table, first=batch["first"])
+    assert output.targets.tolist() == [3, 4, 0, 2, 5]  # the windows' targets, then the firsts
+    with torch.no_grad():
+        head.start.copy_(torch.arange(8.0))
+    items = head.items(table, torch.arange(6))
+    states = history_states(head, items, [[], [3], []])
+    assert torch.equal(states[0], head.start) and torch.equal(states[2], head.start)
+    assert not torch.equal(states[1], head.start)
