@@ -188,21 +188,31 @@ def next_rows(dataset, task: str, t: int) -> tuple[np.ndarray, np.ndarray]:
     return p4_ranking_split(dataset, t).test, p4_history(dataset, t)[1]
 
 
-def popularity(dataset, window: str) -> float:
+def popularity(dataset, window: str, new_users_by_first: bool = False) -> float:
     """Next-block NDCG@10 (mean over t) of ranking every item by its count in B_t's training
     rows (``new``) or in those of B_1..B_t (``all``): no model, the reference a ranking update
-    must beat."""
+    must beat. With ``new_users_by_first``, a user with no row in B_1..B_t is ranked by the count
+    of the window's users' first items instead (what users start with)."""
     inter, blocks = dataset.interactions, time_blocks(dataset)
     shape = len(dataset.user_ids), len(dataset.item_ids)
     tiebreak = np.random.default_rng(0).random(shape[1]) * 1e-3
     values = []
     for t in UPDATES:
         test, before = next_rows(dataset, "ranking", t)
-        rows = blocks[t - 1].train if window == "new" else p4_history(dataset, t)[0]
+        learned = p4_history(dataset, t)[0]
+        rows = blocks[t - 1].train if window == "new" else learned
         counts = np.bincount(inter.items[rows], minlength=shape[1]) + tiebreak
-        scores = torch.as_tensor(np.tile(counts.astype(np.float32), (len(test), 1)))
+        scores = np.tile(counts.astype(np.float32), (len(test), 1))
+        if new_users_by_first:
+            firsts = first_per_user(dataset, learned)
+            firsts = firsts[np.isin(firsts, rows)]
+            first_counts = np.bincount(inter.items[firsts], minlength=shape[1]) + tiebreak
+            new = ~np.isin(inter.users[test], inter.users[before])
+            scores[new] = first_counts
         mask = seen_mask(inter.users[before], inter.items[before], *shape)[inter.users[test]]
-        ranks = rank_of_targets(scores, torch.as_tensor(inter.items[test]), mask).numpy()
+        ranks = rank_of_targets(
+            torch.as_tensor(scores), torch.as_tensor(inter.items[test]), mask
+        ).numpy()
         values.append(np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
     return float(np.mean(values))
 
@@ -322,11 +332,18 @@ def main() -> None:
     baselines = {}
     if task != "rating":
         baselines = {window: popularity(dataset, window) for window in ("new", "all")}
+        baselines |= {
+            f"{window}, new users by first items": popularity(dataset, window, True)
+            for window in ("new", "all")
+        }
         lines += [
             "",
             "No model, the same targets and exclusions: ranking by popularity in B_t scores "
-            f"NDCG@10 {baselines['new']:.4f}, by popularity in B_1..B_t {baselines['all']:.4f} "
-            "(means over t).",
+            f"NDCG@10 {baselines['new']:.4f}, by popularity in B_1..B_t {baselines['all']:.4f}; "
+            "with a new user (no row in B_1..B_t) ranked by how often each item was a user's "
+            "first in the same rows: "
+            f"{baselines['new, new users by first items']:.4f} (B_t), "
+            f"{baselines['all, new users by first items']:.4f} (B_1..B_t) (means over t).",
         ]
     report = "\n".join(lines) + "\n"
     print(report)
