@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -46,12 +47,6 @@ class RunData:
     """The items' facts (``model.knowledge``), and how they become entity rows:"""
     vocabulary: KnowledgeVocabulary | None = None
     group_map: dict[str, str] | None = None
-    learned: Interactions | None = None
-    """p4: the training rows of blocks 1..t, what the model line has learned (a warm start's
-    parents included); None: the training split."""
-    before_test: Interactions | None = None
-    """p4: every row of blocks 1..t, what a user has interacted with before the test block
-    (a ranking excludes it); None: the training and validation splits."""
     rows: Split | None = None
     """The splits' row indices into ``dataset.interactions`` (after ``data.train_fraction``)."""
     history_rows: tuple[np.ndarray, np.ndarray] | None = None
@@ -65,12 +60,27 @@ class RunData:
         self.known_users = np.bincount(learned.users, minlength=len(self.dataset.user_ids)) > 0
         self.known_items = np.bincount(learned.items, minlength=len(self.dataset.item_ids)) > 0
 
+    @cached_property
+    def learned(self) -> Interactions | None:
+        """p4: the training rows of blocks 1..t, what the model line has learned (a warm start's
+        parents included); None: the training split."""
+        return None if self.history_rows is None else self._subset(self.history_rows[0])
+
+    @cached_property
+    def before_test(self) -> Interactions | None:
+        """p4: every row of blocks 1..t, what a user has interacted with before the test block
+        (a ranking excludes it); None: the training and validation splits."""
+        return None if self.history_rows is None else self._subset(self.history_rows[1])
+
+    def _subset(self, rows: np.ndarray) -> Interactions:
+        return self.dataset.interactions.subset(rows)
+
 
 def load_run_data(cfg, task: Task) -> RunData:
     """Load, split by ``data.protocol`` (subsampled by ``data.train_fraction``), check,
     render texts."""
     dataset = load_data(cfg.data)
-    records = learned = before_test = history_rows = None
+    records = history_rows = None
     if task.name == "preference":
         pref = cfg.preference
         records = run_records(
@@ -81,7 +91,6 @@ def load_run_data(cfg, task: Task) -> RunData:
         p4 = p4_split if task.name == "rating" else p4_ranking_split
         split = p4(dataset, cfg.data.block, cfg.data.window, cfg.data.replay, seed=cfg.data.seed)
         history_rows = p4_history(dataset, cfg.data.block)
-        learned, before_test = (dataset.interactions.subset(r) for r in history_rows)
     else:
         split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
     if cfg.data.train_fraction < 1.0 and records is None:
@@ -123,8 +132,6 @@ def load_run_data(cfg, task: Task) -> RunData:
         item_texts,
         user_texts,
         records=records,
-        learned=learned,
-        before_test=before_test,
         rows=split,
         history_rows=history_rows,
     )

@@ -296,9 +296,7 @@ def run_histories(data) -> RunHistories:
 
     inter = data.dataset.interactions
     learned, before = data.history_rows
-    rows = learned[np.lexsort((learned, inter.timestamps[learned], inter.users[learned]))]
-    starts = np.searchsorted(inter.users[rows], np.arange(num_users + 1))
-    mine = [rows[starts[u] : starts[u + 1]] for u in range(num_users)]
+    mine = user_histories(inter.users[learned], learned, inter.timestamps[learned], num_users)
     return RunHistories(
         [inter.items[r] for r in mine],
         [np.isin(r, data.rows.train) for r in mine],

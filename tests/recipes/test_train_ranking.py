@@ -16,6 +16,28 @@ from .test_train_rating import REPO, run, tiny_overrides
 RECIPE = REPO / "recipes" / "train_ranking.py"
 
 
+def p4_next_block_ndcg(rec: Recommender, dataset, block: int) -> tuple[float, np.ndarray]:
+    """A saved model's NDCG@10, through the app, on each user's first row of block t+1 (every
+    item the user had in blocks 1..t not ranked), and its scores of those users."""
+    import torch
+
+    from peftrec.data.blocks import p4_history, p4_ranking_split
+    from peftrec.metrics import rank_of_targets
+    from peftrec.ranking import seen_mask
+
+    inter = dataset.interactions
+    test = p4_ranking_split(dataset, block).test
+    _, before = p4_history(dataset, block)
+    users = inter.users[test]
+    scores = rec.score_all([dataset.user_ids[u] for u in users])
+    shape = len(dataset.user_ids), len(dataset.item_ids)
+    exclude = seen_mask(inter.users[before], inter.items[before], *shape)[users]
+    ranks = rank_of_targets(
+        torch.as_tensor(scores), torch.as_tensor(inter.items[test]), exclude
+    ).numpy()
+    return float(np.where(ranks <= 10, 1 / np.log2(ranks + 1.0), 0.0).mean()), scores
+
+
 @pytest.mark.parametrize(
     ("config", "extra"),
     [
@@ -81,11 +103,7 @@ def test_ranking_on_p4_updated_twice_loads_and_ranks_the_next_block_as_in_memory
     tiny_bert,
     ml100k,  # noqa: F811
 ):
-    import torch
-
     from peftrec.data.blocks import p4_history, p4_ranking_split
-    from peftrec.metrics import rank_of_targets
-    from peftrec.ranking import seen_mask
 
     base = [
         sys.executable,
@@ -121,14 +139,8 @@ def test_ranking_on_p4_updated_twice_loads_and_ranks_the_next_block_as_in_memory
     # the saved model, loaded, ranks B4's first rows as the recipe's in-memory one did
     rec = Recommender.from_pretrained(child / "model")
     inter = ml100k.interactions
-    test = p4_ranking_split(ml100k, 3).test
     _, before = p4_history(ml100k, 3)
-    shape = len(ml100k.user_ids), len(ml100k.item_ids)
-    users = inter.users[test]
-    scores = torch.as_tensor(rec.score_all([ml100k.user_ids[u] for u in users]))
-    exclude = seen_mask(inter.users[before], inter.items[before], *shape)[users]
-    ranks = rank_of_targets(scores, torch.as_tensor(inter.items[test]), exclude).numpy()
-    ndcg = np.where(ranks <= 10, 1 / np.log2(ranks + 1.0), 0.0).mean()
+    ndcg, _ = p4_next_block_ndcg(rec, ml100k, 3)
     assert ndcg == pytest.approx(metrics["test_ndcg@10"], abs=1e-6)
     # what a user had in B1 (learned by the first model, not by this update) is not recommended
     earlier = before[np.isin(before, p4_ranking_split(ml100k, 1).train)]

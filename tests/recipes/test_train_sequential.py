@@ -14,6 +14,7 @@ from peftrec.metrics import load_metric, rank_of_targets
 from peftrec.recommender import Recommender
 
 from ..unit.test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
+from .test_train_ranking import p4_next_block_ndcg
 from .test_train_rating import REPO, run, tiny_overrides
 
 RECIPE = REPO / "recipes" / "train_sequential.py"
@@ -112,7 +113,6 @@ def test_a_history_model_updated_on_p4_ranks_the_next_block_after_blocks_1_to_t(
     ml100k,  # noqa: F811
 ):
     from peftrec.data.blocks import p4_history, p4_ranking_split
-    from peftrec.ranking import seen_mask
 
     base = [
         sys.executable,
@@ -143,7 +143,7 @@ def test_a_history_model_updated_on_p4_ranks_the_next_block_after_blocks_1_to_t(
     metrics = json.loads((child / "metrics.json").read_text())
     inter = ml100k.interactions
     test = p4_ranking_split(ml100k, 2).test
-    learned, before = p4_history(ml100k, 2)
+    learned, _ = p4_history(ml100k, 2)
     users = inter.users[test]
     new_users = ~np.isin(users, inter.users[learned])
     assert metrics["test_count_cold_users"] == int(new_users.sum()) > 0
@@ -152,13 +152,9 @@ def test_a_history_model_updated_on_p4_ranks_the_next_block_after_blocks_1_to_t(
     # recipe did; a new user (no history) and an anonymous empty session score alike, by the
     # learned empty state
     rec = Recommender.from_pretrained(child / "model")
-    shape = len(ml100k.user_ids), len(ml100k.item_ids)
-    scores = torch.as_tensor(rec.score_all([ml100k.user_ids[u] for u in users]))
-    exclude = seen_mask(inter.users[before], inter.items[before], *shape)[users]
-    ranks = rank_of_targets(scores, torch.as_tensor(inter.items[test]), exclude).numpy()
-    ndcg = np.where(ranks <= 10, 1 / np.log2(ranks + 1.0), 0.0).mean()
+    ndcg, scores = p4_next_block_ndcg(rec, ml100k, 2)
     assert ndcg == pytest.approx(metrics["test_ndcg@10"], abs=1e-6)
-    new = scores[np.flatnonzero(new_users)[0]].numpy()
+    new = scores[np.flatnonzero(new_users)[0]]
     assert np.allclose(new, rec.score_history([]), atol=1e-5)
     spec = json.loads((child / "model" / "peftrec.json").read_text())["spec"]
     assert spec["head"]["empty_state"] is True
