@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 	$(BIN)/peftrec fetch ml-100k
 	$(BIN)/peftrec fetch ml-100k-kg
+	$(BIN)/peftrec fetch book-crossing
+	$(BIN)/peftrec fetch ml-1m
 
 # Train MiniLM + LoRA on MovieLens-100K (protocol P1), then query the saved model as an app.
 demo: setup

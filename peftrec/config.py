@@ -63,7 +63,10 @@ __all__ = [
 class DataConfig:
     """Where the ratings come from, how they are split, and how items and users become text."""
 
-    dataset: str = option("ml-100k", 'a MovieLens name, or "files" for your own files')
+    dataset: str = option(
+        "ml-100k",
+        'ml-100k, ml-1m, ml-latest-small, book-crossing, or "files" for your own files',
+    )
     interactions: str | None = option(None, 'interactions file (dataset="files")')
     items: str | None = option(None, 'item metadata file (dataset="files")')
     users: str | None = option(None, 'user metadata file (dataset="files")')
@@ -72,11 +75,14 @@ class DataConfig:
         "item facts file (item_id, relation, entity) for model.knowledge; ml-100k: its "
         "Freebase graph, no file needed",
     )
-    protocol: Literal["p1", "p2", "p3", "p2u", "p4", "tallrec-movie", "all"] = option(
-        "p1",
-        "p1 random split, p2 cold-start items, p3 leave-one-out ranking, p2u cold-start users, "
-        "p4 time blocks (continual updates), tallrec-movie: TALLRec's binary preference "
-        "benchmark, all: train on everything but a 5% validation share (production; no test)",
+    protocol: Literal["p1", "p2", "p3", "p2u", "p4", "tallrec-movie", "tallrec-book", "all"] = (
+        option(
+            "p1",
+            "p1 random split, p2 cold-start items, p3 leave-one-out ranking, p2u cold-start users, "
+            "p4 time blocks (continual updates), tallrec-movie / tallrec-book: TALLRec's binary "
+            "preference benchmarks, all: train on everything but a 5% validation share "
+            "(production; no test). On book-crossing, p1 and p2 are bx-p1 and bx-p2",
+        )
     )
     seed: int = option(0, "split seed")
     block: int = option(
@@ -232,6 +238,11 @@ class TrainConfig:
     )
     patience: int = option(3, "epochs without validation improvement before stopping", at_least(1))
     eval_batch_size: int = option(256, "texts per forward pass at evaluation", at_least(1))
+    encoding_cache: bool = option(
+        False,
+        "frozen backbone: keep the item encodings on disk per text (cache folder encodings/), "
+        "so a big catalogue is encoded once over many runs",
+    )
     log_with: list[str] = option([], "Accelerate trackers, e.g. [tensorboard]")
     max_steps: int | None = option(
         None, "stop after this many steps (smoke tests)", or_null(at_least(1))

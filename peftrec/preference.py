@@ -46,10 +46,27 @@ class PreferenceOutput(NamedTuple):
     source: torch.Tensor
 
 
-def share_logit(labels: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Logit of the smoothed like share ``(likes + 1) / (n + 2)`` of 0/1 ``labels``."""
-    likes, n = labels.sum(dim), labels.size(dim)
+def share_logit(
+    labels: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logit of the smoothed like share ``(likes + 1) / (n + 2)`` of 0/1 ``labels`` (only where
+    ``mask`` is true, when given)."""
+    if mask is None:
+        likes, n = labels.sum(dim), labels.size(dim)
+    else:
+        likes, n = (labels * mask).sum(dim), mask.sum(dim)
     return torch.log((likes + 1) / (n - likes + 1))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Mean over ``dim`` of the entries where ``mask`` (broadcast over trailing dimensions) is
+    true; the plain mean without a mask."""
+    if mask is None:
+        return values.mean(dim)
+    mask = mask.to(values.dtype)
+    while mask.dim() < values.dim():
+        mask = mask.unsqueeze(-1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
 class PreferenceHead(TwoTowers):
@@ -132,25 +149,35 @@ class PreferenceHead(TwoTowers):
         items: tuple[torch.Tensor, torch.Tensor],
         history: torch.Tensor,
         labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Towers: user vectors and biases of labelled histories ``(users, k)`` (rows of
-        ``items``, vectors and biases), so that a record's logit is ``bias + b_t + <u, q_t>``."""
-        user = self.match_weight * self.history_sums(items[0], history, labels).mean(1)
+        ``items``, vectors and biases; ``mask``: which positions hold an event), so that a
+        record's logit is ``bias + b_t + <u, q_t>``."""
+        sums = self.history_sums(items[0], history, labels)
+        user = self.match_weight * masked_mean(sums, mask, 1)
         labels = labels.float()
-        return user, self.history_bias(items[1][history], labels, share_logit(labels))
+        share = share_logit(labels, mask=mask)
+        return user, self.history_bias(items[1][history], labels, share, mask=mask)
 
     def history_bias(
-        self, biases: torch.Tensor, labels: torch.Tensor, share: torch.Tensor, dim: int = -1
+        self,
+        biases: torch.Tensor,
+        labels: torch.Tensor,
+        share: torch.Tensor,
+        dim: int = -1,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``offset + a * s + b_u`` of histories: their items' biases and 0/1 labels (means
-        over ``dim``) and ``share``, the logit of their like share."""
+        over ``dim``, of the events where ``mask`` is true) and ``share``, the logit of their
+        like share."""
         biases = biases.detach()  # the items' like rates are covariates here, learned elsewhere
-        lenient = (labels - torch.sigmoid(biases)).mean(dim)
+        lenient = masked_mean(labels - torch.sigmoid(biases), mask, dim)
         return (
             self.offset
             + self.share_weight * share
             + self.leniency_weight * lenient
-            + self.quality_weight * biases.mean(dim)
+            + self.quality_weight * masked_mean(biases, mask, dim)
         )
 
     @torch.no_grad()
@@ -200,28 +227,46 @@ class PreferenceHead(TwoTowers):
         targets: torch.Tensor,
         history: torch.Tensor,
         labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Towers: the like logit of each record; ``targets``/``history`` are rows of ``items``
-        (vectors, biases), ``labels`` the history's 0/1 labels ``(records, k)``."""
-        user, bias = self.history_users(items, history, labels)
+        (vectors, biases), ``labels`` the history's 0/1 labels ``(records, k)``, ``mask`` which
+        history positions hold an event (None: all)."""
+        user, bias = self.history_users(items, history, labels, mask)
         return bias + items[1][targets] + (user * items[0][targets]).sum(-1)
 
     def history_event_logits(
-        self, items: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor, labels: torch.Tensor
+        self,
+        items: tuple[torch.Tensor, torch.Tensor],
+        history: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Towers: ``(records, k)`` logits of each history event from the record's other events."""
+        """Towers: ``(records, k)`` logits of each history event from the record's other events
+        (with ``mask``, only the events it marks; the others' logits are meaningless)."""
         k, labels = labels.size(1), labels.float()
         events = self.history_sums(items[0], history, labels)
-        others = self.match_weight * (events.sum(1, keepdim=True) - events) / (k - 1)
-        likes = labels.sum(1, keepdim=True) - labels
-        share = torch.log((likes + 1) / (k - 1 - likes + 1))
-        # the record's other events, (records, k, k - 1): event j against all but itself
         rest = ~torch.eye(k, dtype=torch.bool, device=labels.device)
         biases = items[1][history]
+        if mask is None:
+            others = self.match_weight * (events.sum(1, keepdim=True) - events) / (k - 1)
+            likes = labels.sum(1, keepdim=True) - labels
+            share = torch.log((likes + 1) / (k - 1 - likes + 1))
+            rest_mask = None
+        else:
+            on = mask.float()
+            n = (on.sum(1, keepdim=True) - on).clamp(min=1)  # the other events of each event
+            total = (events * on[..., None]).sum(1, keepdim=True)
+            others = self.match_weight * (total - events * on[..., None]) / n[..., None]
+            likes = (labels * on).sum(1, keepdim=True) - labels * on
+            share = torch.log((likes + 1) / (n - likes + 1))
+            rest_mask = mask[:, None, :].expand(-1, k, -1)[:, rest].view(-1, k, k - 1)
+        # the record's other events, (records, k, k - 1): event j against all but itself
         bias = self.history_bias(
             biases[:, None, :].expand(-1, k, -1)[:, rest].view(-1, k, k - 1),
             labels[:, None, :].expand(-1, k, -1)[:, rest].view(-1, k, k - 1),
             share,
+            mask=rest_mask,
         )
         return bias + biases + (others * items[0][history]).sum(-1)
 
@@ -244,13 +289,15 @@ class PreferenceHead(TwoTowers):
         target_labels: torch.Tensor,
         targets: torch.Tensor | None = None,
         item_index: torch.Tensor | None = None,
+        history_mask: torch.Tensor | None = None,
     ) -> PreferenceOutput:
         """A step's logits and labels: the records' targets first, then (towers with
         ``history_targets``, while training) every history event.
 
         Towers: ``input_ids`` holds each distinct item text of the step once, ``item_index`` its
         item row (for ID embeddings and caches), ``targets`` and ``history`` point into it.
-        Cross: ``input_ids`` holds one record text per record.
+        Cross: ``input_ids`` holds one record text per record. ``history_mask``: which history
+        positions hold an event (None: all; shorter histories are padded).
         """
         text = model.encode(input_ids, attention_mask, item_index)
         source = text.new_zeros(())
@@ -258,16 +305,23 @@ class PreferenceHead(TwoTowers):
             source = model.source(model, input_ids, attention_mask, item_index, text)
         target_labels = target_labels.float()
         if self.reader == "cross":
-            logits = self.cross_logits(text, share_logit(labels.float()))
+            logits = self.cross_logits(text, share_logit(labels.float(), mask=history_mask))
             penalty = self.item_text_bias.weight.square().sum().expand(len(logits))
             return PreferenceOutput(logits, target_labels, len(logits), penalty.mean(), source)
         items = self.items(text, item_index)
-        logits = self.record_logits(items, targets, history, labels)
+        logits = self.record_logits(items, targets, history, labels, history_mask)
         all_labels = target_labels
+        events = history.ravel() if history_mask is None else history[history_mask]
         if self.history_targets and self.training:
-            logits = torch.cat([logits, self.history_event_logits(items, history, labels).ravel()])
-            all_labels = torch.cat([target_labels, labels.float().ravel()])
-        used = torch.cat([targets, history.ravel()])
+            event_logits = self.history_event_logits(items, history, labels, history_mask)
+            event_labels = labels.float()
+            if history_mask is None:
+                event_logits, event_labels = event_logits.ravel(), event_labels.ravel()
+            else:
+                event_logits, event_labels = event_logits[history_mask], event_labels[history_mask]
+            logits = torch.cat([logits, event_logits])
+            all_labels = torch.cat([target_labels, event_labels])
+        used = torch.cat([targets, events])
         penalty = items[0][used].square().sum(-1).mean() + items[1][used].square().mean()
         return PreferenceOutput(logits, all_labels, len(targets), penalty, source)
 
@@ -279,9 +333,10 @@ class PreferenceHead(TwoTowers):
         history: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int = 4096,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Towers, evaluation: like probabilities of records whose items are rows of ``items``
-        (the whole catalogue's vectors and biases)."""
+        (the whole catalogue's vectors and biases); ``mask`` as in :meth:`record_logits`."""
         out = [
             torch.sigmoid(
                 self.record_logits(
@@ -289,6 +344,7 @@ class PreferenceHead(TwoTowers):
                     targets[i : i + batch_size],
                     history[i : i + batch_size],
                     labels[i : i + batch_size],
+                    None if mask is None else mask[i : i + batch_size],
                 )
             )
             for i in range(0, len(targets), batch_size)
@@ -335,11 +391,16 @@ def record_texts(records, titles: Sequence[str]) -> list[str]:
     if isinstance(records, list):  # (history rows, labels, target row) triples
         triples = records
     else:
-        triples = zip(
-            records.history_items.tolist(),
-            records.history_labels.tolist(),
-            records.items.tolist(),
-            strict=True,
+        lengths = records.history_mask.sum(1).tolist()
+        triples = (
+            (h[:n], labels[:n], t)
+            for h, labels, t, n in zip(
+                records.history_items.tolist(),
+                records.history_labels.tolist(),
+                records.items.tolist(),
+                lengths,
+                strict=True,
+            )
         )
     return [record_text([titles[i] for i in h], labels, titles[t]) for h, labels, t in triples]
 
@@ -376,6 +437,8 @@ class PreferenceCollator:
             "labels": torch.as_tensor(r.history_labels[index]),
             "target_labels": torch.as_tensor(r.labels[index]),
         }
+        if r.padded:  # some histories are shorter: the head reads which positions hold events
+            batch["history_mask"] = torch.as_tensor(r.history_mask[index])
         if self.record_tokens is not None:
             ids, mask = pad_batch([self.record_tokens[i] for i in index], self.pad_id)
             return {**batch, "input_ids": ids, "attention_mask": mask}

@@ -180,6 +180,7 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
         )
     tokens = tokenize_texts(tokenizer, data.item_texts, cfg.data.max_length)
     if not any(p.requires_grad for p in model.backbone.parameters()):  # or warm_start=towers
+        model.disk_cache = cfg.train.encoding_cache
         model.cache_features(tokens, cfg.train.eval_batch_size, encode_start(model, tokens, cfg))
     elif cfg.adapter.method == "top_layers":
         model.cache_lower_layers(tokens, cfg.train.eval_batch_size)

@@ -24,7 +24,7 @@ from .data import (
 )
 from .data.blocks import p4_history, p4_ranking_split, p4_split
 from .data.knowledge import ItemKnowledge, load_item_knowledge, ml100k_knowledge
-from .data.preference import PreferenceSplit, run_records
+from .data.preference import PreferenceSplit, compact, run_records
 from .knowledge import ML100K_GROUPS, KnowledgeVocabulary
 from .tasks import Task
 
@@ -86,6 +86,8 @@ def load_run_data(cfg, task: Task) -> RunData:
         records = run_records(
             dataset, cfg.data.protocol, pref.records, cfg.data.train_records, cfg.data.seed
         )
+        if cfg.data.protocol == "tallrec-book":  # encode only the books this run's records name
+            dataset, records = compact(dataset, records)
         split = Split(*(part.rows for part in records))
     elif cfg.data.protocol == "p4":
         p4 = p4_split if task.name == "rating" else p4_ranking_split

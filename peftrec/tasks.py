@@ -159,7 +159,7 @@ TASKS: dict[str, Task] = {
         head=PreferenceHead,
         config=PreferenceRecipeConfig,
         recipe="train_preference.py",
-        protocols=("tallrec-movie", "p3"),
+        protocols=("tallrec-movie", "tallrec-book", "p3"),
         metric="preference",
         reported=(
             Reported("auc", "AUC", True),

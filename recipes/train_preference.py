@@ -105,10 +105,13 @@ def main(argv: list[str] | None = None) -> dict:
         was_training = head.training
         head.eval()
         labels = torch.as_tensor(records.history_labels, device=accelerator.device)
+        mask = None  # which history positions hold events, when some histories are shorter
+        if records.padded:
+            mask = torch.as_tensor(records.history_mask, device=accelerator.device)
         with torch.no_grad():
             if cross:
                 text = unwrapped.encode_texts(texts[which], cfg.train.eval_batch_size)
-                share = share_logit(labels.float())
+                share = share_logit(labels.float(), mask=mask)
                 p = torch.sigmoid(head.cross_logits(text.to(accelerator.device), share))
             else:
                 text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
                     torch.as_tensor(records.items, device=accelerator.device),
                     torch.as_tensor(records.history_items, device=accelerator.device),
                     labels,
+                    mask=mask,
                 )
         head.train(was_training)
         return p.cpu().numpy()

@@ -48,9 +48,9 @@ RECBOLE_SHA256 = {
 _GENDERS = {"M": "male", "F": "female"}
 _TITLE_YEAR = re.compile(r"^(.*\S)\s+\(([^()]*)\)$")  # "Toy Story (1995)" -> title, year
 # ml-1m codes its users' age groups and occupations (see its README).
-_ML1M_AGES = {"1": "under-18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49",
+ML1M_AGES = {"1": "under-18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49",
               "50": "50-55", "56": "56+"}  # fmt: skip
-_ML1M_OCCUPATIONS = [
+ML1M_OCCUPATIONS = [
     "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
     "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
     "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
@@ -234,7 +234,7 @@ def read_recbole_100k(folder: Path) -> RecDataset:
     items = _rows((folder / "ml-100k.item").read_text("utf-8"), "\t")[1:]
     users = _rows((folder / "ml-100k.user").read_text("utf-8"), "\t")[1:]
     # RecBole writes "unkonwn" for item 267's title and year; GroupLens has "unknown", no year.
-    return _assemble(
+    return assemble_movielens(
         "ml-100k",
         folder / "ml-100k.inter",
         inter,
@@ -259,7 +259,7 @@ def read_grouplens_100k(archive: Path) -> RecDataset:
         }
     genres = [genre_ids[k] for k in range(len(genre_ids))]
     titles = [_split_title(row[1]) for row in items]
-    return _assemble(
+    return assemble_movielens(
         "ml-100k",
         archive,
         inter,
@@ -285,7 +285,7 @@ def read_grouplens_1m(archive: Path) -> RecDataset:
         items = _rows(_read(zf, "movies.dat", "latin-1"), "::")
         users = _rows(_read(zf, "users.dat", "latin-1"), "::")
     titles = [_split_title(row[1]) for row in items]
-    return _assemble(
+    return assemble_movielens(
         "ml-1m",
         archive,
         inter,
@@ -296,7 +296,7 @@ def read_grouplens_1m(archive: Path) -> RecDataset:
             "genres": [", ".join(row[2].split("|")) for row in items],
         },
         users=[
-            [user, _ML1M_AGES.get(age, age), gender, _ML1M_OCCUPATIONS[int(occupation)]]
+            [user, ML1M_AGES.get(age, age), gender, ML1M_OCCUPATIONS[int(occupation)]]
             for user, gender, age, occupation, *_ in users
         ],
     )
@@ -309,7 +309,7 @@ def read_grouplens_latest_small(archive: Path) -> RecDataset:
         items = list(csv.reader(io.StringIO(_read(zf, "movies.csv", "utf-8"))))[1:]
     titles = [_split_title(row[1]) for row in items]
     no_genres = {"(no genres listed)": ""}
-    return _assemble(
+    return assemble_movielens(
         "ml-latest-small",
         archive,
         [row for row in inter if row],
@@ -339,7 +339,7 @@ def _split_title(title: str) -> tuple[str, str]:
     return (match.group(1), match.group(2)) if match else (title.strip(), "")
 
 
-def _assemble(
+def assemble_movielens(
     name: str,
     source: Path,
     inter: list[list[str]],

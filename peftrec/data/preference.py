@@ -18,14 +18,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .bookcrossing import RECORDS_NAME
 from .errors import DataError
-from .tables import RecDataset
+from .tables import Interactions, RecDataset
 
 HISTORY = 10
 KEPT = 10_000
 SPLIT_SIZES = (8_000, 1_000, 1_000)
 SHOTS = (16, 64, 256)
 LIKED_ABOVE = 3.0
+BOOK_LIKED_ABOVE = 5.0  # tallrec-book: a rating above 5 of 10 (0: implicit, a dislike)
 
 
 @dataclass
@@ -43,6 +45,18 @@ class PreferenceRecords:
     """(n, 10) their labels."""
     rows: np.ndarray
     """(n,) the target's row in the dataset's interactions."""
+    history_mask: np.ndarray | None = None
+    """(n, 10) bool: which history positions hold an event (None: all; a shorter history is
+    padded at the end with item 0, label 0)."""
+
+    def __post_init__(self) -> None:
+        if self.history_mask is None:
+            self.history_mask = np.ones(self.history_items.shape, dtype=bool)
+
+    @property
+    def padded(self) -> bool:
+        """Whether some history is shorter than the others (a mask must be read)."""
+        return not bool(self.history_mask.all())
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -146,16 +160,57 @@ def p3_preference_split(dataset: RecDataset) -> PreferenceSplit:
     return PreferenceSplit(records.subset(train), records.subset(valid), records.subset(test))
 
 
+def tallrec_book_split(dataset: RecDataset) -> PreferenceSplit:
+    """Protocol ``tallrec-book`` on :func:`~peftrec.data.bookcrossing.tallrec_book_dataset`: its
+    rows are one record per user, user after user (history events, then the target), users in
+    split order; the first ``int(0.8 n)`` users' records train, the next ``int(0.9 n)`` validate,
+    the rest test. Labels: rating > 5 (implicit zeros are dislikes)."""
+    if dataset.name != RECORDS_NAME:
+        raise DataError(
+            f"protocol tallrec-book reads Book-Crossing's records (data.dataset=book-crossing), "
+            f"not {dataset.name!r}"
+        )
+    inter = dataset.interactions
+    ends = np.flatnonzero(np.r_[inter.users[1:] != inter.users[:-1], True])
+    starts = np.r_[0, ends[:-1] + 1]
+    n = len(ends)
+    lengths = np.minimum(ends - starts, HISTORY)
+    window = starts[:, None] + np.arange(HISTORY)[None, :]
+    mask = np.arange(HISTORY)[None, :] < lengths[:, None]
+    labels = (inter.ratings > BOOK_LIKED_ABOVE).astype(np.int64)
+    window = np.where(mask, window, 0)
+    records = PreferenceRecords(
+        users=inter.users[ends],
+        items=inter.items[ends],
+        labels=labels[ends],
+        history_items=np.where(mask, inter.items[window], 0),
+        history_labels=np.where(mask, labels[window], 0),
+        rows=ends.astype(np.int64),
+        history_mask=mask,
+    )
+    a, b = int(0.8 * n), int(0.9 * n)
+    return PreferenceSplit(
+        records.subset(np.arange(a)),
+        records.subset(np.arange(a, b)),
+        records.subset(np.arange(b, n)),
+    )
+
+
 def run_records(dataset: RecDataset, protocol: str, records: str, n: int | None, seed: int):
     """A preference run's (train, valid, test) records: the protocol's split, with the source
     domain's records to train on (``records="source"``), or ``n`` of the training records
     (few-shot)."""
     if protocol == "tallrec-movie":
         split = tallrec_split(dataset)
+    elif protocol == "tallrec-book":
+        split = tallrec_book_split(dataset)
     elif protocol == "p3":
         split = p3_preference_split(dataset)
     else:
-        raise DataError(f"preference records: protocol must be tallrec-movie or p3, not {protocol}")
+        raise DataError(
+            "preference records: protocol must be tallrec-movie, tallrec-book or p3, "
+            f"not {protocol}"
+        )
     train = source_records(dataset) if records == "source" else split.train
     if n is not None:
         if n > len(train):
@@ -164,3 +219,51 @@ def run_records(dataset: RecDataset, protocol: str, records: str, n: int | None,
             )
         train = few_shot(train, n, seed)
     return PreferenceSplit(train, split.valid, split.test)
+
+
+def compact(dataset: RecDataset, split: PreferenceSplit) -> tuple[RecDataset, PreferenceSplit]:
+    """The dataset cut to the records' users, their rows and the items those name, with the
+    records renumbered: a run encodes only the items it reads (tallrec-book: 91,617 books in all,
+    about a third of them in a few-shot run)."""
+    parts = list(split)
+    users = np.unique(np.concatenate([p.users for p in parts]))
+    rows = np.flatnonzero(np.isin(dataset.interactions.users, users))
+    inter = dataset.interactions.subset(rows)
+    items = np.unique(
+        np.concatenate(
+            [
+                inter.items,
+                *(p.items for p in parts),
+                *(p.history_items[p.history_mask] for p in parts),
+            ]
+        )
+    )
+    new_user = np.full(len(dataset.user_ids), -1, dtype=np.int64)
+    new_user[users] = np.arange(len(users))
+    new_item = np.full(len(dataset.item_ids), -1, dtype=np.int64)
+    new_item[items] = np.arange(len(items))
+    new_row = np.full(len(dataset.interactions), -1, dtype=np.int64)
+    new_row[rows] = np.arange(len(rows))
+    small = RecDataset(
+        name=dataset.name,
+        user_ids=[dataset.user_ids[u] for u in users],
+        item_ids=[dataset.item_ids[i] for i in items],
+        item_fields={f: [v[i] for i in items] for f, v in dataset.item_fields.items()},
+        user_fields={f: [v[u] for u in users] for f, v in dataset.user_fields.items()},
+        interactions=Interactions(
+            new_user[inter.users], new_item[inter.items], inter.ratings, inter.timestamps
+        ),
+    )
+    renumbered = [
+        PreferenceRecords(
+            users=new_user[p.users],
+            items=new_item[p.items],
+            labels=p.labels,
+            history_items=np.where(p.history_mask, new_item[p.history_items], 0),
+            history_labels=p.history_labels,
+            rows=new_row[p.rows],
+            history_mask=p.history_mask,
+        )
+        for p in parts
+    ]
+    return small, PreferenceSplit(*renumbered)

