@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check peftrec recipes tests benchmarks
 	$(BIN)/ruff check peftrec recipes tests benchmarks
 
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: any warning (a broken link or
+# anchor, a page missing from the nav, a docstring the API pages cannot parse) fails the build.
+# NO_MKDOCS_2_WARNING silences Material's banner about its end of life (not a build warning).
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache

@@ -1,6 +1,10 @@
 """peftrec: pretrained language models as recommenders, adapted with PEFT."""
 
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for static tools (type checkers, the API docs); imported lazily below
+    from .recommender import Recommender
 
 __version__ = "0.1.0"
 
