@@ -142,6 +142,7 @@ def save_artifact(
             "item_fields": catalog.item_fields,
             "rating_scale": list(catalog.rating_scale) if catalog.rating_scale else None,
             "knowledge": catalog.knowledge,
+            "domain": catalog.domain,
         }
         (tmp / "catalog.json").write_text(json.dumps(catalog_json, ensure_ascii=False))
         seen = {

@@ -204,7 +204,12 @@ class TrainConfig:
     """The training loop."""
 
     seed: int = option(0, "training seed")
-    epochs: int = option(10, "maximum epochs", at_least(1))
+    epochs: int = option(
+        10,
+        "maximum epochs (preference: 0 trains nothing and tests the start, e.g. a model of "
+        "another domain zero-shot through train.init_from)",
+        at_least(0),
+    )
     items_per_step: int = option(
         128,
         "distinct item texts per optimizer step, over all processes; each step uses all "
@@ -497,8 +502,16 @@ def _conflicts(cfg: Any) -> list[str]:
                 "data.train_fraction subsamples ratings; a preference run draws records with "
                 "data.train_records"
             )
+        if cfg.data.train_records is not None and cfg.train.epochs == 0:
+            problems.append(
+                f"data.train_records={cfg.data.train_records} with train.epochs=0: zero-shot "
+                "trains on no record; drop data.train_records"
+            )
         if preference.records == "source" and cfg.data.protocol != "tallrec-movie":
             problems.append("preference.records=source is tallrec-movie's source domain")
+    train = getattr(cfg, "train", None)
+    if train is not None and train.epochs == 0 and preference is None:
+        problems.append("train.epochs=0 (test the starting model) is for the preference recipe")
     data = getattr(cfg, "data", None)
     if data is not None and data.train_records is not None and preference is None:
         problems.append("data.train_records draws preference records (the preference recipe)")

@@ -85,6 +85,7 @@ def cached_encodings(
         os.close(fd)
         try:
             save_file({"keys": torch.from_numpy(all_keys), "vectors": vectors.contiguous()}, tmp)
+            Path(tmp).chmod(0o644)  # mkstemp makes it private
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -10,7 +10,6 @@ from peft import PeftModel
 from torch import nn
 
 from .backbones import Pooling, pool
-from .encoding_cache import cached_encodings, model_key
 from .heads import RecOutput, TwoTowers  # noqa: F401  (RecOutput: what forward returns)
 from .layer_cache import LowerLayerCache, token_key
 from .spec import ModelSpec
@@ -36,7 +35,6 @@ class RecModel(nn.Module):
         self.pad_id = pad_id
         self.layer_cache: LowerLayerCache | None = None
         self.feature_cache: tuple[str, torch.Tensor] | None = None  # (token key, pooled features)
-        self.disk_cache = False  # cache_features: keep frozen encodings on disk, per text
         # a randomly initialised backbone's base weights (saved with the model: no hub copy exists)
         self.random_base: dict[str, torch.Tensor] | None = None
         # base weights that merged parent adapters changed (saved with the model, as random_base)
@@ -61,12 +59,6 @@ class RecModel(nn.Module):
         key = token_key(token_lists)
         if self.feature_cache is None or self.feature_cache[0] != key:
             self.feature_cache = None
-            if features is None and self.disk_cache:
-                features = cached_encodings(
-                    model_key(self.backbone, str(self.pooling)),
-                    token_lists,
-                    lambda rows: self.encode_texts(token_lists, batch_size, rows=rows)[rows],
-                )
             if features is None:
                 features = self.encode_texts(token_lists, batch_size)
             self.feature_cache = (key, features)

@@ -62,6 +62,9 @@ class Catalog:
     """Entity rows ``(items, groups, width)`` of the items beyond the head's table."""
     seen_labels: Array | None = None
     """A preference model: 1 where the user liked the seen item (aligned with ``seen_items``)."""
+    domain: str | None = None
+    """The data set the ids belong to (``data.dataset``; None in folders saved before domains):
+    a warm start from a model of another domain matches no user or item by id."""
 
 
 def required_files(spec: ModelSpec) -> list[str]:
@@ -243,6 +246,7 @@ def read_catalog(folder: Path) -> Catalog:
             knowledge=raw.get("knowledge"),
             item_facts=read_arrays(items)["facts"] if items.is_file() else None,
             seen_labels=seen.get("labels"),
+            domain=raw.get("domain"),
         )
     except (KeyError, TypeError, AttributeError) as err:
         raise ArtifactError(

@@ -33,6 +33,7 @@ from .artifact import Catalog, save_artifact
 from .checkpointing import CheckpointError, check_resumable, find_checkpoint
 from .config import ConfigError, check_settings, config_to_dict, parse_cli, save_config
 from .data import DataError, Interactions
+from .encoding_cache import cached_encodings, model_key
 from .files import write_atomic
 from .model import RecModel
 from .quiet import quiet_libraries
@@ -177,10 +178,10 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
             vocabulary.entities if vocabulary is not None else None,
             mode=cfg.train.warm_start,
             item_texts=data.item_texts,
+            domain=cfg.data.dataset,
         )
     tokens = tokenize_texts(tokenizer, data.item_texts, cfg.data.max_length)
     if not any(p.requires_grad for p in model.backbone.parameters()):  # or warm_start=towers
-        model.disk_cache = cfg.train.encoding_cache
         model.cache_features(tokens, cfg.train.eval_batch_size, encode_start(model, tokens, cfg))
     elif cfg.adapter.method == "top_layers":
         model.cache_lower_layers(tokens, cfg.train.eval_batch_size)
@@ -203,7 +204,15 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
 
 def encode_start(model: RecModel, tokens: list[list[int]], cfg) -> torch.Tensor:
     """The catalogue's pooled encodings before training (a warm start: the parent's saved ones
-    for unchanged texts, only the rest encoded)."""
+    for unchanged texts, only the rest encoded; with ``train.encoding_cache``, those on disk for
+    this backbone looked up, only the rest encoded and added)."""
+    if cfg.train.encoding_cache:
+        batch_size = cfg.train.eval_batch_size
+        return cached_encodings(
+            model_key(model.backbone, str(model.pooling)),
+            tokens,
+            lambda rows: model.encode_texts(tokens, batch_size, rows)[rows],
+        )
     if model.warm_start is not None:
         return model.warm_start.encode_items(model, tokens, cfg.train.eval_batch_size)
     return model.encode_texts(tokens, cfg.train.eval_batch_size)
@@ -309,10 +318,11 @@ def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
     ratings = data.train.ratings
     labels = None
     if task.name == "preference":  # a known user is their last labelled interactions
-        from .data.preference import LIKED_ABOVE
+        from .data.preference import liked_above
 
-        labels = (seen.ratings > LIKED_ABOVE).astype(np.int64)
+        labels = (seen.ratings > liked_above(cfg.data.protocol)).astype(np.int64)
     return Catalog(
+        domain=cfg.data.dataset,
         seen_labels=labels,
         user_ids=data.dataset.user_ids,
         item_ids=data.dataset.item_ids,

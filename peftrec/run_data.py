@@ -23,6 +23,7 @@ from .data import (
     split_rows,
 )
 from .data.blocks import p4_history, p4_ranking_split, p4_split
+from .data.bookcrossing import book_facts
 from .data.knowledge import ItemKnowledge, load_item_knowledge, ml100k_knowledge
 from .data.preference import PreferenceSplit, compact, run_records
 from .knowledge import ML100K_GROUPS, KnowledgeVocabulary
@@ -86,6 +87,8 @@ def load_run_data(cfg, task: Task) -> RunData:
         records = run_records(
             dataset, cfg.data.protocol, pref.records, cfg.data.train_records, cfg.data.seed
         )
+        if cfg.train.epochs == 0:  # zero-shot: no record trains, none is read
+            records = PreferenceSplit(records.train.subset(np.arange(0)), *records[1:])
         if cfg.data.protocol == "tallrec-book":  # encode only the books this run's records name
             dataset, records = compact(dataset, records)
         split = Split(*(part.rows for part in records))
@@ -103,12 +106,10 @@ def load_run_data(cfg, task: Task) -> RunData:
     train, valid, test = (
         dataset.interactions.subset(rows) for rows in (split.train, split.valid, split.test)
     )
-    check_splits(
-        dataset,
-        cfg.data.protocol,
-        {"train": train, "validation": valid, "test": test},
-        cfg.data.train_fraction,
-    )
+    parts = {"train": train, "validation": valid, "test": test}
+    if records is not None and cfg.train.epochs == 0:
+        del parts["train"]  # zero-shot
+    check_splits(dataset, cfg.data.protocol, parts, cfg.data.train_fraction)
     item_texts = dataset.item_texts(cfg.data.item_template)
     user_texts = dataset.user_texts(cfg.data.user_template) if cfg.model.user_text else None
     if cfg.model.user_text and user_texts is None:
@@ -164,6 +165,8 @@ def item_facts(data_cfg, dataset: RecDataset) -> tuple[ItemKnowledge, dict[str, 
     relation its own group)."""
     if data_cfg.item_knowledge:
         return load_item_knowledge(data_cfg.item_knowledge, dataset.item_ids), None
+    if data_cfg.dataset == "book-crossing":
+        return book_facts(dataset), None
     if data_cfg.dataset != "ml-100k":
         raise DataError(
             f"model.knowledge needs the items' facts: data.item_knowledge names a file of "

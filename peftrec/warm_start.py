@@ -121,11 +121,14 @@ def warm_start(
     entities: list[str] | None = None,
     mode: Mode = "continue",
     item_texts: list[str] | None = None,
+    domain: str | None = None,
 ) -> WarmStart:
     """Load the parent in ``folder`` into ``model`` (built for ``user_ids``, ``item_ids`` and,
     for a knowledge model, ``entities``), its adapter as ``mode`` says; records the parent in
     ``model.spec``. With ``item_texts`` (the new catalogue's), the parent's saved encodings of
-    unchanged texts are kept for :meth:`WarmStart.encode_items`."""
+    unchanged texts are kept for :meth:`WarmStart.encode_items`. A parent of another ``domain``
+    (data set) shares no ids with this one: its user, item and entity rows are dropped, what does
+    not depend on the catalogue (adapter, towers' text parts, head scalars) carries over."""
     folder = Path(folder)
     parent, _ = check_folder(folder)
     check_parent(parent, model.spec, folder)
@@ -148,6 +151,10 @@ def warm_start(
             param.requires_grad_(name in calibration)
 
     state = read_safetensors(folder / "head.safetensors")
+    other_domain = None not in (domain, catalog.get("domain")) and domain != catalog["domain"]
+    if other_domain:
+        logger.info("warm start across domains: %s -> %s", catalog["domain"], domain)
+        catalog = {**catalog, "user_ids": [], "item_ids": [], "knowledge": None}
     users = rows_by_id(catalog["user_ids"], user_ids)
     items = rows_by_id(catalog["item_ids"], item_ids)
     parent_entities = (catalog.get("knowledge") or {}).get("entities") or []
@@ -182,7 +189,7 @@ def warm_start(
             done.biases[name] = (state[name], *rows)
     if "global_mean" in state:
         done.biases["global_mean"] = (state["global_mean"], *users)
-    if item_texts is not None and parent.max_length == model.spec.max_length:
+    if item_texts is not None and not other_domain and parent.max_length == model.spec.max_length:
         done.encodings = saved_encodings(folder, catalog, item_ids, item_texts)
     logger.info(
         "warm start (%s) from %s: %d users and %d items continue, %d and %d are new",

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_loader = DataLoader(
         range(len(train)),
         batch_size=per_process,
-        shuffle=True,
+        shuffle=len(train) > 0,  # zero-shot (train.epochs=0) reads no record
         collate_fn=collator,
         generator=torch.Generator().manual_seed(cfg.train.seed),
     )

@@ -24,6 +24,7 @@ import numpy as np
 
 from peftrec.data.cache import cache_root
 from peftrec.data.errors import DataError
+from peftrec.data.knowledge import ItemKnowledge
 from peftrec.data.tables import Interactions, RecDataset
 from peftrec.data.wheels import WheelFiles, cached_or_fetched
 
@@ -221,3 +222,17 @@ def tallrec_book_dataset(cache_dir: str | Path | None = None) -> RecDataset:
             None,
         ),
     )
+
+
+def book_facts(dataset: RecDataset) -> ItemKnowledge:
+    """Books' facts for a knowledge tower (``model.knowledge``): the author and the publisher,
+    as written (case and spaces folded), so a cold book shares entities with rated ones."""
+    items, relations, entities = [], [], []
+    for relation in ("author", "publisher"):
+        for k, value in enumerate(dataset.item_fields.get(relation, [])):
+            name = " ".join(value.lower().split())
+            if name:
+                items.append(k)
+                relations.append(relation)
+                entities.append(name)
+    return ItemKnowledge(np.asarray(items, dtype=np.int64), relations, entities)

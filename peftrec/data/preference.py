@@ -130,8 +130,11 @@ def records_fingerprint(records: PreferenceRecords, dataset: RecDataset) -> str:
 
 
 def like_ratio(records: PreferenceRecords) -> np.ndarray:
-    """The no-training reference: the share of liked items among the ten in the history."""
-    return records.history_labels.mean(axis=1)
+    """The no-training reference: the share of liked items among those in the history."""
+    if not records.padded:
+        return records.history_labels.mean(axis=1)
+    mask = records.history_mask
+    return (records.history_labels * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
 
 
 def source_records(dataset: RecDataset) -> PreferenceRecords:
@@ -158,6 +161,11 @@ def p3_preference_split(dataset: RecDataset) -> PreferenceSplit:
             f"{dataset.name}: p3 preference records need users with at least {HISTORY + 3} rows"
         )
     return PreferenceSplit(records.subset(train), records.subset(valid), records.subset(test))
+
+
+def liked_above(protocol: str) -> float:
+    """The rating above which a protocol's label is a like."""
+    return BOOK_LIKED_ABOVE if protocol == "tallrec-book" else LIKED_ABOVE
 
 
 def tallrec_book_split(dataset: RecDataset) -> PreferenceSplit:

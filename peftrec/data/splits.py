@@ -124,6 +124,7 @@ def check_splits(
             "all": "all keeps 5% of the ratings for validation, so it needs at least 2 ratings",
             "p4": "p4 cuts the ratings into 5 time blocks of 20,000",
             "tallrec-movie": "tallrec-movie keeps the last 10,000 records, 8,000 / 1,000 / 1,000",
+            "tallrec-book": "tallrec-book keeps one record per user with more than 3 ratings",
         }[protocol]
         if name == "train" and train_fraction < 1:
             hint = f"data.train_fraction={train_fraction} kept none of the training ratings"
