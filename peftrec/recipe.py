@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .artifact import Catalog, save_artifact
+from .assembly import assemble, spec_from_config
 from .checkpointing import CheckpointError, check_resumable, find_checkpoint
 from .config import ConfigError, check_settings, config_to_dict, parse_cli, save_config
 from .data import DataError, Interactions
@@ -37,11 +38,12 @@ from .files import write_atomic
 from .model import RecModel
 from .quiet import quiet_libraries
 from .run_data import RunData, item_facts, load_run_data
-from .spec import ArtifactError, spec_from_config
+from .spec import ArtifactError
 from .tasks import Task
 from .tokens import tokenize_texts
 from .training import ItemShuffler, LengthBucketBatches, SplitBatches
 from .transfer import build_source_objective
+from .warm_start import warm_start
 
 __all__ = [  # the data part lives in run_data; recipes import it from here with the rest
     "RunData",
@@ -142,20 +144,14 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
     pooled features are encoded once, so training runs no LM), the users' profile encodings
     (``model.user_text``) and the source-domain term L_S (``transfer``).
     """
-    from .assembly import assemble
-    from .warm_start import warm_start
-
-    spec = spec_from_config(
-        cfg, task.name, num_users=len(data.dataset.user_ids), num_items=len(data.dataset.item_ids)
-    )
     vocabulary = data.vocabulary
-    if vocabulary is not None:
-        spec.head["knowledge"] = {
-            "groups": len(vocabulary.groups),
-            "entities": len(vocabulary.entities),
-            "width": vocabulary.width,
-            "dropout": cfg.model.knowledge_dropout,
-        }
+    spec = spec_from_config(
+        cfg,
+        task.name,
+        num_users=len(data.dataset.user_ids),
+        num_items=len(data.dataset.item_ids),
+        vocabulary=vocabulary,
+    )
     model, tokenizer = assemble(
         spec,
         adapter=cfg.adapter,

@@ -15,10 +15,10 @@ import torch
 
 from peftrec import cli
 from peftrec.artifact import save_artifact
+from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
 from peftrec.data import load_files, split_rows
 from peftrec.heads import RatingHead
-from peftrec.model import build_model
 from peftrec.recommender import Recommender
 from peftrec.tokens import tokenize_texts
 from peftrec.training import warm_up_head

@@ -11,9 +11,9 @@ import torch
 from accelerate import Accelerator
 
 from peftrec.artifact import ArtifactError, Catalog, save_artifact
+from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig, TransferConfig
 from peftrec.metrics import load_metric
-from peftrec.model import build_model
 from peftrec.recommender import Recommender
 from peftrec.tokens import tokenize_texts
 from peftrec.training import evaluate_ratings, rating_loader

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from peftrec.artifact import ArtifactError, Catalog, save_artifact
+from peftrec.assembly import build_model
 from peftrec.backbones import load_tokenizer
 from peftrec.config import BackboneConfig, ModelConfig
-from peftrec.model import build_model
 from peftrec.recommender import Recommender
 from peftrec.tokens import tokenize_texts
 from peftrec.warm_start import warm_start
