@@ -35,6 +35,7 @@ from .checkpointing import CheckpointError, check_resumable, find_checkpoint
 from .config import ConfigError, check_settings, config_to_dict, parse_cli, save_config
 from .data import DataError, Interactions
 from .files import write_atomic
+from .head_vectors import trained_vectors
 from .model import RecModel
 from .quiet import quiet_libraries
 from .run_data import RunData, item_facts, load_run_data
@@ -356,13 +357,7 @@ def save_run(
         "metrics": card_metrics,
     }
     catalog = catalog_of(data, cfg, task)
-    serving = None
-    if item_text is not None:
-        from .recommender_model import ModelRecommender
-
-        device = next(model.parameters()).device
-        serving = ModelRecommender(model, tokenizer, catalog, device=device)
-        serving.set_item_text_encodings(item_text.cpu().numpy())
+    vectors, encodings = trained_vectors(model, tokenizer, catalog, item_text)
     save_artifact(
         out / "model",
         model,
@@ -370,7 +365,8 @@ def save_run(
         catalog,
         config_yaml=(out / "config.yaml").read_text(),
         card=card,
-        serving=serving,
+        vectors=vectors,
+        item_text=encodings,
     )
     write_atomic(out / "metrics.json", json.dumps(results, indent=2))
 
