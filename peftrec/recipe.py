@@ -34,6 +34,7 @@ from .assembly import assemble, spec_from_config
 from .checkpointing import CheckpointError, check_resumable, find_checkpoint
 from .config import ConfigError, check_settings, config_to_dict, parse_cli, save_config
 from .data import DataError, Interactions
+from .data.preference import LIKED_ABOVE
 from .files import write_atomic
 from .head_vectors import trained_vectors
 from .model import RecModel
@@ -42,7 +43,7 @@ from .run_data import RunData, item_facts, load_run_data
 from .spec import ArtifactError
 from .tasks import Task
 from .tokens import tokenize_texts
-from .training import ItemShuffler, LengthBucketBatches, SplitBatches
+from .training import ItemShuffler, LengthBucketBatches, SplitBatches, peak_memory_mib
 from .transfer import build_source_objective
 from .warm_start import warm_start
 
@@ -305,8 +306,6 @@ def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
     ratings = data.train.ratings
     labels = None
     if task.name == "preference":  # a known user is their last labelled interactions
-        from .data.preference import LIKED_ABOVE
-
         labels = (seen.ratings > LIKED_ABOVE).astype(np.int64)
     return Catalog(
         seen_labels=labels,
@@ -375,8 +374,6 @@ def run_summary(
     results: dict[str, Any], started: float, accelerator, history: list[dict]
 ) -> dict[str, Any]:
     """The fields every recipe's ``metrics.json`` has besides its own metrics."""
-    from .training import peak_memory_mib
-
     epoch_seconds = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
     return {
         **results,

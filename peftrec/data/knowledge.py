@@ -26,6 +26,7 @@ import numpy as np
 
 from peftrec.data.cache import cache_root, checksum
 from peftrec.data.errors import DataError
+from peftrec.data.loading import _Table
 from peftrec.data.movielens import KG_FILE, KG_SHA256, SHIPPED_LINK_SHA256, fetch_movielens
 
 LINK_RESOURCE = "ml100k_freebase.link"
@@ -121,8 +122,6 @@ def load_item_knowledge(path: str | Path, item_ids: list[str]) -> ItemKnowledge:
             "ml-100k item ids (item 50, Star Wars, points at The Usual Suspects); peftrec ships a "
             "repaired link: leave data.item_knowledge unset for ml-100k"
         )
-    from peftrec.data.loading import _Table
-
     table = _Table.read(path)
     table.require(["item_id", "relation", "entity"])
     items = table.encode(
