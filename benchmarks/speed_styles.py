@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from benchmarks.speed_measure import Batch
+from peftrec.assembly import build_model
 from peftrec.config import RatingRecipeConfig, RatingTrainConfig, load_config
 from peftrec.heads import RatingHead
 from peftrec.losses import step_loss
 from peftrec.metrics import rmse
-from peftrec.model import RecModel, RecOutput, build_model
+from peftrec.model import RecModel, RecOutput
 from peftrec.tokens import pad_batch
 from peftrec.training import (
     ItemRatingsCollator,

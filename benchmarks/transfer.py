@@ -177,7 +177,8 @@ def main() -> None:
         f"records outside tallrec-movie ({source['train_records']:,} records, "
         f"{source['wall_seconds']:.0f} s; {source['test_auc']:.4f} on tallrec-movie's test). "
         f"Few-shot: mean ± std over seeds {seeds[0]}-{seeds[-1]}; n = 0 and {ALL:,}: one run. "
-        f"The like ratio of the history (no training) scores **{auc(reference, test.labels):.4f}**.",
+        "The like ratio of the history (no training) scores "
+        f"**{auc(reference, test.labels):.4f}**.",
         "",
         "| method | " + " | ".join(f"n = {n}" for n in ns) + " |",
         "|---|" + "---|" * len(ns),
@@ -246,7 +247,7 @@ def main() -> None:
                 "runs": record,
             },
             indent=1,
-        )  # fmt: skip
+        )
     )
 
 

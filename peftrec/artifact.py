@@ -22,9 +22,8 @@ before the spec) still load; their backbone dtype was not recorded and is float3
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,14 +45,9 @@ from .model_folder import (
     read_spec,
     required_files,
 )
-from .serving import SERVING_FILE, write_serving
+from .serving import ServingVectors, write_serving
 from .spec import ArtifactError, ModelSpec
 from .tasks import task_of
-
-if TYPE_CHECKING:
-    from .recommender_model import ModelRecommender
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "ArtifactError",
@@ -73,14 +67,17 @@ def save_artifact(
     *,
     config_yaml: str = "",
     card: dict[str, Any] | None = None,
-    serving: ModelRecommender | None = None,
+    vectors: ServingVectors | None = None,
+    item_text: np.ndarray | None = None,
 ) -> Path:
     """Write the model to ``folder`` atomically: a crash mid-save leaves any previous one intact.
 
-    ``card`` (data, protocol, metrics ...) goes into ``README.md`` and ``peftrec.json``. The
-    vectors an app serves (``serving.safetensors``) come from ``serving`` (the recommender being
-    saved) or, by default, from encoding the catalogue once; they are written only when they
-    reproduce the head's own scores (checked here), with a digest of the files they came from.
+    ``card`` (data, protocol, metrics ...) goes into ``README.md`` and ``peftrec.json``.
+    ``vectors`` are what an app serves, computed by the caller and already checked against the
+    head's scores (:func:`peftrec.head_vectors.trained_vectors` for a trained model, the app's
+    engine for a changed one), with ``item_text``, the catalogue's pooled text encodings; they
+    go into ``serving.safetensors`` with a digest of the files they came from. Without them the
+    folder has none, and an app loads the network to score.
     """
     spec = model.spec
     if spec is None:
@@ -88,20 +85,8 @@ def save_artifact(
             "save_artifact: the model has no spec (build it with peftrec.assembly.assemble)"
         )
     check_catalog(catalog, spec, Path(folder) / "catalog.json")
-    if serving is None:
-        from .recommender_model import ModelRecommender
-
-        device = next(model.parameters()).device
-        serving = ModelRecommender(model, tokenizer, catalog, device=device)
-    vectors = serving.serving_vectors()
-    if not serving.serves_exactly(vectors):
-        logger.info(
-            "save_artifact: the %s head's scores are not a dot product of vectors, so the model "
-            "is served through the network (no %s)",
-            spec.task,
-            SERVING_FILE,
-        )
-        vectors = None
+    if vectors is not None and item_text is None:
+        raise ValueError("save_artifact: serving vectors come with the items' text encodings")
 
     def fill(tmp: Path) -> None:
         meta = {
@@ -161,7 +146,7 @@ def save_artifact(
             )
         (tmp / "config.yaml").write_text(config_yaml)
         if vectors is not None:  # last: its digest covers the files written above
-            write_serving(tmp, vectors, serving.item_text_encodings())
+            write_serving(tmp, vectors, item_text)
         missing = [f for f in required_files(spec) if not (tmp / f).exists()]
         if missing:
             raise ArtifactError(

@@ -1,6 +1,7 @@
 """Build the network a :class:`~peftrec.spec.ModelSpec` describes: one path for training and
 loading.
 
+    spec = spec_from_config(cfg, "rating", num_users=..., num_items=...)   # the whole spec
     model, tokenizer = assemble(spec, adapter=cfg.adapter)      # training: a new adapter
     model, tokenizer = assemble(spec, saved=folder)             # loading: the saved weights
 
@@ -19,13 +20,95 @@ from peft import PeftModel
 from torch import nn
 
 from .adapters import apply_adapter, disable_4bit_cpu_repacking, quantization_config
-from .backbones import load_backbone, load_tokenizer
+from .backbones import backbone_config, default_pooling, load_backbone, load_tokenizer
+from .knowledge import KnowledgeVocabulary
 from .model import RecModel
 from .model_folder import read_arrays
-from .spec import ArtifactError, ModelSpec
+from .spec import AdapterSpec, ArtifactError, ModelSpec
+from .tasks import task_of
 from .tokens import tokenize_texts
 
 logger = logging.getLogger(__name__)
+
+
+def spec_from_config(
+    cfg,
+    task: str,
+    *,
+    num_users: int,
+    num_items: int,
+    vocabulary: KnowledgeVocabulary | None = None,
+    extras: dict | None = None,
+) -> ModelSpec:
+    """The whole spec a recipe's config describes (``cfg``: a
+    :class:`~peftrec.config.RecipeConfig`): the shared sections' head arguments, those the task
+    adds (:attr:`peftrec.tasks.Task.head_options`) and, for a knowledge model
+    (``model.knowledge``), the sizes of its knowledge tower from the run's ``vocabulary``."""
+    spec = make_spec(
+        cfg.backbone,
+        cfg.adapter,
+        cfg.model,
+        task=task,
+        num_users=num_users,
+        num_items=num_items,
+        max_length=cfg.data.max_length,
+        extras=extras,
+    )
+    options = task_of(task).head_options
+    if options is not None:
+        spec.head = options(cfg, spec.head)
+    if vocabulary is not None:
+        spec.head["knowledge"] = {
+            "groups": len(vocabulary.groups),
+            "entities": len(vocabulary.entities),
+            "width": vocabulary.width,
+            "dropout": cfg.model.knowledge_dropout,
+        }
+    return spec
+
+
+def make_spec(
+    backbone,
+    adapter,
+    model,
+    *,
+    task: str,
+    num_users: int,
+    num_items: int,
+    max_length: int = 64,
+    extras: dict | None = None,
+) -> ModelSpec:
+    """The spec of the backbone, adapter and model config sections (reads the backbone's config
+    file, not its weights)."""
+    config = backbone_config(backbone.name, trust_remote_code=backbone.trust_remote_code)
+    text_dim = config.hidden_size
+    return ModelSpec(
+        task=task,
+        backbone=backbone.name,
+        model_type=config.model_type,
+        dtype=backbone.dtype,
+        pooling=default_pooling(config) if backbone.pooling == "auto" else backbone.pooling,
+        max_length=max_length,
+        init=backbone.init,
+        adapter=AdapterSpec(
+            method=adapter.method,
+            quant_bits=adapter.quant_bits if adapter.method == "qlora" else None,
+            top_k_layers=adapter.top_k_layers if adapter.method == "top_layers" else None,
+        ),
+        head={
+            "text_dim": text_dim,
+            "num_users": num_users,
+            "num_items": num_items,
+            "dim": model.dim,
+            "item_ids": model.item_ids,
+            "item_text": model.item_text,
+            "user_text_dim": text_dim if model.user_text else None,
+            "dropout": model.dropout,
+            "id_dropout": model.item_id_dropout,
+        },
+        gradient_checkpointing=backbone.gradient_checkpointing,
+        extras=dict(extras or {}),
+    )
 
 
 def assemble(
@@ -44,8 +127,6 @@ def assemble(
     the base weights come from (a local copy of ``spec.backbone``); ``backbone_dropout`` sets
     every dropout of a new model's backbone.
     """
-    from .tasks import task_of
-
     if (adapter is None) == (saved is None):
         raise ValueError("assemble: pass either adapter (a new model) or saved (a model folder)")
     task = task_of(spec.task)
@@ -117,6 +198,35 @@ def assemble(
                 "transformers/PEFT combination ignores it (peftrec pins transformers<5.40)"
             )
     return model, tokenizer
+
+
+def build_model(
+    backbone_cfg,
+    adapter_cfg,
+    model_cfg,
+    *,
+    num_users: int,
+    num_items: int,
+    task: str = "rating",
+    max_length: int = 64,
+):
+    """``(RecModel, tokenizer)`` with a new adapter, from the backbone, adapter and model sections
+    of a config: the spec they describe (:func:`make_spec`), assembled."""
+    spec = make_spec(
+        backbone_cfg,
+        adapter_cfg,
+        model_cfg,
+        task=task,
+        num_users=num_users,
+        num_items=num_items,
+        max_length=max_length,
+    )
+    return assemble(
+        spec,
+        adapter=adapter_cfg,
+        trust_remote_code=backbone_cfg.trust_remote_code,
+        backbone_dropout=backbone_cfg.dropout,
+    )
 
 
 def enable_gradient_checkpointing(backbone: nn.Module) -> None:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .knowledge import KnowledgeTower
+
 USER_SHRINK, ITEM_SHRINK = 10.0, 25.0
 
 
@@ -111,8 +113,6 @@ class TwoTowers(nn.Module):
         # {"groups", "entities", "width"}: the knowledge tower's sizes (peftrec.knowledge)
         self.knowledge = None
         if knowledge:
-            from .knowledge import KnowledgeTower
-
             self.knowledge = KnowledgeTower(
                 num_items,
                 dim,

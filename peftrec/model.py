@@ -144,35 +144,3 @@ class RecModel(nn.Module):
             out[batch] = self.encode(input_ids.to(device), attention_mask.to(device), index).cpu()
         self.train(was_training)
         return out
-
-
-def build_model(
-    backbone_cfg,
-    adapter_cfg,
-    model_cfg,
-    *,
-    num_users: int,
-    num_items: int,
-    task: str = "rating",
-    max_length: int = 64,
-):
-    """``(RecModel, tokenizer)`` with a new adapter, from the backbone, adapter and model sections
-    of a config: the spec they describe, assembled (:func:`peftrec.assembly.assemble`)."""
-    from .assembly import assemble
-    from .spec import make_spec
-
-    spec = make_spec(
-        backbone_cfg,
-        adapter_cfg,
-        model_cfg,
-        task=task,
-        num_users=num_users,
-        num_items=num_items,
-        max_length=max_length,
-    )
-    return assemble(
-        spec,
-        adapter=adapter_cfg,
-        trust_remote_code=backbone_cfg.trust_remote_code,
-        backbone_dropout=backbone_cfg.dropout,
-    )

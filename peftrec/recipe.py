@@ -30,19 +30,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from .artifact import Catalog, save_artifact
+from .assembly import assemble, spec_from_config
 from .checkpointing import CheckpointError, check_resumable, find_checkpoint
 from .config import ConfigError, check_settings, config_to_dict, parse_cli, save_config
 from .data import DataError, Interactions
+from .data.preference import liked_above
 from .encoding_cache import cached_encodings, model_key
 from .files import write_atomic
+from .head_vectors import trained_vectors
 from .model import RecModel
 from .quiet import quiet_libraries
 from .run_data import RunData, item_facts, load_run_data
-from .spec import ArtifactError, spec_from_config
+from .spec import ArtifactError
 from .tasks import Task
 from .tokens import tokenize_texts
-from .training import ItemShuffler, LengthBucketBatches, SplitBatches
+from .training import ItemShuffler, LengthBucketBatches, SplitBatches, peak_memory_mib
 from .transfer import build_source_objective
+from .warm_start import warm_start
 
 __all__ = [  # the data part lives in run_data; recipes import it from here with the rest
     "RunData",
@@ -143,20 +147,14 @@ def build_run_model(cfg, task: Task, data: RunData) -> tuple[RecModel, Any, list
     pooled features are encoded once, so training runs no LM), the users' profile encodings
     (``model.user_text``) and the source-domain term L_S (``transfer``).
     """
-    from .assembly import assemble
-    from .warm_start import warm_start
-
-    spec = spec_from_config(
-        cfg, task.name, num_users=len(data.dataset.user_ids), num_items=len(data.dataset.item_ids)
-    )
     vocabulary = data.vocabulary
-    if vocabulary is not None:
-        spec.head["knowledge"] = {
-            "groups": len(vocabulary.groups),
-            "entities": len(vocabulary.entities),
-            "width": vocabulary.width,
-            "dropout": cfg.model.knowledge_dropout,
-        }
+    spec = spec_from_config(
+        cfg,
+        task.name,
+        num_users=len(data.dataset.user_ids),
+        num_items=len(data.dataset.item_ids),
+        vocabulary=vocabulary,
+    )
     model, tokenizer = assemble(
         spec,
         adapter=cfg.adapter,
@@ -318,8 +316,6 @@ def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
     ratings = data.train.ratings
     labels = None
     if task.name == "preference":  # a known user is their last labelled interactions
-        from .data.preference import liked_above
-
         labels = (seen.ratings > liked_above(cfg.data.protocol)).astype(np.int64)
     return Catalog(
         domain=cfg.data.dataset,
@@ -371,13 +367,7 @@ def save_run(
         "metrics": card_metrics,
     }
     catalog = catalog_of(data, cfg, task)
-    serving = None
-    if item_text is not None:
-        from .recommender_model import ModelRecommender
-
-        device = next(model.parameters()).device
-        serving = ModelRecommender(model, tokenizer, catalog, device=device)
-        serving.set_item_text_encodings(item_text.cpu().numpy())
+    vectors, encodings = trained_vectors(model, tokenizer, catalog, item_text)
     save_artifact(
         out / "model",
         model,
@@ -385,7 +375,8 @@ def save_run(
         catalog,
         config_yaml=(out / "config.yaml").read_text(),
         card=card,
-        serving=serving,
+        vectors=vectors,
+        item_text=encodings,
     )
     write_atomic(out / "metrics.json", json.dumps(results, indent=2))
 
@@ -394,8 +385,6 @@ def run_summary(
     results: dict[str, Any], started: float, accelerator, history: list[dict]
 ) -> dict[str, Any]:
     """The fields every recipe's ``metrics.json`` has besides its own metrics."""
-    from .training import peak_memory_mib
-
     epoch_seconds = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
     return {
         **results,

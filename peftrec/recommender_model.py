@@ -20,13 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifact import Catalog, save_artifact
-from .heads import RatingHead
+from . import head_vectors
+from .artifact import save_artifact
+from .head_vectors import numpy32
 from .inputs import check_id, check_text, id_mapping, rows_of, warn_about_texts
 from .knowledge import KnowledgeVocabulary
-from .preference import PreferenceHead, history_records, item_titles, record_texts
+from .model_folder import Catalog
+from .preference import history_records, item_titles, record_texts
 from .recommender_users import RecommenderUsers
-from .sequential import SequentialHead, history_states
+from .sequential import history_states
 from .serving import ServingVectors
 from .tokens import tokenize_texts
 
@@ -59,7 +61,8 @@ class ModelRecommender(RecommenderUsers):
         self.meta = meta or {"spec": model.spec}
         self.device = device
         self.batch_size = batch_size
-        self.is_rating = isinstance(model.head, RatingHead)
+        kind = head_vectors.head_kind(model.head)
+        self.is_rating = kind.ratings
         self.user_ids = list(catalog.user_ids)
         self.item_ids = list(catalog.item_ids)
         self.item_texts = list(catalog.item_texts)
@@ -70,9 +73,9 @@ class ModelRecommender(RecommenderUsers):
         self.num_trained_users = self.spec.head.get("num_users", 0)
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {it: i for i, it in enumerate(self.item_ids)}
-        self.is_sequential = isinstance(model.head, SequentialHead)
-        self.is_preference = isinstance(model.head, PreferenceHead)
-        self.is_cross_encoder = self.is_preference and model.head.reader == "cross"
+        self.is_sequential = kind.histories
+        self.is_preference = kind.labelled
+        self.is_cross_encoder = kind.cross
         if self.is_sequential or self.is_preference:
             self.num_trained_users = 0  # no user table: every user is their history
         self._lock = threading.RLock()
@@ -181,9 +184,9 @@ class ModelRecommender(RecommenderUsers):
     def _item_vectors(self, rows: torch.Tensor | None = None):
         text = self._item_text()
         rows = torch.arange(len(text)) if rows is None else rows
-        id_index = torch.where(rows < self.num_trained_items, rows, torch.full_like(rows, -1))
-        facts = self._facts(rows)
-        return self.model.head.items(text[rows].to(self.device), id_index.to(self.device), facts)
+        return head_vectors.item_vectors(
+            self.model.head, text, rows, self.num_trained_items, self._facts(rows), self.device
+        )
 
     def _facts(self, rows: torch.Tensor) -> torch.Tensor | None:
         """A knowledge model's entity rows of these items (trained items' facts, then added
@@ -194,33 +197,18 @@ class ModelRecommender(RecommenderUsers):
         return facts.to(self.device)
 
     # -- what the app API serves ----------------------------------------------------------
-    @torch.no_grad()
     def serving_vectors(self) -> ServingVectors:
         """Every item's and user's vector and bias, as numpy, with the head's offset and link."""
         with self._lock:
-            items = self._item_vectors()
-            users = self._user_table()
             head = self.model.head
-            offset = float(head.global_mean) if self.is_rating else 0.0
-            return ServingVectors(
-                *(numpy32(t) for t in (*items, *users)),
-                offset=offset,
-                link=head.score_link,
-                ratings=self.is_rating,
-                histories=self.is_sequential,
-            )
+            return head_vectors.serving_vectors(head, self._item_vectors(), self._user_table())
 
-    @torch.no_grad()
     def serves_exactly(self, vectors: ServingVectors) -> bool:
         """Whether the vectors reproduce the head's own scores (float32 rounding aside), on the
-        first 64 users against the whole catalogue."""
-        if self.is_cross_encoder:  # it reads whole records: no vector stands for a user or item
-            return False
+        first users against the whole catalogue (:func:`peftrec.head_vectors.serves_exactly`)."""
         with self._lock:
-            rows = torch.arange(min(len(self.user_ids), 64))
-            expected = self.model.head.score_all(self._user_vectors(rows), self._item_vectors())
-            got = vectors.rows(rows.numpy())
-            return bool(np.allclose(got, numpy32(expected), rtol=1e-5, atol=1e-5))
+            items, users = self._item_vectors(), self._user_table()
+            return head_vectors.serves_exactly(self.model.head, vectors, items, users)
 
     def item_text_encodings(self) -> np.ndarray:
         """The pooled text encoding of every catalogue item (encoded once, then cached)."""
@@ -298,6 +286,9 @@ class ModelRecommender(RecommenderUsers):
                 if self.model.head.knowledge is not None and len(self._item_facts)
                 else None,
             )
+            vectors = head_vectors.exact_vectors(
+                self.model.head, self._item_vectors(), self._user_table(), self.spec.task
+            )
             return save_artifact(
                 folder,
                 self.model,
@@ -305,7 +296,8 @@ class ModelRecommender(RecommenderUsers):
                 catalog,
                 card=self.meta.get("card"),
                 config_yaml=self.meta.get("config_yaml", ""),
-                serving=self,
+                vectors=vectors,
+                item_text=None if vectors is None else self.item_text_encodings(),
             )
 
 
@@ -336,10 +328,6 @@ class HeadScores:
             else (torch.as_tensor(item_vectors).to(device), torch.as_tensor(item_biases).to(device))
         )
         return numpy32(self.head.score_all(user, items))
-
-
-def numpy32(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().float().cpu().numpy()
 
 
 def as_torch(catalog: Catalog) -> Catalog:

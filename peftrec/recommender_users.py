@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .artifact import Catalog
 from .fold_in import ridge_fold_in, softmax_fold_in
+from .head_vectors import user_table
 from .inputs import (
     check_id,
     check_rating,
@@ -26,8 +26,7 @@ from .inputs import (
     rows_of,
     warn_about_texts,
 )
-from .model_folder import histories
-from .sequential import history_states
+from .model_folder import Catalog, histories
 
 logger = logging.getLogger("peftrec.recommender")  # the app API logs under one name
 
@@ -65,21 +64,16 @@ class RecommenderUsers:
     @torch.no_grad()
     def _user_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         with self._lock:
-            if self._user_cache is None and self._labels is not None:  # labelled histories
-                self._user_cache = self.model.head.users_of_histories(
-                    self._item_vectors(),
-                    [(self._history[u], self._labels[u]) for u in range(len(self.user_ids))],
-                )
-            elif self._user_cache is None and self.is_sequential:  # the state after each history
-                states = history_states(
+            if self._user_cache is None:
+                rows = range(len(self.user_ids))
+                self._user_cache = user_table(
                     self.model.head,
-                    self._item_vectors(),
-                    [self._history[u] for u in range(len(self.user_ids))],
+                    self._item_vectors,
+                    [self._history[u] for u in rows],
+                    None if self._labels is None else [self._labels[u] for u in rows],
+                    self.num_trained_users,
+                    self.device,
                 )
-                self._user_cache = (states, states.new_zeros(len(states)))
-            elif self._user_cache is None:
-                index = torch.arange(self.num_trained_users, device=self.device)
-                self._user_cache = tuple(t.clone() for t in self.model.head.users(index))
             return self._user_cache
 
     def _user_vectors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.blocks import histories_before
 from .heads import TwoTowers
+from .metrics import rank_of_targets
+from .tokens import pad_batch
 
 PAD = -1  # an empty position in a left-padded history
 
@@ -292,8 +295,6 @@ def run_histories(data) -> RunHistories:
                 for u in test.users
             ],
         )
-    from .data.blocks import histories_before
-
     inter = data.dataset.interactions
     learned, before = data.history_rows
     mine = user_histories(inter.users[learned], learned, inter.timestamps[learned], num_users)
@@ -379,8 +380,6 @@ class SequenceCollator:
         ]
 
     def __call__(self, users: list[int]) -> dict[str, torch.Tensor]:
-        from .tokens import pad_batch
-
         batch = {
             "history": left_pad([self.inputs[u] for u in users], self.max_history),
             "targets": left_pad([self.targets[u] for u in users], self.max_history),
@@ -410,8 +409,6 @@ def next_item_ranks(
     exclude: torch.Tensor,
 ) -> torch.Tensor:
     """Full-ranking rank of each history's next item among all items not excluded (P3)."""
-    from .metrics import rank_of_targets
-
     was_training = head.training
     head.eval()
     items = head.items(table, torch.arange(len(table), device=table.device))

@@ -1,8 +1,10 @@
 """What a model is, written down once: the spec a recipe builds from and ``peftrec.json`` holds.
 
-Training turns its config into a :class:`ModelSpec` (:func:`spec_from_config`), and
-:func:`peftrec.assembly.assemble` builds the network from the spec, for training and for
-loading alike. Saving writes the spec as it is; nothing is read back out of live objects.
+Training turns its config into a :class:`ModelSpec`
+(:func:`peftrec.assembly.spec_from_config`), and :func:`peftrec.assembly.assemble` builds the
+network from the spec, for training and for loading alike. Saving writes the spec as it is;
+nothing is read back out of live objects. This module is the spec alone (plain data, no torch):
+what reads a saved folder imports it without the builders.
 """
 
 from __future__ import annotations
@@ -102,75 +104,6 @@ def _strict(cls, raw: Any, where: str):
     if missing:
         raise SpecError(f"{where}: missing key(s) {', '.join(missing)}")
     return cls(**raw)
-
-
-def spec_from_config(
-    cfg, task: str, *, num_users: int, num_items: int, extras: dict | None = None
-) -> ModelSpec:
-    """The spec a recipe's config describes (``cfg``: a :class:`~peftrec.config.RecipeConfig`);
-    the task adds its own head arguments (:attr:`peftrec.tasks.Task.head_options`)."""
-    from .tasks import task_of
-
-    spec = make_spec(
-        cfg.backbone,
-        cfg.adapter,
-        cfg.model,
-        task=task,
-        num_users=num_users,
-        num_items=num_items,
-        max_length=cfg.data.max_length,
-        extras=extras,
-    )
-    options = task_of(task).head_options
-    if options is not None:
-        spec.head = options(cfg, spec.head)
-    return spec
-
-
-def make_spec(
-    backbone,
-    adapter,
-    model,
-    *,
-    task: str,
-    num_users: int,
-    num_items: int,
-    max_length: int = 64,
-    extras: dict | None = None,
-) -> ModelSpec:
-    """The spec of the backbone, adapter and model config sections (reads the backbone's config
-    file, not its weights)."""
-    from .backbones import backbone_config, default_pooling
-
-    config = backbone_config(backbone.name, trust_remote_code=backbone.trust_remote_code)
-    text_dim = config.hidden_size
-    return ModelSpec(
-        task=task,
-        backbone=backbone.name,
-        model_type=config.model_type,
-        dtype=backbone.dtype,
-        pooling=default_pooling(config) if backbone.pooling == "auto" else backbone.pooling,
-        max_length=max_length,
-        init=backbone.init,
-        adapter=AdapterSpec(
-            method=adapter.method,
-            quant_bits=adapter.quant_bits if adapter.method == "qlora" else None,
-            top_k_layers=adapter.top_k_layers if adapter.method == "top_layers" else None,
-        ),
-        head={
-            "text_dim": text_dim,
-            "num_users": num_users,
-            "num_items": num_items,
-            "dim": model.dim,
-            "item_ids": model.item_ids,
-            "item_text": model.item_text,
-            "user_text_dim": text_dim if model.user_text else None,
-            "dropout": model.dropout,
-            "id_dropout": model.item_id_dropout,
-        },
-        gradient_checkpointing=backbone.gradient_checkpointing,
-        extras=dict(extras or {}),
-    )
 
 
 def spec_from_format1(meta: dict[str, Any]) -> ModelSpec:

@@ -21,6 +21,7 @@ from .config import (
     RecipeConfig,
     SequentialRecipeConfig,
 )
+from .data.preference import HISTORY
 from .heads import RankingHead, RatingHead, TwoTowers
 from .preference import PreferenceHead
 from .sequential import SequentialHead
@@ -85,8 +86,6 @@ def sequential_head_options(cfg, head: dict) -> dict:
 
 def preference_head_options(cfg, head: dict) -> dict:
     """A preference head has no user table (a user is their labelled history), and its reader."""
-    from .data.preference import HISTORY
-
     head = {k: v for k, v in head.items() if k not in ("num_users", "user_text_dim")}
     return {
         **head,

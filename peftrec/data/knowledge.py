@@ -26,11 +26,10 @@ import numpy as np
 
 from peftrec.data.cache import cache_root, checksum
 from peftrec.data.errors import DataError
+from peftrec.data.loading import _Table
+from peftrec.data.movielens import KG_FILE, KG_SHA256, SHIPPED_LINK_SHA256, fetch_movielens
 
 LINK_RESOURCE = "ml100k_freebase.link"
-KG_FILE = "ml-100k.kg"
-KG_SHA256 = "200a0636fa07c218119a42e5bac7aa3e26e3665a6f919c1b22909bd412b14779"
-SHIPPED_LINK_SHA256 = "524dca2c3d62619688ab99b3ec53ea2acb9b64d38eafec3e02bdd0dc6bb7d948"
 RECEPTION = ("film.film.award_nomination", "film.film.award_won")
 INVERSE = "^-1"
 
@@ -76,8 +75,6 @@ def repaired_link() -> dict[str, str]:
 
 def ml100k_kg_file(cache_dir: str | Path | None = None) -> Path:
     """The cached ``ml-100k.kg`` (RecBole's graph), fetched with the rest of ml-100k."""
-    from peftrec.data.movielens import fetch_movielens
-
     path = cache_root(cache_dir) / "ml-100k-kg" / KG_FILE
     if not path.is_file() or not path.with_name("ml-100k.link").is_file():
         fetch_movielens("ml-100k-kg", cache_dir=cache_dir)
@@ -125,8 +122,6 @@ def load_item_knowledge(path: str | Path, item_ids: list[str]) -> ItemKnowledge:
             "ml-100k item ids (item 50, Star Wars, points at The Usual Suspects); peftrec ships a "
             "repaired link: leave data.item_knowledge unset for ml-100k"
         )
-    from peftrec.data.loading import _Table
-
     table = _Table.read(path)
     table.require(["item_id", "relation", "entity"])
     items = table.encode(

@@ -27,7 +27,6 @@ import numpy as np
 
 from peftrec.data.cache import cache_root, download, download_text, install_folder, verify
 from peftrec.data.errors import DataError
-from peftrec.data.knowledge import KG_FILE, KG_SHA256, SHIPPED_LINK_SHA256
 from peftrec.data.tables import Interactions, RecDataset
 
 logger = logging.getLogger(__name__)
@@ -45,6 +44,11 @@ RECBOLE_SHA256 = {
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
     "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
 }
+# ml-100k-kg: RecBole's knowledge graph of ml-100k, and its item -> entity link, which is fetched
+# only to be recognised and refused (keyed by the wrong ids: see peftrec.data.knowledge)
+KG_FILE = "ml-100k.kg"
+KG_SHA256 = "200a0636fa07c218119a42e5bac7aa3e26e3665a6f919c1b22909bd412b14779"
+SHIPPED_LINK_SHA256 = "524dca2c3d62619688ab99b3ec53ea2acb9b64d38eafec3e02bdd0dc6bb7d948"
 _GENDERS = {"M": "male", "F": "female"}
 _TITLE_YEAR = re.compile(r"^(.*\S)\s+\(([^()]*)\)$")  # "Toy Story (1995)" -> title, year
 # ml-1m codes its users' age groups and occupations (see its README).

@@ -15,10 +15,11 @@ import torch
 
 from peftrec import cli
 from peftrec.artifact import save_artifact
+from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
 from peftrec.data import load_files, split_rows
+from peftrec.head_vectors import trained_vectors
 from peftrec.heads import RatingHead
-from peftrec.model import build_model
 from peftrec.recommender import Recommender
 from peftrec.tokens import tokenize_texts
 from peftrec.training import warm_up_head
@@ -38,13 +39,19 @@ def folder(tmp_path, tiny_bert):
     model, tokenizer = trained(tiny_bert)
     with torch.no_grad():
         model.head.global_mean.fill_(3.0)  # inside the 1-5 scale, as a trained model's
-    return save_artifact(tmp_path / "model", model, tokenizer, SCALED)
+    vectors, text = trained_vectors(model, tokenizer, SCALED)
+    return save_artifact(
+        tmp_path / "model", model, tokenizer, SCALED, vectors=vectors, item_text=text
+    )
 
 
 @pytest.fixture
 def ranking_folder(tmp_path, tiny_bert):
     model, tokenizer = trained(tiny_bert, task="ranking")
-    return save_artifact(tmp_path / "ranking", model, tokenizer, CATALOG)
+    vectors, text = trained_vectors(model, tokenizer, CATALOG)
+    return save_artifact(
+        tmp_path / "ranking", model, tokenizer, CATALOG, vectors=vectors, item_text=text
+    )
 
 
 # 1. items added by text compete with trained ones once the ID part is dropped in training

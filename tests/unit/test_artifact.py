@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from peftrec.artifact import ArtifactError, load_artifact, read_spec, required_files
+from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
-from peftrec.model import build_model
 from peftrec.recommender import Recommender
 from peftrec.spec import ModelSpec
 

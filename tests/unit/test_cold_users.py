@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from peftrec.assembly import build_model
 from peftrec.config import BackboneConfig, ModelConfig
-from peftrec.model import build_model
 from peftrec.recommender import Recommender
 from peftrec.tokens import tokenize_texts
 

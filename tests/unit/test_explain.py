@@ -12,9 +12,10 @@ import torch
 
 from peftrec import cli
 from peftrec.artifact import Catalog, save_artifact
+from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
 from peftrec.data import load_files, split_rows
-from peftrec.model import build_model
+from peftrec.head_vectors import trained_vectors
 from peftrec.recommender import Recommender
 from peftrec.tokens import tokenize_texts
 from peftrec.training import warm_up_head
@@ -89,7 +90,8 @@ def test_explain_refuses_bad_input(toy_model):
 
 
 def test_the_explain_command_prints_and_writes_a_page(toy_model, tmp_path, capsys):
-    folder = save_artifact(tmp_path / "model", *toy_model)
+    vectors, text = trained_vectors(*toy_model)
+    folder = save_artifact(tmp_path / "model", *toy_model, vectors=vectors, item_text=text)
     page = tmp_path / "why.html"
     code = cli.main(["explain", str(folder), "--user", "u1", "--item", "i1", "--html", str(page)])
     out = capsys.readouterr().out

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
-from peftrec.model import build_model
 from peftrec.tokens import pad_batch, tokenize_texts
 from peftrec.training import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
 

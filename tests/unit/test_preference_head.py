@@ -240,6 +240,7 @@ def test_source_records_are_those_before_the_benchmark(ml100k):  # noqa: F811
         (["data.train_fraction=0.5"], "data.train_records"),
         (["model.user_text=true"], "labelled history|history, not a profile"),
         (["data.protocol=p1"], None),
+        (["train.epochs=0", "data.train_records=16"], "zero-shot trains on no record"),
     ],
 )
 def test_settings_a_preference_run_refuses(argv, message, tmp_path):
@@ -248,7 +249,7 @@ def test_settings_a_preference_run_refuses(argv, message, tmp_path):
         from peftrec.recipe import start
         from peftrec.tasks import TASKS
 
-        with pytest.raises(ConfigError, match="tallrec-movie or p3"):
+        with pytest.raises(ConfigError, match="tallrec-movie or tallrec-book or p3"):
             start(PreferenceRecipeConfig, argv, TASKS["preference"])
         return
     with pytest.raises(ConfigError, match=message):

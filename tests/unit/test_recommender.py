@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from peftrec.artifact import ArtifactError, Catalog, save_artifact
+from peftrec.head_vectors import trained_vectors
 from peftrec.recommender import Recommender
 from peftrec.tokens import tokenize_texts
 
@@ -42,7 +43,10 @@ CATALOG = Catalog(
 
 
 def save(folder, model, tokenizer, backbone_path, method="lora"):
-    return save_artifact(folder, model, tokenizer, CATALOG, config_yaml="x: 1\n")
+    vectors, text = trained_vectors(model, tokenizer, CATALOG)
+    return save_artifact(
+        folder, model, tokenizer, CATALOG, config_yaml="x: 1\n", vectors=vectors, item_text=text
+    )
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from peftrec.assembly import make_spec
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig, SequentialRecipeConfig
 from peftrec.sequential import (
     PAD,
@@ -17,7 +18,6 @@ from peftrec.sequential import (
     sequence_loss,
     user_histories,
 )
-from peftrec.spec import make_spec
 from peftrec.tasks import TASKS
 from peftrec.tokens import tokenize_texts
 

@@ -16,6 +16,7 @@ import torch
 import uvicorn
 
 from peftrec.artifact import save_artifact
+from peftrec.head_vectors import trained_vectors
 from peftrec.recommender import Recommender
 from peftrec.server import create_app
 
@@ -48,7 +49,9 @@ def folder(tmp_path_factory, tiny_bert):
     model, tokenizer = trained(tiny_bert)
     with torch.no_grad():
         model.head.global_mean.fill_(3.0)
-    return save_artifact(tmp_path_factory.mktemp("served") / "model", model, tokenizer, SCALED)
+    vectors, text = trained_vectors(model, tokenizer, SCALED)
+    folder = tmp_path_factory.mktemp("served") / "model"
+    return save_artifact(folder, model, tokenizer, SCALED, vectors=vectors, item_text=text)
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import torch
 from accelerate import Accelerator
 
 from peftrec.artifact import ArtifactError, Catalog, save_artifact
+from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig, TransferConfig
+from peftrec.head_vectors import trained_vectors
 from peftrec.metrics import load_metric
-from peftrec.model import build_model
 from peftrec.recommender import Recommender
 from peftrec.tokens import tokenize_texts
 from peftrec.training import evaluate_ratings, rating_loader
@@ -147,7 +148,8 @@ def test_random_init_differs_and_round_trips_through_the_artifact(tmp_path, tiny
         seen_users=np.array([0]),
         seen_items=np.array([1]),
     )
-    save_artifact(tmp_path / "m", random_model, tokenizer, catalog)
+    vectors, text = trained_vectors(random_model, tokenizer, catalog)
+    save_artifact(tmp_path / "m", random_model, tokenizer, catalog, vectors=vectors, item_text=text)
     assert (tmp_path / "m" / "base.safetensors").is_file()
     rec = Recommender.from_pretrained(tmp_path / "m")
     random_model.eval()

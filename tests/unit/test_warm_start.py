@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from peftrec.artifact import ArtifactError, Catalog, save_artifact
+from peftrec.assembly import build_model
 from peftrec.backbones import load_tokenizer
 from peftrec.config import BackboneConfig, ModelConfig
-from peftrec.model import build_model
+from peftrec.head_vectors import trained_vectors
 from peftrec.recommender import Recommender
 from peftrec.tokens import tokenize_texts
 from peftrec.warm_start import warm_start
@@ -30,7 +31,9 @@ NEW_ITEMS = [*ITEMS[1:], "j0", "j1"]
 def parent(tmp_path, tiny_bert):
     model, tokenizer = trained(tiny_bert, "lora")
     catalog = Catalog(USERS, ITEMS, TEXTS, np.array([0]), np.array([0]))
-    return save_artifact(tmp_path / "parent", model, tokenizer, catalog), model
+    vectors, text = trained_vectors(model, tokenizer, catalog)
+    folder = tmp_path / "parent"
+    return save_artifact(folder, model, tokenizer, catalog, vectors=vectors, item_text=text), model
 
 
 def child(tiny_bert, method="lora", task="rating", dim=DIM):
@@ -160,7 +163,10 @@ def test_merge_folds_the_parent_adapter_into_the_backbone_under_a_fresh_one(
 
     move_adapter(model, 1)
     catalog = Catalog(NEW_USERS, NEW_ITEMS, NEW_TEXTS, np.array([0]), np.array([0]))
-    saved = save_artifact(tmp_path / "child", model, tokenizer, catalog)
+    vectors, text = trained_vectors(model, tokenizer, catalog)
+    saved = save_artifact(
+        tmp_path / "child", model, tokenizer, catalog, vectors=vectors, item_text=text
+    )
     assert (saved / "merged.safetensors").is_file()
     assert json.loads((saved / "peftrec.json").read_text())["spec"]["adapter"]["merged"] == 1
     texts = ["good movie 77 drama", "bad movie 78 drama"]
