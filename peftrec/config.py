@@ -345,6 +345,12 @@ class PreferenceConfig:
         64, "records per optimizer step, over all processes", at_least(1)
     )
     record_length: int = option(256, "cross: tokens of a record's text", at_least(1))
+    content: bool = option(
+        False,
+        "towers: add a content match, w_c <signed mean of the history's unit texts, the "
+        "target's unit text> (liked +, disliked -): one scalar on the LM's own text space, so "
+        "it means the same in any domain",
+    )
 
 
 @dataclass

@@ -19,6 +19,10 @@ Two more scalars, both starting at 1, weigh the item's bias (``b_t = w_b * b'_t`
 ``b_u`` (towers, starting at 0) reads the share against the history items' own like rates
 (their biases ``b_h``, as fixed covariates): ``c * mean(label_h - sigmoid(b_h)) + d * mean(b_h)``,
 a user who likes what most dislike is lenient, one who likes only what all like is not.
+With ``content`` (towers) the logit adds ``w_c * <c_u, t_t>``, ``t`` an item's unit-length pooled
+text (the LM's own space, no learned projection) and ``c_u`` the history's mean of ``+t_h`` for a
+like and ``-t_h`` for a dislike: "like what resembles what you liked", one scalar (from 0) whose
+meaning does not depend on the domain, so a model trained on movies can carry it to books.
 With ``history_targets`` (towers) every history event is a training example too: its label is
 predicted from the other events of the record, so a record of ten teaches eleven labels.
 """
@@ -84,6 +88,7 @@ class PreferenceHead(TwoTowers):
         history: int = 10,
         history_targets: bool = True,
         record_length: int = 256,
+        content: bool = False,
         num_users: int = 0,
         user_text_dim: int | None = None,
         **towers,
@@ -94,6 +99,9 @@ class PreferenceHead(TwoTowers):
             raise ValueError("a preference head has no user table: a user is their history")
         if reader == "cross":  # the text is the whole record: no item IDs, no facts
             towers = {**towers, "item_ids": False, "item_text": True, "knowledge": None}
+            content = False
+        if content and not towers.get("item_text", True):
+            raise ValueError("a content match reads the item texts: it needs item_text=True")
         super().__init__(text_dim, 0, num_items, dim, **towers)
         self.reader, self.history, self.history_targets = reader, history, history_targets
         self.record_length = record_length  # cross: tokens of a record's text
@@ -105,6 +113,8 @@ class PreferenceHead(TwoTowers):
         self.quality_weight = nn.Parameter(torch.zeros(()))
         self.item_weight = nn.Parameter(torch.ones(()))  # w_b, w_m (see the module)
         self.match_weight = nn.Parameter(torch.ones(()))
+        self.content = content  # w_c: the raw-text match (see the module), starting at 0
+        self.content_weight = nn.Parameter(torch.zeros(())) if content else None
         if reader == "cross":  # what the cross logit does not read stays out of training (DDP)
             used = ("offset", "share_weight", "item_text_bias.")
             for name, param in self.named_parameters():
@@ -115,7 +125,7 @@ class PreferenceHead(TwoTowers):
         """The scalar parameters ``train.warm_start=head`` trains (the rest stays as it is)."""
         if self.reader == "cross":
             return ("offset", "share_weight")
-        return (
+        names = (
             "offset",
             "share_weight",
             "leniency_weight",
@@ -123,6 +133,7 @@ class PreferenceHead(TwoTowers):
             "item_weight",
             "match_weight",
         )
+        return (*names, "content_weight") if self.content else names
 
     def _load_from_state_dict(self, state, prefix, *args, **kwargs):
         # a head saved before b_u and the weights w_b, w_m existed scores exactly as it did
@@ -136,9 +147,20 @@ class PreferenceHead(TwoTowers):
         super()._load_from_state_dict(state, prefix, *args, **kwargs)
 
     def items(self, text, index=None, facts=None):
-        """The towers' item vectors, and their biases times ``w_b`` (see the module)."""
+        """The towers' item vectors, and their biases times ``w_b`` (see the module); with a
+        content match, each vector continues with the item's unit-length pooled text."""
         vectors, biases = super().items(text, index, facts)
+        if self.content:
+            vectors = torch.cat([vectors, nn.functional.normalize(text, dim=-1)], -1)
         return vectors, self.item_weight * biases
+
+    def scale_users(self, sums: torch.Tensor) -> torch.Tensor:
+        """Mean event vectors as user vectors: the towers' part times ``w_m``, the content part
+        (if any) times ``w_c``."""
+        if not self.content:
+            return self.match_weight * sums
+        towers, text = sums[..., : self.dim], sums[..., self.dim :]
+        return torch.cat([self.match_weight * towers, self.content_weight * text], -1)
 
     def users(self, index):
         """No user table: a user is their labelled history (:meth:`history_users`)."""
@@ -155,7 +177,7 @@ class PreferenceHead(TwoTowers):
         ``items``, vectors and biases; ``mask``: which positions hold an event), so that a
         record's logit is ``bias + b_t + <u, q_t>``."""
         sums = self.history_sums(items[0], history, labels)
-        user = self.match_weight * masked_mean(sums, mask, 1)
+        user = self.scale_users(masked_mean(sums, mask, 1))
         labels = labels.float()
         share = share_logit(labels, mask=mask)
         return user, self.history_bias(items[1][history], labels, share, mask=mask)
@@ -193,7 +215,7 @@ class PreferenceHead(TwoTowers):
         for rows, labels in histories:
             rows, labels = list(rows)[-self.history :], list(labels)[-self.history :]
             if not rows:
-                out_vectors.append(vectors.new_zeros(1, self.dim))
+                out_vectors.append(vectors.new_zeros(1, vectors.shape[1]))
                 out_biases.append(self.offset.detach().reshape(1))
                 continue
             device = vectors.device
@@ -205,7 +227,7 @@ class PreferenceHead(TwoTowers):
             out_vectors.append(user[0])
             out_biases.append(user[1])
         if not out_vectors:
-            return vectors.new_zeros(0, self.dim), vectors.new_zeros(0)
+            return vectors.new_zeros(0, vectors.shape[1]), vectors.new_zeros(0)
         return torch.cat(out_vectors), torch.cat(out_biases)
 
     def score(self, user, item):
@@ -218,8 +240,14 @@ class PreferenceHead(TwoTowers):
     def history_sums(
         self, vectors: torch.Tensor, history: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        """``(records, k, dim)``: each history event's item vector plus its label's vector."""
-        return vectors[history] + self.label(labels.long())
+        """``(records, k, dim)``: each history event's item vector plus its label's vector (with
+        a content match, then its unit text, signed: + when liked, - when not)."""
+        if not self.content:
+            return vectors[history] + self.label(labels.long())
+        events = vectors[history]
+        sign = (2 * labels.to(events.dtype) - 1).unsqueeze(-1)
+        towers = events[..., : self.dim] + self.label(labels.long())
+        return torch.cat([towers, events[..., self.dim :] * sign], -1)
 
     def record_logits(
         self,
@@ -249,7 +277,7 @@ class PreferenceHead(TwoTowers):
         rest = ~torch.eye(k, dtype=torch.bool, device=labels.device)
         biases = items[1][history]
         if mask is None:
-            others = self.match_weight * (events.sum(1, keepdim=True) - events) / (k - 1)
+            others = self.scale_users((events.sum(1, keepdim=True) - events) / (k - 1))
             likes = labels.sum(1, keepdim=True) - labels
             share = torch.log((likes + 1) / (k - 1 - likes + 1))
             rest_mask = None
@@ -257,7 +285,7 @@ class PreferenceHead(TwoTowers):
             on = mask.float()
             n = (on.sum(1, keepdim=True) - on).clamp(min=1)  # the other events of each event
             total = (events * on[..., None]).sum(1, keepdim=True)
-            others = self.match_weight * (total - events * on[..., None]) / n[..., None]
+            others = self.scale_users((total - events * on[..., None]) / n[..., None])
             likes = (labels * on).sum(1, keepdim=True) - labels * on
             share = torch.log((likes + 1) / (n - likes + 1))
             rest_mask = mask[:, None, :].expand(-1, k, -1)[:, rest].view(-1, k, k - 1)
@@ -322,7 +350,8 @@ class PreferenceHead(TwoTowers):
             logits = torch.cat([logits, event_logits])
             all_labels = torch.cat([target_labels, event_labels])
         used = torch.cat([targets, events])
-        penalty = items[0][used].square().sum(-1).mean() + items[1][used].square().mean()
+        vectors = items[0][used][:, : self.dim]  # the content part is the fixed unit text
+        penalty = vectors.square().sum(-1).mean() + items[1][used].square().mean()
         return PreferenceOutput(logits, all_labels, len(targets), penalty, source)
 
     @torch.no_grad()

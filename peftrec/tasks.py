@@ -93,6 +93,7 @@ def preference_head_options(cfg, head: dict) -> dict:
         "history": HISTORY,
         "history_targets": cfg.preference.history_targets,
         "record_length": cfg.preference.record_length,
+        "content": cfg.preference.content,
     }
 
 

@@ -122,3 +122,50 @@ def test_record_texts_name_only_the_real_events():
     assert named == 3 + 1  # three history titles and the target
     with pytest.raises(ValueError):
         PreferenceCollator(r, 0)
+
+
+def content_head() -> PreferenceHead:
+    torch.manual_seed(0)
+    h = PreferenceHead(12, 30, dim=6, content=True)
+    with torch.no_grad():
+        for p in h.parameters():
+            p.normal_(0, 0.5)
+    return h.eval()
+
+
+def test_the_content_match_is_one_scalar_on_the_unit_texts():
+    h = content_head()
+    assert "content_weight" in h.calibration
+    text = torch.randn(30, 12)
+    items = h.items(text, torch.arange(30))
+    assert items[0].shape == (30, 6 + 12)
+    history, labels = torch.randint(1, 30, (4, 10)), torch.randint(0, 2, (4, 10))
+    targets = torch.randint(0, 30, (4,))
+    unit = torch.nn.functional.normalize(text, dim=-1)
+    signed = (unit[history] * (2 * labels - 1).unsqueeze(-1).float()).mean(1)
+    expected_gap = h.content_weight * (signed * unit[targets]).sum(-1)
+    with_content = h.record_logits(items, targets, history, labels)
+    with torch.no_grad():
+        h.content_weight.zero_()
+    torch.testing.assert_close(with_content - h.record_logits(items, targets, history, labels),
+                               expected_gap.detach())  # fmt: skip
+
+
+def test_a_content_model_serves_and_scores_events_as_records():
+    h = content_head()
+    items = h.items(torch.randn(30, 12), torch.arange(30))
+    history, labels = torch.randint(1, 30, (3, 10)), torch.randint(0, 2, (3, 10))
+    targets = torch.randint(0, 30, (3,))
+    users = h.users_of_histories(items, list(zip(history.tolist(), labels.tolist(), strict=True)))
+    torch.testing.assert_close(
+        h.score(users, (items[0][targets], items[1][targets])),
+        h.score_records(items, targets, history, labels),
+    )
+    pad_h, pad_l, mask = padded(history, labels, 6)
+    events = h.history_event_logits(items, pad_h, pad_l, mask)
+    for j in (0, 5):
+        keep = [k for k in range(6) if k != j]
+        alone = h.record_logits(items, history[:, j], history[:, keep], labels[:, keep])
+        torch.testing.assert_close(events[:, j], alone)
+    with pytest.raises(ValueError, match="item_text"):
+        PreferenceHead(12, 30, dim=6, content=True, item_text=False, item_ids=True)
