@@ -69,6 +69,7 @@ class ModelRecommender(RecommenderUsers):
         self.user_texts = list(catalog.user_texts) if catalog.user_texts is not None else None
         self.item_fields = {k: list(v) for k, v in (catalog.item_fields or {}).items()}
         self.rating_scale = tuple(catalog.rating_scale) if catalog.rating_scale else None
+        self.domain = catalog.domain  # kept through saves: warm starts read it
         self.num_trained_items = self.spec.head["num_items"]
         self.num_trained_users = self.spec.head.get("num_users", 0)
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
@@ -277,6 +278,7 @@ class ModelRecommender(RecommenderUsers):
                 user_texts=self.user_texts,
                 item_fields=self.item_fields or None,
                 rating_scale=self.rating_scale,
+                domain=self.domain,
                 seen_users=seen_users,
                 seen_items=seen_items,
                 seen_labels=seen_labels,

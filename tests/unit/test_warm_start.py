@@ -215,3 +215,33 @@ def test_the_parents_saved_encodings_stand_for_unchanged_texts(parent, tiny_bert
     save_file({k: v + 1 for k, v in old.head.state_dict().items()}, folder / "head.safetensors")
     again = warm_start(child(tiny_bert), folder, NEW_USERS, NEW_ITEMS, item_texts=texts)
     assert again.encodings is None
+
+
+@pytest.fixture
+def movie_parent(tmp_path, tiny_bert):
+    """A parent whose catalogue says which data set its ids belong to."""
+    model, tokenizer = trained(tiny_bert, "lora")
+    catalog = Catalog(USERS, ITEMS, TEXTS, np.array([0]), np.array([0]), domain="ml-100k")
+    vectors, text = trained_vectors(model, tokenizer, catalog)
+    folder = tmp_path / "movies"
+    return save_artifact(folder, model, tokenizer, catalog, vectors=vectors, item_text=text), model
+
+
+def test_a_parent_of_another_domain_matches_no_id_but_carries_the_rest(movie_parent, tiny_bert):
+    folder, old = movie_parent
+    assert json.loads((folder / "catalog.json").read_text())["domain"] == "ml-100k"
+    model = child(tiny_bert)
+    fresh = {k: v.clone() for k, v in model.head.state_dict().items()}
+    # the same id strings name other users and items in another data set
+    done = warm_start(model, folder, NEW_USERS, NEW_ITEMS, domain="book-crossing")
+    assert (done.users_kept, done.items_kept) == (0, 0)
+    head, before = model.head.state_dict(), old.head.state_dict()
+    for name in ("user_emb.weight", "item_emb.weight", "user_bias.weight", "item_bias.weight"):
+        assert torch.equal(head[name], fresh[name])
+    assert torch.equal(head["item_proj.weight"], before["item_proj.weight"])  # text: carried
+    lora = {k: v for k, v in model.backbone.state_dict().items() if "lora_" in k}
+    parent_lora = {k: v for k, v in old.backbone.state_dict().items() if "lora_" in k}
+    assert all(torch.equal(lora[k], parent_lora[k]) for k in lora)
+    # the same domain (or a parent saved before domains) matches by id as before
+    same = warm_start(child(tiny_bert), folder, NEW_USERS, NEW_ITEMS, domain="ml-100k")
+    assert (same.users_kept, same.items_kept) == (NUM_USERS - 2, NUM_ITEMS - 1)
