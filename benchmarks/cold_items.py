@@ -1,6 +1,6 @@
 """Cold-start items (ml-100k, protocol P2): each model's test RMSE in context.
 
-    python benchmarks/cold_items.py runs/transfer/p2_none/model runs/transfer/p2_l2sp/model \\
+    python -m benchmarks.cold_items runs/transfer/p2_none/model runs/transfer/p2_l2sp/model \\
         --out benchmarks/results/cold_items.md
 
 P2 holds out every rating of 20% of the items (336 test items, 19,580 ratings) and 10% more
@@ -10,8 +10,8 @@ resamples test items (all ratings of a drawn item go together; 1000 resamples, s
 percentile interval for each RMSE, and for each difference from the first model, on the same
 resampled items for both (paired).
 
-Reference points, from the training ratings only (mu: their mean; shrunk averages as in the
-recipe's bias initialisation):
+Reference points (``cold_items_references.py``), from the training ratings only (mu: their mean;
+shrunk averages as in the recipe's bias initialisation):
 
 (a) mu + b_u. b_i = sum(r - mu) / (n_i + 25) per training item,
     b_u = sum(r - mu - b_i) / (n_u + l_u) per user; a test item's bias is unknown, so 0. l_u is
@@ -38,40 +38,28 @@ the user bias.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.cold_items_references import (
+    ALPHA_GRID,
+    USER_RIDGE_GRID,
+    USER_SHRINK_GRID,
+    References,
+    item_mean_corrected,
+)
+from benchmarks.common import hardware_line, write_report
 from peftrec.config import RatingRecipeConfig, load_config
 from peftrec.data import fingerprint, load_data, split_rows
 from peftrec.data.knowledge import repaired_link
-from peftrec.heads import ITEM_SHRINK, Biases, shrunk_biases
+from peftrec.heads import ITEM_SHRINK
 from peftrec.metrics import rmse
 
 RESAMPLES = 1000
 SEED = 0
-USER_SHRINK_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)  # RatingHead.init_biases uses 10
-ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
-USER_RIDGE_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
-YEAR_BUCKETS = (
-    1930,
-    1940,
-    1950,
-    1960,
-    1970,
-    1980,
-    1990,
-    1993,
-    1994,
-    1995,
-    1996,
-    1997,
-)  # lower edges
 
 
 # -- the item bootstrap --------------------------------------------------------------------------
@@ -99,147 +87,6 @@ def interval(samples: np.ndarray) -> tuple[float, float]:
     """The 95% percentile interval."""
     low, high = np.percentile(samples, [2.5, 97.5])
     return float(low), float(high)
-
-
-# -- reference points from the training ratings ---------------------------------------------------
-
-
-def fit_biases(
-    users: np.ndarray,
-    items: np.ndarray,
-    ratings: np.ndarray,
-    num_users: int,
-    num_items: int,
-    user_shrink: float,
-) -> Biases:
-    """mu, b_i (shrinkage 25, as the rating head) and b_u (shrinkage ``user_shrink``,
-    net of b_i)."""
-    return shrunk_biases(users, items, ratings, num_users, num_items, user_shrink=user_shrink)
-
-
-def item_features(dataset) -> tuple[np.ndarray, list[str]]:
-    """Genres multi-hot and release-year bucket one-hot per item, and the column names."""
-    genres = [[g for g in text.split(", ") if g] for text in dataset.item_fields["genres"]]
-    names = sorted({g for gs in genres for g in gs})
-    years = [int(y) if y.isdigit() else None for y in dataset.item_fields["year"]]
-    buckets = (
-        ["year unknown", f"year < {YEAR_BUCKETS[0]}"]
-        + [
-            f"year {low}-{high - 1}" if high - low > 1 else f"year {low}"
-            for low, high in itertools.pairwise(YEAR_BUCKETS)
-        ]
-        + [f"year >= {YEAR_BUCKETS[-1]}"]
-    )
-    features = np.zeros((len(dataset.item_ids), len(names) + len(buckets)))
-    for row, (gs, year) in enumerate(zip(genres, years, strict=True)):
-        features[row, [names.index(g) for g in gs]] = 1.0
-        bucket = 0 if year is None else 1 + int(np.searchsorted(YEAR_BUCKETS, year, side="right"))
-        features[row, len(names) + bucket] = 1.0
-    return features, names + buckets
-
-
-def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """Ridge of y on the rows of x with an unpenalised intercept: (weights, intercept)."""
-    x_mean, y_mean = x.mean(axis=0), y.mean()
-    centred = x - x_mean
-    weights = np.linalg.solve(
-        centred.T @ centred + alpha * np.eye(x.shape[1]), centred.T @ (y - y_mean)
-    )
-    return weights, float(y_mean - x_mean @ weights)
-
-
-def user_ridge(
-    users: np.ndarray, x: np.ndarray, y: np.ndarray, num_users: int, lam: float
-) -> np.ndarray:
-    """Per user, ridge weights (no intercept) of y on the rows of x: ``(num_users, features)``."""
-    order = np.argsort(users, kind="stable")
-    bounds = np.searchsorted(users[order], np.arange(num_users + 1))
-    weights = np.zeros((num_users, x.shape[1]))
-    for user in range(num_users):
-        rows = order[bounds[user] : bounds[user + 1]]
-        a = x[rows]
-        weights[user] = np.linalg.solve(a.T @ a + lam * np.eye(x.shape[1]), a.T @ y[rows])
-    return weights
-
-
-class References:
-    """Predictions of (a) and (b) fitted on the training rows, settings chosen on the
-    validation rows."""
-
-    def __init__(self, dataset, split):
-        inter = dataset.interactions
-        self.inter, self.shape = inter, (len(dataset.user_ids), len(dataset.item_ids))
-        self.features, self.feature_names = item_features(dataset)
-        train, valid = split.train, split.valid
-        self.fitted = {
-            l_u: fit_biases(
-                inter.users[train], inter.items[train], inter.ratings[train], *self.shape, l_u
-            )
-            for l_u in USER_SHRINK_GRID
-        }
-        self.tuning_a = {
-            l_u: rmse(self.predict_a(valid, l_u) - inter.ratings[valid]) for l_u in USER_SHRINK_GRID
-        }
-        self.tuning_b = {}
-        for l_u in USER_SHRINK_GRID:
-            biases = self.fitted[l_u]
-            residual = inter.ratings[train] - biases.mean - biases.user[inter.users[train]]
-            for alpha in ALPHA_GRID:
-                ridge = fit_ridge(self.features[inter.items[train]], residual, alpha)
-                self.tuning_b[l_u, alpha] = (
-                    rmse(self.predict_b(valid, l_u, ridge) - inter.ratings[valid]),
-                    ridge,
-                )
-        self.l_u = min(USER_SHRINK_GRID, key=self.tuning_a.get)
-        self.l_u_b, self.alpha = min(self.tuning_b, key=lambda key: self.tuning_b[key][0])
-        self.ridge = self.tuning_b[self.l_u_b, self.alpha][1]
-        # (b+): each user's own ridge on the same features, fitted to the residual of (b)
-        residual = inter.ratings[train] - self.predict_b(train)
-        self.tuning_user = {}
-        for lam in USER_RIDGE_GRID:
-            prefs = user_ridge(
-                inter.users[train], self.features[inter.items[train]], residual, self.shape[0], lam
-            )
-            self.tuning_user[lam] = (
-                rmse(self.predict_user(valid, prefs) - inter.ratings[valid]),
-                prefs,
-            )
-        self.user_lambda = min(self.tuning_user, key=lambda lam: self.tuning_user[lam][0])
-        self.prefs = self.tuning_user[self.user_lambda][1]
-
-    def predict_a(self, rows: np.ndarray, l_u: float | None = None) -> np.ndarray:
-        biases = self.fitted[self.l_u if l_u is None else l_u]
-        return biases.mean + biases.user[self.inter.users[rows]]
-
-    def predict_b(self, rows: np.ndarray, l_u: float | None = None, ridge=None) -> np.ndarray:
-        weights, intercept = self.ridge if ridge is None else ridge
-        return (
-            self.predict_a(rows, self.l_u_b if l_u is None else l_u)
-            + self.features[self.inter.items[rows]] @ weights
-            + intercept
-        )
-
-    def predict_user(self, rows: np.ndarray, prefs: np.ndarray | None = None) -> np.ndarray:
-        prefs = self.prefs if prefs is None else prefs
-        return self.predict_b(rows) + np.einsum(
-            "ij,ij->i", prefs[self.inter.users[rows]], self.features[self.inter.items[rows]]
-        )
-
-    def oracle(self, rows: np.ndarray, with_users: bool = True) -> np.ndarray:
-        """(c) or (c'): the base prediction plus each item's own mean residual on ``rows``."""
-        base = (
-            self.predict_a(rows) if with_users else np.full(len(rows), self.fitted[self.l_u].mean)
-        )
-        return item_mean_corrected(base, self.inter.ratings[rows], self.inter.items[rows])
-
-
-def item_mean_corrected(
-    predictions: np.ndarray, ratings: np.ndarray, items: np.ndarray
-) -> np.ndarray:
-    """``predictions`` plus each item's mean of ``ratings - predictions``."""
-    _, index = np.unique(items, return_inverse=True)
-    offset = np.bincount(index, ratings - predictions) / np.bincount(index)
-    return predictions + offset[index]
 
 
 # -- the models --------------------------------------------------------------------------------
@@ -474,12 +321,6 @@ def main() -> None:
         "0.982, frozen MiniLM embeddings + genres + year in a ridge 0.978, and sets the bar at "
         "0.95; it does not say how they were fitted, so they need not match (a) and (b) here.",
     ]
-    import torch
-
-    hardware = (
-        f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads"
-    )
     text = "\n".join(
         [
             "# Cold-start items (ml-100k, protocol P2, test items)",
@@ -487,7 +328,8 @@ def main() -> None:
             f"Test RMSE over the {len(test)} ratings of the {len(counts)} P2 test items (none in "
             f"training), split seed {cfg.data.seed}; intervals resample the test items "
             f"({RESAMPLES} resamples, seed {SEED}). Differences are from the first model, "
-            f"{short[names[0]]}. Made by `benchmarks/cold_items.py`; {hardware}; wall time "
+            f"{short[names[0]]}. Made by `python -m benchmarks.cold_items`; {hardware_line()}; "
+            "wall time "
             f"{time.perf_counter() - started:.0f} s.",
             "",
             *table,
@@ -506,10 +348,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    write_report(args.out, text)
 
 
 if __name__ == "__main__":

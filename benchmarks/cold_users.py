@@ -2,7 +2,7 @@
 
     python recipes/train_rating.py --config recipes/configs/minilm_lora_rating.yaml \\
         data.protocol=p2u model.user_text=true output_dir=runs/p2u_lora
-    python benchmarks/cold_users.py runs/p2u_lora/model --out benchmarks/results/cold_users.md
+    python -m benchmarks.cold_users runs/p2u_lora/model --out benchmarks/results/cold_users.md
 
 p2u (peftrec's own protocol) holds out every rating of 20% of the users (test) and 10% more
 (validation), so the model never saw them. Per held-out user, ratings are ordered by (timestamp,
@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from benchmarks.common import hardware_line, write_report
 from peftrec.config import RatingRecipeConfig, load_config
 from peftrec.data import load_data, split_rows
 from peftrec.heads import shrunk_biases
@@ -221,10 +219,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the Markdown table here")
     args = parser.parse_args()
     sections, summaries = zip(*(evaluate(folder) for folder in args.models), strict=True)
-    hardware = (
-        f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads"
-    )
     text = "\n".join(
         [
             "# Cold-start users (ml-100k, protocol p2u, test users)",
@@ -232,19 +226,17 @@ def main() -> None:
             "Per test user, ratings ordered by (timestamp, row): the first k are known (folded "
             "in), the ratings after the 10th are scored. (a) new user from the profile text, then "
             "ridge fold-in of the k ratings around it; (b) ridge fold-in from a zero prior; (c) "
-            "mean + item bias + shrunk user bias (no model). Made by `benchmarks/cold_users.py`.",
+            "mean + item bias + shrunk user bias (no model). Made by "
+            "`python -m benchmarks.cold_users`.",
             "",
-            f"Hardware: {hardware}. Numbers are test RMSE; the only choice made (l2) was "
+            f"Hardware: {hardware_line()}. Numbers are test RMSE; the only choice made (l2) was "
             "made on validation users.",
             "",
             *sections,
         ]
     )
-    print(text)
+    write_report(args.out, text)
     print("\n".join(summaries))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Continual updates on protocol p4: full retrain against warm starts, side by side.
 
-    python benchmarks/continual.py --config recipes/configs/minilm_lora_rating.yaml \\
+    python -m benchmarks.continual --config recipes/configs/minilm_lora_rating.yaml \\
         --out benchmarks/results/continual.md
-    python benchmarks/continual.py --task ranking \\
+    python -m benchmarks.continual --task ranking \\
         --config recipes/configs/minilm_lora_ranking.yaml \\
         --out benchmarks/results/continual_ranking.md
 
@@ -33,22 +33,16 @@ this machine; the recipe's own ``wall_seconds`` (after the imports) is recorded 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from peftrec.data import load_movielens  # noqa: E402
-from peftrec.data.blocks import (  # noqa: E402
+from benchmarks.common import REPO, hardware_line, launch_recipe, write_report
+from peftrec.data import load_movielens
+from peftrec.data.blocks import (
     earlier_held,
     first_per_user,
     histories_before,
@@ -56,9 +50,9 @@ from peftrec.data.blocks import (  # noqa: E402
     p4_ranking_split,
     time_blocks,
 )
-from peftrec.metrics import rank_of_targets  # noqa: E402
-from peftrec.ranking import seen_mask  # noqa: E402
-from peftrec.recommender import Recommender  # noqa: E402
+from peftrec.metrics import rank_of_targets
+from peftrec.ranking import seen_mask
+from peftrec.recommender import Recommender
 
 ARMS = {  # name: (folder prefix, overrides)
     "retrain": ("retrain", ["data.window=all"]),
@@ -114,23 +108,10 @@ SETTINGS: list[str] = []  # --set: settings for every run
 
 
 def train(config: Path, task: str, out: Path, overrides: list[str]) -> dict:
-    """One recipe run (skipped when its metrics exist); its metrics.json, with the process's
-    wall time (``process_seconds``, kept in ``out/process.json``)."""
-    if not (out / "metrics.json").is_file():
-        recipe = REPO / f"recipes/train_{task}.py"
-        command = [sys.executable, str(recipe), "--config", str(config)]
-        command += ["data.protocol=p4", *SETTINGS, *overrides, f"output_dir={out}"]
-        tick = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-        if done.returncode != 0:
-            raise SystemExit(f"{out}: the recipe failed\n{done.stderr[-3000:]}")
-        (out / "process.json").write_text(json.dumps({"seconds": time.perf_counter() - tick}))
-    metrics = json.loads((out / "metrics.json").read_text())
-    process = out / "process.json"
-    metrics["process_seconds"] = (
-        json.loads(process.read_text())["seconds"] if process.is_file() else None
-    )
-    return metrics
+    """One p4 recipe run (skipped when its metrics exist): its metrics.json, with the process's
+    wall time (``process_seconds``)."""
+    overrides = ["data.protocol=p4", *SETTINGS, *overrides]
+    return launch_recipe(task, config, out, overrides).results()
 
 
 def per_row(
@@ -273,12 +254,12 @@ def main() -> None:
     lines = [
         f"# Continual updates, protocol p4 ({task}; ml-100k, 5 time blocks of 20,000 ratings)",
         "",
-        f"`python benchmarks/continual.py --task {task} --config "
+        f"`python -m benchmarks.continual --task {task} --config "
         f"{args.config.resolve().relative_to(REPO)}"
         + "".join(f" --set {s}" for s in args.set)
         + "`; the same config for every run; "
-        f"{platform.machine()}, {os.cpu_count()} cores (shared), one process per run, "
-        f"{os.environ.get('OMP_NUM_THREADS', 'default')} thread(s); "
+        f"{hardware_line()}; one process per run, OMP_NUM_THREADS "
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; "
         f"{sum(r['seconds'] for r in rows.values()):.0f} s of updates ({len(rows)} runs; this "
         f"report {time.perf_counter() - started:.0f} s). The next block: {scored}. B1 run: "
         f"next-block {name} {first[f'test_{key}']:.4f}, "
@@ -345,24 +326,15 @@ def main() -> None:
             f"{baselines['new, new users by first items']:.4f} (B_t), "
             f"{baselines['all, new users by first items']:.4f} (B_1..B_t) (means over t).",
         ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-        (args.out.with_suffix(".json")).write_text(
-            json.dumps(
-                {
-                    "task": task,
-                    "runs": {f"{a} t={t}": r for (a, t), r in rows.items()},
-                    "summary": summary,
-                    "popularity": baselines,
-                    "b1": {k: first.get(k) for k in (f"test_{key}", "process_seconds")},
-                },
-                indent=2,
-            )
-        )
-        plot(rows, arms, f"{name} on block t+1", args.out.with_suffix(".png"))
+    data = {
+        "task": task,
+        "runs": {f"{a} t={t}": r for (a, t), r in rows.items()},
+        "summary": summary,
+        "popularity": baselines,
+        "b1": {k: first.get(k) for k in (f"test_{key}", "process_seconds")},
+    }
+    figure = plot(rows, arms, f"{name} on block t+1") if args.out else None
+    write_report(args.out, "\n".join(lines), data, figure)
 
 
 def paired_difference(runs: Path, dataset, task: str, arm: str) -> tuple[float, float, float]:
@@ -392,7 +364,8 @@ def paired_difference(runs: Path, dataset, task: str, arm: str) -> tuple[float, 
     return mean, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
 
 
-def plot(rows: dict, arms: list[str], label: str, path: Path) -> None:
+def plot(rows: dict, arms: list[str], label: str):
+    """The next-block metric per update, one line per arm (a matplotlib figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,7 +380,7 @@ def plot(rows: dict, arms: list[str], label: str, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.set_title(f"p4: next-block {label.split()[0]} per update")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 if __name__ == "__main__":

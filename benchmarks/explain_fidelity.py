@@ -1,7 +1,7 @@
 """Are explanations faithful? Removing the words they credit must lower the score more than
 removing random words (P1 test pairs of a rating or ranking model).
 
-    python benchmarks/explain_fidelity.py runs/minilm_lora_rating/model \\
+    python -m benchmarks.explain_fidelity runs/minilm_lora_rating/model \\
         --out benchmarks/results/explain_fidelity.md
 
 For a sample of the model's test pairs (the split in its config.yaml, seed 0): explain the
@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.common import hardware_line, write_report
 from peftrec.config import load_config
 from peftrec.data import load_data, split_rows
 from peftrec.explain import text_scorer, word_spans
@@ -129,7 +129,7 @@ def main() -> None:
         "",
         f"{rec.spec.task} model, {rec.spec.backbone} + {rec.spec.adapter.method}; "
         f"{len(results)} {cfg.data.protocol} test pairs (of {len(pairs)} sampled; texts with more "
-        f"words than k), integrated gradients with 32 steps; {platform.machine()}, "
+        f"words than k), integrated gradients with 32 steps; {hardware_line()}; "
         f"{time.perf_counter() - started:.0f} s.",
         "",
         f"Completeness: |sum of word attributions - (score - baseline)| median "
@@ -164,12 +164,8 @@ def main() -> None:
             f"(together) drops the score by {top.mean():+.4f}, two random past items by "
             f"{random.mean():+.4f}; gap {mean:+.4f} [{low:+.4f}, {high:+.4f}].",
         ]
-    report = "\n".join(lines) + "\n"
-    print(report)
+    write_report(args.out, "\n".join(lines))
     print(json.dumps(summary))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Do items added by text compete with trained ones? Each trained item's text re-added as a new
 item.
 
-    python benchmarks/new_items.py runs/minilm_lora_rating/model [more model folders] \\
+    python -m benchmarks.new_items runs/minilm_lora_rating/model [more model folders] \\
         --out results.md
 
 For a hybrid (text + item-ID) model an item the app adds with ``add_items`` is scored from its
@@ -21,16 +21,12 @@ knowledge=...)`` gives them). Text-only models (no ID part) score both the same 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(REPO))
-
-from peftrec.recommender import Recommender  # noqa: E402
+from benchmarks.common import hardware_line, write_report
+from peftrec.recommender import Recommender
 
 TOP = 10
 
@@ -82,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
             f"of {r['items']} |"
         )
         print(lines[-1], flush=True)
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+    lines += ["", f"Made by `python -m benchmarks.new_items`; {hardware_line()}."]
+    write_report(args.out, "\n".join(lines), echo=False)
 
 
 if __name__ == "__main__":

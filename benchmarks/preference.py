@@ -1,6 +1,6 @@
 """Binary preference on TALLRec's benchmark (tallrec-movie): methods x training records x seeds.
 
-    python benchmarks/preference.py --out benchmarks/results/preference.md
+    python -m benchmarks.preference --out benchmarks/results/preference.md
 
 Each run is ``recipes/train_preference.py`` (n = 16, 64, 256 records drawn by seeds 0-4, and all
 8,000); its saved model is then loaded with ``Recommender.from_pretrained`` and scores the 1,000
@@ -25,23 +25,17 @@ curve beside it.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from peftrec.data import load_movielens  # noqa: E402
-from peftrec.data.preference import SHOTS, like_ratio, tallrec_split  # noqa: E402
-from peftrec.metrics import load_metric  # noqa: E402
-from peftrec.recommender import Recommender  # noqa: E402
+from benchmarks.common import REPO, fmt_seeds, hardware_line, launch_recipe, write_report
+from peftrec.data import load_movielens
+from peftrec.data.preference import SHOTS, like_ratio, tallrec_split
+from peftrec.metrics import load_metric
+from peftrec.recommender import Recommender
 
 CONFIGS = REPO / "recipes" / "configs"
 TOWERS = CONFIGS / "minilm_frozen_preference.yaml"
@@ -75,17 +69,7 @@ def grid(seeds: list[int]) -> dict[int, list[int]]:
 
 def train(config: Path, out: Path, overrides: list[str]) -> dict:
     """One recipe run (skipped when its metrics exist), with the process's wall time."""
-    if not (out / "metrics.json").is_file():
-        command = [sys.executable, str(REPO / "recipes/train_preference.py"), "--config"]
-        command += [str(config), *overrides, f"output_dir={out}"]
-        tick = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-        if done.returncode != 0:
-            raise SystemExit(f"{out}: the recipe failed\n{done.stderr[-3000:]}")
-        (out / "process.json").write_text(json.dumps({"seconds": time.perf_counter() - tick}))
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["process_seconds"] = json.loads((out / "process.json").read_text())["seconds"]
-    return metrics
+    return launch_recipe("preference", config, out, overrides).results()
 
 
 def app_probabilities(folder: Path, test, item_ids: list[str]) -> np.ndarray:
@@ -158,12 +142,12 @@ def main() -> None:
     lines = [
         "# Binary preference on tallrec-movie (TALLRec's MovieLens-100K benchmark)",
         "",
-        f"`python benchmarks/preference.py`; {platform.machine()}, 2 cores (shared), one process "
-        f"per run; {time.perf_counter() - started:.0f} s for the study. Test AUC on the 1,000 test "
+        f"`python -m benchmarks.preference`; {hardware_line()}; one process per run; "
+        f"{time.perf_counter() - started:.0f} s for the study. Test AUC on the 1,000 test "
         f"records (16 users), computed by the saved model's `predict_proba` (equal to the "
         f"recipe's to 1e-6 in every run). The like-ratio rule (no training) scores "
-        f"**{reference:.4f}**. Few-shot rows: mean ± std over seeds "
-        f"{seeds[0]}-{seeds[-1]} (TALLRec's draws); 8000: one run. The source model alone "
+        f"**{reference:.4f}**. Few-shot rows: mean ± std over seeds {seeds[0]}-{seeds[-1]} "
+        "(TALLRec's draws, `data.seed`), with their count; 8000: one run. The source model alone "
         f"(trained on {source['train_records']} source records, {source['wall_seconds']:.0f} s) "
         f"scores {source['test_auc']:.4f}.",
         "",
@@ -176,13 +160,9 @@ def main() -> None:
     for arm, (_, _, setting, _) in ARMS.items():
         cells = []
         for n in (*SHOTS, ALL):
-            values = [r["test_auc"] for r in runs[arm].get(n, [])]
-            if not values:
-                cells.append("-")
-            elif len(values) == 1:
-                cells.append(f"{values[0]:.4f}" + (" (seed 0)" if n != ALL else ""))
-            else:
-                cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
+            done = runs[arm].get(n, [])
+            seeds_run = [r["seed"] for r in done] if n != ALL else None
+            cells.append(fmt_seeds([r["test_auc"] for r in done], seeds_run) if done else "-")
         lines.append(f"| {arm} | {setting} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -218,12 +198,7 @@ def main() -> None:
             f"| {arm} | {m['train_records']:,} | {m['test_auc']:.4f} | {m['test_logloss']:.4f} | "
             f"{m['process_seconds']:.0f} s |"
         )
-    lines += ["", "![AUC against training records](preference.png)"]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    plot(runs, reference, args.out.with_suffix(".png"))
+    lines += ["", f"![AUC against training records]({args.out.with_suffix('.png').name})"]
     record = {
         arm: {
             str(n): [
@@ -233,14 +208,12 @@ def main() -> None:
         }
         for arm, by_n in runs.items()
     }
-    args.out.with_suffix(".json").write_text(
-        json.dumps(
-            {"like_ratio_auc": reference, "source": source["test_auc"], "runs": record}, indent=1
-        )
-    )
+    data = {"like_ratio_auc": reference, "source": source["test_auc"], "runs": record}
+    write_report(args.out, "\n".join(lines), data, plot(runs, reference))
 
 
-def plot(runs: dict, reference: float, path: Path) -> None:
+def plot(runs: dict, reference: float):
+    """AUC against the training records, TALLRec's published curve beside it (a figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,7 +233,7 @@ def plot(runs: dict, reference: float, path: Path) -> None:
     ax.set_title("tallrec-movie: AUC against training records")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 if __name__ == "__main__":

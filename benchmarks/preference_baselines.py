@@ -1,6 +1,6 @@
 """Reference points for binary preference on TALLRec's benchmark (protocol tallrec-movie).
 
-    python benchmarks/preference_baselines.py --out benchmarks/results/preference_baselines.md
+    python -m benchmarks.preference_baselines --out benchmarks/results/preference_baselines.md
 
 No language model: what a model must beat. (a) The share of liked items among the record's ten
 history items (no training). (b) A logistic regression on two features, the logit of that
@@ -15,18 +15,15 @@ the same test records with a bootstrap interval that resamples the 16 test users
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.preference import paired_gap  # noqa: E402
-from peftrec.data import load_movielens  # noqa: E402
-from peftrec.data.preference import (  # noqa: E402
+from benchmarks.common import fmt_seeds, hardware_line, write_report
+from benchmarks.preference import paired_gap
+from peftrec.data import load_movielens
+from peftrec.data.preference import (
     KEPT,
     SHOTS,
     few_shot,
@@ -34,7 +31,7 @@ from peftrec.data.preference import (  # noqa: E402
     preference_records,
     tallrec_split,
 )
-from peftrec.metrics import load_metric  # noqa: E402
+from peftrec.metrics import load_metric
 
 SEEDS = range(5)
 PRIOR, STRENGTH = 0.55, 5.0  # the like-rate prior and its weight in pseudo-counts
@@ -106,7 +103,8 @@ def main() -> None:
         "",
         f"Test AUC on TALLRec's 1,000 test records (16 users). (a) the history's like share: "
         f"**{reference:.4f}** (no training). (b) logistic regression on (a)'s logit and the "
-        "target item's like rate; mean ± std over seeds 0-4 (n = 8000: one run).",
+        "target item's like rate; mean ± std over seeds 0-4 (TALLRec's draws), with their count "
+        "(n = 8000: one run).",
         "",
         "| training records n | (b) benchmark only | (b) with a source domain |",
         "|---|---|---|",
@@ -128,9 +126,7 @@ def main() -> None:
                 aucs.append(auc.compute(predictions=scores, references=test.labels)["auc"])
                 if seed == 0 and n in (256, len(train)):
                     headline[setting, n] = scores
-            row.append(
-                f"{np.mean(aucs):.4f} ± {np.std(aucs):.4f}" if len(aucs) > 1 else f"{aucs[0]:.4f}"
-            )
+            row.append(fmt_seeds(aucs))
         lines.append(f"| {n} | {row[0]} | {row[1]} |")
     lines += [
         "",
@@ -145,13 +141,10 @@ def main() -> None:
     lines += [
         "",
         "TALLRec (LLaMA-7B + LoRA) reports 0.6724 / 0.6748 / 0.7198 at 16 / 64 / 256 records. "
-        f"Made by `benchmarks/preference_baselines.py` in {time.perf_counter() - started:.0f} s.",
+        f"Made by `python -m benchmarks.preference_baselines` in "
+        f"{time.perf_counter() - started:.0f} s; {hardware_line()}.",
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    write_report(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

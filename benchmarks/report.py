@@ -1,10 +1,11 @@
 """Turn a folder of benchmark results (``run.py``'s JSON files) into a Markdown report with plots.
 
-    python benchmarks/report.py benchmarks/results/ml100k --out benchmarks/results/ml100k/REPORT.md
+    python -m benchmarks.report benchmarks/results/ml100k --out benchmarks/results/ml100k/REPORT.md
 
-The report has one table per task, dataset and protocol (best first), warm (P1) against cold-start
-(P2) rating side by side, and three PNG plots next to it: accuracy against trainable parameters,
-throughput per method, and learning curves. Runs of one task, dataset and protocol that differ in
+The report has one table per task, dataset and protocol (best first, the seeds of one
+configuration in one row: mean ± std over them), warm (P1) against cold-start (P2) rating side by
+side, and three PNG plots next to it: accuracy against trainable parameters, throughput per
+method, and learning curves. Runs of one task, dataset and protocol that differ in
 ``data.train_fraction`` (the sparse suite) also get a "Sparse data" section: the headline metric
 per fraction of the training ratings and model, and a plot of it (``<report>_sparse.png``). A
 ``speed_*.json`` of ``benchmarks/speed.py`` in the results folder or its parent (the seed-style
@@ -15,16 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.report_plots import plot_all  # noqa: E402
-from benchmarks.report_results import (  # noqa: E402
+from benchmarks.common import write_atomic
+from benchmarks.report_plots import plot_all
+from benchmarks.report_results import (
     NA,
     SCHEMA,
     SPARSE_PLOT,
@@ -42,15 +39,15 @@ from benchmarks.report_results import (  # noqa: E402
     speed_files,
     table,
 )
-from benchmarks.report_tables import (  # noqa: E402
+from benchmarks.report_tables import (
     section_title,
     setup,
     sparse_section,
-    speed_section,
     summary,
     task_table,
     warm_cold_table,
 )
+from benchmarks.speed_report import speed_section
 
 # what run.py and the tests read as `report.<name>`; the rest lives in report_results.py
 # (records, grouping, number formats), report_tables.py (Markdown) and report_plots.py (PNGs)
@@ -118,7 +115,6 @@ def write_report(results: Path, out: Path, plots: bool = True) -> Path:
     records = load_results(results)
     if not records:
         raise ValueError(f"{results}: no benchmark results (run.py's *.json) found")
-    out.parent.mkdir(parents=True, exist_ok=True)
     base = out.parent
     pngs = (
         plot_all(grouped(records), records, out.with_suffix(""))
@@ -126,8 +122,7 @@ def write_report(results: Path, out: Path, plots: bool = True) -> Path:
         else {}
     )
     speed = speed_files(results) if not all(r.get("synthetic") for r in records) else []
-    out.write_text(render(records, pngs, speed, base))
-    return out
+    return write_atomic(out, render(records, pngs, speed, base))
 
 
 def main(argv: list[str] | None = None) -> None:

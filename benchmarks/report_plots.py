@@ -1,4 +1,6 @@
-"""The benchmark report's PNG plots (matplotlib, imported only when plots are drawn)."""
+"""The benchmark report's PNG plots (matplotlib, imported only when plots are drawn). A
+configuration run with several seeds is one point (their mean, with their std as an error bar)
+and one line per seed in the learning curves."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from benchmarks.common import save_figure
 from benchmarks.report_results import (
     SPARSE_PLOT,
     by_fraction,
@@ -21,6 +26,7 @@ from benchmarks.report_results import (
     ranking_k,
     run_name,
     sparse_groups,
+    values_of,
 )
 
 
@@ -50,11 +56,8 @@ def plot_all(
         plots[SPARSE_PLOT] = (sparse_plot, "sparse")
     written = {}
     for title, (draw, name) in plots.items():
-        fig = draw(plt, groups, ok, colors)
         path = stem.with_name(f"{stem.name}_{name}.png")
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written[title] = path
+        written[title] = save_figure(draw(plt, groups, ok, colors), path, 110, bbox_inches="tight")
     return written
 
 
@@ -86,9 +89,12 @@ def accuracy_plot(plt, groups, records, colors):
     fig, axes = panels(plt, len(groups))
     for ax, (key, members) in zip(axes, groups.items(), strict=False):
         metric = metrics_of(key[0], ranking_k(members[0]))[0]
-        for r in members:
-            x, y = r["parameters"]["trainable"], headline(r)[1]
-            ax.scatter(x, y, s=40, color=colors[display_name(r, records)], zorder=3)
+        for r in members:  # a configuration run with several seeds: their mean, ± their std
+            x, (split, y) = r["parameters"]["trainable"], headline(r)
+            color = colors[display_name(r, records)]
+            ax.scatter(x, y, s=40, color=color, zorder=3)
+            if len(values := values_of(r, split, metric.key)) > 1:
+                ax.errorbar(x, y, yerr=np.std(values), color=color, capsize=3, zorder=2)
             ax.annotate(
                 run_name(r, records), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8
             )
@@ -138,20 +144,21 @@ def curves_plot(plt, groups, records, colors):
     fig, axes = panels(plt, len(groups))
     for ax, (key, members) in zip(axes, groups.items(), strict=False):
         metric = metrics_of(key[0], ranking_k(members[0]))[0]
-        for r in members:
-            points = [
-                (h["epoch"], h[f"valid_{metric.key}"])
-                for h in r["history"]
-                if f"valid_{metric.key}" in h
-            ]
-            if points:
-                ax.plot(
-                    *zip(*points, strict=True),
-                    marker="o",
-                    markersize=3,
-                    label=run_name(r, records),
-                    color=colors[display_name(r, records)],
-                )
+        for r in members:  # a configuration run with several seeds: a curve per seed
+            for seed, run in enumerate(r.get("runs", [r])):
+                points = [
+                    (h["epoch"], h[f"valid_{metric.key}"])
+                    for h in run["history"]
+                    if f"valid_{metric.key}" in h
+                ]
+                if points:
+                    ax.plot(
+                        *zip(*points, strict=True),
+                        marker="o",
+                        markersize=3,
+                        label=None if seed else run_name(r, records),
+                        color=colors[display_name(r, records)],
+                    )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (0: after the head warm-up)")
         better = "lower" if metric.lower_is_better else "higher"

@@ -1,5 +1,5 @@
-"""The benchmark report's groundwork: ``run.py``'s records read, named and grouped; numbers,
-Markdown tables and links formatted.
+"""The benchmark report's groundwork: ``run.py``'s records read, named and grouped (the seeds of
+one configuration merged into one record); numbers, Markdown tables and links formatted.
 
 ``benchmarks/report.py`` builds the report from these, with the tables and sections of
 ``report_tables.py`` and the plots of ``report_plots.py``.
@@ -7,12 +7,16 @@ Markdown tables and links formatted.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from benchmarks.common import fmt_seeds
 from peftrec.tasks import BENCHMARK_SCHEMA, TASKS
 
 SCHEMA = BENCHMARK_SCHEMA
@@ -140,20 +144,103 @@ def run_name(record: dict[str, Any], records: list[dict[str, Any]], name: str | 
 
 
 def grouped(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
-    """Successful records by (task, dataset, protocol), each group sorted best first (the runs on
-    the most training ratings first, when they differ in ``data.train_fraction``)."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    """Successful records by (task, dataset, protocol), the seeds of one configuration merged
+    into one record (:func:`merge_seeds`), each group sorted best first (the runs on the most
+    training ratings first, when they differ in ``data.train_fraction``)."""
+    groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = {}
     for record in records:
         if record["status"] == "ok":
-            groups.setdefault(group_key(record), []).append(record)
-    for key, members in groups.items():
+            configurations = groups.setdefault(group_key(record), {})
+            configurations.setdefault(configuration(record), []).append(record)
+    merged = {key: [merge_seeds(runs) for runs in c.values()] for key, c in groups.items()}
+    for key, members in merged.items():
         lower = metrics_of(key[0])[0].lower_is_better
         members.sort(
             key=lambda r: (-train_fraction(r), headline(r)[1] if lower else -headline(r)[1])
         )
     return dict(
-        sorted(groups.items(), key=lambda item: (item[0][0] != "rating", item[0][1], item[0][2]))
+        sorted(merged.items(), key=lambda item: (item[0][0] != "rating", item[0][1], item[0][2]))
     )
+
+
+# -- the seeds of one configuration ------------------------------------------------------------
+
+
+SEED_KEYS = (("train", "seed"), ("data", "seed"))
+"""Config keys that only draw randomness: runs that differ in nothing else are seeds of one
+configuration."""
+AVERAGED = (
+    "parameters", "adapter_bytes", "train", "inference", "peak_memory_mib", "wall_seconds",
+    "valid", "test",
+)  # fmt: skip
+"""The record's measurements: a merged record holds their means over the seeds."""
+
+
+def configuration(record: dict[str, Any]) -> str:
+    """What a run trained, less its seeds (:data:`SEED_KEYS`) and output folder, with its label
+    and backbone: equal for the seeds of one configuration."""
+    config = copy.deepcopy(record["config"])
+    config.pop("output_dir", None)
+    for section, key in SEED_KEYS:
+        config.get(section, {}).pop(key, None)
+    return json.dumps(
+        [record["task"], label_of(record), record["backbone"], config], sort_keys=True, default=str
+    )
+
+
+def merge_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seeds of one configuration as one record: the first run's description, the mean over
+    the runs of every measurement (:data:`AVERAGED`), the runs themselves (``runs``, for the
+    learning curves), their ``seeds`` and each run's validation and test metrics
+    (``per_seed``, for mean ± std). A single run is returned as it is."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = {
+        **runs[0],
+        "name": ", ".join(r["name"] for r in runs),
+        "seeds": [r["seed"] for r in runs],
+        "runs": runs,
+    }
+    for key in AVERAGED:
+        merged[key] = mean_of([r.get(key) for r in runs])
+    merged["per_seed"] = {
+        split: {key: [r[split][key] for r in runs] for key in merged[split]}
+        for split in ("valid", "test")
+    }
+    return merged
+
+
+def mean_of(values: list[Any]) -> Any:
+    """The mean of numbers; of mappings, the mean of each key all of them have; of anything else
+    (text, None, a mix), the first value."""
+    if all(isinstance(v, dict) for v in values):
+        keys = [k for k in values[0] if all(k in v for v in values)]
+        return {k: mean_of([v[k] for v in values]) for k in keys}
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return float(np.mean(values))
+    return values[0]
+
+
+def values_of(record: dict[str, Any], split: str, key: str) -> list[float]:
+    """The metric ``key`` of ``split`` in each seed of the record (none: not measured)."""
+    if "per_seed" in record and key in record["per_seed"][split]:
+        return [v for v in record["per_seed"][split][key] if v is not None]
+    value = record[split].get(key)
+    return [] if value is None else [value]
+
+
+def fmt_runs(record: dict[str, Any], split: str, key: str, count: bool = True) -> str:
+    """The metric of one run, or mean ± std over the seeds of a merged record (and, ``count``,
+    how many)."""
+    values = values_of(record, split, key)
+    if len(values) > 1:
+        return fmt_seeds(values, count=count)
+    return fmt_metric(values[0] if values else None)
+
+
+def seeded(records: list[dict[str, Any]]) -> bool:
+    """Whether any of the (merged) records holds several seeds."""
+    return any("runs" in r for r in records)
 
 
 # -- formatting --------------------------------------------------------------------------------

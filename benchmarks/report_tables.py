@@ -1,12 +1,16 @@
-"""The benchmark report's Markdown: tables, the summary, the set-up and the sparse-data section."""
+"""The benchmark report's Markdown: tables, the summary, the set-up and the sparse-data section.
+
+A configuration run with several seeds is one row (``report_results.merge_seeds``): its metrics
+are mean ± std over the seeds, with their count; its other measurements, means.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import hardware_line
 from benchmarks.report_results import (
     NA,
     SPARSE_PLOT,
@@ -17,8 +21,8 @@ from benchmarks.report_results import (
     fmt_bytes,
     fmt_fraction,
     fmt_int,
-    fmt_metric,
     fmt_percent,
+    fmt_runs,
     fmt_seconds,
     fmt_si,
     group_phrase,
@@ -30,6 +34,7 @@ from benchmarks.report_results import (
     ranking_k,
     relative_link,
     run_name,
+    seeded,
     several_fractions,
     sparse_groups,
     table,
@@ -40,18 +45,21 @@ from benchmarks.report_results import (
 
 
 def task_table(members: list[dict[str, Any]]) -> str:
-    """One row per experiment, best first; the best headline value in bold. A backbone column
-    only when the table holds several backbones (else the section title names it), a train
-    fraction column (and the best of each fraction in bold) only when the runs differ in it."""
+    """One row per configuration (its seeds merged), best first; the best headline value in
+    bold. A backbone column only when the table holds several backbones (else the section title
+    names it), a train fraction column (and the best of each fraction in bold) only when the
+    runs differ in it, a seeds column when a row merges several."""
     task, k = members[0]["task"], ranking_k(members[0])
     metrics = metrics_of(task, k)
     several = len({r["backbone"] for r in members}) > 1
     fractions = several_fractions(members)
+    seeds = seeded(members)
     arrow = "↓" if metrics[0].lower_is_better else "↑"
     header = [
         "method",
         *(["backbone"] if several else []),
         *(["train fraction"] if fractions else []),
+        *(["seeds"] if seeds else []),
         f"{metrics[0].title} {arrow}",
         *(m.title for m in metrics[1:]),
         "on",
@@ -66,8 +74,8 @@ def task_table(members: list[dict[str, Any]]) -> str:
     ]
     rows = []
     for rank, r in enumerate(members):
-        split, value = headline(r)
-        best = fmt_metric(value)
+        split, _ = headline(r)
+        best = fmt_runs(r, split, metrics[0].key, count=False)  # the seeds column counts them
         first = rank == 0 or train_fraction(members[rank - 1]) != train_fraction(
             r
         )  # sorted by fraction first
@@ -76,10 +84,11 @@ def task_table(members: list[dict[str, Any]]) -> str:
                 label_of(r),
                 *([backbone_name(r)] if several else []),
                 *([fmt_fraction(train_fraction(r))] if fractions else []),
+                *([str(len(r.get("runs", [r])))] if seeds else []),
                 f"**{best}**" if first else best,
-                *(fmt_metric(r[split].get(m.key)) for m in metrics[1:]),
+                *(fmt_runs(r, split, m.key, count=False) for m in metrics[1:]),
                 split,
-                fmt_metric(r["valid"].get(metrics[0].key)),
+                fmt_runs(r, "valid", metrics[0].key, count=False),
                 fmt_int(r["parameters"]["trainable"]),
                 fmt_percent(r["parameters"]["trainable_percent"]),
                 fmt_bytes(r["adapter_bytes"]),
@@ -89,9 +98,8 @@ def task_table(members: list[dict[str, Any]]) -> str:
                 fmt_seconds(r["wall_seconds"]),
             ]
         )
-    return table(
-        header, rows, "l" + "l" * several + "r" * fractions + "r" * len(metrics) + "l" + "r" * 8
-    )
+    align = "l" + "l" * several + "r" * (fractions + seeds + len(metrics)) + "l" + "r" * 8
+    return table(header, rows, align)
 
 
 def section_title(key: tuple[str, str, str], members: list[dict[str, Any]]) -> str:
@@ -100,7 +108,8 @@ def section_title(key: tuple[str, str, str], members: list[dict[str, Any]]) -> s
 
 
 def warm_cold_table(groups: dict[tuple[str, str, str], list[dict[str, Any]]]) -> str | None:
-    """Test RMSE on P1 (warm items) next to P2 (cold-start items), per dataset and method."""
+    """Test RMSE on P1 (warm items) next to P2 (cold-start items), per dataset and method (its
+    best configuration, seeds merged)."""
     sections = []
     for dataset in sorted({d for (task, d, _) in groups if task == "rating"}):
         warm, cold = (
@@ -109,21 +118,17 @@ def warm_cold_table(groups: dict[tuple[str, str, str], list[dict[str, Any]]]) ->
         )
         if not (warm and cold):
             continue
-        by_label = {
-            (run_name(r, warm + cold, label_of(r)), backbone_name(r)): {"p1": headline(r)}
-            for r in warm
-        }
-        for r in cold:
-            by_label.setdefault((run_name(r, warm + cold, label_of(r)), backbone_name(r)), {})[
-                "p2"
-            ] = headline(r)
+        by_label: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        for protocol, members in (("p1", warm), ("p2", cold)):
+            for r in members:  # best first: a label's best configuration
+                name = (run_name(r, warm + cold, label_of(r)), backbone_name(r))
+                by_label.setdefault(name, {}).setdefault(protocol, r)
         rows = []
         for (label, backbone), found in sorted(
-            by_label.items(), key=lambda kv: kv[1].get("p1", ("", math.inf))[1]
+            by_label.items(),
+            key=lambda kv: headline(kv[1]["p1"])[1] if "p1" in kv[1] else math.inf,
         ):
-            cells = [
-                f"{found[p][1]:.4f} ({found[p][0]})" if p in found else NA for p in ("p1", "p2")
-            ]
+            cells = [warm_cold_cell(found[p]) if p in found else NA for p in ("p1", "p2")]
             rows.append([label, backbone, *cells])
         sections.append(
             f"**{dataset}**\n\n"
@@ -134,6 +139,11 @@ def warm_cold_table(groups: dict[tuple[str, str, str], list[dict[str, Any]]]) ->
             )
         )
     return "\n\n".join(sections) or None
+
+
+def warm_cold_cell(record: dict[str, Any]) -> str:
+    split = headline(record)[0]
+    return f"{fmt_runs(record, split, metrics_of('rating')[0].key)} ({split})"
 
 
 def summary(
@@ -151,7 +161,7 @@ def summary(
     for key, members in groups.items():
         metric = metrics_of(key[0], ranking_k(members[0]))[0]
         best = members[0]
-        split, value = headline(best)
+        split = headline(best)[0]
         most = (
             f" with {fmt_fraction(train_fraction(best))} of the training ratings"
             if several_fractions(members)
@@ -159,7 +169,7 @@ def summary(
         )
         text = (
             f"On {group_phrase(key)}{most}, {label_of(best)} ({backbone_name(best)}) has the best "
-            f"{split} {metric.title}, {value:.4f}, training "
+            f"{split} {metric.title}, {fmt_runs(best, split, metric.key)}, training "
             f"{fmt_int(best['parameters']['trainable'])} parameters "
             f"({fmt_percent(best['parameters']['trainable_percent'])} of the model)"
         )
@@ -170,7 +180,8 @@ def summary(
         if fewest is not best:
             text += (
                 f"; {label_of(fewest)}, with the fewest "
-                f"({fmt_int(fewest['parameters']['trainable'])}), scores {headline(fewest)[1]:.4f}"
+                f"({fmt_int(fewest['parameters']['trainable'])}), scores "
+                f"{fmt_runs(fewest, headline(fewest)[0], metric.key)}"
             )
         sentences.append(text + ".")
     rates = [r for r in ok if r["train"]["ratings_per_second"]]
@@ -183,11 +194,18 @@ def summary(
             f"{slow['task']}) to {fmt_si(fast['train']['ratings_per_second'])} "
             f"({label_of(fast)}, {fast['task']})."
         )
-    if ok:
-        seeds = sorted({r["seed"] for r in ok})
+    seeds = ", ".join(map(str, sorted({r["seed"] for r in ok})))
+    if ok and any(seeded(members) for members in groups.values()):
         sentences.append(
-            f"Every number comes from one run with seed {', '.join(map(str, seeds))}, so small "
-            "differences between methods may be noise."
+            "Runs of one configuration that differ only in their seeds (`train.seed`, "
+            "`data.seed`) are one row: mean ± std over the seeds, with their count; any other "
+            f"number comes from one run (seeds {seeds} in all), so small differences between "
+            "methods may be noise."
+        )
+    elif ok:
+        sentences.append(
+            f"Every number comes from one run with seed {seeds}, so small differences between "
+            "methods may be noise."
         )
     failed = [r["name"] for r in records if r["status"] != "ok"]
     if failed:
@@ -203,7 +221,6 @@ def setup(records: list[dict[str, Any]]) -> str:
     hw, versions = first["hardware"], first["versions"]
     commits = sorted({(r["git"]["commit"] or "unknown")[:10] for r in records})
     dirty = any(r["git"]["dirty"] for r in records)
-    gpus = ", ".join(hw["gpus"]) or "no GPU"
     threads = sorted({r["hardware"]["torch_threads"] for r in records})
     loads = [
         r["load_average"][w] for r in records if "load_average" in r for w in ("before", "after")
@@ -213,9 +230,7 @@ def setup(records: list[dict[str, Any]]) -> str:
     cpu = first.get("peak_memory_kind", "cpu_max_rss") == "cpu_max_rss"
     peak = "maximum RSS" if cpu else "peak GPU memory"
     lines = [
-        f"- **Hardware**: {hw['cpu']}, {hw['usable_cores']} usable of {hw['logical_cores']} "
-        f"logical cores, {', '.join(map(str, threads))} torch thread(s), "
-        f"{hw['memory_gib']} GiB RAM, {gpus}; "
+        f"- **Hardware**: {hardware_line(hw, threads=', '.join(map(str, threads)))}; "
         f"{', '.join(map(str, processes))} training process(es) per run, fp32.",
         f"- **Software**: Python {versions['python']}, "
         + ", ".join(
@@ -242,64 +257,6 @@ def setup(records: list[dict[str, Any]]) -> str:
             "throughputs are pessimistic and noisy."
         )
     return "\n".join(lines)
-
-
-def speed_section(files: list[Path], base: Path) -> str:
-    """The seed-style baseline of ``benchmarks/speed.py``: ratings/s of one LM pass per
-    rating against peftrec's, per method, with a link to its own report (any other JSON: its
-    values)."""
-    if not files:
-        return (
-            "Not measured here: `benchmarks/speed.py` compares seed-style training (one LM pass "
-            "per rating) with peftrec's; its `speed_*.json` in this folder or its parent appears "
-            "here."
-        )
-    parts = []
-    for path in files:
-        results = json.loads(path.read_text())
-        own = path.with_suffix(".md")
-        source = (
-            f"[`{own.name}`]({relative_link(own, base)})"
-            if own.is_file()
-            else f"[`{path.name}`]({relative_link(path, base)})"
-        )
-        methods = results.get("methods") if isinstance(results, dict) else None
-        try:
-            rows = [
-                [
-                    m,
-                    fmt_si(r["seed_style"]["ratings_per_second"]),
-                    fmt_si(r["peftrec"]["ratings_per_second"]),
-                    f"{r['ratios']['ratings_per_second']:.1f}x",
-                ]
-                for m, r in methods.items()
-            ]
-            body = table(
-                ["method", "seed-style ratings/s", "peftrec ratings/s", "speed-up"], rows, "lrrr"
-            )
-        except (AttributeError, KeyError, TypeError):  # another layout: its values as they are
-            body = table(
-                ["measure", "value"], [[f"`{k}`", v] for k, v in flatten(results)][:40], "lr"
-            )
-        env = results.get("environment", {}) if isinstance(results, dict) else {}
-        about = ", ".join(str(env[k]) for k in ("model", "data") if env.get(k))
-        parts.append(f"From {source}" + (f" ({about})" if about else "") + ":\n\n" + body)
-    return "\n\n".join(parts)
-
-
-def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """Numeric and text leaves of a JSON value as ``(dotted.key, text)``."""
-    if isinstance(value, dict):
-        return [
-            pair
-            for k, v in value.items()
-            for pair in flatten(v, f"{prefix}.{k}" if prefix else str(k))
-        ]
-    if isinstance(value, list):
-        return [pair for i, v in enumerate(value) for pair in flatten(v, f"{prefix}[{i}]")]
-    if isinstance(value, float):
-        return [(prefix, f"{value:.4g}")]
-    return [(prefix, str(value))]
 
 
 # -- sparse data -------------------------------------------------------------------------------
@@ -339,10 +296,10 @@ def sparse_table(members: list[dict[str, Any]], records: list[dict[str, Any]]) -
             cells = []
             for r in found.get(model, []):
                 split, value = headline(r)
-                text = fmt_metric(value) + ("" if split == "test" else " (valid)")
+                text = fmt_runs(r, split, metric.key) + ("" if split == "test" else " (valid)")
                 text = f"**{text}**" if value == best and len(row_runs) > 1 else text
-                if cold and (cold_value := cold_items(r, metric)[0]) is not None:
-                    text += f" (cold {fmt_metric(cold_value)})"
+                if cold and cold_items(r, metric)[0] is not None:
+                    text += f" (cold {fmt_runs(r, 'test', f'{metric.key}_cold_items')})"
                 cells.append(text)
             row.append(" / ".join(cells) or NA)
         rows.append(row)
@@ -388,7 +345,7 @@ def sparse_section(
             about.append(
                 f". With {fmt_fraction(fraction)} of the training ratings "
                 f"({fmt_int(best['train']['ratings_per_epoch'])}) {display_name(best, ok)} is "
-                f"best, {headline(best)[1]:.4f}"
+                f"best, {fmt_runs(best, headline(best)[0], metric.key)}"
             )
         parts += ["".join(about) + ".", sparse_table(members, ok)]
     if plot is not None:

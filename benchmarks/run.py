@@ -1,7 +1,7 @@
 """Run benchmark experiments: train with a recipe, measure the saved model, write one JSON each.
 
-    python benchmarks/run.py benchmarks/suites/ml100k/p1_lora.yaml --out benchmarks/results/ml100k
-    python benchmarks/run.py --suite quick --out benchmarks/results/quick --threads 1
+    python -m benchmarks.run benchmarks/suites/ml100k/p1_lora.yaml --out benchmarks/results/ml100k
+    python -m benchmarks.run --suite quick --out benchmarks/results/quick --threads 1
 
 An experiment is a small YAML; its name is the file name:
 
@@ -17,10 +17,11 @@ toy data of ``benchmarks/tiny.py``, built on first use. A suite (``--suite quick
 runs every ``*.yaml`` of ``benchmarks/suites/<suite>/`` not starting with ``_``, in name order,
 then writes ``REPORT.md`` next to the JSON files.
 
-Each recipe runs as a subprocess, the same command a user types, with its output streamed live
-and kept in ``<runs>/<name>/log.txt``: the recipe's peak memory (the process's maximum RSS) then
-belongs to that experiment alone, and a crash fails that experiment, not the suite. What is
-measured of the saved model, and the record's fields, come from ``benchmarks/run_measure.py``.
+Each recipe runs as a subprocess (``benchmarks.common.launch_recipe``), the same command a user
+types, with its output streamed live and kept in ``<runs>/<name>/log.txt``: the recipe's peak
+memory (the process's maximum RSS) then belongs to that experiment alone, and a crash fails that
+experiment, not the suite. What is measured of the saved model, and the record's fields, come
+from ``benchmarks/run_measure.py``.
 """
 
 from __future__ import annotations
@@ -40,24 +41,18 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import report  # noqa: E402
-from benchmarks.run_measure import (  # noqa: E402, F401 (re-exported: run.measure_model ...)
-    INFERENCE_REPEATS,
-    finished_record,
-    folder_bytes,
+from benchmarks import report
+from benchmarks.common import (
+    REPO,
     hardware,
-    measure_model,
-    parameter_elements,
-    split_metrics,
-    tensor_elements,
+    launch_recipe,
+    recipe_command,
     versions,
+    write_atomic,
 )
-from benchmarks.tiny import ASSETS, build_assets  # noqa: E402
-from peftrec.tasks import BENCHMARK_SCHEMA, TASKS  # noqa: E402
+from benchmarks.run_measure import finished_record
+from benchmarks.tiny import ASSETS, build_assets
+from peftrec.tasks import BENCHMARK_SCHEMA, TASKS
 
 SUITES = REPO / "benchmarks" / "suites"
 EXPERIMENT_KEYS = {"task", "config", "defaults", "label", "overrides"}
@@ -96,14 +91,7 @@ class Experiment:
 
     def argv(self, assets: dict[str, str], output_dir: Path) -> list[str]:
         """The recipe's command line."""
-        return [
-            sys.executable,
-            str(TASKS[self.task].recipe_path()),
-            "--config",
-            str(self.config),
-            *self.override_args(assets),
-            f"output_dir={output_dir}",
-        ]
+        return recipe_command(self.task, self.config, output_dir, self.override_args(assets))
 
     def needs_assets(self) -> bool:
         """Whether it runs on the tiny models or toy data of ``benchmarks/tiny.py``."""
@@ -205,23 +193,6 @@ def git_state(exclude: Path) -> dict[str, Any]:
 # -- one experiment ----------------------------------------------------------------------------
 
 
-def stream(argv: list[str], log: Path, env: dict[str, str]) -> int:
-    """Run ``argv``, copying its output live to our stdout and to ``log``; its exit status."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        open(log, "wb") as f,
-        subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        ) as proc,
-    ):
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read1(65536):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
-            f.write(chunk)
-        return proc.wait()
-
-
 def run_experiment(
     experiment: Experiment,
     runs: Path,
@@ -232,18 +203,24 @@ def run_experiment(
     """Train, measure, and return the experiment's JSON record (``status`` ok or failed)."""
     run_dir = runs / experiment.name
     assets = build_assets(assets_dir) if experiment.needs_assets() else {}
-    argv = experiment.argv(assets, run_dir)
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    (run_dir / "metrics.json").unlink(missing_ok=True)  # a stale file must not pass for this run's
     started, load_before = (
         datetime.now(timezone.utc).isoformat(timespec="seconds"),
         os.getloadavg()[0],
     )
-    tick = time.perf_counter()
-    returncode = stream(argv, run_dir / "log.txt", env)
-    wall = time.perf_counter() - tick
+    # never reused: a stale metrics.json is removed first, so it cannot pass for this run's
+    run = launch_recipe(
+        experiment.task,
+        experiment.config,
+        run_dir,
+        experiment.override_args(assets),
+        reuse=False,
+        echo=True,
+        env=env,
+        check=False,
+    )
     record: dict[str, Any] = {
         "schema": BENCHMARK_SCHEMA,
         "name": experiment.name,
@@ -260,15 +237,14 @@ def run_experiment(
         },
         "command": [
             "python",
-            *(a.replace(f"{REPO}/", "") for a in argv[1:]),
+            *(a.replace(f"{REPO}/", "") for a in run.command[1:]),
         ],  # paths relative to the repo
-        "log": relative(run_dir / "log.txt"),
-        "wall_seconds": wall,
+        "log": relative(run.log),
+        "wall_seconds": run.seconds,
         **context,
     }
-    if returncode != 0 or not (run_dir / "metrics.json").is_file():
-        tail = (run_dir / "log.txt").read_text(errors="replace").splitlines()[-40:]
-        return {**record, "status": "failed", "returncode": returncode, "log_tail": tail}
+    if not run.ok:
+        return {**record, "status": "failed", "returncode": run.returncode, "log_tail": run.tail}
 
     return {**record, **finished_record(run_dir, experiment.label, load_before)}
 
@@ -344,9 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         record = run_experiment(experiment, runs, runs / ".assets", context, args.threads)
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        tmp.replace(target)
+        write_atomic(target, json.dumps(record, indent=2, default=str))
         print(f"[{k}/{len(experiments)}] {experiment.name}: {summary(record)}", flush=True)
         if record["status"] != "ok":
             failed.append(experiment.name)

@@ -1,6 +1,6 @@
 """What ``benchmarks/run.py`` records of a finished experiment: the saved model measured (sizes,
-parameters, ``score_all`` speed), the recipe's metrics and config as the record's fields, and the
-machine and packages the numbers were taken with.
+parameters, ``score_all`` speed) and the recipe's metrics and config as the record's fields (the
+machine and packages the numbers were taken with come from ``benchmarks.common``).
 
 Nothing here trains or runs a recipe; it reads the run's folder (``metrics.json``,
 ``config.yaml``, ``model/``) after the recipe has written it.
@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +23,6 @@ if TYPE_CHECKING:
     import torch
 
 INFERENCE_REPEATS = 7
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "peftrec")
 
 
 # -- measuring a saved model -------------------------------------------------------------------
@@ -162,49 +159,4 @@ def finished_record(run_dir: Path, label: str | None, load_before: float) -> dic
         "valid": valid,
         "test": test,
         "history": metrics["history"],
-    }
-
-
-# -- the machine -------------------------------------------------------------------------------
-
-
-def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def hardware() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    memory_gib = None
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in info.splitlines()
-                if line.startswith("model name")
-            ),
-            cpu,
-        )
-        meminfo = Path("/proc/meminfo").read_text().split()
-        memory_gib = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
-    except (OSError, ValueError):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "torch_threads": torch.get_num_threads(),
-        "memory_gib": memory_gib,
-        "gpus": gpus,
-        "platform": platform.platform(),
     }

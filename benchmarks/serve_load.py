@@ -1,6 +1,6 @@
 """A bounded load test of ``peftrec serve``: N concurrent clients, a fixed number of requests.
 
-    python benchmarks/serve_load.py runs/minilm_lora_rating/model --clients 8 --requests 4000 \\
+    python -m benchmarks.serve_load runs/minilm_lora_rating/model --clients 8 --requests 4000 \\
         --out benchmarks/results/serve_load.md
 
 Starts the service on a free port on 127.0.0.1 (a subprocess running ``peftrec serve``), waits
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import platform
 import queue
 import socket
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import hardware_line, write_report
 
 WARMUP = 50
 
@@ -117,7 +118,6 @@ def main() -> None:
         process.terminate()
         process.wait(timeout=30)
     ms = 1000 * np.array(latencies)
-    load = os.getloadavg()
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     report = "\n".join(
         [
@@ -125,8 +125,8 @@ def main() -> None:
             "",
             f"{args.clients} concurrent clients (keep-alive), {args.requests} `POST /recommend` "
             f"(k=10, random known users) after {WARMUP} warm-up requests; clients and server on "
-            f"one machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"load average {load[0]:.1f} at the end; Python {platform.python_version()}.",
+            f"one machine: {hardware_line(load=True)} at the end; Python "
+            f"{platform.python_version()}.",
             "",
             "| requests | failed | throughput | p50 | p90 | p99 | max |",
             "|---:|---:|---:|---:|---:|---:|---:|",
@@ -135,12 +135,9 @@ def main() -> None:
             "",
         ]
     )
-    print(report)
+    write_report(args.out, report)
     if failures:
         print(f"failures (first 5): {failures[:5]}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
 
 
 if __name__ == "__main__":

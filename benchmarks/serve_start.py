@@ -1,6 +1,6 @@
 """How long an app waits for its first recommendation: import, load, first ``recommend``.
 
-    python benchmarks/serve_start.py runs/minilm_lora_rating/model \\
+    python -m benchmarks.serve_start runs/minilm_lora_rating/model \\
         --out benchmarks/results/serve_start.md
 
 Each repeat is a fresh Python process that imports peftrec, loads the model folder and asks for
@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import hardware_line, write_report
 
 PROBE = """
 import json, sys, time
@@ -73,13 +75,11 @@ def main() -> None:
         for _ in range(args.repeats):
             runs["served"].append(probe(args.model, args.user))
             runs["network"].append(probe(network, args.user))
-    load = os.getloadavg()
     lines = [
         f"# Time to the first recommendation: {args.model}",
         "",
         f"Fresh process per repeat, median of {args.repeats}, the two ways alternated; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-        f"{load[0]:.1f} at the end; Python {platform.python_version()}.",
+        f"{hardware_line(load=True)} at the end; Python {platform.python_version()}.",
         "",
         "| way | import | from_pretrained | first recommend | **total** | second recommend "
         "| torch imported |",
@@ -99,11 +99,7 @@ def main() -> None:
         "",
         f"Served from the saved vectors, the first recommendation comes {ratio:.0f}x sooner.",
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    write_report(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

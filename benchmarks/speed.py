@@ -1,7 +1,7 @@
 """Training and serving speed: peftrec's item-amortised training against one LM pass per rating.
 
-    python benchmarks/speed.py --threads 1  # MiniLM, ml-100k P1, all four methods (~7 min)
-    python benchmarks/speed.py --quick      # tiny BERT and toy data: a smoke run in seconds
+    python -m benchmarks.speed --threads 1  # MiniLM, ml-100k P1, all four methods (~7 min)
+    python -m benchmarks.speed --quick      # tiny BERT and toy data: a smoke run in seconds
 
 Everything is measured in one process, on the same model and data. Per method, two copies of the
 same warmed-up model (towers trained on frozen text features, as in the recipe) train in
@@ -13,9 +13,9 @@ alternation, so that a change in the machine's load hits both alike:
   each peftrec step it trains until its time catches up (equal wall time, so the validation RMSEs
   compare at equal wall time); its epoch time is extrapolated from the median step time.
 
-Both take the recipe's optimizer step on the loss of ``recipes/train_rating.py``
-(``speed_styles.py``: the two styles; ``speed_measure.py``: timing, memory and FLOPs;
-``speed_report.py``: the files written).
+Both take the recipe's optimizer step on the loss of ``recipes/train_rating.py``, built from the
+same ``peftrec.losses`` blocks (``speed_styles.py``: the two styles; ``speed_measure.py``:
+timing, memory and FLOPs; ``speed_report.py``: the files written).
 
 LM forward+backward FLOPs are counted with torch's FlopCounterMode on 3 batches per style and
 scaled by padded tokens; the reference is a 1024x1024 fp32 matmul timed in short bursts between
@@ -34,7 +34,6 @@ import itertools
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -43,11 +42,8 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.speed_measure import (  # noqa: E402
+from benchmarks.common import REPO, hardware
+from benchmarks.speed_measure import (
     Tally,
     flops_per_padded_token,
     log,
@@ -56,8 +52,8 @@ from benchmarks.speed_measure import (  # noqa: E402
     style_measures,
     timed_step,
 )
-from benchmarks.speed_report import BARS, write_report  # noqa: E402
-from benchmarks.speed_styles import (  # noqa: E402
+from benchmarks.speed_report import BARS, write_files
+from benchmarks.speed_styles import (
     peftrec_batches,
     recipe_config,
     seed_style_batches,
@@ -65,14 +61,14 @@ from benchmarks.speed_styles import (  # noqa: E402
     validation_rmse,
     warmed_up_model,
 )
-from benchmarks.tiny import write_tiny_bert, write_toy_data  # noqa: E402
-from peftrec.artifact import Catalog  # noqa: E402
-from peftrec.backbones import load_tokenizer  # noqa: E402
-from peftrec.data import load_data, split_rows  # noqa: E402
-from peftrec.model import RecModel  # noqa: E402
-from peftrec.recipe import make_optimizer  # noqa: E402
-from peftrec.recommender import Recommender  # noqa: E402
-from peftrec.tokens import tokenize_texts  # noqa: E402
+from benchmarks.tiny import write_tiny_bert, write_toy_data
+from peftrec.artifact import Catalog
+from peftrec.backbones import load_tokenizer
+from peftrec.data import load_data, split_rows
+from peftrec.model import RecModel
+from peftrec.recipe import make_optimizer
+from peftrec.recommender import Recommender
+from peftrec.tokens import tokenize_texts
 
 METHODS = ("lora", "prefix", "top_layers", "full")
 
@@ -124,11 +120,9 @@ def run_method(method: str, setup: dict) -> dict:
         "peftrec": flops_per_padded_token(model, [collator(b) for b in list(batches)[:3]]),
         "seed_style": flops_per_padded_token(seed_model, list(itertools.islice(other_ratings, 3))),
     }
-    peftrec_step = functools.partial(
-        train_step, model, make_optimizer(cfg, model), train_cfg=train_cfg
-    )
+    peftrec_step = functools.partial(train_step, model, make_optimizer(cfg, model), cfg=cfg)
     seed_style_step = functools.partial(
-        train_step, seed_model, make_optimizer(cfg, seed_model), train_cfg=train_cfg
+        train_step, seed_model, make_optimizer(cfg, seed_model), cfg=cfg
     )
     tally = {"peftrec": Tally(), "seed_style": Tally()}
     references = [matmul_flops_per_second(repeats=3)]
@@ -337,9 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "tiny BERT (2 layers, hidden 64)" if args.quick else "MiniLM (all-MiniLM-L6-v2)"
             ),
             "data": "toy P1" if args.quick else "ml-100k P1",
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            "hardware": hardware(),
             "torch": torch.__version__,
             "dtype": "float32",
             "load_before": load_before,
@@ -353,18 +345,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     full_run = not args.quick and {"lora", "top_layers"} <= set(methods)
     results["bars"] = {bar: bool(test(results)) for bar, test in BARS.items()} if full_run else {}
-    write_report(results, args.out, name)
+    write_files(results, args.out, name)
     for bar, met in results["bars"].items():
         log(f"bar {bar}: {'met' if met else 'NOT met'}")
     log(f"wrote {args.out / f'speed_{name}.json'} and .md")
     return results
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

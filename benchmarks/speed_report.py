@@ -1,10 +1,14 @@
-"""The JSON and Markdown files of ``benchmarks/speed.py``, and the bars of issue 4 its full run
-is held to."""
+"""The JSON and Markdown files of ``benchmarks/speed.py``, the bars of issue 4 its full run is
+held to, and its section in a suite's report (:func:`speed_section`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+from benchmarks.common import hardware_line, write_report
+from benchmarks.report_results import fmt_si, relative_link, table
 
 BARS = {  # issue 4, MiniLM on P1
     "lora_ratings_per_second_ratio >= 50": lambda r: (
@@ -35,11 +39,9 @@ RATIO_HEADER = (
 )
 
 
-def write_report(results: dict, out: Path, name: str) -> None:
+def write_files(results: dict, out: Path, name: str) -> list[Path]:
     """``speed_<name>.json`` (``results`` as they are) and ``speed_<name>.md`` in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"speed_{name}.json").write_text(json.dumps(results, indent=2))
-    (out / f"speed_{name}.md").write_text(markdown(results, name))
+    return write_report(out / f"speed_{name}.md", markdown(results, name), results, echo=False)
 
 
 def markdown(results: dict, name: str) -> str:
@@ -47,9 +49,8 @@ def markdown(results: dict, name: str) -> str:
     lines = [
         f"# Training and serving speed ({name})",
         "",
-        f"{env['model']}, {env['data']}; {env['cpu']}, {env['cores']} cores, "
-        f"{env['torch_threads']} torch threads, CPU, fp32, torch {env['torch']}. One run, all "
-        "numbers side by side in one process. "
+        f"{env['model']}, {env['data']}; {hardware_line(env['hardware'])}, fp32, "
+        f"torch {env['torch']}. One run, all numbers side by side in one process. "
         f"Load average {env['load_before'][0]:.1f} before / {env['load_after'][0]:.1f} after "
         "(other jobs on the machine slow both columns alike; the ratios are the robust numbers).",
         "",
@@ -130,3 +131,64 @@ def ratio_row(method: str, r: dict) -> str:
         f"{p['lm_flops_per_padded_token'] / 1e6:.1f} | {q['ratings_per_second']:.1f}x | "
         f"{r['matmul_flops_per_second'] / 1e9:.1f} |"
     )
+
+
+# -- in a suite's report ------------------------------------------------------------------------
+
+
+def speed_section(files: list[Path], base: Path) -> str:
+    """The seed-style baseline of ``benchmarks/speed.py``: ratings/s of one LM pass per
+    rating against peftrec's, per method, with a link to its own report (any other JSON: its
+    values)."""
+    if not files:
+        return (
+            "Not measured here: `benchmarks/speed.py` compares seed-style training (one LM pass "
+            "per rating) with peftrec's; its `speed_*.json` in this folder or its parent appears "
+            "here."
+        )
+    parts = []
+    for path in files:
+        results = json.loads(path.read_text())
+        own = path.with_suffix(".md")
+        source = (
+            f"[`{own.name}`]({relative_link(own, base)})"
+            if own.is_file()
+            else f"[`{path.name}`]({relative_link(path, base)})"
+        )
+        methods = results.get("methods") if isinstance(results, dict) else None
+        try:
+            rows = [
+                [
+                    m,
+                    fmt_si(r["seed_style"]["ratings_per_second"]),
+                    fmt_si(r["peftrec"]["ratings_per_second"]),
+                    f"{r['ratios']['ratings_per_second']:.1f}x",
+                ]
+                for m, r in methods.items()
+            ]
+            body = table(
+                ["method", "seed-style ratings/s", "peftrec ratings/s", "speed-up"], rows, "lrrr"
+            )
+        except (AttributeError, KeyError, TypeError):  # another layout: its values as they are
+            body = table(
+                ["measure", "value"], [[f"`{k}`", v] for k, v in flatten(results)][:40], "lr"
+            )
+        env = results.get("environment", {}) if isinstance(results, dict) else {}
+        about = ", ".join(str(env[k]) for k in ("model", "data") if env.get(k))
+        parts.append(f"From {source}" + (f" ({about})" if about else "") + ":\n\n" + body)
+    return "\n\n".join(parts)
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Numeric and text leaves of a JSON value as ``(dotted.key, text)``."""
+    if isinstance(value, dict):
+        return [
+            pair
+            for k, v in value.items()
+            for pair in flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        ]
+    if isinstance(value, list):
+        return [pair for i, v in enumerate(value) for pair in flatten(v, f"{prefix}[{i}]")]
+    if isinstance(value, float):
+        return [(prefix, f"{value:.4g}")]
+    return [(prefix, str(value))]

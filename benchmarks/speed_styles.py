@@ -2,7 +2,8 @@
 
 - peftrec: the recipe's item-amortised batches (``ItemRatingsCollator`` over
   ``LengthBucketBatches`` of an ``ItemShuffler``) and the loss of one rating step of
-  ``recipes/train_rating.py`` (:func:`rating_loss`);
+  ``recipes/train_rating.py`` on one process (:func:`rating_loss`: ``peftrec.losses.step_loss``,
+  the transfer term and ``peftrec.losses.ridge``, as the recipe adds them);
 - seed-style: the benchmark's own baseline, one row and one LM pass per rating
   (:func:`seed_style_batches`), trained with the same step.
 
@@ -24,7 +25,7 @@ from benchmarks.speed_measure import Batch
 from peftrec.assembly import build_model
 from peftrec.config import RatingRecipeConfig, RatingTrainConfig, load_config
 from peftrec.heads import RatingHead
-from peftrec.losses import step_loss
+from peftrec.losses import ridge, step_loss
 from peftrec.metrics import rmse
 from peftrec.model import RecModel, RecOutput
 from peftrec.tokens import pad_batch
@@ -72,31 +73,35 @@ def warmed_up_model(cfg: RatingRecipeConfig, setup: dict) -> tuple[RecModel, flo
         lr=train_cfg.head_lr,
         l2=train_cfg.l2,
         text_l2=train_cfg.text_l2,
+        knowledge_l2=train_cfg.knowledge_l2,
         seed=train_cfg.seed,
     )
     return model, validation_rmse(model, tokens, valid, item_text)
 
 
 def rating_loss(
-    output: RecOutput, ratings: torch.Tensor, head: RatingHead, *, l2: float, text_l2: float
+    output: RecOutput, ratings: torch.Tensor, head: RatingHead, cfg: RatingRecipeConfig
 ) -> torch.Tensor:
-    """The loss of one rating step of ``recipes/train_rating.py`` on one process (which
-    inlines it): the squared error plus ``l2`` x the pairs' penalty per rating, over the
-    ratings, plus ``text_l2`` x the ridge on the text-to-item weights."""
+    """What ``recipes/train_rating.py`` backpropagates in one step on one process (its step's
+    ratings are this process's): ``step_loss`` of the squared error and the pairs' penalty,
+    plus ``transfer.weight`` x L_S, plus the ``ridge`` on the text (and fact) maps."""
     squared = (output.scores - ratings).square().sum()
-    return step_loss(squared, output.penalty, len(ratings), l2=l2) + text_l2 * head.weight_penalty()
+    loss = step_loss(squared, output.penalty, len(ratings), l2=cfg.train.l2)
+    return (
+        loss
+        + cfg.transfer.weight * output.source
+        + ridge(head, cfg.train.text_l2, cfg.train.knowledge_l2)
+    )
 
 
 def train_step(
-    model: RecModel, optimizer: torch.optim.Optimizer, batch: Batch, train_cfg: RatingTrainConfig
+    model: RecModel, optimizer: torch.optim.Optimizer, batch: Batch, cfg: RatingRecipeConfig
 ) -> float:
     """One optimizer step on the recipe's loss; returns the forward+backward seconds."""
     batch = dict(batch)
     ratings = batch.pop("ratings")
     tick = time.perf_counter()
-    loss = rating_loss(
-        model(**batch), ratings, model.head, l2=train_cfg.l2, text_l2=train_cfg.text_l2
-    )
+    loss = rating_loss(model(**batch), ratings, model.head, cfg)
     loss.backward()
     seconds = time.perf_counter() - tick
     optimizer.step()

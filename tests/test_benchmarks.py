@@ -35,7 +35,8 @@ def quick(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     result = subprocess.run(
         [
             sys.executable,
-            "benchmarks/run.py",
+            "-m",
+            "benchmarks.run",
             "--suite",
             "quick",
             "--out",
@@ -205,7 +206,8 @@ def test_a_crash_fails_its_experiment_not_the_suite(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            "benchmarks/run.py",
+            "-m",
+            "benchmarks.run",
             "--suite",
             str(suite),
             "--out",
@@ -226,6 +228,48 @@ def test_a_crash_fails_its_experiment_not_the_suite(tmp_path):
     assert record["status"] == "failed" and record["returncode"] == 2
     assert any("train.epochs" in line for line in record["log_tail"])
     assert not (out / "REPORT.md").exists()
+
+
+def test_common_endings_report_reuse_and_failure(tmp_path, capsys, monkeypatch):
+    """benchmarks.common: a report printed and written with its JSON (no temporary file left), a
+    finished recipe run reused with its wall time, a failed one raising with the end of its log,
+    the hardware line and a seeds cell."""
+    from benchmarks import common
+
+    out = tmp_path / "study" / "result.md"
+    assert common.write_report(out, "# study", {"auc": 0.7}) == [out.with_suffix(".json"), out]
+    assert out.read_text() == "# study\n" and "# study" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".json").read_text()) == {"auc": 0.7}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["result.json", "result.md"]
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "metrics.json").write_text(json.dumps({"test_auc": 0.7}))
+    (done / "process.json").write_text(json.dumps({"seconds": 12.5}))
+    config = REPO / "recipes/configs/minilm_frozen_preference.yaml"
+    run = common.launch_recipe("preference", config, done, ["train.epochs=1"])
+    assert run.skipped and run.results() == {"test_auc": 0.7, "process_seconds": 12.5}
+    assert run.command[1] == str(TASKS["preference"].recipe_path())
+    assert run.command[2:] == ["--config", str(config), "train.epochs=1", f"output_dir={done}"]
+
+    crash = "import sys; print('loading', flush=True); print('boom', file=sys.stderr); sys.exit(3)"
+    monkeypatch.setattr(common, "recipe_command", lambda *_: [sys.executable, "-c", crash])
+    with pytest.raises(common.RecipeFailed, match=r"exit status 3(.|\n)*loading\nboom"):
+        common.launch_recipe("preference", config, tmp_path / "crash")
+    failed = common.launch_recipe("preference", config, tmp_path / "crash", check=False)
+    assert not failed.ok and failed.tail == ["loading", "boom"] and failed.seconds > 0
+    assert not (tmp_path / "crash" / "process.json").exists()
+
+    hw = {"cpu": "Test CPU", "machine": "x86_64", "logical_cores": 4, "usable_cores": 2}
+    hw |= {"torch_threads": 1, "memory_gib": 8, "gpus": []}
+    assert common.hardware_line(hw) == (
+        "Test CPU (x86_64), 2 usable of 4 logical cores, 1 torch thread(s), 8 GiB RAM, no GPU"
+    )
+    assert common.hardware_line({**hw, "gpus": ["H100"]}, threads="1, 2").endswith(
+        "1, 2 torch thread(s), 8 GiB RAM, H100"
+    )
+    assert common.fmt_seeds([0.5]) == "0.5000" and common.fmt_seeds([0.5], [3]) == "0.5000 (seed 3)"
+    assert common.fmt_seeds([0.1, 0.3]) == "0.2000 ± 0.1000 (2 seeds)"
 
 
 # -- experiment files ----------------------------------------------------------------------------
@@ -542,6 +586,80 @@ def test_report_has_a_sparse_data_section_when_runs_differ_in_train_fraction(tmp
     ).read_text()
     assert table_rows(text, "## Sparse data")[0] == ["1%", "797", "1.0500", "1.1000", "**1.0200**"]
     assert "cold" not in text.split("## Sparse data", 1)[1].split("\n## ", 1)[0]
+
+
+def seed_record(
+    name: str, seed: int, rmse: float, protocol: str = "p1", label: str = "lora", **train: Any
+) -> dict[str, Any]:
+    """A rating run of ``train.seed=seed`` (``train``: other settings of the configuration)."""
+    record = make_record(
+        name, protocol=protocol, label=label, headline=rmse, seed=seed,
+        train__ratings_per_second=1000.0 * (seed + 1),
+    )  # fmt: skip
+    record["config"]["train"] = {"seed": seed, "lr": 1e-3, **train}
+    return record
+
+
+def test_report_merges_the_seeds_of_one_configuration(tmp_path):
+    """Runs that differ only in their seed are one row, in every table: mean ± std over the seeds
+    (numpy's std) and their count; a run that differs in anything else keeps its own row."""
+    import numpy as np
+
+    records = [
+        seed_record("p1_lora_s0", 0, 0.90),
+        seed_record("p1_lora_s1", 1, 0.91),
+        seed_record("p1_lora_s2", 2, 0.92),
+        seed_record("p1_lora_lr", 0, 0.95, lr=1e-2),  # the same label, another configuration
+        seed_record("p1_full", 0, 0.905, label="full"),
+        seed_record("p2_lora_s0", 0, 1.01, protocol="p2"),
+        seed_record("p2_lora_s1", 1, 1.02, protocol="p2"),
+    ]
+    results = write_records(tmp_path / "results", records)
+    text = report.write_report(results, tmp_path / "REPORT.md").read_text()
+
+    def cell(values: list[float], count: bool = True) -> str:
+        counted = f" ({len(values)} seeds)" if count else ""  # not where a column counts them
+        return f"{np.mean(values):.4f} ± {np.std(values):.4f}{counted}"
+
+    p1 = table_rows(text, "## Rating prediction: ml-100k, P1")
+    assert "| method | seeds | RMSE ↓ | MSE | MAE | on | valid RMSE |" in text
+    assert [row[:3] for row in p1] == [
+        ["full", "1", "**0.9050**"],
+        ["lora", "3", "0.9100 ± 0.0082"],
+        ["lora", "1", "0.9500"],
+    ]
+    assert p1[1][3:7] == [
+        cell([0.90**2, 0.91**2, 0.92**2], count=False),
+        cell([0.7] * 3, count=False),
+        "test",
+        cell([0.91, 0.92, 0.93], count=False),
+    ]
+    assert p1[1][10] == "2k"  # the mean of the seeds' 1k, 2k and 3k training ratings/s
+    warm_cold = table_rows(text, "## Warm (P1) against cold-start items (P2)")
+    assert warm_cold == [
+        ["full", "minilm", "0.9050 (test)", report.NA],
+        ["lora", "minilm", f"{cell([0.90, 0.91, 0.92])} (test)", f"{cell([1.01, 1.02])} (test)"],
+    ]
+    assert "lora (minilm) has the best test RMSE, 1.0150 ± 0.0050 (2 seeds)" in text
+    assert "are one row: mean ± std over the seeds, with their count" in text
+    for name in (r["name"] for r in records):  # every run is still listed
+        assert f"`{name}`" in text
+    assert len(list(tmp_path.glob("REPORT_*.png"))) == 3
+
+    sparse = [  # two seeds at 10%: one cell
+        sparse_record("lora", 1.0, 0.912, 80000),
+        sparse_record("lora", 0.1, 1.00, 8001),
+        {**sparse_record("lora", 0.1, 1.02, 8001), "name": "frac010_lora_s1", "seed": 1},
+    ]
+    for record in sparse:
+        record["config"]["train"] = {"seed": record["seed"]}
+    text = report.write_report(
+        write_records(tmp_path / "sparse", sparse), tmp_path / "SPARSE.md", plots=False
+    ).read_text()
+    assert table_rows(text, "## Sparse data") == [
+        ["10%", "8,001", cell([1.00, 1.02])],
+        ["100%", "80,000", "0.9120"],
+    ]
 
 
 def test_report_flags_failures_dirty_trees_load_and_validation_only_numbers(tmp_path):

@@ -2,8 +2,9 @@
 
 The quick start and the setup by hand are the commands `make` and CI run; every recipe launch line
 shown is accepted by the recipe's own start-up checks; every `peftrec` command and option, every
-`make` target and every `rec.<method>(...)` exists; every recipe, config, benchmark or test path
-named exists. The site itself is built with `mkdocs build --strict` by `make docs` (in CI).
+`make` target, every `python -m benchmarks.<name>` and every `rec.<method>(...)` exists; every
+recipe, config, benchmark or test path named exists. The site itself is built with
+`mkdocs build --strict` by `make docs` (in CI).
 """
 
 from __future__ import annotations
@@ -107,6 +108,21 @@ def test_named_paths_exist():
             if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
                 missing.append(f"{page.relative_to(ROOT)}: {path}")
     assert not missing
+
+
+def test_benchmarks_shown_run_as_modules():
+    """A benchmark runs as `python -m benchmarks.<name>` from the repository root, never by its
+    path: every one shown (here and in benchmarks/README.md) is a module of the package that
+    runs as a script."""
+    shown = set()
+    for page in [*PAGES, ROOT / "benchmarks" / "README.md"]:
+        text = page.read_text()
+        assert not re.search(r"python3? benchmarks/", text), page.relative_to(ROOT)
+        shown |= set(re.findall(r"python3? -m benchmarks\.(\w+)", text))
+    assert (ROOT / "benchmarks" / "__init__.py").is_file() and len(shown) >= 8
+    for name in shown:
+        module = ROOT / "benchmarks" / f"{name}.py"
+        assert 'if __name__ == "__main__":' in module.read_text(), name
 
 
 def test_config_names_exist():

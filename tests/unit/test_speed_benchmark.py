@@ -43,10 +43,19 @@ def test_quick_speed_benchmark(tmp_path):
 
 
 def test_rating_loss_is_the_recipes():
-    """Squared error plus l2 x penalty per rating, over the ratings, plus text_l2 x the ridge."""
-    output = SimpleNamespace(scores=torch.tensor([3.0, 4.0, 5.0]), penalty=torch.tensor(0.5))
-    head = SimpleNamespace(weight_penalty=lambda: torch.tensor(4.0))
-    loss = speed_styles.rating_loss(
-        output, torch.tensor([4.0, 4.0, 3.0]), head, l2=0.1, text_l2=0.01
+    """As recipes/train_rating.py on one process: squared error plus l2 x penalty per rating,
+    over the ratings, plus transfer.weight x L_S, plus the ridges on the text and fact maps."""
+    output = SimpleNamespace(
+        scores=torch.tensor([3.0, 4.0, 5.0]), penalty=torch.tensor(0.5), source=torch.tensor(2.0)
     )
-    assert loss.item() == pytest.approx((1 + 0 + 4) / 3 + 0.1 * 0.5 + 0.01 * 4)
+    head = SimpleNamespace(
+        weight_penalty=lambda: torch.tensor(4.0), knowledge_penalty=lambda: torch.tensor(3.0)
+    )
+    cfg = SimpleNamespace(
+        train=SimpleNamespace(l2=0.1, text_l2=0.01, knowledge_l2=0.001),
+        transfer=SimpleNamespace(weight=0.2),
+    )
+    loss = speed_styles.rating_loss(output, torch.tensor([4.0, 4.0, 3.0]), head, cfg)
+    assert loss.item() == pytest.approx(
+        (1 + 0 + 4) / 3 + 0.1 * 0.5 + 0.2 * 2.0 + 0.01 * 4 + 0.001 * 3
+    )
