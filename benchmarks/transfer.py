@@ -1,6 +1,6 @@
 """Movies to books: does a preference model trained on movie ratings help on Book-Crossing?
 
-    python benchmarks/transfer.py --out benchmarks/results/transfer.md
+    python -m benchmarks.transfer --out benchmarks/results/transfer.md
 
 Target: ``tallrec-book`` (TALLRec's book benchmark on the aligned records; 2,427 test records,
 one per user). Source: a towers model (frozen MiniLM, text-only items, so nothing in it is tied to
@@ -13,7 +13,10 @@ a movie id) trained on ml-100k's preference records outside the tallrec-movie be
 - movie model, head calibrated: the source's towers kept, its six head scalars fitted to the n
   records (``train.warm_start=head``);
 - movie model, adapted: every trainable part starts from the source and trains on the n records
-  (``train.init_from``).
+  (``train.init_from``);
+- each with and without the content match (``preference.content``: one scalar on the LM's own
+  text space, the part of a towers model that means the same in any domain); and an ml-1m source
+  (80,000 of its P3 records with labels) with the content match, zero-shot and at n = 256.
 
 n = 16, 64, 256 (seeds 0-4, TALLRec's draws ``default_rng(seed).permutation(19414)[:n]``) and
 all 19,414 (seed 0). Every saved model is loaded with ``Recommender.from_pretrained`` and must
@@ -25,22 +28,16 @@ mean over seeds, 95% bootstrap interval over the test users (one record each).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from peftrec.data.bookcrossing import tallrec_book_dataset  # noqa: E402
-from peftrec.data.preference import SHOTS, like_ratio, tallrec_book_split  # noqa: E402
-from peftrec.recommender import Recommender  # noqa: E402
+from benchmarks.common import REPO, fmt_seeds, hardware_line, launch_recipe, write_report
+from peftrec.data.bookcrossing import tallrec_book_dataset
+from peftrec.data.preference import SHOTS, like_ratio, tallrec_book_split
+from peftrec.recommender import Recommender
 
 CONFIGS = REPO / "recipes" / "configs"
 MOVIES = CONFIGS / "minilm_frozen_preference.yaml"
@@ -49,16 +46,35 @@ ALL = 19414
 TALLREC = {16: 0.5636, 64: 0.6039, 256: 0.6438}  # TALLRec README, book, LLaMA-7B + LoRA
 BOOTSTRAP = 1000
 SOURCE = ["preference.records=source", "train.epochs=2", "model.item_ids=false"]
-ARMS = {  # name: (overrides, from the movie model, shots)
-    "target only": ([], False, (*SHOTS, ALL)),
-    "movie model, zero-shot": (["train.epochs=0"], True, (0,)),
-    "movie model, head calibrated": (
-        ["train.warm_start=head", "train.lr=1e-2", "train.epochs=100", "train.patience=10"],
-        True,
-        (*SHOTS, ALL),
-    ),
-    "movie model, adapted": ([], True, (*SHOTS, ALL)),
+CONTENT = ["preference.content=true"]
+ML1M = ["data.dataset=ml-1m", "data.protocol=p3", "data.train_records=80000", "train.epochs=2"]
+SOURCES = {  # movie models: ml-100k's source records; ml-1m's p3 records (80,000 drawn)
+    "towers": SOURCE,
+    "towers + content": [*SOURCE, *CONTENT],
+    "ml-1m towers + content": [*ML1M, "model.item_ids=false", *CONTENT],
 }
+HEAD = ["train.warm_start=head", "train.lr=1e-2", "train.epochs=100", "train.patience=10"]
+FEW = (*SHOTS, ALL)
+ARMS = {  # name: (overrides, the movie source it starts from (None: target only), shots)
+    "target only": ([], None, FEW),
+    "target only + content": (CONTENT, None, FEW),
+    "movie model, zero-shot": (["train.epochs=0"], "towers", (0,)),
+    "movie model + content, zero-shot": ([*CONTENT, "train.epochs=0"], "towers + content", (0,)),
+    "movie model, head calibrated": (HEAD, "towers", FEW),
+    "movie model + content, head calibrated": ([*CONTENT, *HEAD], "towers + content", FEW),
+    "movie model, adapted": ([], "towers", FEW),
+    "movie model + content, adapted": (CONTENT, "towers + content", FEW),
+    "ml-1m model + content, zero-shot": (
+        [*CONTENT, "train.epochs=0"],
+        "ml-1m towers + content",
+        (0,),
+    ),
+    "ml-1m model + content, adapted": (CONTENT, "ml-1m towers + content", (256,)),
+}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -72,17 +88,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def train(config: Path, out: Path, overrides: list[str]) -> dict:
     """One recipe run (skipped when its metrics exist), with the process's wall time."""
-    if not (out / "metrics.json").is_file():
-        command = [sys.executable, str(REPO / "recipes/train_preference.py"), "--config"]
-        command += [str(config), *overrides, f"output_dir={out}"]
-        tick = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-        if done.returncode != 0:
-            raise SystemExit(f"{out}: the recipe failed\n{done.stderr[-3000:]}")
-        (out / "process.json").write_text(json.dumps({"seconds": time.perf_counter() - tick}))
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics["process_seconds"] = json.loads((out / "process.json").read_text())["seconds"]
-    return metrics
+    return launch_recipe("preference", config, out, overrides).results()
 
 
 def app_probabilities(folder: Path, test, item_ids: list[str]) -> np.ndarray:
@@ -117,44 +123,40 @@ def paired(test, runs: list[np.ndarray], against: list[np.ndarray], rng) -> tupl
     return gap(np.arange(len(y))), *np.quantile(draws, [0.025, 0.975])
 
 
-def cell(values: list[float], n: int) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/transfer.md")
     parser.add_argument("--runs", type=Path, default=REPO / "runs/bench_transfer")
     parser.add_argument("--seeds", type=int, default=5, help="few-shot seeds 0..seeds-1")
     parser.add_argument("--shots", type=int, nargs="*", default=None, help="default: all")
+    parser.add_argument("--arms", nargs="*", default=None, help="default: every arm")
     args = parser.parse_args()
     started = time.perf_counter()
     dataset = tallrec_book_dataset()
     test = tallrec_book_split(dataset).test
     reference = like_ratio(test)
     seeds = list(range(args.seeds))
-    source = train(MOVIES, args.runs / "movie_source", SOURCE)
-    source_model = args.runs / "movie_source" / "model"
+    sources = {
+        name: train(MOVIES, args.runs / slug(f"movie {name}"), overrides)
+        for name, overrides in SOURCES.items()
+    }
 
     runs: dict[str, dict[int, list[dict]]] = {}
-    for arm, (overrides, from_movies, shots) in ARMS.items():
-        slug = re.sub(r"[^a-z0-9]+", "_", arm.lower()).strip("_")
+    for arm, (overrides, source, shots) in ARMS.items():
+        if args.arms and arm not in args.arms:
+            continue
         runs[arm] = {}
         for n in shots:
             if args.shots is not None and n not in args.shots:
                 continue
             runs[arm][n] = []
             for seed in [0] if n in (0, ALL) else seeds:
-                out = args.runs / slug / f"n{n}_s{seed}"
-                extra = (
-                    [f"data.train_records={n}", f"data.seed={seed}"] if n not in (0, ALL) else []
-                )
-                if from_movies:
-                    extra.append(f"train.init_from={source_model}")
+                out = args.runs / slug(arm) / f"n{n}_s{seed}"
+                extra = []
+                if n not in (0, ALL):
+                    extra = [f"data.train_records={n}", f"data.seed={seed}"]
+                if source is not None:
+                    extra.append(f"train.init_from={args.runs / slug(f'movie {source}') / 'model'}")
                 metrics = train(BOOKS, out, [*overrides, *extra])
                 p = app_probabilities(out / "model", test, dataset.item_ids)
                 app = auc(p, test.labels)
@@ -168,14 +170,20 @@ def main() -> None:
     lines = [
         "# Movies to books: cross-domain transfer on tallrec-book",
         "",
-        f"`python benchmarks/transfer.py`; {platform.machine()}, 2 cores (shared), one process "
-        f"per run, CPU fp32; {time.perf_counter() - started:.0f} s for the study. Test AUC on "
+        f"`python -m benchmarks.transfer`; {hardware_line()}; one process per run, fp32; "
+        f"{time.perf_counter() - started:.0f} s for the study. Test AUC on "
         "tallrec-book's 2,427 test records (one per user; TALLRec's book benchmark rebuilt "
         "aligned), computed by each saved model's `predict_proba` (equal to the recipe's to "
         "1e-6 in every run). Frozen MiniLM towers, text-only items "
-        '(`"{title}" by {author} ({year}). {publisher}.`). The source: ml-100k\'s preference '
-        f"records outside tallrec-movie ({source['train_records']:,} records, "
-        f"{source['wall_seconds']:.0f} s; {source['test_auc']:.4f} on tallrec-movie's test). "
+        '(`"{title}" by {author} ({year}). {publisher}.`). The sources: ml-100k\'s preference '
+        f"records outside tallrec-movie ({sources['towers']['train_records']:,} records; test "
+        "AUC on tallrec-movie's test: "
+        + ", ".join(
+            f"{name} {m['test_auc']:.4f}" for name, m in sources.items() if "ml-1m" not in name
+        )
+        + "), and 80,000 of ml-1m's P3 records with labels (test AUC on ml-1m's P3 test: "
+        + ", ".join(f"{name} {m['test_auc']:.4f}" for name, m in sources.items() if "ml-1m" in name)
+        + "). "
         f"Few-shot: mean ± std over seeds {seeds[0]}-{seeds[-1]}; n = 0 and {ALL:,}: one run. "
         "The like ratio of the history (no training) scores "
         f"**{auc(reference, test.labels):.4f}**.",
@@ -190,7 +198,7 @@ def main() -> None:
         + " |",
     ]
     for arm, by_n in runs.items():
-        cells = [cell([r["test_auc"] for r in by_n.get(n, [])], n) for n in ns]
+        cells = [fmt_seeds([r["test_auc"] for r in by_n[n]]) if by_n.get(n) else "-" for n in ns]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -219,17 +227,12 @@ def main() -> None:
                     label = "" if n else f" (vs n = {target_n})"
                     vs_target = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]{label}"
             mean, low, high = vs_ratio
-            seconds = np.median([r["process_seconds"] for r in done])
+            seconds = np.median([r["process_seconds"] or r["wall_seconds"] for r in done])
             lines.append(
                 f"| {arm} | {n} | {vs_target} | {mean:+.4f} [{low:+.4f}, {high:+.4f}] | "
                 f"{done[0]['trainable_parameters']:,} | {seconds:.0f} s |"
             )
     lines += ["", "![AUC against book records](transfer.png)"]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    plot(runs, auc(reference, test.labels), args.out.with_suffix(".png"))
     record = {
         arm: {
             str(n): [
@@ -239,19 +242,16 @@ def main() -> None:
         }
         for arm, by_n in runs.items()
     }
-    args.out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "like_ratio_auc": auc(reference, test.labels),
-                "source": source["test_auc"],
-                "runs": record,
-            },
-            indent=1,
-        )
-    )
+    data = {
+        "like_ratio_auc": auc(reference, test.labels),
+        "source": {name: m["test_auc"] for name, m in sources.items()},
+        "runs": record,
+    }
+    write_report(args.out, "\n".join(lines), data, plot(runs, auc(reference, test.labels)))
 
 
-def plot(runs: dict, reference: float, path: Path) -> None:
+def plot(runs: dict, reference: float):
+    """AUC against the book records trained on, TALLRec's published curve beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,7 +274,7 @@ def plot(runs: dict, reference: float, path: Path) -> None:
     ax.set_title("tallrec-book: movies to books")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks import report
@@ -758,3 +759,21 @@ def test_cold_items_bootstrap_resamples_whole_items_and_pairs_the_methods():
     assert np.array_equal(
         item_bootstrap(errors, items, resamples=50), item_bootstrap(errors, items, resamples=50)
     )
+
+
+def test_the_transfer_study_counts_auc_ties_as_the_metric_module_does():
+    from types import SimpleNamespace
+
+    from benchmarks.transfer import auc, paired
+    from peftrec.metrics import load_metric
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(0.7 * rng.random(300) + 0.3 * labels, 1)  # probabilities, many ties
+    expected = load_metric("preference").compute(predictions=scores, references=labels)["auc"]
+    assert auc(scores, labels) == pytest.approx(expected, abs=1e-12)
+    test = SimpleNamespace(labels=labels)
+    same = paired(test, [scores], [scores], rng)
+    assert same == (0.0, 0.0, 0.0)
+    gap, low, high = paired(test, [scores], [rng.random(300)], rng)
+    assert low < gap < high and gap > 0.05
