@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 from .cli_arguments import model_folder, positive_int
-from .shipped import CONFIGS, config_names, recipe_tasks
+from .shipped import CONFIGS, config_names, load_recipe, recipe_tasks
 
 
 def train(args: argparse.Namespace) -> int:
-    from .recipe import USER_ERRORS
-    from .shipped import load_recipe
+    from .recipe import USER_ERRORS  # torch and the rest: only when training
     from .tasks import TASKS
 
     recipe = load_recipe(TASKS[args.task].recipe)
