@@ -1,6 +1,8 @@
-"""``peftrec`` command line: fetch data, and query a trained model as an app would.
+"""``peftrec`` command line: fetch data, train, and query a trained model as an app would.
 
     peftrec fetch ml-100k
+    peftrec train rating --config minilm_lora_rating [train.epochs=3 ...]
+    peftrec configs
     peftrec recommend runs/minilm_lora_rating/model --user 196 --user 10 -k 5 [--json]
     peftrec predict runs/minilm_lora_rating/model --user 196 242 302 [--json]
     peftrec serve runs/minilm_lora_rating/model [--host 127.0.0.1] [--port 8000]
@@ -20,23 +22,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def model_folder(text: str) -> Path:
-    folder = Path(text)
-    if not (folder / "peftrec.json").is_file():
-        raise argparse.ArgumentTypeError(f"{folder}: not a saved peftrec model (no peftrec.json)")
-    return folder
+from .cli_arguments import model_folder, positive_int
+from .cli_training import add_training_commands
 
 
 def fetch(args: argparse.Namespace) -> None:
@@ -173,27 +160,6 @@ def explain(args: argparse.Namespace) -> None:
         print(f"wrote {args.html}", file=sys.stderr)
 
 
-def update_model(args: argparse.Namespace) -> None:
-    from .update import update
-
-    print(f"updating {args.model} ({args.epochs} epoch(s), warm start: {args.warm_start}) ...")
-    metrics = update(
-        args.model,
-        args.data,
-        args.out,
-        items=args.items,
-        users=args.users,
-        epochs=args.epochs,
-        warm_start=args.warm_start,
-        settings=args.set,
-    )
-    score = next((k for k in metrics if k.startswith("valid_")), None)
-    if score is not None:
-        value = metrics[score]
-        print(f"validation {score[6:]} {value:.4f} (best epoch {metrics['best_epoch']})")
-    print(f"model saved to {args.out}")
-
-
 def port_number(text: str) -> int:
     try:
         value = int(text)
@@ -299,57 +265,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--html", type=Path, default=None, help="also write a page, words highlighted")
     p.add_argument("--json", action="store_true", help="print JSON (every word) instead")
     p.set_defaults(run=explain)
-    p = commands.add_parser(
-        "update",
-        help="continue a saved model on new interactions (a warm start) into a new model folder",
-    )
-    p.add_argument("model", type=model_folder, help="the saved model to continue from")
-    p.add_argument(
-        "--data",
-        required=True,
-        type=Path,
-        help="interactions to train on (CSV, TSV, Parquet, JSON Lines): the whole history so far, "
-        "or the new window",
-    )
-    p.add_argument("--out", required=True, type=Path, help="the new model folder (must not exist)")
-    p.add_argument(
-        "--items", type=Path, default=None, help="items file (default: the model's catalogue)"
-    )
-    p.add_argument("--users", type=Path, default=None, help="users file (profile models)")
-    p.add_argument(
-        "--epochs", type=positive_int, default=2, help="epochs from the model (default 2)"
-    )
-    p.add_argument(
-        "--warm-start",
-        choices=["continue", "merge", "towers", "head"],
-        default="continue",
-        help="what the model's adapter does (train.warm_start; default continue)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another recipe setting, e.g. train.lr=5e-4 (repeat for several)",
-    )
-    p.set_defaults(run=update_model)
+    add_training_commands(commands)
     return main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command != "train":  # a recipe sets up its logging as when it is launched
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command != "fetch":
         from .quiet import quiet_libraries
 
         quiet_libraries()
     try:
-        args.run(args)
+        status = args.run(args)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"peftrec {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

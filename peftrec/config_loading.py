@@ -32,6 +32,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, Union
 import yaml
 
 from .files import write_atomic
+from .shipped import find_config
 
 T = TypeVar("T")
 
@@ -159,17 +160,22 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def parse_cli(cls: type[T], argv: Sequence[str] | None = None) -> T:
-    """Parse `[--config FILE] [key.sub=value ...]` for a recipe; `--help` lists every key."""
+    """Parse `[--config FILE] [key.sub=value ...]` for a recipe; `--help` lists every key.
+    `--config` also takes the name of a shipped config (`minilm_lora_rating`)."""
     parser = argparse.ArgumentParser(
         description=_first_line(cls.__doc__),
         epilog=config_help(cls),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE", help="YAML file with settings")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file with settings, or a shipped config's name (`peftrec configs` lists them)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="settings")
     args = parser.parse_args(argv)
     try:
-        return load_config(cls, args.config, args.overrides)
+        return load_config(cls, args.config and find_config(args.config), args.overrides)
     except (ConfigError, OSError) as error:
         parser.error(str(error))
 

@@ -49,6 +49,7 @@ from .transfer import build_source_objective
 from .warm_start import warm_start
 
 __all__ = [  # the data part lives in run_data; recipes import it from here with the rest
+    "USER_ERRORS",
     "RunData",
     "build_run_model",
     "catalog_of",
@@ -396,10 +397,14 @@ def run_summary(
     }
 
 
+# a mistake in the user's input (settings, data, a checkpoint or parent that does not fit)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, ArtifactError)
+
+
 def exit_on_user_error(main: Callable[[list[str]], Any]) -> None:
     """Run a recipe's ``main``; a mistake in the user's input ends with one line, no traceback."""
     try:
         main(sys.argv[1:])
-    except (ConfigError, DataError, CheckpointError, ArtifactError) as error:
+    except USER_ERRORS as error:
         print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
         sys.exit(2)

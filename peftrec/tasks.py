@@ -25,9 +25,9 @@ from .data.preference import HISTORY
 from .heads import RankingHead, RatingHead, TwoTowers
 from .preference import PreferenceHead
 from .sequential import SequentialHead
+from .shipped import RECIPES
 from .spec import ArtifactError
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 BENCHMARK_SCHEMA = "peftrec-benchmark/1"
 """The ``schema`` of a benchmark record (``benchmarks/run.py`` writes it, the report reads it)."""
 
@@ -50,7 +50,8 @@ class Task:
     head: type[TwoTowers]
     config: type[RecipeConfig]
     recipe: str
-    """The recipe's file under ``recipes/``."""
+    """The recipe's file under ``recipes/`` (installed as ``peftrec_recipes``), whose
+    ``main(argv)`` trains it."""
     protocols: tuple[str, ...]
     """Values of ``data.protocol`` the recipe evaluates."""
     metric: str

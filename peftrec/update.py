@@ -7,25 +7,29 @@ resolved config (its ``config.yaml``) pointed at the files, trained for producti
 (``data.protocol=all``: every interaction but a 5% validation share) for ``epochs``. The items
 are the model's catalogue (ids, fields and texts) unless ``items`` names an items file. Every
 input is checked before training starts, and the new folder appears only once the run succeeded:
-a refused or failed update writes nothing.
+a refused or failed update writes nothing. The recipe is the one shipped with peftrec, found as
+``peftrec train`` finds it; its ``main(argv)`` runs in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
+from .config import load_config
 from .data.text import render_texts
 from .files import write_folder_atomic
 from .model_folder import check_folder, read_json
+from .recipe import USER_ERRORS
+from .shipped import load_recipe
 from .tasks import task_of
 
 logger = logging.getLogger(__name__)
@@ -79,6 +83,33 @@ def catalogue_items(model: Path, template: str, folder: Path) -> Path:
     return path
 
 
+def run_recipe(task: str, config: Path, overrides: list[str]) -> None:
+    """The task's recipe, its ``main(argv)`` called in this process; what stops it, as an
+    UpdateError. The recipe's printed summary (of a run in a temporary folder) is logged."""
+    recipe = load_recipe(task_of(task).recipe)
+    argv = ["--config", str(config), *overrides]
+    logger.info("update: %s %s", recipe.__file__, " ".join(argv))
+    printed = io.StringIO()
+    try:
+        # the recipe's argument parser would exit on a misspelt key: checked here, raised instead
+        load_config(task_of(task).config, config, overrides)
+        with contextlib.redirect_stdout(printed):
+            recipe.main(argv)
+    except USER_ERRORS as error:
+        raise UpdateError(f"the {task} recipe stopped, nothing was written: {error}") from None
+    except SystemExit as stop:
+        raise UpdateError(
+            f"the {task} recipe stopped (exit status {stop.code}), nothing was written"
+        ) from None
+    except Exception as error:  # not the user's input: the traceback is logged for a report
+        logger.exception("the %s recipe failed", task)
+        raise UpdateError(
+            f"the {task} recipe stopped, nothing was written: {type(error).__name__}: {error}"
+        ) from error
+    finally:
+        logger.info("the %s recipe printed:\n%s", task, printed.getvalue())
+
+
 def update(
     model: str | Path,
     data: str | Path,
@@ -101,11 +132,7 @@ def update(
         if items is None:
             template = (config.get("data") or {}).get("item_template", "")
             items = catalogue_items(model, template, run)
-        command = [
-            sys.executable,
-            str(task_of(task).recipe_path()),
-            "--config",
-            str(model / "config.yaml"),
+        overrides = [
             "data.dataset=files",
             f"data.interactions={data.resolve()}",
             f"data.items={items.resolve()}",
@@ -120,13 +147,7 @@ def update(
             f"output_dir={run / 'run'}",
             *settings,
         ]
-        logger.info("update: %s", " ".join(command))
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            error = [line for line in lines if ": error: " in line]
-            why = error[-1].split(": error: ", 1)[1] if error else "\n".join(lines[-20:])
-            raise UpdateError(f"the {task} recipe stopped, nothing was written: {why}")
+        run_recipe(task, model / "config.yaml", overrides)
         trained = run / "run" / "model"
         write_folder_atomic(
             out, lambda folder: shutil.copytree(trained, folder, dirs_exist_ok=True)

@@ -1,6 +1,7 @@
 """Binary preference (will the user like the item?) with a parameter-efficiently adapted LM.
 
 Launch:
+    peftrec train preference --config minilm_frozen_preference   (by name; checkout or install)
     accelerate launch recipes/train_preference.py \\
         --config recipes/configs/minilm_frozen_preference.yaml
     python recipes/train_preference.py --config recipes/configs/minilm_frozen_preference.yaml \\

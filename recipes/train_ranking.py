@@ -2,6 +2,7 @@
 continual updates: each user's first interaction of the next block is the target).
 
 Launch:
+    peftrec train ranking --config minilm_lora_ranking   (by name; checkout or install)
     accelerate launch recipes/train_ranking.py --config recipes/configs/minilm_lora_ranking.yaml
     python recipes/train_ranking.py --config recipes/configs/minilm_lora_ranking.yaml \\
         ranking.loss=bpr

@@ -1,6 +1,7 @@
 """Rating prediction (MSE) with a parameter-efficiently adapted language model.
 
 Launch:
+    peftrec train rating --config minilm_lora_rating   (by name; checkout or install)
     accelerate launch recipes/train_rating.py --config recipes/configs/minilm_lora_rating.yaml
     python recipes/train_rating.py --config recipes/configs/minilm_lora_rating.yaml train.epochs=3
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 \\

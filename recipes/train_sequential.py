@@ -2,6 +2,7 @@
 p4 for continual updates: a history reads blocks 1..t, block t's rows are the targets).
 
 Launch:
+    peftrec train sequential --config minilm_frozen_sequential   (by name; checkout or install)
     accelerate launch recipes/train_sequential.py \\
         --config recipes/configs/minilm_frozen_sequential.yaml
     python recipes/train_sequential.py \\

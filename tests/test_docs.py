@@ -139,27 +139,45 @@ def test_config_names_exist():
     assert not missing
 
 
+def launched_recipe(cmd: list[str]) -> tuple[str, int] | None:
+    """The task of a recipe launch line and where the recipe's own arguments start: a recipe's
+    file (`recipes/train_<task>.py`), its module (`-m peftrec_recipes.train_<task>`) or
+    `peftrec train <task>`."""
+    for k, word in enumerate(cmd):
+        for prefix in ("recipes/train_", "peftrec_recipes.train_"):
+            if word.startswith(prefix):
+                return word.removeprefix(prefix).removesuffix(".py"), k + 1
+    if Path(cmd[0]).name == "peftrec" and cmd[1:2] == ["train"] and len(cmd) > 2:
+        return cmd[2], 3
+    return None
+
+
 def test_recipe_launch_lines_pass_start_up_checks():
-    """Each `python|accelerate launch|torchrun recipes/train_*.py --config ... key=value` shown
-    loads its config with its overrides and passes the checks a recipe runs before training."""
+    """Each `python|accelerate launch|torchrun recipes/train_*.py --config ... key=value` shown,
+    `accelerate launch -m peftrec_recipes.train_*` and `peftrec train <task>` alike, loads its
+    config (a file, or a shipped config's name) with its overrides and passes the checks a
+    recipe runs before training."""
     from peftrec.config import check_settings, load_config
+    from peftrec.shipped import find_config
     from peftrec.tasks import TASKS
 
-    schemas = {f"recipes/{task.recipe}": task.config for task in TASKS.values()}
-    checked = 0
+    checked, by_name = 0, 0
     for page in PAGES:
         for cmd in commands(page.read_text()):
-            recipe = next((w for w in cmd if w.startswith("recipes/train_")), None)
-            if recipe is None or "--help" in cmd:
+            launched = launched_recipe(cmd)
+            if launched is None or "--help" in cmd:
                 continue
-            assert recipe in schemas, f"{page.name}: {recipe}"
-            args = cmd[cmd.index(recipe) + 1 :]
+            task, start = launched
+            assert task in TASKS, f"{page.name}: {cmd}"
+            args = cmd[start:]
             config = args[args.index("--config") + 1] if "--config" in args else None
+            if config is not None:
+                by_name += not config.endswith(".yaml")
+                config = ROOT / config if (ROOT / config).is_file() else find_config(config)
             overrides = [a for a in args if "=" in a and not a.startswith("-")]
-            cfg = load_config(schemas[recipe], config and ROOT / config, overrides)
-            check_settings(cfg)
+            check_settings(load_config(TASKS[task].config, config, overrides))
             checked += 1
-    assert checked >= 10
+    assert checked >= 10 and by_name >= 5
 
 
 def test_peftrec_commands_shown_exist():

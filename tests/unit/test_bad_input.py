@@ -48,7 +48,10 @@ def write(path: Path, data: str | bytes) -> Path:
     ("override", "message"),
     [
         ("train.items_per_step=0", "train.items_per_step=0: must be at least 1"),
-        ("train.epochs=0", "train.epochs=0: must be at least 1"),
+        (  # zero epochs (the starting model tested) is a preference run's zero-shot only
+            "train.epochs=0",
+            "train.epochs=0 (test the starting model) is for the preference recipe",
+        ),
         ("train.lr=-1e-3", "train.lr=-0.001: must be a positive number"),
         ("train.lr=.nan", "train.lr=nan: must be a positive number"),
         ("train.grad_accum=0", "train.grad_accum=0: must be at least 1"),
