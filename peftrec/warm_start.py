@@ -75,6 +75,10 @@ class WarmStart:
                 copy_rows(own[name], value, new, old)
 
 
+ADDED_HEAD_OPTIONS = {"content": False}
+"""Head options added after models were saved without them, with the value such a model has."""
+
+
 def check_parent(parent: ModelSpec, spec: ModelSpec, folder: Path) -> None:
     """Refuse a parent that differs from the new model in what a warm start cannot bridge."""
     differences = [
@@ -91,10 +95,10 @@ def check_parent(parent: ModelSpec, spec: ModelSpec, folder: Path) -> None:
         if a != b
     ]
     for key in sorted(set(parent.head) | set(spec.head)):
-        if key not in TABLE_SIZES and parent.head.get(key) != spec.head.get(key):
-            differences.append(
-                f"head.{key}: {parent.head.get(key)!r} in the parent, {spec.head.get(key)!r} now"
-            )
+        was = parent.head.get(key, ADDED_HEAD_OPTIONS.get(key))
+        now = spec.head.get(key, ADDED_HEAD_OPTIONS.get(key))
+        if key not in TABLE_SIZES and was != now:
+            differences.append(f"head.{key}: {was!r} in the parent, {now!r} now")
     if differences:
         raise ArtifactError(
             f"train.init_from={folder}: a warm start continues the same model, and this one "

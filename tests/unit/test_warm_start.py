@@ -245,3 +245,17 @@ def test_a_parent_of_another_domain_matches_no_id_but_carries_the_rest(movie_par
     # the same domain (or a parent saved before domains) matches by id as before
     same = warm_start(child(tiny_bert), folder, NEW_USERS, NEW_ITEMS, domain="ml-100k")
     assert (same.users_kept, same.items_kept) == (NUM_USERS - 2, NUM_ITEMS - 1)
+
+
+def test_a_parent_saved_before_a_head_option_existed_continues_with_its_default(parent):
+    from dataclasses import replace
+
+    from peftrec.model_folder import check_folder
+    from peftrec.warm_start import check_parent
+
+    folder, _ = parent
+    spec, _ = check_folder(folder)
+    old = replace(spec, head={k: v for k, v in spec.head.items() if k != "content"})
+    check_parent(old, replace(spec, head={**old.head, "content": False}), folder)
+    with pytest.raises(ArtifactError, match="head.content: False in the parent, True now"):
+        check_parent(old, replace(spec, head={**old.head, "content": True}), folder)
