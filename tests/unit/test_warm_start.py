@@ -259,3 +259,32 @@ def test_a_parent_saved_before_a_head_option_existed_continues_with_its_default(
     check_parent(old, replace(spec, head={**old.head, "content": False}), folder)
     with pytest.raises(ArtifactError, match="head.content: False in the parent, True now"):
         check_parent(old, replace(spec, head={**old.head, "content": True}), folder)
+
+
+def preference_model(tiny_bert, users: list[str], items: list[str]):
+    torch.manual_seed(0)
+    return build_model(
+        BackboneConfig(name=str(tiny_bert)),
+        adapter_config("lora"),
+        ModelConfig(dim=DIM, item_ids=False),
+        num_users=0,  # a preference model's user is their history
+        num_items=len(items),
+        task="preference",
+    )
+
+
+def test_across_domains_a_preference_models_text_bias_weight_starts_at_zero(tmp_path, tiny_bert):
+    """What made a film liked does not say what makes a book liked: w_b starts at 0 in another
+    domain (the text-to-bias map itself carries over, for training to turn back on)."""
+    model, tokenizer = preference_model(tiny_bert, USERS, ITEMS)
+    with torch.no_grad():
+        model.head.item_weight.fill_(1.7)
+        model.head.item_text_bias.weight.normal_()
+    # a preference catalogue has no user rows: a user is their (labelled) history
+    catalog = Catalog([], ITEMS, TEXTS, np.zeros(0, int), np.zeros(0, int), domain="ml-100k")
+    folder = save_artifact(tmp_path / "movies", model, tokenizer, catalog)  # no serving vectors
+    for domain, weight in (("ml-100k", 1.7), ("book-crossing", 0.0)):
+        books, _ = preference_model(tiny_bert, NEW_USERS, NEW_ITEMS)
+        warm_start(books, folder, NEW_USERS, NEW_ITEMS, domain=domain)
+        assert float(books.head.item_weight) == pytest.approx(weight)
+        assert torch.equal(books.head.item_text_bias.weight, model.head.item_text_bias.weight)
