@@ -257,7 +257,7 @@ def test_a_parent_saved_before_a_head_option_existed_continues_with_its_default(
     spec, _ = check_folder(folder)
     old = replace(spec, head={k: v for k, v in spec.head.items() if k != "content"})
     check_parent(old, replace(spec, head={**old.head, "content": False}), folder)
-    with pytest.raises(ArtifactError, match="head.content: False in the parent, True now"):
+    with pytest.raises(ArtifactError, match=r"head\.content: False in the parent, True now"):
         check_parent(old, replace(spec, head={**old.head, "content": True}), folder)
 
 
