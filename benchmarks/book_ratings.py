@@ -30,7 +30,8 @@ from peftrec.data.bookcrossing import load_book_crossing
 
 CONFIG = REPO / "recipes" / "configs" / "minilm_frozen_book_coldstart_rating.yaml"
 MOVIES = REPO / "recipes" / "configs" / "minilm_frozen_rating.yaml"
-TUNED = ["train.lr=5e-3", "train.epochs=20", "train.patience=4"]
+TUNED: list[str] = []  # the shipped config's settings (lr 5e-3 chosen on validation: 1e-3 and
+# l2 0.01 / 0.02, dim 64, every entity with a row scored worse there)
 BOOTSTRAP = 1000
 
 

@@ -161,3 +161,13 @@ def test_a_damaged_cached_file_is_named_and_refetching_is_the_hint(tmp_path):
 def test_the_fetches_install_into_the_cache(bx, ml1m):
     assert fetch_book_crossing() == cache_root() / "book-crossing"
     assert fetch_ml1m() == cache_root() / "ml-1m"
+
+
+def test_peftrec_fetch_names_the_folders(bx, ml1m, capsys):
+    from peftrec.cli import main
+
+    assert main(["fetch", "book-crossing"]) in (0, None)
+    assert main(["fetch", "ml-1m"]) in (0, None)
+    out = capsys.readouterr().out
+    assert f"book-crossing: {cache_root() / 'book-crossing'}" in out
+    assert f"ml-1m: {cache_root() / 'ml-1m'}" in out
