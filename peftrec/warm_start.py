@@ -135,7 +135,8 @@ def warm_start(
     not depend on the catalogue (adapter, towers' text parts, head scalars) carries over, except
     the weight of the items' bias read from their text (a preference head's ``w_b``), which starts
     at 0: what made a film good does not say what makes a book good (measured: it costs a movie
-    model 0.010 AUC zero-shot on tallrec-book); training or ``warm_start=head`` may turn it on."""
+    model 0.010 AUC zero-shot on tallrec-book); training or ``warm_start=head`` may turn it on.
+    A rating model's global mean is the new data's (ratings on another scale), not the parent's."""
     folder = Path(folder)
     parent, _ = check_folder(folder)
     check_parent(parent, model.spec, folder)
@@ -196,7 +197,7 @@ def warm_start(
     for name, rows in (("user_bias.weight", users), ("item_bias.weight", items)):
         if name in state:
             done.biases[name] = (state[name], *rows)
-    if "global_mean" in state:
+    if "global_mean" in state and not other_domain:  # another domain: its own scale and mean
         done.biases["global_mean"] = (state["global_mean"], *users)
     if item_texts is not None and not other_domain and parent.max_length == model.spec.max_length:
         done.encodings = saved_encodings(folder, catalog, item_ids, item_texts)

@@ -288,3 +288,20 @@ def test_across_domains_a_preference_models_text_bias_weight_starts_at_zero(tmp_
         warm_start(books, folder, NEW_USERS, NEW_ITEMS, domain=domain)
         assert float(books.head.item_weight) == pytest.approx(weight)
         assert torch.equal(books.head.item_text_bias.weight, model.head.item_text_bias.weight)
+
+
+def test_across_domains_the_global_mean_is_the_new_datas(movie_parent, tiny_bert):
+    """Books are rated 1-10, films 1-5: the parent's global mean must not come back."""
+    folder, old = movie_parent
+    model = child(tiny_bert)
+    done = warm_start(model, folder, NEW_USERS, NEW_ITEMS, domain="book-crossing")
+    head = model.head
+    rng = np.random.default_rng(0)
+    users = torch.as_tensor(rng.integers(0, len(NEW_USERS), 200))
+    items = torch.as_tensor(rng.integers(0, len(NEW_ITEMS), 200))
+    ratings = torch.as_tensor(rng.integers(1, 11, 200), dtype=torch.float32)
+    head.init_biases(users, items, ratings)
+    own_mean = float(head.global_mean)
+    done.restore_biases(head)
+    assert float(head.global_mean) == pytest.approx(own_mean)
+    assert own_mean != pytest.approx(float(old.head.global_mean))
