@@ -73,11 +73,14 @@ def train(config: Path, out: Path, overrides: list[str]) -> dict:
 
 
 def app_probabilities(folder: Path, test, item_ids: list[str]) -> np.ndarray:
-    """The saved model's like probabilities of the test records, as an app computes them."""
+    """The saved model's like probabilities of the test records, as an app computes them (each
+    history as long as it is)."""
     rec = Recommender.from_pretrained(folder)
     histories = [
-        [(item_ids[i], bool(like)) for i, like in zip(items, labels, strict=True)]
-        for items, labels in zip(test.history_items, test.history_labels, strict=True)
+        [(item_ids[i], bool(like)) for i, like in zip(items[mask], labels[mask], strict=True)]
+        for items, labels, mask in zip(
+            test.history_items, test.history_labels, test.history_mask, strict=True
+        )
     ]
     return rec.predict_proba([item_ids[i] for i in test.items], histories=histories)
 
@@ -199,7 +202,14 @@ def main() -> None:
             f"{m['process_seconds']:.0f} s |"
         )
     lines += ["", f"![AUC against training records]({args.out.with_suffix('.png').name})"]
-    record = {
+    record = run_record(runs)
+    data = {"like_ratio_auc": reference, "source": source["test_auc"], "runs": record}
+    write_report(args.out, "\n".join(lines), data, plot(runs, reference))
+
+
+def run_record(runs: dict) -> dict:
+    """The runs' metrics for the JSON report (without probabilities and learning curves)."""
+    return {
         arm: {
             str(n): [
                 {k: v for k, v in r.items() if k not in ("probabilities", "history")} for r in rs
@@ -208,29 +218,44 @@ def main() -> None:
         }
         for arm, by_n in runs.items()
     }
-    data = {"like_ratio_auc": reference, "source": source["test_auc"], "runs": record}
-    write_report(args.out, "\n".join(lines), data, plot(runs, reference))
 
 
 def plot(runs: dict, reference: float):
     """AUC against the training records, TALLRec's published curve beside it (a figure)."""
+    return auc_curve(
+        runs,
+        reference,
+        TALLREC,
+        "tallrec-movie: AUC against training records",
+        "training records n",
+    )
+
+
+def auc_curve(runs: dict, reference: float, published: dict, title: str, xlabel: str):
+    """Test AUC (mean ± std over seeds) against the records trained on, per arm; a published
+    curve and the like ratio beside them; an arm run at n = 0 only (zero-shot) as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(list(TALLREC), list(TALLREC.values()), "k--", marker="s", label="TALLRec (published)")
+    ax.plot(
+        list(published), list(published.values()), "k--", marker="s", label="TALLRec (published)"
+    )
     ax.axhline(reference, color="grey", linestyle=":", label="like ratio (no training)")
     for arm, by_n in runs.items():
         ns = sorted(by_n)
+        if ns == [0]:
+            ax.axhline(by_n[0][0]["test_auc"], linestyle="-.", label=arm)
+            continue
         means = [np.mean([r["test_auc"] for r in by_n[n]]) for n in ns]
         stds = [np.std([r["test_auc"] for r in by_n[n]]) for n in ns]
         ax.errorbar(ns, means, yerr=stds, marker="o", capsize=3, label=arm)
     ax.set_xscale("log")
-    ax.set_xlabel("training records n")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test AUC")
-    ax.set_title("tallrec-movie: AUC against training records")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

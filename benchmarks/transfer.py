@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import REPO, fmt_seeds, hardware_line, launch_recipe, write_report
+from benchmarks.preference import app_probabilities, auc_curve, run_record
 from peftrec.data.bookcrossing import tallrec_book_dataset
 from peftrec.data.preference import SHOTS, like_ratio, tallrec_book_split
-from peftrec.recommender import Recommender
 
 CONFIGS = REPO / "recipes" / "configs"
 MOVIES = CONFIGS / "minilm_frozen_preference.yaml"
@@ -89,19 +89,6 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def train(config: Path, out: Path, overrides: list[str]) -> dict:
     """One recipe run (skipped when its metrics exist), with the process's wall time."""
     return launch_recipe("preference", config, out, overrides).results()
-
-
-def app_probabilities(folder: Path, test, item_ids: list[str]) -> np.ndarray:
-    """The saved model's like probabilities of the test records, as an app computes them
-    (each history as long as it is: 3 to 10 books)."""
-    rec = Recommender.from_pretrained(folder)
-    histories = [
-        [(item_ids[i], bool(like)) for i, like in zip(items[mask], labels[mask], strict=True)]
-        for items, labels, mask in zip(
-            test.history_items, test.history_labels, test.history_mask, strict=True
-        )
-    ]
-    return rec.predict_proba([item_ids[i] for i in test.items], histories=histories)
 
 
 def paired(test, runs: list[np.ndarray], against: list[np.ndarray], rng) -> tuple[float, ...]:
@@ -233,15 +220,7 @@ def main() -> None:
                 f"{done[0]['trainable_parameters']:,} | {seconds:.0f} s |"
             )
     lines += ["", "![AUC against book records](transfer.png)"]
-    record = {
-        arm: {
-            str(n): [
-                {k: v for k, v in r.items() if k not in ("probabilities", "history")} for r in rs
-            ]
-            for n, rs in by_n.items()
-        }
-        for arm, by_n in runs.items()
-    }
+    record = run_record(runs)
     data = {
         "like_ratio_auc": auc(reference, test.labels),
         "source": {name: m["test_auc"] for name, m in sources.items()},
@@ -252,29 +231,9 @@ def main() -> None:
 
 def plot(runs: dict, reference: float):
     """AUC against the book records trained on, TALLRec's published curve beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(list(TALLREC), list(TALLREC.values()), "k--", marker="s", label="TALLRec (published)")
-    ax.axhline(reference, color="grey", linestyle=":", label="like ratio (no training)")
-    for arm, by_n in runs.items():
-        ns = sorted(by_n)
-        if ns == [0]:
-            ax.axhline(by_n[0][0]["test_auc"], color="tab:red", linestyle="-.", label=arm)
-            continue
-        means = [np.mean([r["test_auc"] for r in by_n[n]]) for n in ns]
-        stds = [np.std([r["test_auc"] for r in by_n[n]]) for n in ns]
-        ax.errorbar(ns, means, yerr=stds, marker="o", capsize=3, label=arm)
-    ax.set_xscale("log")
-    ax.set_xlabel("book records trained on, n")
-    ax.set_ylabel("test AUC")
-    ax.set_title("tallrec-book: movies to books")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return auc_curve(
+        runs, reference, TALLREC, "tallrec-book: movies to books", "book records trained on, n"
+    )
 
 
 if __name__ == "__main__":
