@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from peftrec.config import PreferenceRecipeConfig
 from peftrec.loop import Bookkeeping, TrainStep
-from peftrec.metrics import load_metric
+from peftrec.metrics import load_metric, scores_text
 from peftrec.preference import PreferenceCollator, item_titles, record_texts, share_logit
 from peftrec.recipe import (
     build_run_model,
@@ -173,34 +173,16 @@ def main(argv: list[str] | None = None) -> dict:
     scores = {"valid_auc": -stopper.best, **{f"test_{m}": v for m, v in test_scores.items()}}
     scores["train_records"] = len(train)
     results = books.summary(scores, "events", trainable, started, resume_from)
-    logger.info(
-        "best epoch %d: test AUC %.4f, LogLoss %.4f, GAUC %.4f",
-        stopper.best_epoch,
-        test_scores["auc"],
-        test_scores["logloss"],
-        test_scores["gauc"],
-    )
+    names = {"AUC": "auc", "LogLoss": "logloss", "GAUC": "gauc"}
+    shown = {name: test_scores[key] for name, key in names.items()}
+    logger.info("best epoch %d: test %s", stopper.best_epoch, scores_text(shown))
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
-    save_run(
-        accelerator,
-        cfg,
-        TASK,
-        unwrapped,
-        tokenizer,
-        data,
-        results,
-        {
-            "valid AUC": -stopper.best,
-            "test AUC": test_scores["auc"],
-            "test LogLoss": test_scores["logloss"],
-            "test GAUC": test_scores["gauc"],
-        },
-    )
+    card = {"valid AUC": -stopper.best, **{f"test {name}": v for name, v in shown.items()}}
+    save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
         print(
-            f"test AUC {test_scores['auc']:.4f}  LogLoss {test_scores['logloss']:.4f}  "
-            f"GAUC {test_scores['gauc']:.4f}  (best epoch {stopper.best_epoch}, "
+            f"test {scores_text(shown, '  ')}  (best epoch {stopper.best_epoch}, "
             f"{len(train)} training records)"
         )
         print(f"model saved to {Path(cfg.output_dir) / 'model'}")

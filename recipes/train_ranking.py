@@ -22,13 +22,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from accelerate.logging import get_logger
 
 from peftrec.config import RankingRecipeConfig
 from peftrec.loop import Bookkeeping, TrainStep
-from peftrec.metrics import load_metric, scores_by_group
-from peftrec.ranking import excluded_items, step_loss_sum, target_ranks, warm_up_ranking_head
+from peftrec.metrics import groups_text, load_metric, scores_text, warm_cold
+from peftrec.ranking import (
+    excluded_items,
+    headline,
+    ranking_scores,
+    step_loss_sum,
+    target_ranks,
+    warm_up_ranking_head,
+)
 from peftrec.recipe import (
     build_run_model,
     exit_on_user_error,
@@ -65,26 +71,17 @@ def main(argv: list[str] | None = None) -> dict:
     trainable = trainable_counts(model)  # all, the backbone's
     metric = load_metric(TASK.metric)
 
-    def evaluate(users: np.ndarray, targets: np.ndarray, exclude, by_group: bool = False) -> dict:
-        """Ranking metrics of the targets; with ``by_group``, also apart for warm and cold
-        target items."""
+    def evaluate(which: str) -> dict:
+        """Ranking metrics of the validation or test targets, each user's items seen before not
+        ranked; the test's also apart for warm and cold target items (p4's next block brings
+        users the model line has not learned from)."""
+        split, seen = (valid, train_seen) if which == "valid" else (test, test_seen)
         item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
-        ranks = target_ranks(unwrapped.head, item_text, users, targets, exclude).numpy()
-        scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
-        if by_group:  # p4's next block brings users the model line has not learned from
-            warm_item, warm_user = data.known_items[targets], data.known_users[users]
-            scores.update(
-                scores_by_group(
-                    {
-                        "warm": warm_item & warm_user,
-                        "cold_items": ~warm_item,
-                        "cold_users": ~warm_user,
-                    },
-                    lambda rows: metric.compute(predictions=ranks[rows], k=k),
-                    (f"ndcg@{k}", f"hr@{k}", "mrr"),
-                )
-            )
-        return scores
+        ranks = target_ranks(unwrapped.head, item_text, split.users, split.items, seen).numpy()
+        if which == "valid":
+            return ranking_scores(metric, ranks, k)
+        groups = warm_cold(data.known_users[split.users], data.known_items[split.items])
+        return ranking_scores(metric, ranks, k, groups)
 
     # warm-up: the towers on frozen pooled text features, with the loss of the loop
     # (a resumed run finds its result in the checkpoint)
@@ -139,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     if resume_from is not None:
         books.resume(resume_from)
     else:
-        scores = evaluate(valid.users, valid.items, train_seen)
+        scores = evaluate("valid")
         books.start(scores, -scores[f"ndcg@{k}"], phase="head warm-up")
         logger.info("epoch 0 (after head warm-up): valid NDCG@%d %.4f", k, scores[f"ndcg@{k}"])
 
@@ -163,11 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 step(output, summed, pairs)
             books.show(loss=f"{progress.mean_loss:.4f}", pairs=progress.examples)
-        record = books.end_epoch(
-            epoch,
-            lambda: evaluate(valid.users, valid.items, train_seen),
-            train_loss=progress.mean_loss,
-        )
+        record = books.end_epoch(epoch, lambda: evaluate("valid"), train_loss=progress.mean_loss)
         logger.info(
             "epoch %d: loss %.4f, valid NDCG@%d %.4f, HR@%d %.4f (%.1f s, %d pairs)",
             epoch,
@@ -184,47 +177,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     # evaluate: best validation weights, test targets, the items each user had before excluded
     stopper.restore(unwrapped)
-    test_scores = evaluate(test.users, test.items, test_seen, by_group=True) if len(test) else {}
+    test_scores = evaluate("test") if len(test) else {}
     scores = {f"valid_ndcg@{k}": -stopper.best, **{f"test_{m}": v for m, v in test_scores.items()}}
     results = books.summary(scores, "pairs", trainable, started, resume_from)
-    card = {f"valid NDCG@{k}": -stopper.best}
+    shown = headline(test_scores, k) if test_scores else {}  # NDCG@k, HR@k, MRR
     if test_scores:
-        logger.info(
-            "best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f",
-            stopper.best_epoch,
-            k,
-            test_scores[f"ndcg@{k}"],
-            k,
-            test_scores[f"hr@{k}"],
-            test_scores["mrr"],
-        )
-        logger.info(
-            "test NDCG@%d by group: %s",
-            k,
-            ", ".join(
-                f"{group} {test_scores[f'ndcg@{k}_{group}']:.4f} "
-                f"({test_scores[f'count_{group}']} users)"
-                for group in ("warm", "cold_items", "cold_users")
-                if test_scores[f"count_{group}"]
-            ),
-        )
-        card.update(
-            {
-                f"test NDCG@{k}": test_scores[f"ndcg@{k}"],
-                f"test HR@{k}": test_scores[f"hr@{k}"],
-                "test MRR": test_scores["mrr"],
-            }
-        )
+        logger.info("best epoch %d: test %s", stopper.best_epoch, scores_text(shown))
+        by_group = groups_text(test_scores, f"ndcg@{k}", "users")
+        logger.info("test NDCG@%d by group: %s", k, by_group)
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
+    card = {f"valid NDCG@{k}": -stopper.best, **{f"test {name}": v for name, v in shown.items()}}
     save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
         if test_scores:
-            print(
-                f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} "
-                f"{test_scores[f'hr@{k}']:.4f}  MRR {test_scores['mrr']:.4f}  (best "
-                f"epoch {stopper.best_epoch})"
-            )
+            print(f"test {scores_text(shown, '  ')}  (best epoch {stopper.best_epoch})")
         else:
             print(
                 f"valid NDCG@{k} {-stopper.best:.4f} (best epoch {stopper.best_epoch}); no test "

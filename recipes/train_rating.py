@@ -25,7 +25,7 @@ from accelerate.logging import get_logger
 
 from peftrec.config import RatingRecipeConfig
 from peftrec.loop import Bookkeeping, TrainStep
-from peftrec.metrics import load_metric
+from peftrec.metrics import GROUPS, groups_text, load_metric, scores_text
 from peftrec.recipe import (
     build_run_model,
     encode_start,
@@ -167,38 +167,22 @@ def main(argv: list[str] | None = None) -> dict:
     scores = {"valid_rmse": stopper.best, **{f"test_{k}": v for k, v in test_scores.items()}}
     results = books.summary(scores, "ratings", trainable, started, resume_from)
     logger.info("ratings trained on per process: %s", progress.examples_per_process)
-    card = {"valid RMSE": stopper.best}
+    shown = {"RMSE": test_scores["rmse"], "MAE": test_scores["mae"]} if test_scores else {}
     if test_scores:
-        logger.info(
-            "best epoch %d: test RMSE %.4f, MAE %.4f",
-            stopper.best_epoch,
-            test_scores["rmse"],
-            test_scores["mae"],
-        )
-        logger.info(
-            "test RMSE by group: %s",
-            ", ".join(
-                f"{group} {test_scores[f'rmse_{group}']:.4f} "
-                f"({test_scores[f'count_{group}']} ratings)"
-                for group in ("warm", "cold_items", "cold_users")
-                if test_scores[f"count_{group}"]
-            ),
-        )
-        card.update({"test RMSE": test_scores["rmse"], "test MAE": test_scores["mae"]})
+        logger.info("best epoch %d: test %s", stopper.best_epoch, scores_text(shown))
+        logger.info("test RMSE by group: %s", groups_text(test_scores, "rmse", "ratings"))
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
+    card = {"valid RMSE": stopper.best, **{f"test {name}": v for name, v in shown.items()}}
     save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card, item_text)
     if accelerator.is_main_process:
         if test_scores:
-            print(
-                f"test RMSE {test_scores['rmse']:.4f}  MAE {test_scores['mae']:.4f}  "
-                f"(best epoch {stopper.best_epoch})"
-            )
+            print(f"test {scores_text(shown, '  ')}  (best epoch {stopper.best_epoch})")
             print(
                 "  warm / cold items / cold users: "
                 + " / ".join(
                     "-" if test_scores[f"rmse_{g}"] is None else f"{test_scores[f'rmse_{g}']:.4f}"
-                    for g in ("warm", "cold_items", "cold_users")
+                    for g in GROUPS
                 )
             )
         else:

@@ -30,8 +30,8 @@ from accelerate.logging import get_logger
 
 from peftrec.config import SequentialRecipeConfig
 from peftrec.loop import Bookkeeping, TrainStep
-from peftrec.metrics import load_metric, scores_by_group
-from peftrec.ranking import excluded_items
+from peftrec.metrics import load_metric, scores_text, warm_cold
+from peftrec.ranking import excluded_items, headline, ranking_scores
 from peftrec.recipe import (
     build_run_model,
     exit_on_user_error,
@@ -121,20 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
             ranks = next_item_ranks(
                 unwrapped.head, table, histories.valid, valid.items, valid_exclude
             ).numpy()
-            return {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
+            return ranking_scores(metric, ranks, k)
         ranks = next_item_ranks(
             unwrapped.head, table, histories.test, test.items, test_exclude
         ).numpy()
-        scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
-        warm_item, warm_user = data.known_items[test.items], data.known_users[test.users]
-        scores.update(
-            scores_by_group(
-                {"warm": warm_item & warm_user, "cold_items": ~warm_item, "cold_users": ~warm_user},
-                lambda rows: metric.compute(predictions=ranks[rows], k=k),
-                (f"ndcg@{k}", f"hr@{k}", "mrr"),
-            )
-        )
-        return scores
+        groups = warm_cold(data.known_users[test.users], data.known_items[test.items])
+        return ranking_scores(metric, ranks, k, groups)
 
     # loop state (saved in every checkpoint with the model, optimizer, scheduler, RNG states and
     # the catalogue table) and the step every batch ends with (gather, loss, backward, update)
@@ -186,37 +178,14 @@ def main(argv: list[str] | None = None) -> dict:
     test_scores = evaluate("test")
     scores = {f"valid_ndcg@{k}": -stopper.best, **{f"test_{m}": v for m, v in test_scores.items()}}
     results = books.summary(scores, "positions", trainable, started, resume_from)
-    logger.info(
-        "best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f",
-        stopper.best_epoch,
-        k,
-        test_scores[f"ndcg@{k}"],
-        k,
-        test_scores[f"hr@{k}"],
-        test_scores["mrr"],
-    )
+    shown = headline(test_scores, k)  # NDCG@k, HR@k, MRR
+    logger.info("best epoch %d: test %s", stopper.best_epoch, scores_text(shown))
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
-    save_run(
-        accelerator,
-        cfg,
-        TASK,
-        unwrapped,
-        tokenizer,
-        data,
-        results,
-        {
-            f"valid NDCG@{k}": -stopper.best,
-            f"test NDCG@{k}": test_scores[f"ndcg@{k}"],
-            f"test HR@{k}": test_scores[f"hr@{k}"],
-            "test MRR": test_scores["mrr"],
-        },
-    )
+    card = {f"valid NDCG@{k}": -stopper.best, **{f"test {name}": v for name, v in shown.items()}}
+    save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
-        print(
-            f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} {test_scores[f'hr@{k}']:.4f}  "
-            f"MRR {test_scores['mrr']:.4f}  (best epoch {stopper.best_epoch})"
-        )
+        print(f"test {scores_text(shown, '  ')}  (best epoch {stopper.best_epoch})")
         print(f"model saved to {Path(cfg.output_dir) / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
