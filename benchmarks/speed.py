@@ -13,8 +13,8 @@ alternation, so that a change in the machine's load hits both alike:
   each peftrec step it trains until its time catches up (equal wall time, so the validation RMSEs
   compare at equal wall time); its epoch time is extrapolated from the median step time.
 
-Both take the recipe's optimizer step on the loss of ``recipes/train_rating.py``, built from the
-same ``peftrec.losses`` blocks (``speed_styles.py``: the two styles; ``speed_measure.py``:
+Both take the recipe's optimizer step on the loss of ``recipes/train_rating.py``, the loop's own
+``peftrec.loop.step_objective`` (``speed_styles.py``: the two styles; ``speed_measure.py``:
 timing, memory and FLOPs; ``speed_report.py``: the files written).
 
 LM forward+backward FLOPs are counted with torch's FlopCounterMode on 3 batches per style and

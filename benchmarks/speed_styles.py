@@ -2,8 +2,8 @@
 
 - peftrec: the recipe's item-amortised batches (``ItemRatingsCollator`` over
   ``LengthBucketBatches`` of an ``ItemShuffler``) and the loss of one rating step of
-  ``recipes/train_rating.py`` on one process (:func:`rating_loss`: ``peftrec.losses.step_loss``,
-  the transfer term and ``peftrec.losses.ridge``, as the recipe adds them);
+  ``recipes/train_rating.py`` on one process (:func:`rating_loss`: the recipe's squared error
+  through ``peftrec.loop.step_objective``, the loss the recipe's ``TrainStep`` backpropagates);
 - seed-style: the benchmark's own baseline, one row and one LM pass per rating
   (:func:`seed_style_batches`), trained with the same step.
 
@@ -25,7 +25,7 @@ from benchmarks.speed_measure import Batch
 from peftrec.assembly import build_model
 from peftrec.config import RatingRecipeConfig, RatingTrainConfig, load_config
 from peftrec.heads import RatingHead
-from peftrec.losses import ridge, step_loss
+from peftrec.loop import step_objective
 from peftrec.metrics import rmse
 from peftrec.model import RecModel, RecOutput
 from peftrec.tokens import pad_batch
@@ -83,15 +83,11 @@ def rating_loss(
     output: RecOutput, ratings: torch.Tensor, head: RatingHead, cfg: RatingRecipeConfig
 ) -> torch.Tensor:
     """What ``recipes/train_rating.py`` backpropagates in one step on one process (its step's
-    ratings are this process's): ``step_loss`` of the squared error and the pairs' penalty,
-    plus ``transfer.weight`` x L_S, plus the ``ridge`` on the text (and fact) maps."""
+    ratings are this process's): the recipe's squared error through the loop's own
+    ``peftrec.loop.step_objective`` (``step_loss`` with the pairs' penalty, ``transfer.weight``
+    x L_S, the ``ridge`` on the text and fact maps)."""
     squared = (output.scores - ratings).square().sum()
-    loss = step_loss(squared, output.penalty, len(ratings), l2=cfg.train.l2)
-    return (
-        loss
-        + cfg.transfer.weight * output.source
-        + ridge(head, cfg.train.text_l2, cfg.train.knowledge_l2)
-    )
+    return step_objective(output, squared, len(ratings), head, cfg)[0]
 
 
 def train_step(

@@ -3,13 +3,15 @@ warm-up on fixed text features, and P3 evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from .heads import TwoTowers
 from .losses import LOSSES, other_positives, ridge
-from .metrics import rank_of_targets
+from .metrics import rank_of_targets, scores_by_group
 from .training import ItemGroups
 
 
@@ -174,3 +176,25 @@ def target_ranks(
         )
     head.train(was_training)
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def ranking_scores(
+    metric, ranks: np.ndarray, k: int, groups: Mapping[str, np.ndarray] | None = None
+) -> dict[str, float | int | None]:
+    """NDCG@k, HR@k and MRR of the targets' ``ranks`` (the ``ranking`` metric); with ``groups``
+    (row masks, e.g. :func:`peftrec.metrics.warm_cold`), also apart for each group."""
+    scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
+    if groups is not None:
+        scores.update(
+            scores_by_group(
+                groups,
+                lambda rows: metric.compute(predictions=ranks[rows], k=k),
+                (f"ndcg@{k}", f"hr@{k}", "mrr"),
+            )
+        )
+    return scores
+
+
+def headline(scores: Mapping[str, float], k: int) -> dict[str, float]:
+    """The ranking metrics a run reports first, by display name: NDCG@k, HR@k, MRR."""
+    return {f"NDCG@{k}": scores[f"ndcg@{k}"], f"HR@{k}": scores[f"hr@{k}"], "MRR": scores["mrr"]}

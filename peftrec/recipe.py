@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from .run_data import RunData, item_facts, load_run_data
 from .spec import ArtifactError
 from .tasks import Task
 from .tokens import tokenize_texts
-from .training import ItemShuffler, LengthBucketBatches, SplitBatches, peak_memory_mib
+from .training import ItemShuffler, LengthBucketBatches, SplitBatches
 from .transfer import build_source_objective
 from .warm_start import warm_start
 
@@ -62,7 +61,6 @@ __all__ = [  # the data part lives in run_data; recipes import it from here with
     "make_optimizer",
     "make_scheduler",
     "resume_point",
-    "run_summary",
     "save_run",
     "start",
     "trainable_counts",
@@ -380,21 +378,6 @@ def save_run(
         item_text=encodings,
     )
     write_atomic(out / "metrics.json", json.dumps(results, indent=2))
-
-
-def run_summary(
-    results: dict[str, Any], started: float, accelerator, history: list[dict]
-) -> dict[str, Any]:
-    """The fields every recipe's ``metrics.json`` has besides its own metrics."""
-    epoch_seconds = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
-    return {
-        **results,
-        "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
-        "peak_memory_mib": peak_memory_mib(),
-        "wall_seconds": time.perf_counter() - started,
-        "num_processes": accelerator.num_processes,
-        "history": history,
-    }
 
 
 # a mistake in the user's input (settings, data, a checkpoint or parent that does not fit)

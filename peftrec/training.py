@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from .data import DataError
 from .heads import RatingHead
 from .losses import ridge
-from .metrics import rmse, scores_by_group
+from .metrics import rmse, scores_by_group, warm_cold
 from .tokens import pad_batch
 
 logger = logging.getLogger(__name__)
@@ -341,10 +341,9 @@ def evaluate_ratings(
     if known_users is not None and known_items is not None:
         warm_user = np.asarray(known_users, dtype=bool)[arrays["users"].astype(np.int64)]
         warm_item = np.asarray(known_items, dtype=bool)[arrays["items"].astype(np.int64)]
-        groups = {"warm": warm_user & warm_item, "cold_items": ~warm_item, "cold_users": ~warm_user}
         scores.update(
             scores_by_group(
-                groups,
+                warm_cold(warm_user, warm_item),
                 lambda rows: metric.compute(
                     predictions=arrays["predictions"][rows], references=arrays["references"][rows]
                 ),

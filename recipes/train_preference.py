@@ -27,12 +27,10 @@ import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
-from peftrec.config import PreferenceRecipeConfig, config_to_dict
-from peftrec.losses import ridge, step_loss
-from peftrec.metrics import load_metric
+from peftrec.config import PreferenceRecipeConfig
+from peftrec.loop import Bookkeeping, TrainStep
+from peftrec.metrics import load_metric, scores_text
 from peftrec.preference import PreferenceCollator, item_titles, record_texts, share_logit
 from peftrec.recipe import (
     build_run_model,
@@ -41,14 +39,12 @@ from peftrec.recipe import (
     make_optimizer,
     make_scheduler,
     resume_point,
-    run_summary,
     save_run,
     start,
     trainable_counts,
 )
 from peftrec.tasks import TASKS
 from peftrec.tokens import tokenize_texts
-from peftrec.training import EarlyStopping
 
 TASK = TASKS["preference"]
 logger = get_logger("peftrec.train_preference")
@@ -58,7 +54,6 @@ def main(argv: list[str] | None = None) -> dict:
     # accelerator and seed: the launcher owns hardware (processes, mixed precision)
     cfg, accelerator = start(PreferenceRecipeConfig, argv, TASK)
     started = time.perf_counter()
-    checkpoints = Path(cfg.output_dir) / "checkpoints"
     resume_from = resume_point(cfg, accelerator)
     pref = cfg.preference
     cross = pref.reader == "cross"
@@ -69,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # model: spec -> backbone + adapter, item tower and the labelled-history user; caches, L_S
     model, tokenizer, tokens = build_run_model(cfg, TASK, data)
-    trainable, backbone_trainable = trainable_counts(model)
+    trainable = trainable_counts(model)  # all, the backbone's
     metric = load_metric(TASK.metric)
 
     titles = item_titles(data.dataset.item_fields, data.item_texts)
@@ -135,156 +130,59 @@ def main(argv: list[str] | None = None) -> dict:
         )
         return {key: float(v) for key, v in scores.items()}
 
-    # loop state, saved in every checkpoint with the model, optimizer, scheduler and RNG states
-    progress, stopper = TrainingProgress(), EarlyStopping(cfg.train.patience)  # minimises -AUC
-    accelerator.register_for_checkpointing(progress, stopper)
-
-    def finished() -> bool:
-        return cfg.train.max_steps is not None and progress.step >= cfg.train.max_steps
+    # loop state (saved in every checkpoint with the model, optimizer, scheduler and RNG states)
+    # and the step every batch ends with (gather, loss, backward, update, checkpoint)
+    books = Bookkeeping(cfg, accelerator, unwrapped)  # early stopping minimises -AUC
+    step = TrainStep(cfg, accelerator, model, optimizer, scheduler, books.progress)
+    progress, stopper = books.progress, books.stopper
 
     if resume_from is not None:
-        load_checkpoint(accelerator, resume_from)
-        logger.info(
-            "resumed at epoch %d, batch %d, step %d",
-            progress.epoch,
-            progress.batches_done,
-            progress.step,
-        )
+        books.resume(resume_from)
     else:  # epoch 0: the untrained head ranks records by the history's like share
         scores = evaluate("valid")
-        progress.history.append({"epoch": 0, **{f"valid_{key}": v for key, v in scores.items()}})
-        stopper.update(-scores["auc"], 0, unwrapped)
+        books.start(scores, -scores["auc"])
         logger.info("epoch 0 (untrained head): valid AUC %.4f", scores["auc"])
 
     # loop: train on batches of records, validate every epoch, keep the best weights
-    for epoch in range(max(progress.epoch, 1), cfg.train.epochs + 1):
+    # (zero-shot, train.epochs=0: none; the start is tested)
+    for epoch in books.epochs():
         model.train()
-        tick = time.perf_counter()
-        remaining = train_loader
-        if progress.batches_done:  # resuming mid-epoch: the batches before the checkpoint are done
-            remaining = accelerator.skip_first_batches(train_loader, progress.batches_done)
-        bar = tqdm(
-            remaining,
-            desc=f"epoch {epoch}",
-            initial=progress.batches_done,
-            total=len(train_loader),
-            disable=not accelerator.is_local_main_process,
-            leave=False,
-        )
-        for batch in bar:
-            if finished():
-                break
+        for batch in books.batches(train_loader, epoch):
             with accelerator.accumulate(model):
                 output = model(**batch)
-                summed = F.binary_cross_entropy_with_logits(
+                bce = F.binary_cross_entropy_with_logits(
                     output.logits, output.labels, reduction="sum"
                 )
-                events = len(output.labels)
-                # (BCE sum, events, L_S) of every process's piece of this step; dividing by the
-                # step's total events makes the gradient DDP averages the 1-process one
-                pieces = accelerator.gather(
-                    torch.tensor(
-                        [[summed.item(), events, output.source.item()]],
-                        dtype=torch.float64,
-                        device=accelerator.device,
-                    )
-                )
-                loss = step_loss(
-                    summed,
-                    output.penalty,
-                    events,
-                    l2=cfg.train.l2,
-                    step_count=pieces[:, 1].sum().item(),
-                    processes=accelerator.num_processes,
-                )
-                accelerator.backward(
-                    loss
-                    + cfg.transfer.weight * output.source
-                    + ridge(unwrapped.head, cfg.train.text_l2, cfg.train.knowledge_l2)
-                )
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            progress.record(pieces)
-            bar.set_postfix(bce=f"{progress.mean_loss:.4f}", events=progress.examples)
-            if accelerator.sync_gradients:
-                progress.step += 1
-                if cfg.train.checkpoint_every and progress.step % cfg.train.checkpoint_every == 0:
-                    save_checkpoint(accelerator, checkpoints, progress.step, config_to_dict(cfg))
-        seconds = time.perf_counter() - tick  # training only; validation is timed apart
-        tick = time.perf_counter()
-        scores = evaluate("valid")
-        progress.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": progress.mean_loss,
-                "train_source_loss": progress.mean_source_loss,
-                "epoch_seconds": seconds,
-                "valid_seconds": time.perf_counter() - tick,
-                **{f"valid_{key}": v for key, v in scores.items()},
-            }
-        )
-        accelerator.log(progress.history[-1], step=epoch)
+                step(output, bce, len(output.labels))
+            books.show(bce=f"{progress.mean_loss:.4f}", events=progress.examples)
+        record = books.end_epoch(epoch, lambda: evaluate("valid"), train_loss=progress.mean_loss)
         logger.info(
             "epoch %d: BCE %.4f, valid AUC %.4f, LogLoss %.4f (%.1f s)",
             epoch,
             progress.mean_loss,
-            scores["auc"],
-            scores["logloss"],
-            seconds,
+            record["valid_auc"],
+            record["valid_logloss"],
+            record["epoch_seconds"],
         )
-        stop = stopper.update(-scores["auc"], epoch, unwrapped)
-        progress.next_epoch()
-        if stop or finished():
+        if books.next_epoch(-record["valid_auc"]):
             break
 
     # evaluate: the best validation weights, on the test records, once
     stopper.restore(unwrapped)
     test_scores = evaluate("test")
-    results = run_summary(
-        {
-            "best_epoch": stopper.best_epoch,
-            "valid_auc": -stopper.best,
-            **{f"test_{key}": v for key, v in test_scores.items()},
-            "train_records": len(train),
-            "trainable_parameters": trainable,
-            "backbone_trainable_parameters": backbone_trainable,
-            "events_per_process": progress.examples_per_process,
-            "steps": progress.step,
-            "resumed_from": str(resume_from) if resume_from else None,
-        },
-        started,
-        accelerator,
-        progress.history,
-    )
-    logger.info(
-        "best epoch %d: test AUC %.4f, LogLoss %.4f, GAUC %.4f",
-        stopper.best_epoch,
-        test_scores["auc"],
-        test_scores["logloss"],
-        test_scores["gauc"],
-    )
+    scores = {"valid_auc": -stopper.best, **{f"test_{m}": v for m, v in test_scores.items()}}
+    scores["train_records"] = len(train)
+    results = books.summary(scores, "events", trainable, started, resume_from)
+    names = {"AUC": "auc", "LogLoss": "logloss", "GAUC": "gauc"}
+    shown = {name: test_scores[key] for name, key in names.items()}
+    logger.info("best epoch %d: test %s", stopper.best_epoch, scores_text(shown))
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
-    save_run(
-        accelerator,
-        cfg,
-        TASK,
-        unwrapped,
-        tokenizer,
-        data,
-        results,
-        {
-            "valid AUC": -stopper.best,
-            "test AUC": test_scores["auc"],
-            "test LogLoss": test_scores["logloss"],
-            "test GAUC": test_scores["gauc"],
-        },
-    )
+    card = {"valid AUC": -stopper.best, **{f"test {name}": v for name, v in shown.items()}}
+    save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
         print(
-            f"test AUC {test_scores['auc']:.4f}  LogLoss {test_scores['logloss']:.4f}  "
-            f"GAUC {test_scores['gauc']:.4f}  (best epoch {stopper.best_epoch}, "
+            f"test {scores_text(shown, '  ')}  (best epoch {stopper.best_epoch}, "
             f"{len(train)} training records)"
         )
         print(f"model saved to {Path(cfg.output_dir) / 'model'}")

@@ -22,16 +22,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 from accelerate.logging import get_logger
-from tqdm.auto import tqdm
 
-from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
-from peftrec.config import RankingRecipeConfig, config_to_dict
-from peftrec.losses import ridge, step_loss
-from peftrec.metrics import load_metric, scores_by_group
-from peftrec.ranking import excluded_items, step_loss_sum, target_ranks, warm_up_ranking_head
+from peftrec.config import RankingRecipeConfig
+from peftrec.loop import Bookkeeping, TrainStep
+from peftrec.metrics import groups_text, load_metric, scores_text, warm_cold
+from peftrec.ranking import (
+    excluded_items,
+    headline,
+    ranking_scores,
+    step_loss_sum,
+    target_ranks,
+    warm_up_ranking_head,
+)
 from peftrec.recipe import (
     build_run_model,
     exit_on_user_error,
@@ -40,13 +43,12 @@ from peftrec.recipe import (
     make_optimizer,
     make_scheduler,
     resume_point,
-    run_summary,
     save_run,
     start,
     trainable_counts,
 )
 from peftrec.tasks import TASKS
-from peftrec.training import EarlyStopping, ItemRatingsCollator
+from peftrec.training import ItemRatingsCollator
 
 TASK = TASKS["ranking"]
 logger = get_logger("peftrec.train_ranking")
@@ -56,7 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
     # accelerator and seed: the launcher owns hardware (processes, mixed precision)
     cfg, accelerator = start(RankingRecipeConfig, argv, TASK)
     started = time.perf_counter()
-    checkpoints = Path(cfg.output_dir) / "checkpoints"
     resume_from = resume_point(cfg, accelerator)
     k = cfg.ranking.k
 
@@ -67,29 +68,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     # model: spec -> backbone + adapter, towers and a dot-product head; caches, L_S
     model, tokenizer, tokens = build_run_model(cfg, TASK, data)
-    trainable, backbone_trainable = trainable_counts(model)
+    trainable = trainable_counts(model)  # all, the backbone's
     metric = load_metric(TASK.metric)
 
-    def evaluate(users: np.ndarray, targets: np.ndarray, exclude, by_group: bool = False) -> dict:
-        """Ranking metrics of the targets; with ``by_group``, also apart for warm and cold
-        target items."""
+    def evaluate(which: str) -> dict:
+        """Ranking metrics of the validation or test targets, each user's items seen before not
+        ranked; the test's also apart for warm and cold target items (p4's next block brings
+        users the model line has not learned from)."""
+        split, seen = (valid, train_seen) if which == "valid" else (test, test_seen)
         item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
-        ranks = target_ranks(unwrapped.head, item_text, users, targets, exclude).numpy()
-        scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
-        if by_group:  # p4's next block brings users the model line has not learned from
-            warm_item, warm_user = data.known_items[targets], data.known_users[users]
-            scores.update(
-                scores_by_group(
-                    {
-                        "warm": warm_item & warm_user,
-                        "cold_items": ~warm_item,
-                        "cold_users": ~warm_user,
-                    },
-                    lambda rows: metric.compute(predictions=ranks[rows], k=k),
-                    (f"ndcg@{k}", f"hr@{k}", "mrr"),
-                )
-            )
-        return scores
+        ranks = target_ranks(unwrapped.head, item_text, split.users, split.items, seen).numpy()
+        if which == "valid":
+            return ranking_scores(metric, ranks, k)
+        groups = warm_cold(data.known_users[split.users], data.known_items[split.items])
+        return ranking_scores(metric, ranks, k, groups)
 
     # warm-up: the towers on frozen pooled text features, with the loss of the loop
     # (a resumed run finds its result in the checkpoint)
@@ -135,58 +127,28 @@ def main(argv: list[str] | None = None) -> dict:
     scheduler = make_scheduler(cfg, optimizer, len(train_loader), accelerator)
     unwrapped = accelerator.unwrap_model(model)
 
-    # loop state, saved in every checkpoint with the model, optimizer, scheduler and RNG states
-    progress, stopper = TrainingProgress(), EarlyStopping(cfg.train.patience)  # minimises -NDCG@k
-    accelerator.register_for_checkpointing(progress, stopper)
-
-    def finished() -> bool:
-        return cfg.train.max_steps is not None and progress.step >= cfg.train.max_steps
+    # loop state (saved in every checkpoint with the model, optimizer, scheduler and RNG states)
+    # and the step every batch ends with (gather, loss, backward, update, checkpoint)
+    books = Bookkeeping(cfg, accelerator, unwrapped)  # early stopping minimises -NDCG@k
+    step = TrainStep(cfg, accelerator, model, optimizer, scheduler, books.progress)
+    progress, stopper = books.progress, books.stopper
 
     if resume_from is not None:
-        load_checkpoint(accelerator, resume_from)
-        logger.info(
-            "resumed at epoch %d, batch %d, step %d",
-            progress.epoch,
-            progress.batches_done,
-            progress.step,
-        )
+        books.resume(resume_from)
     else:
-        scores = evaluate(valid.users, valid.items, train_seen)
-        progress.history.append(
-            {
-                "epoch": 0,
-                "phase": "head warm-up",
-                **{f"valid_{key}": v for key, v in scores.items()},
-            }
-        )
-        stopper.update(-scores[f"ndcg@{k}"], 0, unwrapped)
+        scores = evaluate("valid")
+        books.start(scores, -scores[f"ndcg@{k}"], phase="head warm-up")
         logger.info("epoch 0 (after head warm-up): valid NDCG@%d %.4f", k, scores[f"ndcg@{k}"])
 
     # loop: train on item batches, validate every epoch, keep the best weights
-    for epoch in range(progress.epoch, cfg.train.epochs + 1):
+    for epoch in books.epochs():
         model.train()
         train_loader.set_epoch(epoch)
-        tick = time.perf_counter()
-        remaining = train_loader
-        if progress.batches_done:  # resuming mid-epoch: the batches before the checkpoint are done
-            remaining = accelerator.skip_first_batches(train_loader, progress.batches_done)
-        bar = tqdm(
-            remaining,
-            desc=f"epoch {epoch}",
-            initial=progress.batches_done,
-            total=len(train_loader),
-            disable=not accelerator.is_local_main_process,
-            leave=False,
-        )
-        for batch in bar:
-            if finished():
-                break
+        for batch in books.batches(train_loader, epoch):
             with accelerator.accumulate(model):
                 batch.pop("ratings")
                 output = model(**batch)
-                # each pair's positive against every item of the step (all processes' pieces);
-                # dividing by the step's total pairs makes the gradient DDP averages the
-                # 1-process one
+                # each pair's positive against every item of the step (all processes' pieces)
                 summed, pairs = step_loss_sum(
                     accelerator,
                     unwrapped.head,
@@ -196,121 +158,40 @@ def main(argv: list[str] | None = None) -> dict:
                     cfg.ranking.loss,
                     cfg.ranking.temperature,
                 )
-                pieces = accelerator.gather(
-                    torch.tensor(
-                        [[summed.item(), pairs, output.source.item()]],
-                        dtype=torch.float64,
-                        device=accelerator.device,
-                    )
-                )
-                loss = step_loss(
-                    summed,
-                    output.penalty,
-                    pairs,
-                    l2=cfg.train.l2,
-                    step_count=pieces[:, 1].sum().item(),
-                    processes=accelerator.num_processes,
-                )
-                accelerator.backward(
-                    loss
-                    + cfg.transfer.weight * output.source
-                    + ridge(unwrapped.head, cfg.train.text_l2, cfg.train.knowledge_l2)
-                )
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            progress.record(pieces)
-            bar.set_postfix(loss=f"{progress.mean_loss:.4f}", pairs=progress.examples)
-            if accelerator.sync_gradients:
-                progress.step += 1
-                if cfg.train.checkpoint_every and progress.step % cfg.train.checkpoint_every == 0:
-                    save_checkpoint(accelerator, checkpoints, progress.step, config_to_dict(cfg))
-        seconds = time.perf_counter() - tick  # training only; validation is timed apart
-        tick = time.perf_counter()
-        scores = evaluate(valid.users, valid.items, train_seen)
-        progress.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": progress.mean_loss,
-                "train_source_loss": progress.mean_source_loss,
-                "epoch_seconds": seconds,
-                "valid_seconds": time.perf_counter() - tick,
-                **{f"valid_{key}": v for key, v in scores.items()},
-            }
-        )
-        accelerator.log(progress.history[-1], step=epoch)
+                step(output, summed, pairs)
+            books.show(loss=f"{progress.mean_loss:.4f}", pairs=progress.examples)
+        record = books.end_epoch(epoch, lambda: evaluate("valid"), train_loss=progress.mean_loss)
         logger.info(
             "epoch %d: loss %.4f, valid NDCG@%d %.4f, HR@%d %.4f (%.1f s, %d pairs)",
             epoch,
             progress.mean_loss,
             k,
-            scores[f"ndcg@{k}"],
+            record[f"valid_ndcg@{k}"],
             k,
-            scores[f"hr@{k}"],
-            seconds,
+            record[f"valid_hr@{k}"],
+            record["epoch_seconds"],
             progress.examples,
         )
-        stop = stopper.update(-scores[f"ndcg@{k}"], epoch, unwrapped)
-        progress.next_epoch()
-        if stop or finished():
+        if books.next_epoch(-record[f"valid_ndcg@{k}"]):
             break
 
     # evaluate: best validation weights, test targets, the items each user had before excluded
     stopper.restore(unwrapped)
-    test_scores = evaluate(test.users, test.items, test_seen, by_group=True) if len(test) else {}
-    results = run_summary(
-        {
-            "best_epoch": stopper.best_epoch,
-            f"valid_ndcg@{k}": -stopper.best,
-            **{f"test_{key}": v for key, v in test_scores.items()},
-            "trainable_parameters": trainable,
-            "backbone_trainable_parameters": backbone_trainable,
-            "pairs_per_process": progress.examples_per_process,
-            "steps": progress.step,
-            "resumed_from": str(resume_from) if resume_from else None,
-        },
-        started,
-        accelerator,
-        progress.history,
-    )
-    card = {f"valid NDCG@{k}": -stopper.best}
+    test_scores = evaluate("test") if len(test) else {}
+    scores = {f"valid_ndcg@{k}": -stopper.best, **{f"test_{m}": v for m, v in test_scores.items()}}
+    results = books.summary(scores, "pairs", trainable, started, resume_from)
+    shown = headline(test_scores, k) if test_scores else {}  # NDCG@k, HR@k, MRR
     if test_scores:
-        logger.info(
-            "best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f",
-            stopper.best_epoch,
-            k,
-            test_scores[f"ndcg@{k}"],
-            k,
-            test_scores[f"hr@{k}"],
-            test_scores["mrr"],
-        )
-        logger.info(
-            "test NDCG@%d by group: %s",
-            k,
-            ", ".join(
-                f"{group} {test_scores[f'ndcg@{k}_{group}']:.4f} "
-                f"({test_scores[f'count_{group}']} users)"
-                for group in ("warm", "cold_items", "cold_users")
-                if test_scores[f"count_{group}"]
-            ),
-        )
-        card.update(
-            {
-                f"test NDCG@{k}": test_scores[f"ndcg@{k}"],
-                f"test HR@{k}": test_scores[f"hr@{k}"],
-                "test MRR": test_scores["mrr"],
-            }
-        )
+        logger.info("best epoch %d: test %s", stopper.best_epoch, scores_text(shown))
+        by_group = groups_text(test_scores, f"ndcg@{k}", "users")
+        logger.info("test NDCG@%d by group: %s", k, by_group)
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
+    card = {f"valid NDCG@{k}": -stopper.best, **{f"test {name}": v for name, v in shown.items()}}
     save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
         if test_scores:
-            print(
-                f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} "
-                f"{test_scores[f'hr@{k}']:.4f}  MRR {test_scores['mrr']:.4f}  (best "
-                f"epoch {stopper.best_epoch})"
-            )
+            print(f"test {scores_text(shown, '  ')}  (best epoch {stopper.best_epoch})")
         else:
             print(
                 f"valid NDCG@{k} {-stopper.best:.4f} (best epoch {stopper.best_epoch}); no test "

@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.logging import get_logger
-from tqdm.auto import tqdm
 
-from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
-from peftrec.config import RatingRecipeConfig, config_to_dict
-from peftrec.losses import ridge, step_loss
-from peftrec.metrics import load_metric
+from peftrec.config import RatingRecipeConfig
+from peftrec.loop import Bookkeeping, TrainStep
+from peftrec.metrics import GROUPS, groups_text, load_metric, scores_text
 from peftrec.recipe import (
     build_run_model,
     encode_start,
@@ -37,14 +35,12 @@ from peftrec.recipe import (
     make_optimizer,
     make_scheduler,
     resume_point,
-    run_summary,
     save_run,
     start,
     trainable_counts,
 )
 from peftrec.tasks import TASKS
 from peftrec.training import (
-    EarlyStopping,
     ItemRatingsCollator,
     evaluate_ratings,
     rating_loader,
@@ -59,7 +55,6 @@ def main(argv: list[str] | None = None) -> dict:
     # accelerator and seed: the launcher owns hardware (processes, mixed precision)
     cfg, accelerator = start(RatingRecipeConfig, argv, TASK)
     started = time.perf_counter()
-    checkpoints = Path(cfg.output_dir) / "checkpoints"
     resume_from = resume_point(cfg, accelerator)
 
     # data: ratings split by protocol, one text per item (all checked before any model is loaded)
@@ -68,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # model: spec -> backbone + adapter, towers and head outside the PEFT wrapper; caches, L_S
     model, tokenizer, tokens = build_run_model(cfg, TASK, data)
-    trainable, backbone_trainable = trainable_counts(model)
+    trainable = trainable_counts(model)  # all, the backbone's
 
     # warm-up: biases from regularised averages, then the towers on frozen pooled text features
     # (a resumed run finds its result in the checkpoint)
@@ -112,10 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     metric = load_metric(TASK.metric)
 
-    # loop state, saved in every checkpoint with the model, optimizer, scheduler and RNG states
-    progress, stopper = TrainingProgress(), EarlyStopping(cfg.train.patience)
-    accelerator.register_for_checkpointing(progress, stopper)
-
+    # loop state (saved in every checkpoint with the model, optimizer, scheduler and RNG states)
+    # and the step every batch ends with (gather, loss, backward, update, checkpoint)
+    books = Bookkeeping(cfg, accelerator, unwrapped)
+    step = TrainStep(cfg, accelerator, model, optimizer, scheduler, books.progress)
+    progress, stopper = books.progress, books.stopper
     valid_items = np.unique(valid.items)  # validation scores these: only they are encoded
 
     def validate(item_text: torch.Tensor | None = None) -> dict[str, float]:
@@ -125,104 +121,33 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator, unwrapped.head, item_text.to(accelerator.device), valid_loader, metric
         )
 
-    def finished() -> bool:
-        return cfg.train.max_steps is not None and progress.step >= cfg.train.max_steps
-
     if resume_from is not None:
-        load_checkpoint(accelerator, resume_from)
-        logger.info(
-            "resumed at epoch %d, batch %d, step %d",
-            progress.epoch,
-            progress.batches_done,
-            progress.step,
-        )
+        books.resume(resume_from)
     else:  # the backbone has not changed since the warm-up encoded the texts
         scores = validate(item_text)
-        progress.history.append(
-            {"epoch": 0, "phase": "head warm-up", **{f"valid_{k}": v for k, v in scores.items()}}
-        )
-        stopper.update(scores["rmse"], 0, unwrapped)
+        books.start(scores, scores["rmse"], phase="head warm-up")
         logger.info("epoch 0 (after head warm-up): valid RMSE %.4f", scores["rmse"])
 
     # loop: train on item batches, validate every epoch, keep the best weights
-    for epoch in range(progress.epoch, cfg.train.epochs + 1):
+    for epoch in books.epochs():
         model.train()
         train_loader.set_epoch(epoch)
-        tick = time.perf_counter()
-        remaining = train_loader
-        if progress.batches_done:  # resuming mid-epoch: the batches before the checkpoint are done
-            remaining = accelerator.skip_first_batches(train_loader, progress.batches_done)
-        bar = tqdm(
-            remaining,
-            desc=f"epoch {epoch}",
-            initial=progress.batches_done,
-            total=len(train_loader),
-            disable=not accelerator.is_local_main_process,
-            leave=False,
-        )
-        for batch in bar:
-            if finished():
-                break
+        for batch in books.batches(train_loader, epoch):
             with accelerator.accumulate(model):
                 ratings = batch.pop("ratings")
                 output = model(**batch)
-                squared = (output.scores - ratings).square().sum()
-                # (squared error, ratings, L_S) of every process's piece of this step; dividing by
-                # the step's total makes the loss, and the gradient DDP averages, the 1-process one
-                pieces = accelerator.gather(
-                    torch.tensor(
-                        [[squared.item(), len(ratings), output.source.item()]],
-                        dtype=torch.float64,
-                        device=accelerator.device,
-                    )
-                )
-                loss = step_loss(
-                    squared,
-                    output.penalty,
-                    len(ratings),
-                    l2=cfg.train.l2,
-                    step_count=pieces[:, 1].sum().item(),
-                    processes=accelerator.num_processes,
-                )
-                accelerator.backward(
-                    loss
-                    + cfg.transfer.weight * output.source
-                    + ridge(unwrapped.head, cfg.train.text_l2, cfg.train.knowledge_l2)
-                )
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            progress.record(pieces)
-            bar.set_postfix(rmse=f"{math.sqrt(progress.mean_loss):.4f}", ratings=progress.examples)
-            if accelerator.sync_gradients:
-                progress.step += 1
-                if cfg.train.checkpoint_every and progress.step % cfg.train.checkpoint_every == 0:
-                    save_checkpoint(accelerator, checkpoints, progress.step, config_to_dict(cfg))
-        seconds = time.perf_counter() - tick  # training only; validation is timed apart
-        tick = time.perf_counter()
-        scores = validate()
-        progress.history.append(
-            {
-                "epoch": epoch,
-                "train_rmse": math.sqrt(progress.mean_loss),
-                "train_source_loss": progress.mean_source_loss,
-                "epoch_seconds": seconds,
-                "valid_seconds": time.perf_counter() - tick,
-                **{f"valid_{k}": v for k, v in scores.items()},
-            }
-        )
-        accelerator.log(progress.history[-1], step=epoch)
+                step(output, (output.scores - ratings).square().sum(), len(ratings))
+            books.show(rmse=f"{math.sqrt(progress.mean_loss):.4f}", ratings=progress.examples)
+        record = books.end_epoch(epoch, validate, train_rmse=math.sqrt(progress.mean_loss))
         logger.info(
             "epoch %d: train RMSE %.4f, valid RMSE %.4f (%.1f s, %d ratings)",
             epoch,
-            progress.history[-1]["train_rmse"],
-            scores["rmse"],
-            seconds,
+            record["train_rmse"],
+            record["valid_rmse"],
+            record["epoch_seconds"],
             progress.examples,
         )
-        stop = stopper.update(scores["rmse"], epoch, unwrapped)
-        progress.next_epoch()
-        if stop or finished():
+        if books.next_epoch(record["valid_rmse"]):
             break
 
     # evaluate: best validation weights on the test split (protocol "all", for production, has none)
@@ -239,54 +164,25 @@ def main(argv: list[str] | None = None) -> dict:
             known_users=data.known_users,
             known_items=data.known_items,
         )
-    results = run_summary(
-        {
-            "best_epoch": stopper.best_epoch,
-            "valid_rmse": stopper.best,
-            **{f"test_{k}": v for k, v in test_scores.items()},
-            "trainable_parameters": trainable,
-            "backbone_trainable_parameters": backbone_trainable,
-            "ratings_per_process": progress.examples_per_process,
-            "steps": progress.step,
-            "resumed_from": str(resume_from) if resume_from else None,
-        },
-        started,
-        accelerator,
-        progress.history,
-    )
+    scores = {"valid_rmse": stopper.best, **{f"test_{k}": v for k, v in test_scores.items()}}
+    results = books.summary(scores, "ratings", trainable, started, resume_from)
     logger.info("ratings trained on per process: %s", progress.examples_per_process)
-    card = {"valid RMSE": stopper.best}
+    shown = {"RMSE": test_scores["rmse"], "MAE": test_scores["mae"]} if test_scores else {}
     if test_scores:
-        logger.info(
-            "best epoch %d: test RMSE %.4f, MAE %.4f",
-            stopper.best_epoch,
-            test_scores["rmse"],
-            test_scores["mae"],
-        )
-        logger.info(
-            "test RMSE by group: %s",
-            ", ".join(
-                f"{group} {test_scores[f'rmse_{group}']:.4f} "
-                f"({test_scores[f'count_{group}']} ratings)"
-                for group in ("warm", "cold_items", "cold_users")
-                if test_scores[f"count_{group}"]
-            ),
-        )
-        card.update({"test RMSE": test_scores["rmse"], "test MAE": test_scores["mae"]})
+        logger.info("best epoch %d: test %s", stopper.best_epoch, scores_text(shown))
+        logger.info("test RMSE by group: %s", groups_text(test_scores, "rmse", "ratings"))
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
+    card = {"valid RMSE": stopper.best, **{f"test {name}": v for name, v in shown.items()}}
     save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card, item_text)
     if accelerator.is_main_process:
         if test_scores:
-            print(
-                f"test RMSE {test_scores['rmse']:.4f}  MAE {test_scores['mae']:.4f}  "
-                f"(best epoch {stopper.best_epoch})"
-            )
+            print(f"test {scores_text(shown, '  ')}  (best epoch {stopper.best_epoch})")
             print(
                 "  warm / cold items / cold users: "
                 + " / ".join(
                     "-" if test_scores[f"rmse_{g}"] is None else f"{test_scores[f'rmse_{g}']:.4f}"
-                    for g in ("warm", "cold_items", "cold_users")
+                    for g in GROUPS
                 )
             )
         else:

@@ -27,13 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.logging import get_logger
-from tqdm.auto import tqdm
 
-from peftrec.checkpointing import TrainingProgress, load_checkpoint, save_checkpoint
-from peftrec.config import SequentialRecipeConfig, config_to_dict
-from peftrec.losses import ridge, step_loss
-from peftrec.metrics import load_metric, scores_by_group
-from peftrec.ranking import excluded_items
+from peftrec.config import SequentialRecipeConfig
+from peftrec.loop import Bookkeeping, TrainStep
+from peftrec.metrics import load_metric, scores_text, warm_cold
+from peftrec.ranking import excluded_items, headline, ranking_scores
 from peftrec.recipe import (
     build_run_model,
     exit_on_user_error,
@@ -42,7 +40,6 @@ from peftrec.recipe import (
     make_optimizer,
     make_scheduler,
     resume_point,
-    run_summary,
     save_run,
     start,
     trainable_counts,
@@ -55,7 +52,6 @@ from peftrec.sequential import (
     sequence_loss,
 )
 from peftrec.tasks import TASKS
-from peftrec.training import EarlyStopping
 
 TASK = TASKS["sequential"]
 logger = get_logger("peftrec.train_sequential")
@@ -65,7 +61,6 @@ def main(argv: list[str] | None = None) -> dict:
     # accelerator and seed: the launcher owns hardware (processes, mixed precision)
     cfg, accelerator = start(SequentialRecipeConfig, argv, TASK)
     started = time.perf_counter()
-    checkpoints = Path(cfg.output_dir) / "checkpoints"
     resume_from = resume_point(cfg, accelerator)
     seq, k = cfg.sequence, cfg.sequence.k
 
@@ -82,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # model: spec -> backbone + adapter, item tower and history encoder; caches, L_S
     model, tokenizer, tokens = build_run_model(cfg, TASK, data)
-    trainable, backbone_trainable = trainable_counts(model)
-    adapts = backbone_trainable > 0
+    trainable = trainable_counts(model)  # all, the backbone's
+    adapts = trainable[1] > 0
     metric = load_metric(TASK.metric)
 
     # the catalogue table: every item's pooled text, what each step scores against
@@ -126,180 +121,71 @@ def main(argv: list[str] | None = None) -> dict:
             ranks = next_item_ranks(
                 unwrapped.head, table, histories.valid, valid.items, valid_exclude
             ).numpy()
-            return {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
+            return ranking_scores(metric, ranks, k)
         ranks = next_item_ranks(
             unwrapped.head, table, histories.test, test.items, test_exclude
         ).numpy()
-        scores = {key: float(v) for key, v in metric.compute(predictions=ranks, k=k).items()}
-        warm_item, warm_user = data.known_items[test.items], data.known_users[test.users]
-        scores.update(
-            scores_by_group(
-                {"warm": warm_item & warm_user, "cold_items": ~warm_item, "cold_users": ~warm_user},
-                lambda rows: metric.compute(predictions=ranks[rows], k=k),
-                (f"ndcg@{k}", f"hr@{k}", "mrr"),
-            )
-        )
-        return scores
+        groups = warm_cold(data.known_users[test.users], data.known_items[test.items])
+        return ranking_scores(metric, ranks, k, groups)
 
-    # loop state, saved in every checkpoint with the model, optimizer, scheduler and RNG states
-    progress, stopper = TrainingProgress(), EarlyStopping(cfg.train.patience)  # minimises -NDCG@k
-    accelerator.register_for_checkpointing(progress, stopper, catalogue)
-
-    def finished() -> bool:
-        return cfg.train.max_steps is not None and progress.step >= cfg.train.max_steps
+    # loop state (saved in every checkpoint with the model, optimizer, scheduler, RNG states and
+    # the catalogue table) and the step every batch ends with (gather, loss, backward, update)
+    books = Bookkeeping(cfg, accelerator, unwrapped, catalogue)  # early stopping: -NDCG@k
+    step = TrainStep(cfg, accelerator, model, optimizer, scheduler, books.progress)
+    progress, stopper = books.progress, books.stopper
 
     if resume_from is not None:
-        load_checkpoint(accelerator, resume_from)
-        logger.info(
-            "resumed at epoch %d, batch %d, step %d",
-            progress.epoch,
-            progress.batches_done,
-            progress.step,
-        )
+        books.resume(resume_from)
     else:
         scores = evaluate("valid")
-        progress.history.append({"epoch": 0, **{f"valid_{key}": v for key, v in scores.items()}})
-        stopper.update(-scores[f"ndcg@{k}"], 0, unwrapped)
+        books.start(scores, -scores[f"ndcg@{k}"])
 
     # loop: train on batches of histories, validate every epoch, keep the best weights
-    for epoch in range(progress.epoch, cfg.train.epochs + 1):
+    for epoch in books.epochs():
         adapting = adapts and epoch > cfg.train.head_warmup_epochs
         if adapting and progress.batches_done == 0:  # refresh the table at the epoch's start
             catalogue.table = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size)
         table = catalogue.table.to(accelerator.device)
         model.train()
         train_loader.set_epoch(epoch)
-        tick = time.perf_counter()
-        remaining = train_loader
-        if progress.batches_done:  # resuming mid-epoch: the batches before the checkpoint are done
-            remaining = accelerator.skip_first_batches(train_loader, progress.batches_done)
-        bar = tqdm(
-            remaining,
-            desc=f"epoch {epoch}",
-            initial=progress.batches_done,
-            total=len(train_loader),
-            disable=not accelerator.is_local_main_process,
-            leave=False,
-        )
-        for batch in bar:
-            if finished():
-                break
+        for batch in books.batches(train_loader, epoch):
             if not adapting:  # the backbone stays as pretrained: no LM pass
                 batch = {key: batch[key] for key in ("history", "targets", "first")}
             with accelerator.accumulate(model):
                 output = model(**batch, table=table)
                 summed = sequence_loss(output, seq.loss, seq.negatives, popularity, generator)
-                positions = len(output.targets)
-                # (loss sum, positions, L_S) of every process's piece of this step; dividing by the
-                # step's total positions makes the gradient DDP averages the 1-process one
-                pieces = accelerator.gather(
-                    torch.tensor(
-                        [[summed.item(), positions, output.source.item()]],
-                        dtype=torch.float64,
-                        device=accelerator.device,
-                    )
-                )
-                loss = step_loss(
-                    summed,
-                    output.penalty,
-                    positions,
-                    l2=cfg.train.l2,
-                    step_count=pieces[:, 1].sum().item(),
-                    processes=accelerator.num_processes,
-                )
-                accelerator.backward(
-                    loss
-                    + cfg.transfer.weight * output.source
-                    + ridge(unwrapped.head, cfg.train.text_l2, cfg.train.knowledge_l2)
-                )
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            progress.record(pieces)
-            bar.set_postfix(loss=f"{progress.mean_loss:.4f}", positions=progress.examples)
-            if accelerator.sync_gradients:
-                progress.step += 1
-                if cfg.train.checkpoint_every and progress.step % cfg.train.checkpoint_every == 0:
-                    save_checkpoint(accelerator, checkpoints, progress.step, config_to_dict(cfg))
-        seconds = time.perf_counter() - tick  # training only; validation is timed apart
-        tick = time.perf_counter()
-        scores = evaluate("valid")
-        progress.history.append(
-            {
-                "epoch": epoch,
-                "adapting": adapting,
-                "train_loss": progress.mean_loss,
-                "train_source_loss": progress.mean_source_loss,
-                "epoch_seconds": seconds,
-                "valid_seconds": time.perf_counter() - tick,
-                **{f"valid_{key}": v for key, v in scores.items()},
-            }
+                step(output, summed, len(output.targets))
+            books.show(loss=f"{progress.mean_loss:.4f}", positions=progress.examples)
+        record = books.end_epoch(
+            epoch, lambda: evaluate("valid"), adapting=adapting, train_loss=progress.mean_loss
         )
-        accelerator.log(progress.history[-1], step=epoch)
         logger.info(
             "epoch %d: loss %.4f, valid NDCG@%d %.4f, HR@%d %.4f (%.1f s)",
             epoch,
             progress.mean_loss,
             k,
-            scores[f"ndcg@{k}"],
+            record[f"valid_ndcg@{k}"],
             k,
-            scores[f"hr@{k}"],
-            seconds,
+            record[f"valid_hr@{k}"],
+            record["epoch_seconds"],
         )
-        stop = stopper.update(-scores[f"ndcg@{k}"], epoch, unwrapped)
-        progress.next_epoch()
-        if (stop and not (adapts and epoch <= cfg.train.head_warmup_epochs)) or finished():
+        # the backbone's warm-up epochs run to the end whatever the validation says
+        if books.next_epoch(-record[f"valid_ndcg@{k}"], may_stop=adapting or not adapts):
             break
 
     # evaluate: best validation weights, test items after the history and the validation item
     stopper.restore(unwrapped)
     test_scores = evaluate("test")
-    results = run_summary(
-        {
-            "best_epoch": stopper.best_epoch,
-            f"valid_ndcg@{k}": -stopper.best,
-            **{f"test_{key}": v for key, v in test_scores.items()},
-            "trainable_parameters": trainable,
-            "backbone_trainable_parameters": backbone_trainable,
-            "positions_per_process": progress.examples_per_process,
-            "steps": progress.step,
-            "resumed_from": str(resume_from) if resume_from else None,
-        },
-        started,
-        accelerator,
-        progress.history,
-    )
-    logger.info(
-        "best epoch %d: test NDCG@%d %.4f, HR@%d %.4f, MRR %.4f",
-        stopper.best_epoch,
-        k,
-        test_scores[f"ndcg@{k}"],
-        k,
-        test_scores[f"hr@{k}"],
-        test_scores["mrr"],
-    )
+    scores = {f"valid_ndcg@{k}": -stopper.best, **{f"test_{m}": v for m, v in test_scores.items()}}
+    results = books.summary(scores, "positions", trainable, started, resume_from)
+    shown = headline(test_scores, k)  # NDCG@k, HR@k, MRR
+    logger.info("best epoch %d: test %s", stopper.best_epoch, scores_text(shown))
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
-    save_run(
-        accelerator,
-        cfg,
-        TASK,
-        unwrapped,
-        tokenizer,
-        data,
-        results,
-        {
-            f"valid NDCG@{k}": -stopper.best,
-            f"test NDCG@{k}": test_scores[f"ndcg@{k}"],
-            f"test HR@{k}": test_scores[f"hr@{k}"],
-            "test MRR": test_scores["mrr"],
-        },
-    )
+    card = {f"valid NDCG@{k}": -stopper.best, **{f"test {name}": v for name, v in shown.items()}}
+    save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card)
     if accelerator.is_main_process:
-        print(
-            f"test NDCG@{k} {test_scores[f'ndcg@{k}']:.4f}  HR@{k} {test_scores[f'hr@{k}']:.4f}  "
-            f"MRR {test_scores['mrr']:.4f}  (best epoch {stopper.best_epoch})"
-        )
+        print(f"test {scores_text(shown, '  ')}  (best epoch {stopper.best_epoch})")
         print(f"model saved to {Path(cfg.output_dir) / 'model'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
