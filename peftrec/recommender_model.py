@@ -26,7 +26,7 @@ from .head_vectors import numpy32
 from .inputs import check_id, check_text, id_mapping, rows_of, warn_about_texts
 from .knowledge import KnowledgeVocabulary
 from .model_folder import Catalog
-from .preference import history_records, item_titles, record_texts
+from .preference_batches import history_records, item_titles, record_texts
 from .recommender_users import RecommenderUsers
 from .sequential import history_states
 from .serving import ServingVectors

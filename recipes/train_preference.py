@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from peftrec.config import PreferenceRecipeConfig
 from peftrec.loop import Bookkeeping, TrainStep
 from peftrec.metrics import load_metric, scores_text
-from peftrec.preference import PreferenceCollator, item_titles, record_texts, share_logit
+from peftrec.preference_batches import PreferenceCollator, item_titles, record_texts, share_logit
 from peftrec.recipe import (
     build_run_model,
     exit_on_user_error,

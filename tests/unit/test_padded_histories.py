@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from peftrec.data.preference import PreferenceRecords
-from peftrec.preference import PreferenceCollator, PreferenceHead, record_texts, share_logit
+from peftrec.preference import PreferenceHead
+from peftrec.preference_batches import PreferenceCollator, record_texts, share_logit
 
 
 def head() -> PreferenceHead:

@@ -22,7 +22,8 @@ from peftrec.data.preference import (
     run_records,
     source_records,
 )
-from peftrec.preference import PreferenceHead, history_records, record_texts, share_logit
+from peftrec.preference import PreferenceHead
+from peftrec.preference_batches import history_records, record_texts, share_logit
 
 from .test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
 
