@@ -8,7 +8,8 @@ one of two ways an LM reads the record (``reader``):
   item text once per step; the user is the mean of their history's item vectors, each plus a
   learned like / dislike vector, and the logit is ``offset + a * s + b_u + b_t + <u, q_t>``;
 - ``cross`` (TALLRec-style): the LM reads one text with the liked and disliked titles and the
-  target (:func:`~peftrec.preference_batches.record_text`), and the logit is ``offset + a * s + w . h_record``.
+  target (:func:`~peftrec.preference_batches.record_text`), and the logit is
+  ``offset + a * s + w . h_record``.
 
 ``s`` is the logit of the history's (smoothed) like share, with weight ``a`` starting at 1: an
 untrained head ranks records as counting likes does, and training learns what the items add.
