@@ -145,11 +145,12 @@ def load_book_crossing(cache_dir: str | Path | None = None) -> RecDataset:
     )
 
 
-def tallrec_user_lists(folder: Path) -> dict[str, tuple[list[int], list[int]]]:
+def tallrec_user_lists(folder: Path, books) -> dict[str, tuple[list[int], list[int]]]:
     """Per user (in order of first appearance in the merged rows), TALLRec's book ids (row
-    indices of its parse) and ratings, in pandas < 2.2 inner-merge order: ratings grouped by
-    ISBN, ISBNs in order of first appearance in the ratings file, file order within one."""
-    books, ratings = read_books(folder, tallrec=True), read_ratings(folder)
+    indices of ``books``, its parse) and ratings, in pandas < 2.2 inner-merge order: ratings
+    grouped by ISBN, ISBNs in order of first appearance in the ratings file, file order within
+    one."""
+    ratings = read_ratings(folder)
     book_row = {isbn: k for k, isbn in enumerate(books["ISBN"])}
     isbn = ratings["ISBN"].to_numpy()
     rows = np.flatnonzero(np.fromiter((i in book_row for i in isbn), bool, len(isbn)))
@@ -169,7 +170,8 @@ def tallrec_user_lists(folder: Path) -> dict[str, tuple[list[int], list[int]]]:
 def tallrec_book_records(folder: Path) -> tuple[list[list[tuple[str, list[int], list[int]]]], list]:
     """TALLRec's train / valid / test records, each ``(user, book ids, ratings)`` with the
     shuffled lists (history first, target last), and TALLRec's book table."""
-    lists = tallrec_user_lists(folder)
+    books = read_books(folder, tallrec=True)
+    lists = tallrec_user_lists(folder, books)
     users = [u for u, (items, _) in lists.items() if len(items) >= MIN_RATINGS]
     random.seed(SPLIT_SEED)
     random.shuffle(users)
@@ -187,7 +189,7 @@ def tallrec_book_records(folder: Path) -> tuple[list[list[tuple[str, list[int], 
             keep = min(len(items) - 1, HISTORY)
             records.append((user, items[:keep] + items[-1:], ratings[:keep] + ratings[-1:]))
         out.append(records)
-    return out, read_books(folder, tallrec=True)
+    return out, books
 
 
 def tallrec_book_dataset(cache_dir: str | Path | None = None) -> RecDataset:
