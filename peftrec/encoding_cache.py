@@ -3,7 +3,9 @@ and pooling: a catalogue too big to encode every run (Book-Crossing's 91,617 ben
 encoded once, and each later run encodes only texts it has not seen.
 
 Files: ``<cache root>/encodings/<model key>.safetensors`` with ``keys`` (one 16-byte hash of each
-tokenized text) and ``vectors``; written atomically, so an interrupted run leaves the old file.
+tokenized text) and ``vectors``; written atomically, so an interrupted run leaves the old file
+(two runs adding at once: the last to finish keeps its additions, the other's are encoded again
+next time; nothing is corrupted).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from peftrec.data.ml1m import fetch_ml1m, load_ml1m
 from peftrec.data.movielens import fetch_movielens, load_movielens
 from peftrec.data.tables import RecDataset
 
-FETCHABLE = ("ml-100k", "ml-100k-kg", "ml-1m", "ml-latest-small", "book-crossing")
 NO_TIME = ("p3", "p4")  # protocols that order a history by time
 
 
