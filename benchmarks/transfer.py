@@ -219,7 +219,7 @@ def main() -> None:
                 f"| {arm} | {n} | {vs_target} | {mean:+.4f} [{low:+.4f}, {high:+.4f}] | "
                 f"{done[0]['trainable_parameters']:,} | {seconds:.0f} s |"
             )
-    lines += ["", "![AUC against book records](transfer.png)"]
+    lines += ["", f"![AUC against book records]({args.out.with_suffix('.png').name})"]
     record = run_record(runs)
     data = {
         "like_ratio_auc": auc(reference, test.labels),
