@@ -205,6 +205,16 @@ def test_a_few_records_calibrate_a_trained_model_with_its_towers_kept(
     spec = json.loads((child / "model" / "peftrec.json").read_text())["spec"]
     assert spec["parent"]["mode"] == "head"
 
+    # train.epochs=0: no record is read or trained on; the start (the parent) is tested as it is
+    zero = tmp_path / "zero"
+    keep = [o for o in preference_overrides(toy_files, tiny_bert, zero) if o != "train.epochs=3"]
+    result = run([*base, *keep, "train.epochs=0", f"train.init_from={parent / 'model'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    tested = json.loads((zero / "metrics.json").read_text())
+    parent_metrics = json.loads((parent / "metrics.json").read_text())
+    assert tested["train_records"] == 0 and tested["steps"] == 0
+    assert tested["test_auc"] == pytest.approx(parent_metrics["test_auc"], abs=1e-9)
+
     # a rating model has no calibration scalars: refused before anything is written
     refused = run(
         [
