@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.common import REPO, hardware_line, launch_recipe, write_report
 from peftrec.data import split_rows
-from peftrec.data.bookcrossing import load_book_crossing
+from peftrec.data.bookcrossing import fold, load_book_crossing
 
 CONFIG = REPO / "recipes" / "configs" / "minilm_frozen_book_coldstart_rating.yaml"
 MOVIES = REPO / "recipes" / "configs" / "minilm_frozen_rating.yaml"
@@ -48,7 +48,7 @@ def shrunk_offsets(keys: np.ndarray, residual: np.ndarray, size: int, shrink: fl
 
 def codes(values: list[str]) -> np.ndarray:
     """Integer codes of case- and space-folded strings."""
-    folded = [" ".join(v.lower().split()) for v in values]
+    folded = [fold(v) for v in values]
     index = {v: k for k, v in enumerate(dict.fromkeys(folded))}
     return np.array([index[v] for v in folded], dtype=np.int64)
 

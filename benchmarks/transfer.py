@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, fmt_seeds, hardware_line, launch_recipe, write_report
-from benchmarks.preference import app_probabilities, auc_curve, run_record
+from benchmarks.common import REPO, fmt_seeds, hardware_line, write_report
+from benchmarks.preference import app_probabilities, auc_curve, run_record, train
 from peftrec.data.bookcrossing import tallrec_book_dataset
 from peftrec.data.preference import SHOTS, like_ratio, tallrec_book_split
 
@@ -84,11 +84,6 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     positive = labels == 1
     n_pos, n_neg = positive.sum(), (~positive).sum()
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def train(config: Path, out: Path, overrides: list[str]) -> dict:
-    """One recipe run (skipped when its metrics exist), with the process's wall time."""
-    return launch_recipe("preference", config, out, overrides).results()
 
 
 def paired(test, runs: list[np.ndarray], against: list[np.ndarray], rng) -> tuple[float, ...]:

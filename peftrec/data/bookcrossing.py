@@ -89,6 +89,16 @@ def read_ratings(folder: Path):
     return ratings
 
 
+def fold(name: str) -> str:
+    """A name with case and spaces folded (``"Stephen  King"`` and ``"stephen king"`` match)."""
+    return " ".join(name.lower().split())
+
+
+def _on_books(isbn: np.ndarray, book_row: dict[str, int]) -> np.ndarray:
+    """Boolean per rating: its ISBN is a book of the parse ``book_row`` comes from."""
+    return np.fromiter((i in book_row for i in isbn), bool, len(isbn))
+
+
 def _item_fields(books) -> dict[str, list[str]]:
     return {
         "title": books["Book-Title"].str.strip().tolist(),
@@ -117,9 +127,7 @@ def load_book_crossing(cache_dir: str | Path | None = None) -> RecDataset:
     books, ratings = read_books(folder), read_ratings(folder)
     book_row = {isbn: k for k, isbn in enumerate(books["ISBN"])}
     isbn = ratings["ISBN"].to_numpy()
-    explicit = (ratings["Book-Rating"].to_numpy() > 0) & np.fromiter(
-        (i in book_row for i in isbn), bool, len(isbn)
-    )
+    explicit = (ratings["Book-Rating"].to_numpy() > 0) & _on_books(isbn, book_row)
     rows = np.flatnonzero(explicit)
     _, user_of = np.unique(ratings["User-ID"].to_numpy()[rows], return_inverse=True)
     book_codes = np.array([book_row[i] for i in isbn[rows]], dtype=np.int64)
@@ -153,7 +161,7 @@ def tallrec_user_lists(folder: Path, books) -> dict[str, tuple[list[int], list[i
     ratings = read_ratings(folder)
     book_row = {isbn: k for k, isbn in enumerate(books["ISBN"])}
     isbn = ratings["ISBN"].to_numpy()
-    rows = np.flatnonzero(np.fromiter((i in book_row for i in isbn), bool, len(isbn)))
+    rows = np.flatnonzero(_on_books(isbn, book_row))
     first = {}
     for row in rows:
         first.setdefault(isbn[row], row)
@@ -232,7 +240,7 @@ def book_facts(dataset: RecDataset) -> ItemKnowledge:
     items, relations, entities = [], [], []
     for relation in ("author", "publisher"):
         for k, value in enumerate(dataset.item_fields.get(relation, [])):
-            name = " ".join(value.lower().split())
+            name = fold(value)
             if name:
                 items.append(k)
                 relations.append(relation)
