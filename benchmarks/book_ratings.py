@@ -109,7 +109,7 @@ def rmse_interval(
 
 def model_predictions(folder: Path, dataset, rows: np.ndarray) -> np.ndarray:
     """The saved model's predictions of the given ratings, as an app computes them."""
-    from peftrec.recommender import Recommender
+    from peftrec.app.recommender import Recommender
 
     rec = Recommender.from_pretrained(folder)
     inter = dataset.interactions

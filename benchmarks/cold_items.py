@@ -52,11 +52,12 @@ from benchmarks.cold_items_references import (
     item_mean_corrected,
 )
 from benchmarks.common import hardware_line, write_report
-from peftrec.config import RatingRecipeConfig, load_config
+from peftrec.config import load_config
 from peftrec.data import fingerprint, load_data, split_rows
 from peftrec.data.knowledge import repaired_link
-from peftrec.heads import ITEM_SHRINK
 from peftrec.metrics import rmse
+from peftrec.models.towers import ITEM_SHRINK
+from peftrec.tasks.rating.config import RatingRecipeConfig
 
 RESAMPLES = 1000
 SEED = 0
@@ -123,7 +124,7 @@ def predict_model(folder: Path, dataset, split) -> tuple[str, tuple[np.ndarray, 
             f"({fingerprint(split.test)})"
         )
     # torch, transformers and peft are imported only when a model is scored
-    from peftrec.recommender import Recommender
+    from peftrec.app.recommender import Recommender
 
     started = time.perf_counter()
     rec = Recommender.from_pretrained(folder)

@@ -14,8 +14,8 @@ import itertools
 
 import numpy as np
 
-from peftrec.heads import Biases, shrunk_biases
 from peftrec.metrics import rmse
+from peftrec.models.towers import Biases, shrunk_biases
 
 USER_SHRINK_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)  # RatingHead.init_biases uses 10
 ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)

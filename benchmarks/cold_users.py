@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import hardware_line, write_report
-from peftrec.config import RatingRecipeConfig, load_config
+from peftrec.app.recommender import Recommender
+from peftrec.config import load_config
 from peftrec.data import load_data, split_rows
-from peftrec.heads import shrunk_biases
 from peftrec.metrics import rmse
-from peftrec.recommender import Recommender
+from peftrec.models.towers import shrunk_biases
+from peftrec.tasks.rating.config import RatingRecipeConfig
 
 KS = (0, 1, 3, 5, 10)
 L2_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import REPO, hardware_line, launch_recipe, write_report
+from peftrec.app.recommender import Recommender
 from peftrec.data import load_movielens
 from peftrec.data.blocks import (
     earlier_held,
@@ -51,8 +52,7 @@ from peftrec.data.blocks import (
     time_blocks,
 )
 from peftrec.metrics import rank_of_targets
-from peftrec.ranking import seen_mask
-from peftrec.recommender import Recommender
+from peftrec.tasks.ranking.step import seen_mask
 
 ARMS = {  # name: (folder prefix, overrides)
     "retrain": ("retrain", ["data.window=all"]),

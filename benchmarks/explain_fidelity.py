@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from benchmarks.common import hardware_line, write_report
+from peftrec.app.explain import text_scorer, word_spans
+from peftrec.app.recommender import Recommender
 from peftrec.config import load_config
 from peftrec.data import load_data, split_rows
-from peftrec.explain import text_scorer, word_spans
-from peftrec.recommender import Recommender
+from peftrec.models.tokens import tokenize_texts
 from peftrec.tasks import task_of
-from peftrec.tokens import tokenize_texts
 
 DRAWS = 5
 BOOTSTRAP = 2000

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import hardware_line, write_report
-from peftrec.recommender import Recommender
+from peftrec.app.recommender import Recommender
 
 TOP = 10
 

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import REPO, fmt_seeds, hardware_line, launch_recipe, write_report
+from peftrec.app.recommender import Recommender
 from peftrec.data import load_movielens
 from peftrec.data.preference import SHOTS, like_ratio, tallrec_split
 from peftrec.metrics import load_metric
-from peftrec.recommender import Recommender
 
 CONFIGS = REPO / "recipes" / "configs"
 TOWERS = CONFIGS / "minilm_frozen_preference.yaml"

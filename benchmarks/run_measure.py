@@ -53,7 +53,7 @@ def measure_model(folder: Path, device: str, repeats: int = INFERENCE_REPEATS) -
     parameters): the same count for every method, to check the recipe's ``requires_grad`` count.
     """
     # torch, transformers and peft are imported when first needed: a failing suite stops fast
-    from peftrec.recommender import Recommender
+    from peftrec.app.recommender import Recommender
 
     rec = Recommender.from_pretrained(folder, device=device)
     adapter_files = (

@@ -14,7 +14,7 @@ alternation, so that a change in the machine's load hits both alike:
   compare at equal wall time); its epoch time is extrapolated from the median step time.
 
 Both take the recipe's optimizer step on the loss of ``recipes/train_rating.py``, the loop's own
-``peftrec.loop.step_objective`` (``speed_styles.py``: the two styles; ``speed_measure.py``:
+``peftrec.training.loop.step_objective`` (``speed_styles.py``: the two styles; ``speed_measure.py``:
 timing, memory and FLOPs; ``speed_report.py``: the files written).
 
 LM forward+backward FLOPs are counted with torch's FlopCounterMode on 3 batches per style and
@@ -62,13 +62,13 @@ from benchmarks.speed_styles import (
     warmed_up_model,
 )
 from benchmarks.tiny import write_tiny_bert, write_toy_data
-from peftrec.artifact import Catalog
-from peftrec.backbones import load_tokenizer
+from peftrec.app.recommender import Recommender
+from peftrec.artifact.save import Catalog
 from peftrec.data import load_data, split_rows
-from peftrec.model import RecModel
-from peftrec.recipe import make_optimizer
-from peftrec.recommender import Recommender
-from peftrec.tokens import tokenize_texts
+from peftrec.models.backbones import load_tokenizer
+from peftrec.models.network import RecModel
+from peftrec.models.tokens import tokenize_texts
+from peftrec.training.recipe import make_optimizer
 
 METHODS = ("lora", "prefix", "top_layers", "full")
 

@@ -3,11 +3,12 @@
 - peftrec: the recipe's item-amortised batches (``ItemRatingsCollator`` over
   ``LengthBucketBatches`` of an ``ItemShuffler``) and the loss of one rating step of
   ``recipes/train_rating.py`` on one process (:func:`rating_loss`: the recipe's squared error
-  through ``peftrec.loop.step_objective``, the loss the recipe's ``TrainStep`` backpropagates);
+  through ``peftrec.training.loop.step_objective``, the loss the recipe's ``TrainStep``
+  backpropagates);
 - seed-style: the benchmark's own baseline, one row and one LM pass per rating
   (:func:`seed_style_batches`), trained with the same step.
 
-Both train with the recipe's optimizer (``peftrec.recipe.make_optimizer``).
+Both train with the recipe's optimizer (``peftrec.training.recipe.make_optimizer``).
 
 Validation RMSE is peftrec's: ``predict_ratings`` from the encoded catalogue, ``metrics.rmse``.
 """
@@ -22,20 +23,21 @@ import numpy as np
 import torch
 
 from benchmarks.speed_measure import Batch
-from peftrec.assembly import build_model
-from peftrec.config import RatingRecipeConfig, RatingTrainConfig, load_config
-from peftrec.heads import RatingHead
-from peftrec.loop import step_objective
+from peftrec.config import load_config
 from peftrec.metrics import rmse
-from peftrec.model import RecModel, RecOutput
-from peftrec.tokens import pad_batch
-from peftrec.training import (
+from peftrec.models.assembly import build_model
+from peftrec.models.network import RecModel, RecOutput
+from peftrec.models.tokens import pad_batch
+from peftrec.models.towers import RatingHead
+from peftrec.tasks.rating.config import RatingRecipeConfig, RatingTrainConfig
+from peftrec.training.batches import (
     ItemRatingsCollator,
     ItemShuffler,
     LengthBucketBatches,
     predict_ratings,
     warm_up_head,
 )
+from peftrec.training.loop import step_objective
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
@@ -84,7 +86,8 @@ def rating_loss(
 ) -> torch.Tensor:
     """What ``recipes/train_rating.py`` backpropagates in one step on one process (its step's
     ratings are this process's): the recipe's squared error through the loop's own
-    ``peftrec.loop.step_objective`` (``step_loss`` with the pairs' penalty, ``transfer.weight``
+    ``peftrec.training.loop.step_objective`` (``step_loss`` with the pairs' penalty,
+    ``transfer.weight``
     x L_S, the ``ridge`` on the text and fact maps)."""
     squared = (output.scores - ratings).square().sum()
     return step_objective(output, squared, len(ratings), head, cfg)[0]

@@ -1,7 +1,7 @@
 """A Griffe extension for the API pages: Sphinx roles in docstrings become plain code.
 
 The docstrings cross-reference with Sphinx roles (``:meth:`add_items```,
-``:class:`~peftrec.model.RecModel```), which Markdown would show with the role in front. This
+``:class:`~peftrec.models.network.RecModel```), which Markdown would show with the role in front. This
 keeps the name as inline code (the last dotted part when it starts with ``~``, as Sphinx does) and
 changes nothing in the package.
 """

@@ -4,7 +4,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for static tools (type checkers, the API docs); imported lazily below
-    from .recommender import Recommender
+    from peftrec.app.recommender import Recommender
 
 __version__ = "0.1.0"
 
@@ -15,7 +15,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 def __getattr__(name: str):
     if name == "Recommender":  # imported lazily: it pulls in torch, transformers and PEFT
-        from .recommender import Recommender
+        from peftrec.app.recommender import Recommender
 
         return Recommender
     raise AttributeError(f"module 'peftrec' has no attribute {name!r}")

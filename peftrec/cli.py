@@ -21,13 +21,13 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
-from .cli_arguments import model_folder, positive_int
-from .cli_training import add_training_commands
+from peftrec import __version__
+from peftrec.cli_arguments import model_folder, positive_int
+from peftrec.cli_training import add_training_commands
 
 
 def fetch(args: argparse.Namespace) -> None:
-    from .data.sources import fetch_dataset
+    from peftrec.data.sources import fetch_dataset
 
     print(f"{args.name}: {fetch_dataset(args.name, cache_dir=args.cache_dir)}")
 
@@ -38,7 +38,7 @@ def title_of(recommender, item: str) -> str:
 
 
 def recommend(args: argparse.Namespace) -> None:
-    from .recommender import Recommender
+    from peftrec.app.recommender import Recommender
 
     recommender = Recommender.from_pretrained(args.model)
     lists = recommender.recommend_batch(args.user, k=args.k, exclude_seen=args.exclude_seen)
@@ -71,7 +71,7 @@ def recommend(args: argparse.Namespace) -> None:
 
 
 def predict(args: argparse.Namespace) -> None:
-    from .recommender import Recommender
+    from peftrec.app.recommender import Recommender
 
     recommender = Recommender.from_pretrained(args.model)
     scores = recommender.predict([args.user] * len(args.items), args.items)
@@ -109,7 +109,7 @@ def labelled_history(text: str) -> list[tuple[str, bool]]:
 
 
 def predict_proba(args: argparse.Namespace) -> None:
-    from .recommender import Recommender
+    from peftrec.app.recommender import Recommender
 
     recommender = Recommender.from_pretrained(args.model)
     n = len(args.items)
@@ -129,19 +129,19 @@ def predict_proba(args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     try:
-        from .server import serve as run_server
+        from peftrec.app.server import serve as run_server
     except ImportError as err:
         raise ValueError(
             f"the HTTP service needs FastAPI and uvicorn ({err.name} is missing): "
             "pip install 'peftrec[serve]'"
         ) from None
-    from .recommender import Recommender
+    from peftrec.app.recommender import Recommender
 
     run_server(Recommender.from_pretrained(args.model), host=args.host, port=args.port)
 
 
 def explain(args: argparse.Namespace) -> None:
-    from .recommender import Recommender
+    from peftrec.app.recommender import Recommender
 
     recommender = Recommender.from_pretrained(args.model)
     try:
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "train":  # a recipe sets up its logging as when it is launched
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command != "fetch":
-        from .quiet import quiet_libraries
+        from peftrec.quiet import quiet_libraries
 
         quiet_libraries()
     try:

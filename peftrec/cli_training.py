@@ -17,13 +17,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_arguments import model_folder, positive_int
-from .shipped import CONFIGS, config_names, load_recipe, recipe_tasks
+from peftrec.cli_arguments import model_folder, positive_int
+from peftrec.shipped import CONFIGS, config_names, load_recipe, recipe_tasks
 
 
 def train(args: argparse.Namespace) -> int:
-    from .recipe import USER_ERRORS  # torch and the rest: only when training
-    from .tasks import TASKS
+    from peftrec.tasks import TASKS
+    from peftrec.training.recipe import USER_ERRORS  # torch and the rest: only when training
 
     recipe = load_recipe(TASKS[args.task].recipe)
     argv = [*(["--config", args.config] if args.config else []), *args.settings]
@@ -47,7 +47,7 @@ def configs(args: argparse.Namespace) -> None:
 
 
 def update_model(args: argparse.Namespace) -> None:
-    from .update import update
+    from peftrec.training.update import update
 
     print(f"updating {args.model} ({args.epochs} epoch(s), warm start: {args.warm_start}) ...")
     metrics = update(

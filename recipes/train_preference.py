@@ -28,11 +28,18 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 
-from peftrec.config import PreferenceRecipeConfig
-from peftrec.loop import Bookkeeping, TrainStep
 from peftrec.metrics import load_metric, scores_text
-from peftrec.preference_batches import PreferenceCollator, item_titles, record_texts, share_logit
-from peftrec.recipe import (
+from peftrec.models.tokens import tokenize_texts
+from peftrec.tasks import TASKS
+from peftrec.tasks.preference.batches import (
+    PreferenceCollator,
+    item_titles,
+    record_texts,
+    share_logit,
+)
+from peftrec.tasks.preference.config import PreferenceRecipeConfig
+from peftrec.training.loop import Bookkeeping, TrainStep
+from peftrec.training.recipe import (
     build_run_model,
     exit_on_user_error,
     load_run_data,
@@ -43,8 +50,6 @@ from peftrec.recipe import (
     start,
     trainable_counts,
 )
-from peftrec.tasks import TASKS
-from peftrec.tokens import tokenize_texts
 
 TASK = TASKS["preference"]
 logger = get_logger("peftrec.train_preference")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from accelerate.logging import get_logger
 
-from peftrec.config import RankingRecipeConfig
-from peftrec.loop import Bookkeeping, TrainStep
 from peftrec.metrics import groups_text, load_metric, scores_text, warm_cold
-from peftrec.ranking import (
+from peftrec.tasks import TASKS
+from peftrec.tasks.ranking.config import RankingRecipeConfig
+from peftrec.tasks.ranking.step import (
     excluded_items,
     headline,
     ranking_scores,
@@ -35,7 +35,9 @@ from peftrec.ranking import (
     target_ranks,
     warm_up_ranking_head,
 )
-from peftrec.recipe import (
+from peftrec.training.batches import ItemRatingsCollator
+from peftrec.training.loop import Bookkeeping, TrainStep
+from peftrec.training.recipe import (
     build_run_model,
     exit_on_user_error,
     item_batches,
@@ -47,8 +49,6 @@ from peftrec.recipe import (
     start,
     trainable_counts,
 )
-from peftrec.tasks import TASKS
-from peftrec.training import ItemRatingsCollator
 
 TASK = TASKS["ranking"]
 logger = get_logger("peftrec.train_ranking")

@@ -23,10 +23,17 @@ import numpy as np
 import torch
 from accelerate.logging import get_logger
 
-from peftrec.config import RatingRecipeConfig
-from peftrec.loop import Bookkeeping, TrainStep
 from peftrec.metrics import GROUPS, groups_text, load_metric, scores_text
-from peftrec.recipe import (
+from peftrec.tasks import TASKS
+from peftrec.tasks.rating.config import RatingRecipeConfig
+from peftrec.training.batches import (
+    ItemRatingsCollator,
+    evaluate_ratings,
+    rating_loader,
+    warm_up_head,
+)
+from peftrec.training.loop import Bookkeeping, TrainStep
+from peftrec.training.recipe import (
     build_run_model,
     encode_start,
     exit_on_user_error,
@@ -38,13 +45,6 @@ from peftrec.recipe import (
     save_run,
     start,
     trainable_counts,
-)
-from peftrec.tasks import TASKS
-from peftrec.training import (
-    ItemRatingsCollator,
-    evaluate_ratings,
-    rating_loader,
-    warm_up_head,
 )
 
 TASK = TASKS["rating"]

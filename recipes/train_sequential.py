@@ -28,11 +28,19 @@ import numpy as np
 import torch
 from accelerate.logging import get_logger
 
-from peftrec.config import SequentialRecipeConfig
-from peftrec.loop import Bookkeeping, TrainStep
 from peftrec.metrics import load_metric, scores_text, warm_cold
-from peftrec.ranking import excluded_items, headline, ranking_scores
-from peftrec.recipe import (
+from peftrec.tasks import TASKS
+from peftrec.tasks.ranking.step import excluded_items, headline, ranking_scores
+from peftrec.tasks.sequential.config import SequentialRecipeConfig
+from peftrec.tasks.sequential.head import (
+    CatalogueTable,
+    SequenceCollator,
+    next_item_ranks,
+    run_histories,
+    sequence_loss,
+)
+from peftrec.training.loop import Bookkeeping, TrainStep
+from peftrec.training.recipe import (
     build_run_model,
     exit_on_user_error,
     item_batches,
@@ -44,14 +52,6 @@ from peftrec.recipe import (
     start,
     trainable_counts,
 )
-from peftrec.sequential import (
-    CatalogueTable,
-    SequenceCollator,
-    next_item_ranks,
-    run_histories,
-    sequence_loss,
-)
-from peftrec.tasks import TASKS
 
 TASK = TASKS["sequential"]
 logger = get_logger("peftrec.train_sequential")

@@ -672,7 +672,7 @@ def test_report_flags_failures_dirty_trees_load_and_validation_only_numbers(tmp_
     }
     dirty = make_record(
         "p1_lora",
-        git={"commit": "b" * 40, "dirty": True, "changed": ["peftrec/model.py"]},
+        git={"commit": "b" * 40, "dirty": True, "changed": ["peftrec/models/network.py"]},
         load_average={"before": 3.9, "after": 4.2},
     )
     valid_only = make_record("p1_top", label="top_layers", headline=0.95, test={})

@@ -15,9 +15,9 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from .errors import DataError
-from .splits import Split
-from .tables import RecDataset
+from peftrec.data.errors import DataError
+from peftrec.data.splits import Split
+from peftrec.data.tables import RecDataset
 
 BLOCKS, BLOCK_SIZE, HELD_SHARE = 5, 20_000, 0.1
 

@@ -18,9 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .bookcrossing import RECORDS_NAME
-from .errors import DataError
-from .tables import Interactions, RecDataset
+from peftrec.data.bookcrossing import RECORDS_NAME
+from peftrec.data.errors import DataError
+from peftrec.data.tables import Interactions, RecDataset
 
 HISTORY = 10
 KEPT = 10_000

@@ -25,7 +25,7 @@ from transformers import BertModel
 
 from benchmarks.tiny import write_toy_data
 from peftrec.data import DataError, load_files, split_rows
-from peftrec.training import ItemShuffler, LengthBucketBatches, SplitBatches
+from peftrec.training.batches import ItemShuffler, LengthBucketBatches, SplitBatches
 
 from .test_train_rating import BIN, RECIPE, REPO, tiny_overrides
 

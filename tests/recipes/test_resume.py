@@ -15,8 +15,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from peftrec import checkpointing
-from peftrec.checkpointing import (
+from peftrec.config import config_to_dict
+from peftrec.tasks.rating.config import RatingRecipeConfig
+from peftrec.training import checkpointing
+from peftrec.training.batches import EarlyStopping
+from peftrec.training.checkpointing import (
     CheckpointError,
     TrainingProgress,
     check_resumable,
@@ -24,8 +27,6 @@ from peftrec.checkpointing import (
     load_checkpoint,
     save_checkpoint,
 )
-from peftrec.config import RatingRecipeConfig, config_to_dict
-from peftrec.training import EarlyStopping
 
 from .test_train_rating import RECIPE, REPO, tiny_overrides
 

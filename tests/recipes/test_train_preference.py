@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from peftrec import cli
+from peftrec.app.recommender import Recommender
 from peftrec.data import load_files
 from peftrec.data.preference import p3_preference_split
 from peftrec.metrics import load_metric
-from peftrec.recommender import Recommender
 
 from .test_train_rating import REPO, run, tiny_overrides
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from peftrec.recommender import Recommender
+from peftrec.app.recommender import Recommender
 
 from ..unit.test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
 from .test_train_rating import REPO, run, tiny_overrides
@@ -23,7 +23,7 @@ def p4_next_block_ndcg(rec: Recommender, dataset, block: int) -> tuple[float, np
 
     from peftrec.data.blocks import p4_history, p4_ranking_split
     from peftrec.metrics import rank_of_targets
-    from peftrec.ranking import seen_mask
+    from peftrec.tasks.ranking.step import seen_mask
 
     inter = dataset.interactions
     test = p4_ranking_split(dataset, block).test

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peftrec.config import RatingRecipeConfig, load_config
-from peftrec.recommender import Recommender
+from peftrec.app.recommender import Recommender
+from peftrec.config import load_config
+from peftrec.tasks.rating.config import RatingRecipeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "train_rating.py"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from peftrec.app.recommender import Recommender
 from peftrec.data import load_files, split_rows
 from peftrec.metrics import load_metric, rank_of_targets
-from peftrec.recommender import Recommender
 
 from ..unit.test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
 from .test_train_ranking import p4_next_block_ndcg

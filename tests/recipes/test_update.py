@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from peftrec import cli
-from peftrec.recommender import Recommender
+from peftrec.app.recommender import Recommender
 
 from .test_train_rating import RECIPE, REPO, run, tiny_overrides
 

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from peftrec import cli
-from peftrec.artifact import save_artifact
-from peftrec.assembly import build_model
+from peftrec.app.recommender import Recommender
+from peftrec.artifact.head_vectors import trained_vectors
+from peftrec.artifact.save import save_artifact
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
 from peftrec.data import load_files, split_rows
-from peftrec.head_vectors import trained_vectors
-from peftrec.heads import RatingHead
-from peftrec.recommender import Recommender
-from peftrec.tokens import tokenize_texts
-from peftrec.training import warm_up_head
+from peftrec.models.assembly import build_model
+from peftrec.models.tokens import tokenize_texts
+from peftrec.models.towers import RatingHead
+from peftrec.training.batches import warm_up_head
 
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, TEXTS
 from .test_recommender import CATALOG, ITEMS, USERS, trained

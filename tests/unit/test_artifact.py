@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from peftrec.artifact import ArtifactError, load_artifact, read_spec, required_files
-from peftrec.assembly import build_model
+from peftrec.app.recommender import Recommender
+from peftrec.artifact.save import ArtifactError, load_artifact, read_spec, required_files
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
-from peftrec.recommender import Recommender
-from peftrec.spec import ModelSpec
+from peftrec.models.assembly import build_model
+from peftrec.models.spec import ModelSpec
 
 from .test_recommender import save, trained
 

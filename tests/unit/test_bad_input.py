@@ -21,10 +21,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peftrec.backbones import load_backbone, load_tokenizer
+from peftrec.app.recommender import Recommender
 from peftrec.config import BackboneConfig, ConfigError
 from peftrec.data import DataError, load_files
-from peftrec.recommender import Recommender
+from peftrec.models.backbones import load_backbone, load_tokenizer
 
 from ..recipes.test_multiprocess import load_recipe
 from ..recipes.test_train_rating import RECIPE, REPO, tiny_overrides

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from peftrec.assembly import build_model
+from peftrec.app.recommender import Recommender
 from peftrec.config import BackboneConfig, ModelConfig
-from peftrec.recommender import Recommender
-from peftrec.tokens import tokenize_texts
+from peftrec.models.assembly import build_model
+from peftrec.models.tokens import tokenize_texts
 
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, adapter_config
 from .test_recommender import CATALOG, ITEMS, save

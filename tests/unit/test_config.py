@@ -11,15 +11,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peftrec.config import (
-    ConfigError,
-    RatingRecipeConfig,
-    config_to_dict,
-    load_config,
-    parse_cli,
-    save_config,
-)
-from peftrec.config_loading import option
+from peftrec.config import ConfigError, config_to_dict, load_config, parse_cli, save_config
+from peftrec.config.loading import option
+from peftrec.tasks.rating.config import RatingRecipeConfig
 
 
 def write_yaml(tmp_path, data, name="cfg.yaml"):

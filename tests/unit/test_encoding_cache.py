@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from peftrec.encoding_cache import cached_encodings, model_key, text_keys
+from peftrec.models.encoding_cache import cached_encodings, model_key, text_keys
 
 
 def encoder(calls: list[list[int]]):

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from peftrec import cli
-from peftrec.artifact import Catalog, save_artifact
-from peftrec.assembly import build_model
+from peftrec.app.recommender import Recommender
+from peftrec.artifact.head_vectors import trained_vectors
+from peftrec.artifact.save import Catalog, save_artifact
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
 from peftrec.data import load_files, split_rows
-from peftrec.head_vectors import trained_vectors
-from peftrec.recommender import Recommender
-from peftrec.tokens import tokenize_texts
-from peftrec.training import warm_up_head
+from peftrec.models.assembly import build_model
+from peftrec.models.tokens import tokenize_texts
+from peftrec.training.batches import warm_up_head
 
 from .test_model import DIM
 

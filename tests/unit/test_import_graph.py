@@ -85,7 +85,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_graph_sees_the_package():
     graph = import_graph()
-    assert "peftrec.recommender" in graph and "peftrec.data.tables" in graph
+    assert "peftrec.app.recommender" in graph and "peftrec.data.tables" in graph
     assert "peftrec.data.tables" in graph["peftrec.data"]  # from ... import through a package
 
 

@@ -17,8 +17,8 @@ from peftrec.data.knowledge import (
     ml100k_knowledge,
     repaired_link,
 )
-from peftrec.heads import RatingHead
-from peftrec.knowledge import ML100K_GROUPS, KnowledgeTower, KnowledgeVocabulary
+from peftrec.models.knowledge_tower import ML100K_GROUPS, KnowledgeTower, KnowledgeVocabulary
+from peftrec.models.towers import RatingHead
 
 
 @pytest.fixture(scope="module")

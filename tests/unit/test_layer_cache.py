@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftrec.adapters import transformer_blocks, unfreeze_top_layers
-from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
-from peftrec.layer_cache import LowerLayerCache, token_key
-from peftrec.tokens import pad_batch, tokenize_texts
+from peftrec.models.adapters import transformer_blocks, unfreeze_top_layers
+from peftrec.models.assembly import build_model
+from peftrec.models.layer_cache import LowerLayerCache, token_key
+from peftrec.models.tokens import pad_batch, tokenize_texts
 
 NUM_USERS, NUM_ITEMS, HIDDEN = 5, 9, 64
 TEXTS = [

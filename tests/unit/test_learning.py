@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
 from peftrec.data import load_files, split_rows
-from peftrec.tokens import tokenize_texts
-from peftrec.training import (
+from peftrec.models.assembly import build_model
+from peftrec.models.tokens import tokenize_texts
+from peftrec.training.batches import (
     ItemRatingsCollator,
     ItemShuffler,
     LengthBucketBatches,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from peftrec.assembly import build_model
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
-from peftrec.tokens import pad_batch, tokenize_texts
-from peftrec.training import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
+from peftrec.models.assembly import build_model
+from peftrec.models.tokens import pad_batch, tokenize_texts
+from peftrec.training.batches import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
 
 NUM_USERS, NUM_ITEMS, DIM, HIDDEN, LAYERS, R = 7, 11, 8, 64, 2, 4
 INNER = 2 * HIDDEN  # BERT's feed-forward width in conftest

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from benchmarks import run as bench
-from peftrec.artifact import ArtifactError
+from peftrec.app.recommender import Recommender
+from peftrec.artifact.save import ArtifactError
 from peftrec.config import RecipeConfig
-from peftrec.config_loading import option
-from peftrec.heads import RankingHead
-from peftrec.recipe import build_run_model, load_run_data, make_optimizer, save_run, start
-from peftrec.recommender import Recommender
+from peftrec.config.loading import option
+from peftrec.models.towers import RankingHead
 from peftrec.tasks import TASKS, Reported, Task
-from peftrec.training import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
+from peftrec.training.batches import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
+from peftrec.training.recipe import build_run_model, load_run_data, make_optimizer, save_run, start
 
 from ..recipes.test_train_rating import tiny_overrides
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from peftrec.data.preference import PreferenceRecords
-from peftrec.preference import PreferenceHead
-from peftrec.preference_batches import PreferenceCollator, record_texts, share_logit
+from peftrec.tasks.preference.batches import PreferenceCollator, record_texts, share_logit
+from peftrec.tasks.preference.head import PreferenceHead
 
 
 def head() -> PreferenceHead:

@@ -7,13 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from peftrec.config import (
-    ConfigError,
-    PreferenceRecipeConfig,
-    RatingRecipeConfig,
-    check_settings,
-    parse_cli,
-)
+from peftrec.config import ConfigError, check_settings, parse_cli
 from peftrec.data import DataError, Interactions, RecDataset
 from peftrec.data.preference import (
     KEPT,
@@ -22,8 +16,10 @@ from peftrec.data.preference import (
     run_records,
     source_records,
 )
-from peftrec.preference import PreferenceHead
-from peftrec.preference_batches import history_records, record_texts, share_logit
+from peftrec.tasks.preference.batches import history_records, record_texts, share_logit
+from peftrec.tasks.preference.config import PreferenceRecipeConfig
+from peftrec.tasks.preference.head import PreferenceHead
+from peftrec.tasks.rating.config import RatingRecipeConfig
 
 from .test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
 
@@ -247,8 +243,8 @@ def test_source_records_are_those_before_the_benchmark(ml100k):  # noqa: F811
 def test_settings_a_preference_run_refuses(argv, message, tmp_path):
     argv = [*argv, f"output_dir={tmp_path}"]
     if message is None:  # a protocol the task does not evaluate: refused at the recipe's start
-        from peftrec.recipe import start
         from peftrec.tasks import TASKS
+        from peftrec.training.recipe import start
 
         with pytest.raises(ConfigError, match="tallrec-movie or tallrec-book or p3"):
             start(PreferenceRecipeConfig, argv, TASKS["preference"])

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import torch
 
-from peftrec.heads import RankingHead
-from peftrec.losses import bpr, other_positives, sampled_softmax
-from peftrec.ranking import seen_mask, target_ranks, warm_up_ranking_head
+from peftrec.models.towers import RankingHead
+from peftrec.tasks.ranking.step import seen_mask, target_ranks, warm_up_ranking_head
+from peftrec.training.losses import bpr, other_positives, sampled_softmax
 
 
 def test_other_positives_masks_the_users_other_items_only():

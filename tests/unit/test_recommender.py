@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from peftrec.artifact import ArtifactError, Catalog, save_artifact
-from peftrec.head_vectors import trained_vectors
-from peftrec.recommender import Recommender
-from peftrec.tokens import tokenize_texts
+from peftrec.app.recommender import Recommender
+from peftrec.artifact.head_vectors import trained_vectors
+from peftrec.artifact.save import ArtifactError, Catalog, save_artifact
+from peftrec.models.tokens import tokenize_texts
 
 from .test_model import CASES, NUM_ITEMS, NUM_USERS, TEXTS, adapter_config, make
 

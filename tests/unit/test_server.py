@@ -15,10 +15,10 @@ import pytest
 import torch
 import uvicorn
 
-from peftrec.artifact import save_artifact
-from peftrec.head_vectors import trained_vectors
-from peftrec.recommender import Recommender
-from peftrec.server import create_app
+from peftrec.app.recommender import Recommender
+from peftrec.app.server import create_app
+from peftrec.artifact.head_vectors import trained_vectors
+from peftrec.artifact.save import save_artifact
 
 from .test_app_api import SCALED
 from .test_model import NUM_ITEMS, NUM_USERS

@@ -12,8 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from peftrec.recommender import Recommender
-from peftrec.serving import SERVING_FILE, ServingVectors, folder_digest
+from peftrec.app.recommender import Recommender
+from peftrec.artifact.vectors import SERVING_FILE, ServingVectors, folder_digest
 
 from .test_recommender import save, trained
 
@@ -64,7 +64,7 @@ def test_vectors_that_no_longer_match_the_folder_are_not_served(folder, tmp_path
     catalog = json.loads((changed / "catalog.json").read_text())
     catalog["item_texts"][1] = "bad film horror"  # edited by hand after saving
     (changed / "catalog.json").write_text(json.dumps(catalog))
-    with caplog.at_level("WARNING", logger="peftrec.recommender"):
+    with caplog.at_level("WARNING", logger="peftrec.app.recommender"):
         rec = Recommender.from_pretrained(changed)
     assert "catalogue changed since it was written" in caplog.text and rec.network_loaded
     served = Recommender.from_pretrained(folder)

@@ -10,15 +10,15 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from peftrec.artifact import ArtifactError, Catalog, save_artifact
-from peftrec.assembly import build_model
+from peftrec.app.recommender import Recommender
+from peftrec.artifact.head_vectors import trained_vectors
+from peftrec.artifact.save import ArtifactError, Catalog, save_artifact
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig, TransferConfig
-from peftrec.head_vectors import trained_vectors
 from peftrec.metrics import load_metric
-from peftrec.recommender import Recommender
-from peftrec.tokens import tokenize_texts
-from peftrec.training import evaluate_ratings, rating_loader
-from peftrec.transfer import build_source_objective, pretrained_encodings
+from peftrec.models.assembly import build_model
+from peftrec.models.tokens import tokenize_texts
+from peftrec.training.batches import evaluate_ratings, rating_loader
+from peftrec.training.transfer import build_source_objective, pretrained_encodings
 
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, TEXTS, batch_for
 

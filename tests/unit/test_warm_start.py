@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from peftrec.artifact import ArtifactError, Catalog, save_artifact
-from peftrec.assembly import build_model
-from peftrec.backbones import load_tokenizer
+from peftrec.app.recommender import Recommender
+from peftrec.artifact.head_vectors import trained_vectors
+from peftrec.artifact.save import ArtifactError, Catalog, save_artifact
 from peftrec.config import BackboneConfig, ModelConfig
-from peftrec.head_vectors import trained_vectors
-from peftrec.recommender import Recommender
-from peftrec.tokens import tokenize_texts
-from peftrec.warm_start import warm_start
+from peftrec.models.assembly import build_model
+from peftrec.models.backbones import load_tokenizer
+from peftrec.models.tokens import tokenize_texts
+from peftrec.training.warm_start import warm_start
 
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, TEXTS, adapter_config
 from .test_recommender import ITEMS, USERS, trained
@@ -115,7 +115,7 @@ def test_biases_from_the_new_window_only_for_new_users_and_items(parent, tiny_be
 
 
 def test_l2sp_after_a_warm_start_holds_the_model_near_its_parent(parent, tiny_bert):
-    from peftrec.transfer import L2SP
+    from peftrec.training.transfer import L2SP
 
     folder, _ = parent
     model = child(tiny_bert)
@@ -250,8 +250,8 @@ def test_a_parent_of_another_domain_matches_no_id_but_carries_the_rest(movie_par
 def test_a_parent_saved_before_a_head_option_existed_continues_with_its_default(parent):
     from dataclasses import replace
 
-    from peftrec.model_folder import check_folder
-    from peftrec.warm_start import check_parent
+    from peftrec.artifact.folder import check_folder
+    from peftrec.training.warm_start import check_parent
 
     folder, _ = parent
     spec, _ = check_folder(folder)

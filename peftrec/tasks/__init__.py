@@ -1,0 +1,177 @@
+"""The tasks peftrec trains, in one place: what each brings.
+
+A task is a head (the model's top, built from ``spec.head``), a recipe that owns its training
+loop, the config schema that recipe reads, the protocols it is evaluated on, its metric module,
+and the numbers of ``metrics.json`` the benchmarks report (the headline first). Everything that
+lists tasks (assembly, saving and loading, the benchmark runner and report, the tests) reads
+:data:`TASKS`; adding a task is its recipe, one entry here, its configs and its tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from peftrec.config import RecipeConfig
+from peftrec.data.preference import HISTORY
+from peftrec.models.spec import ArtifactError
+from peftrec.models.towers import RankingHead, RatingHead, TwoTowers
+from peftrec.shipped import RECIPES
+from peftrec.tasks.preference.config import PreferenceRecipeConfig
+from peftrec.tasks.preference.head import PreferenceHead
+from peftrec.tasks.ranking.config import RankingRecipeConfig
+from peftrec.tasks.rating.config import RatingRecipeConfig
+from peftrec.tasks.sequential.config import SequentialRecipeConfig
+from peftrec.tasks.sequential.head import SequentialHead
+
+BENCHMARK_SCHEMA = "peftrec-benchmark/1"
+"""The ``schema`` of a benchmark record (``benchmarks/run.py`` writes it, the report reads it)."""
+
+
+class Reported(NamedTuple):
+    """A number a task's runs report: its key in ``metrics.json`` (``test_`` + key), the label
+    benchmark tables print, and which way is better."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    title: str
+    """Its name in report headings."""
+    summary: str
+    head: type[TwoTowers]
+    config: type[RecipeConfig]
+    recipe: str
+    """The recipe's file under ``recipes/`` (installed as ``peftrec_recipes``), whose
+    ``main(argv)`` trains it."""
+    protocols: tuple[str, ...]
+    """Values of ``data.protocol`` the recipe evaluates."""
+    metric: str
+    """The :mod:`peftrec.metrics` module that scores it."""
+    reported: tuple[Reported, ...]
+    """What the benchmarks report, headline first."""
+    head_options: Callable[[Any, dict], dict] | None = None
+    """``(config, head arguments of the shared sections) -> the head's arguments``, for a task
+    whose head takes more (or fewer) than the two-tower heads."""
+
+    @property
+    def headline(self) -> Reported:
+        return self.reported[0]
+
+    def recipe_path(self) -> Path:
+        return RECIPES / self.recipe
+
+
+def sequential_head_options(cfg, head: dict) -> dict:
+    """A sequential head has no user table or profile tower, and its encoder's settings."""
+    head = {k: v for k, v in head.items() if k not in ("num_users", "user_text_dim")}
+    seq = cfg.sequence
+    return {
+        **head,
+        "max_history": seq.max_history,
+        "blocks": seq.blocks,
+        "heads": seq.heads,
+        "history_dropout": seq.dropout,
+        "text_norm": seq.text_norm,
+        "empty_state": seq.empty_state,
+    }
+
+
+def preference_head_options(cfg, head: dict) -> dict:
+    """A preference head has no user table (a user is their labelled history), and its reader."""
+    head = {k: v for k, v in head.items() if k not in ("num_users", "user_text_dim")}
+    return {
+        **head,
+        "reader": cfg.preference.reader,
+        "history": HISTORY,
+        "history_targets": cfg.preference.history_targets,
+        "record_length": cfg.preference.record_length,
+        "content": cfg.preference.content,
+    }
+
+
+TASKS: dict[str, Task] = {
+    "rating": Task(
+        name="rating",
+        title="Rating prediction",
+        summary="rating prediction: a biased dot product regressed on ratings (MSE)",
+        head=RatingHead,
+        config=RatingRecipeConfig,
+        recipe="train_rating.py",
+        protocols=("p1", "p2", "p2u", "p3", "p4", "all"),
+        metric="rating_error",
+        reported=(
+            Reported("rmse", "RMSE", False),
+            Reported("mse", "MSE", False),
+            Reported("mae", "MAE", False),
+        ),
+    ),
+    "ranking": Task(
+        name="ranking",
+        title="Top-K ranking",
+        summary=(
+            "top-K ranking: a dot product trained with a softmax over the step's items (or BPR)"
+        ),
+        head=RankingHead,
+        config=RankingRecipeConfig,
+        recipe="train_ranking.py",
+        protocols=("p3", "p4", "all"),
+        metric="ranking",
+        reported=(
+            Reported("ndcg@{k}", "NDCG@{k}", True),
+            Reported("hr@{k}", "HR@{k}", True),
+            Reported("mrr", "MRR", True),
+        ),
+    ),
+    "sequential": Task(
+        name="sequential",
+        title="Next-item recommendation",
+        summary=(
+            "next-item prediction: a causal encoder over the user's history, a softmax over the "
+            "catalogue"
+        ),
+        head=SequentialHead,
+        config=SequentialRecipeConfig,
+        recipe="train_sequential.py",
+        protocols=("p3", "p4"),
+        metric="ranking",
+        reported=(
+            Reported("ndcg@{k}", "NDCG@{k}", True),
+            Reported("hr@{k}", "HR@{k}", True),
+            Reported("mrr", "MRR", True),
+        ),
+        head_options=sequential_head_options,
+    ),
+    "preference": Task(
+        name="preference",
+        title="Binary preference",
+        summary=(
+            "binary preference: the probability that a user with a labelled history likes an "
+            "item (BCE)"
+        ),
+        head=PreferenceHead,
+        config=PreferenceRecipeConfig,
+        recipe="train_preference.py",
+        protocols=("tallrec-movie", "tallrec-book", "p3"),
+        metric="preference",
+        reported=(
+            Reported("auc", "AUC", True),
+            Reported("logloss", "LogLoss", False),
+            Reported("gauc", "GAUC", True),
+        ),
+        head_options=preference_head_options,
+    ),
+}
+
+
+def task_of(name: str) -> Task:
+    """The task named ``name``; an :class:`ArtifactError` (a saved model names it) otherwise."""
+    if name not in TASKS:
+        raise ArtifactError(f"unknown task {name!r}; peftrec knows {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,441 @@
+"""Sequential recommendation: a user is the items they interacted with, in time order.
+
+:class:`SequentialHead` is the item tower of the two-tower heads (pooled LM text, optional item
+ID, ID dropout) under a SASRec-style :class:`HistoryEncoder`: causal self-attention over a
+history's item vectors, learned positions, dropout and layer norm. The state after each position
+scores every catalogue item for the next one (``state . q_i + b_i``), so training predicts the
+next item at every position, and a user's state is computed from their history whenever asked:
+known users, users with new interactions, anonymous sessions, with no retraining.
+
+A training step scores the full catalogue with every candidate's vector equally fresh: the item
+vectors are projected from one table of pooled text features each step. With a frozen backbone
+that table is exact; with an adapted one it is refreshed once per epoch, and the step's own items
+are encoded again with gradients and swapped in straight-through (the table's values, the fresh
+pass's gradients), so the LM learns while every candidate keeps the same staleness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftrec.data.blocks import histories_before
+from peftrec.metrics import rank_of_targets
+from peftrec.models.tokens import pad_batch
+from peftrec.models.towers import TwoTowers
+
+PAD = -1  # an empty position in a left-padded history
+
+
+def left_pad(histories: Sequence[Sequence[int]], length: int) -> torch.Tensor:
+    """``(len(histories), width)`` item rows, each history's last ``length`` items right-aligned,
+    ``PAD`` before them; width is the longest kept history (at least 1)."""
+    width = max(1, min(length, max((len(h) for h in histories), default=1)))
+    out = torch.full((len(histories), width), PAD, dtype=torch.long)
+    for row, history in enumerate(histories):
+        kept = list(history)[-width:]
+        if kept:
+            out[row, width - len(kept) :] = torch.as_tensor(kept, dtype=torch.long)
+    return out
+
+
+class Block(nn.Module):
+    """Pre-norm causal self-attention and a position-wise feed-forward layer, with residuals."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.attention_norm, self.feed_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        # no dropout on the attention weights: it cost ~20% of a step and did not help on P3
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.feed = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        h = self.attention_norm(x)
+        x = x + self.dropout(self.attention(h, h, h, attn_mask=blocked, need_weights=False)[0])
+        return x + self.dropout(self.feed(self.feed_norm(x)))
+
+
+class HistoryEncoder(nn.Module):
+    """SASRec: the user's state after each position of a left-padded history of item vectors.
+
+    Positions count back from the last item (the most recent is always position
+    ``max_length - 1``), so a state means the same whatever the history's length.
+    """
+
+    def __init__(
+        self, dim: int, max_length: int, blocks: int = 2, heads: int = 1, dropout: float = 0.2
+    ):
+        super().__init__()
+        self.max_length, self.heads = max_length, heads
+        self.positions = nn.Embedding(max_length, dim)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(blocks))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, item_vectors: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """States ``(users, width, dim)`` for ``history`` (item rows into ``item_vectors``, ``PAD``
+        for none); a padded position's state is zero."""
+        width = history.size(1)
+        if width > self.max_length:
+            raise ValueError(
+                f"history of {width} items is longer than the encoder's {self.max_length}; "
+                "keep the last ones (left_pad does)"
+            )
+        real = history != PAD
+        x = item_vectors[history.clamp(min=0)] * (
+            math.sqrt(item_vectors.size(-1)) * real.unsqueeze(-1)
+        )
+        x = self.dropout(x + self.positions.weight[self.max_length - width :]) * real.unsqueeze(-1)
+        causal = torch.ones(width, width, dtype=torch.bool, device=history.device).triu(1)
+        blocked = causal | ~real[:, None, :]  # no future item, no padding
+        blocked = blocked & ~torch.eye(
+            width, dtype=torch.bool, device=history.device
+        )  # pads see themselves
+        blocked = blocked.repeat_interleave(self.heads, dim=0)
+        for block in self.blocks:
+            x = block(x, blocked) * real.unsqueeze(-1)
+        return self.norm(x) * real.unsqueeze(-1)
+
+
+class SequenceOutput(NamedTuple):
+    logits: torch.Tensor  # (positions, items): every catalogue item scored at every real position
+    targets: torch.Tensor  # (positions,) the next item at each
+    penalty: torch.Tensor  # mean L2 of the targets' item vectors and the states
+    source: torch.Tensor  # L_S of the step (0 without one)
+
+
+class SequentialHead(TwoTowers):
+    """The item tower of :class:`~peftrec.models.towers.TwoTowers` under a :class:`HistoryEncoder`.
+
+    It has no user table: a user is their history. ``text_norm`` standardises each pooled text
+    dimension with the catalogue's statistics (fitted before training, saved with the head).
+    """
+
+    def __init__(
+        self,
+        text_dim: int,
+        num_items: int,
+        dim: int = 64,
+        *,
+        max_history: int = 50,
+        blocks: int = 2,
+        heads: int = 1,
+        history_dropout: float = 0.2,
+        text_norm: bool = False,
+        empty_state: bool = False,
+        num_users: int = 0,
+        **towers,
+    ):
+        if num_users:
+            raise ValueError("a sequential head has no user table: num_users must be 0")
+        super().__init__(text_dim, 0, num_items, dim, **towers)
+        self.encoder = HistoryEncoder(dim, max_history, blocks, heads, history_dropout)
+        self.text_norm = text_norm
+        # the state of an empty history (a new user): learned from users' first items, or zero
+        self.start = nn.Parameter(torch.zeros(dim)) if empty_state else None
+        self.register_buffer("text_mean", torch.zeros(text_dim))
+        self.register_buffer("text_scale", torch.ones(text_dim))
+
+    @torch.no_grad()
+    def fit_text_norm(self, text: torch.Tensor) -> None:
+        """Per-dimension mean and standard deviation of the catalogue's pooled texts."""
+        if self.text_norm:
+            self.text_mean.copy_(text.mean(0))
+            self.text_scale.copy_(text.std(0).clamp(min=1e-6))
+
+    def items(
+        self,
+        text: torch.Tensor,
+        index: torch.Tensor | None = None,
+        facts: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.text_norm:
+            text = (text - self.text_mean) / self.text_scale
+        return super().items(text, index, facts)
+
+    def states(
+        self, items: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor
+    ) -> torch.Tensor:
+        return self.encoder(items[0], history)
+
+    def score_states(
+        self, states: torch.Tensor, items: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """``(states, items)`` scores: state . q_i + b_i."""
+        return states @ items[0].T + items[1]
+
+    def score_all(
+        self, user: tuple[torch.Tensor, torch.Tensor], items: tuple[torch.Tensor, torch.Tensor]
+    ):
+        """As the two-tower heads: ``user`` is (states, zeros)."""
+        return self.score_states(user[0], items)
+
+    def score(
+        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
+    ):
+        return item[1] + (user[0] * item[0]).sum(-1)
+
+    def step(
+        self,
+        model,
+        history: torch.Tensor,
+        targets: torch.Tensor,
+        table: torch.Tensor,
+        fresh_index: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        first: torch.Tensor | None = None,
+    ) -> SequenceOutput:
+        """One training step's outputs: next-item logits over the catalogue at every real position
+        (and, with a learned empty state, for each user's ``first`` item after no history).
+
+        ``table`` holds the pooled text of every item (no gradient). With ``fresh_index`` (items
+        whose texts ``input_ids`` are), those rows are encoded again by the LM and swapped in
+        straight-through: values from the table, gradients through the fresh pass.
+        """
+        text, source = table, table.new_zeros(())
+        if fresh_index is not None and len(fresh_index):
+            fresh = model.encode(input_ids, attention_mask, fresh_index)
+            text = table.index_put((fresh_index,), table[fresh_index] + fresh - fresh.detach())
+            if model.source is not None and model.training:
+                source = model.source(model, input_ids, attention_mask, fresh_index, fresh)
+        index = torch.arange(len(table), device=table.device)
+        items = self.items(text, index)
+        states = self.states(items, history)
+        real = targets != PAD
+        states, next_items = states[real], targets[real]
+        if self.start is not None and first is not None:
+            first = first[first != PAD]
+            states = torch.cat([states, self.start.expand(len(first), -1)])
+            next_items = torch.cat([next_items, first])
+        penalty = states.square().sum(-1).mean() + items[0][next_items].square().sum(-1).mean()
+        return SequenceOutput(self.score_states(states, items), next_items, penalty, source)
+
+
+def sequence_loss(
+    output: SequenceOutput,
+    loss: str = "softmax",
+    negatives: int = 0,
+    popularity: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Summed next-item loss over the step's positions.
+
+    ``softmax``: cross-entropy against the whole catalogue. ``sampled``: against the target and
+    ``negatives`` items drawn from ``popularity`` (shared by the step), with the log-Q correction
+    that makes the sampled softmax an unbiased stand-in for the full one.
+    """
+    if loss == "softmax":
+        return F.cross_entropy(output.logits, output.targets, reduction="sum")
+    q = popularity / popularity.sum()
+    sampled = torch.multinomial(q, negatives, replacement=True, generator=generator).to(
+        output.logits.device
+    )
+    logits = output.logits[:, sampled] - torch.log(negatives * q[sampled].to(output.logits))
+    logits = logits.masked_fill(sampled[None, :] == output.targets[:, None], float("-inf"))
+    positive = output.logits.gather(1, output.targets[:, None])
+    return F.cross_entropy(
+        torch.cat([positive, logits], 1),
+        output.targets.new_zeros(len(output.targets)),
+        reduction="sum",
+    )
+
+
+def user_histories(
+    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None, num_users: int
+) -> list[np.ndarray]:
+    """Each user's items ordered by (timestamp, row): the rows' order breaks ties."""
+    rows = np.arange(len(users))
+    order = np.lexsort((rows, timestamps if timestamps is not None else rows, users))
+    starts = np.searchsorted(users[order], np.arange(num_users + 1))
+    return [items[order[starts[u] : starts[u + 1]]] for u in range(num_users)]
+
+
+class RunHistories(NamedTuple):
+    """A run's histories, each a user's items in time order: what trains (``trained``, aligned
+    with ``train``: which positions are targets; None: all), and the histories before each
+    validation and test target."""
+
+    train: list[np.ndarray]
+    trained: list[np.ndarray] | None
+    valid: list[np.ndarray]
+    test: list[np.ndarray]
+
+
+def run_histories(data) -> RunHistories:
+    """The histories of a run's data (:class:`~peftrec.training.run_data.RunData`).
+
+    P3: each user's training items; the validation item comes after them, the test item after
+    them and the validation item. p4: each user's items of blocks 1..t that the model line has
+    learned from, as inputs, the current training rows (block t, with ``window=new`` and any
+    replay; all of them on a retrain) as targets; a validation or test target reads every item
+    its user had before it in blocks 1..t, held-out shares included (none: a new user).
+    """
+    train, valid, test = data.train, data.valid, data.test
+    num_users = len(data.dataset.user_ids)
+    if data.history_rows is None:
+        histories = user_histories(train.users, train.items, train.timestamps, num_users)
+        valid_item = dict(zip(valid.users.tolist(), valid.items.tolist(), strict=True))
+        return RunHistories(
+            histories,
+            None,
+            [histories[u] for u in valid.users],
+            [
+                np.append(histories[u], valid_item[u]) if u in valid_item else histories[u]
+                for u in test.users
+            ],
+        )
+    inter = data.dataset.interactions
+    learned, before = data.history_rows
+    mine = user_histories(inter.users[learned], learned, inter.timestamps[learned], num_users)
+    return RunHistories(
+        [inter.items[r] for r in mine],
+        [np.isin(r, data.rows.train) for r in mine],
+        histories_before(data.dataset, before, data.rows.valid),
+        histories_before(data.dataset, before, data.rows.test),
+    )
+
+
+def training_windows(
+    histories: Sequence[np.ndarray],
+    max_history: int,
+    trained: Sequence[np.ndarray] | None = None,
+) -> tuple[list, list]:
+    """Inputs and next-item targets of each history's last ``max_history + 1`` items; with
+    ``trained`` (per history, which positions are targets), the others' targets are ``PAD``."""
+    inputs, targets = [], []
+    for u, history in enumerate(histories):
+        kept = history[-(max_history + 1) :]
+        inputs.append(kept[:-1])
+        target = kept[1:]
+        if trained is not None:
+            target = np.where(trained[u][-len(kept) :][1:], target, PAD)
+        targets.append(target)
+    return inputs, targets
+
+
+@torch.no_grad()
+def history_states(
+    head: SequentialHead,
+    items: tuple[torch.Tensor, torch.Tensor],
+    histories: Sequence[Sequence[int]],
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The state after each history's last item, ``(len(histories), dim)``; for an empty one
+    the head's learned empty state, or zero."""
+    was_training = head.training
+    head.eval()
+    out = []
+    for start in range(0, len(histories), batch_size):
+        padded = left_pad(histories[start : start + batch_size], head.encoder.max_length)
+        padded = padded.to(items[0].device)
+        last = head.states(items, padded)[:, -1]
+        if head.start is not None:  # an empty history's state is the learned one
+            last = torch.where((padded[:, -1] == PAD)[:, None], head.start, last)
+        out.append(last)
+    head.train(was_training)
+    return torch.cat(out) if out else items[0].new_zeros(0, head.dim)
+
+
+class SequenceCollator:
+    """A list of user rows -> their left-padded training windows, and (``fresh`` items per step,
+    for an adapted backbone) the texts of up to that many of the step's distinct items, drawn by
+    a generator seeded by the batch itself, for the straight-through LM pass."""
+
+    def __init__(
+        self,
+        histories: Sequence[np.ndarray],
+        max_history: int,
+        token_lists: Sequence[Sequence[int]],
+        pad_id: int,
+        fresh: int = 0,
+        seed: int = 0,
+        trained: Sequence[np.ndarray] | None = None,
+        first_items: bool = False,
+    ):
+        self.inputs, self.targets = training_windows(histories, max_history, trained)
+        # with first_items, each user's first item (when trained) is a target after no history
+        self.firsts = [
+            int(h[0]) if first_items and len(h) and (trained is None or trained[u][0]) else PAD
+            for u, h in enumerate(histories)
+        ]
+        self.max_history, self.token_lists, self.pad_id = max_history, token_lists, pad_id
+        self.fresh, self.seed = fresh, seed
+
+    def users_with_targets(self) -> list[int]:
+        return [
+            u
+            for u, t in enumerate(self.targets)
+            if (np.asarray(t) != PAD).any() or self.firsts[u] != PAD
+        ]
+
+    def __call__(self, users: list[int]) -> dict[str, torch.Tensor]:
+        batch = {
+            "history": left_pad([self.inputs[u] for u in users], self.max_history),
+            "targets": left_pad([self.targets[u] for u in users], self.max_history),
+            "first": torch.as_tensor([self.firsts[u] for u in users], dtype=torch.long),
+        }
+        if self.fresh:
+            step_items = np.unique(
+                np.concatenate([self.inputs[u] for u in users] + [self.targets[u] for u in users])
+            )
+            step_items = np.union1d(step_items, [self.firsts[u] for u in users])
+            step_items = step_items[step_items != PAD]
+            rng = np.random.default_rng((self.seed, *users))
+            chosen = np.sort(rng.permutation(step_items)[: self.fresh])
+            batch["input_ids"], batch["attention_mask"] = pad_batch(
+                [self.token_lists[i] for i in chosen], self.pad_id
+            )
+            batch["fresh_index"] = torch.as_tensor(chosen, dtype=torch.long)
+        return batch
+
+
+@torch.no_grad()
+def next_item_ranks(
+    head: SequentialHead,
+    table: torch.Tensor,
+    histories: Sequence[Sequence[int]],
+    targets: np.ndarray,
+    exclude: torch.Tensor,
+) -> torch.Tensor:
+    """Full-ranking rank of each history's next item among all items not excluded (P3)."""
+    was_training = head.training
+    head.eval()
+    items = head.items(table, torch.arange(len(table), device=table.device))
+    states = history_states(head, items, histories)
+    ranks = []
+    for start in range(0, len(histories), 1024):
+        scores = head.score_states(states[start : start + 1024], items).float().cpu()
+        ranks.append(
+            rank_of_targets(
+                scores,
+                torch.as_tensor(targets[start : start + 1024]),
+                exclude[start : start + 1024],
+            )
+        )
+    head.train(was_training)
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+class CatalogueTable:
+    """The pooled text of every item a training epoch scores against, saved in checkpoints so a
+    resumed run uses the very table the interrupted one did."""
+
+    def __init__(self, table: torch.Tensor | None = None):
+        self.table = table
+
+    def state_dict(self) -> dict:
+        return {"table": self.table}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.table = state["table"]
