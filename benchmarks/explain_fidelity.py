@@ -154,7 +154,7 @@ def main() -> None:
             f"| {k} | {top.mean():+.4f} | {random.mean():+.4f} "
             f"| {mean:+.4f} [{low:+.4f}, {high:+.4f}] |"
         )
-    if rec.is_sequential:
+    if rec.traits.history:
         drops = [d for u, i in pairs if (d := history_drops(rec, u, i, rng)) is not None]
         top, random = np.array(drops).T
         mean, low, high = interval(top - random, rng)

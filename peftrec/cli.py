@@ -42,7 +42,7 @@ def recommend(args: argparse.Namespace) -> None:
 
     recommender = Recommender.from_pretrained(args.model)
     lists = recommender.recommend_batch(args.user, k=args.k, exclude_seen=args.exclude_seen)
-    label = "rating" if recommender.is_rating else "score"
+    label = "rating" if recommender.traits.ratings else "score"
     if args.json:
         print(
             json.dumps(
@@ -75,7 +75,7 @@ def predict(args: argparse.Namespace) -> None:
 
     recommender = Recommender.from_pretrained(args.model)
     scores = recommender.predict([args.user] * len(args.items), args.items)
-    label = "rating" if recommender.is_rating else "score"
+    label = "rating" if recommender.traits.ratings else "score"
     if args.json:
         print(
             json.dumps(

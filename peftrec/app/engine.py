@@ -30,7 +30,6 @@ from peftrec.artifact.vectors import ServingVectors
 from peftrec.models.knowledge_tower import KnowledgeVocabulary
 from peftrec.models.tokens import tokenize_texts
 from peftrec.tasks.preference.batches import history_records, item_titles, record_texts
-from peftrec.tasks.sequential.head import history_states
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +60,8 @@ class ModelRecommender(RecommenderUsers):
         self.meta = meta or {"spec": model.spec}
         self.device = device
         self.batch_size = batch_size
-        kind = head_vectors.head_kind(model.head)
-        self.is_rating = kind.ratings
+        self.traits = model.head.traits
+        """What a user of this model is and what its scores are (:mod:`peftrec.models.traits`)."""
         self.user_ids = list(catalog.user_ids)
         self.item_ids = list(catalog.item_ids)
         self.item_texts = list(catalog.item_texts)
@@ -71,14 +70,10 @@ class ModelRecommender(RecommenderUsers):
         self.rating_scale = tuple(catalog.rating_scale) if catalog.rating_scale else None
         self.domain = catalog.domain  # kept through saves: warm starts read it
         self.num_trained_items = self.spec.head["num_items"]
-        self.num_trained_users = self.spec.head.get("num_users", 0)
+        # no user table when a user is their history
+        self.num_trained_users = self.spec.head.get("num_users", 0) if self.traits.user_table else 0
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {it: i for i, it in enumerate(self.item_ids)}
-        self.is_sequential = kind.histories
-        self.is_preference = kind.labelled
-        self.is_cross_encoder = kind.cross
-        if self.is_sequential or self.is_preference:
-            self.num_trained_users = 0  # no user table: every user is their history
         self._lock = threading.RLock()
         self._item_text_cache: torch.Tensor | None = None  # pooled encodings, one row per item
         self._init_users(catalog)
@@ -150,7 +145,7 @@ class ModelRecommender(RecommenderUsers):
             grown[: len(cache)] = cache
             grown[rows] = encoded
             self._item_text_cache = grown
-            if self.is_sequential:  # a changed text moves the states of histories holding it
+            if self.traits.history:  # a changed text moves the states of histories holding it
                 self._user_cache = None
         logger.info("encoded %d item texts; catalogue has %d items", len(items), len(self.item_ids))
 
@@ -236,7 +231,7 @@ class ModelRecommender(RecommenderUsers):
     def history_state(self, rows: Sequence[int]) -> np.ndarray:
         """A history model's state after the given item rows (time order), ``(1, dim)``."""
         with self._lock:
-            return numpy32(history_states(self.model.head, self._item_vectors(), [list(rows)]))
+            return numpy32(self.model.head.history_users(self._item_vectors(), [list(rows)]))
 
     @torch.no_grad()
     def preference_probabilities(
@@ -246,7 +241,7 @@ class ModelRecommender(RecommenderUsers):
         history ``(item rows, labels)`` (the last ``history`` events of each are read)."""
         head = self.model.head
         with self._lock:
-            if not self.is_cross_encoder:
+            if not self.traits.pairs:
                 users = head.users_of_histories(self._item_vectors(), histories)
                 item = self._item_vectors(torch.as_tensor(items))
                 return numpy32(head.score(users, item))

@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from peftrec.tasks.sequential.head import history_states
-
 
 @dataclass
 class Explanation:
@@ -160,7 +158,7 @@ def explain_pair(engine, user_id: str, item_id: str, steps: int = 32) -> Explana
             steps,
         )
         words = [(text[s:e], float(token_attr[p].sum())) for s, e, p in spans]
-        history = past_item_effects(engine, user_row, item_row) if engine.is_sequential else None
+        history = past_item_effects(engine, user_row, item_row) if engine.traits.history else None
     return Explanation(user_id, item_id, score, empty, words, delta, history)
 
 
@@ -168,12 +166,12 @@ def explain_pair(engine, user_id: str, item_id: str, steps: int = 32) -> Explana
 def past_item_effects(engine, user_row: int, item_row: int) -> list[tuple[str, float]]:
     """For each item of the history the model reads: the score drop when it is left out."""
     head = engine.model.head
-    read = list(engine._history[user_row][-head.encoder.max_length :])
+    read = list(engine._history[user_row][-head.history_length :])
     if not read:
         return []
     items = engine._item_vectors()
     histories = [read] + [read[:j] + read[j + 1 :] for j in range(len(read))]
-    states = history_states(head, items, histories)
-    scores = head.score_states(states, (items[0][item_row : item_row + 1], items[1][item_row]))
-    scores = scores[:, 0].cpu()
+    states = head.history_users(items, histories)
+    item = (items[0][item_row : item_row + 1], items[1][item_row : item_row + 1])
+    scores = head.score((states, states.new_zeros(len(states))), item).cpu()
     return [(engine.item_ids[r], float(scores[0] - scores[j + 1])) for j, r in enumerate(read)]

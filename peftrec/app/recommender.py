@@ -25,6 +25,7 @@ import numpy as np
 from peftrec.app.inputs import check_id, check_k, check_text, id_list, rows_of
 from peftrec.artifact.folder import check_catalog, check_folder, histories, read_catalog
 from peftrec.artifact.vectors import ServingVectors, read_item_text, read_serving
+from peftrec.models.traits import Traits
 
 if TYPE_CHECKING:
     from peftrec.app.engine import ModelRecommender
@@ -122,12 +123,14 @@ class Recommender:
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
         self._item_index = {it: i for i, it in enumerate(self.item_ids)}
         self._seen = {u: np.unique(h) for u, h in histories(catalog).items()}
-        if vectors is not None:
-            self.is_rating, self.is_sequential = vectors.ratings, vectors.histories
-        else:  # the network says
-            engine = self.engine
-            self.is_rating, self.is_sequential = engine.is_rating, engine.is_sequential
-        self.num_trained_users = 0 if self.is_sequential else spec.head.get("num_users", 0)
+        if vectors is not None and vectors.user is not None:  # no network, no torch
+            self.traits = Traits(user=vectors.user, ratings=vectors.ratings)
+        else:
+            from peftrec.tasks import traits_of  # the heads (torch)
+
+            self.traits = traits_of(spec)
+        """What a user of this model is and what its scores are (:mod:`peftrec.models.traits`)."""
+        self.num_trained_users = spec.head.get("num_users", 0) if self.traits.user_table else 0
 
     # -- the network, loaded when needed -----------------------------------------------------
     @property
@@ -185,7 +188,7 @@ class Recommender:
 
     def _bounded(self, scores: np.ndarray) -> np.ndarray:
         """Ratings clipped to the training scale (rating models); other scores as they are."""
-        if self.is_rating and self.rating_scale is not None:
+        if self.traits.ratings and self.rating_scale is not None:
             return np.clip(scores, *self.rating_scale)
         return scores
 
@@ -294,7 +297,7 @@ class Recommender:
         was trained on) or ``histories`` (per item, a labelled history: ``(item_id, liked)``
         pairs in time order, as a benchmark record carries; the last ten are read).
         """
-        if self.spec.task != "preference":
+        if not self.traits.labelled:
             raise ValueError(
                 "predict_proba needs a preference model (recipes/train_preference.py); this is a "
                 f"{self.spec.task} model: use predict"
@@ -454,7 +457,7 @@ class Recommender:
             return self._history_scores(item_ids, "score_history")[1].astype(np.float32)
 
     def _history_scores(self, item_ids: Sequence[str], where: str) -> tuple[np.ndarray, np.ndarray]:
-        if not self.is_sequential:
+        if not self.traits.history:
             raise ValueError(
                 f"{where} needs a history model (recipes/train_sequential.py); this "
                 f"is a {self.spec.task} model, whose users are rows of a table"

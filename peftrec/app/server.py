@@ -97,7 +97,7 @@ def create_app(recommender: Recommender) -> FastAPI:
         version=__version__,
         description=f"A peftrec {recommender.spec.task} model on {recommender.spec.backbone}.",
     )
-    label = "rating" if recommender.is_rating else "score"
+    label = "rating" if recommender.traits.ratings else "score"
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -170,7 +170,7 @@ class RecommenderUsers:
 
     def fold_in(self, user_id: str, ratings: Mapping[str, float], l2: float = 10.0) -> None:
         """The network side of :meth:`peftrec.Recommender.fold_in`."""
-        if not self.is_rating:
+        if not self.traits.ratings:
             raise ValueError(
                 "fold_in fits ratings, and this is a ranking model, whose scores are not ratings; "
                 "add_interactions({user_id: [item_id, ...]}) fits a user from "
@@ -231,7 +231,7 @@ class RecommenderUsers:
             )
         with self._lock:
             for user_id, items in resolved.items():
-                if self.is_sequential:  # the next call reads the longer history
+                if self.traits.history:  # the next call reads the longer history
                     if user_id not in self._user_index:
                         self._put_users(
                             [user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1)
@@ -254,7 +254,7 @@ class RecommenderUsers:
     @torch.no_grad()
     def _fit_interactions(self, row: int, l2: float = 0.05) -> None:
         prior = self._profile_vector(row).cpu()
-        if self.is_rating or len(self._interacted[row]) == 0:
+        if self.traits.ratings or len(self._interacted[row]) == 0:
             self._put_users([self.user_ids[row]], prior[None], torch.zeros(1))
             return
         vectors, biases = (t.cpu() for t in self._item_vectors())
@@ -271,7 +271,7 @@ class RecommenderUsers:
 
     def _user_state(self) -> dict[str, torch.Tensor] | None:
         """The user table and what refits it, when it differs from the trained one."""
-        if self.is_sequential or (
+        if self.traits.history or (
             len(self.user_ids) == self.num_trained_users
             and not (self._profiles or self._folded or self._interacted)
         ):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,39 +20,11 @@ import torch
 from peftrec.artifact.folder import Catalog, histories
 from peftrec.artifact.vectors import SERVING_FILE, ServingVectors
 from peftrec.models.tokens import tokenize_texts
-from peftrec.models.towers import RatingHead
-from peftrec.tasks.preference.head import PreferenceHead
-from peftrec.tasks.sequential.head import SequentialHead, history_states
 
 logger = logging.getLogger(__name__)
 
 EXACT_USERS = 64
 """How many users :func:`serves_exactly` checks against the whole catalogue."""
-
-
-@dataclass(frozen=True)
-class HeadKind:
-    """What serving reads of a head: how its scores and its users are made."""
-
-    ratings: bool
-    """Its scores are predicted ratings (a global mean as offset, clipped to a scale)."""
-    histories: bool
-    """A user is their history (a sequential model): no user table."""
-    labelled: bool
-    """A user is their labelled history (a preference model): no user table."""
-    cross: bool
-    """It reads a whole record (user history and item) as one text: no vector stands for a user
-    or an item, so the head scores every pair itself."""
-
-
-def head_kind(head: torch.nn.Module) -> HeadKind:
-    labelled = isinstance(head, PreferenceHead)
-    return HeadKind(
-        ratings=isinstance(head, RatingHead),
-        histories=isinstance(head, SequentialHead),
-        labelled=labelled,
-        cross=labelled and head.reader == "cross",
-    )
 
 
 def numpy32(tensor: torch.Tensor) -> np.ndarray:
@@ -91,8 +62,8 @@ def user_table(
     catalogue's item vectors, asked only by a head that reads histories."""
     if labels is not None:
         return head.users_of_histories(items(), list(zip(user_histories, labels, strict=True)))
-    if head_kind(head).histories:
-        states = history_states(head, items(), list(user_histories))
+    if head.traits.history:
+        states = head.history_users(items(), list(user_histories))
         return states, states.new_zeros(len(states))
     index = torch.arange(num_trained_users, device=device)
     return tuple(t.clone() for t in head.users(index))
@@ -105,13 +76,14 @@ def serving_vectors(
     users: tuple[torch.Tensor, torch.Tensor],
 ) -> ServingVectors:
     """Items' and users' vectors and biases as numpy, with the head's offset and link."""
-    kind = head_kind(head)
+    traits = head.traits
     return ServingVectors(
         *(numpy32(t) for t in (*items, *users)),
-        offset=float(head.global_mean) if kind.ratings else 0.0,
+        offset=float(head.global_mean) if traits.ratings else 0.0,
         link=head.score_link,
-        ratings=kind.ratings,
-        histories=kind.histories,
+        ratings=traits.ratings,
+        histories=traits.history,
+        user=traits.user,
     )
 
 
@@ -124,7 +96,7 @@ def serves_exactly(
 ) -> bool:
     """Whether ``vectors`` reproduce the head's own scores of ``items`` and ``users`` (float32
     rounding aside), on the first :data:`EXACT_USERS` users against the whole catalogue."""
-    if head_kind(head).cross:
+    if head.traits.pairs:
         return False
     rows = torch.arange(min(len(vectors.user_vectors), EXACT_USERS))
     device = users[0].device
@@ -183,7 +155,6 @@ def trained_vectors(
     rows = torch.arange(len(text))
     facts = None if head.knowledge is None else head.knowledge.facts  # every item is trained
     items = item_vectors(head, text, rows, spec.head["num_items"], facts, device)
-    kind = head_kind(head)
     seen = histories(catalog)
     labels = histories(catalog, catalog.seen_labels) if catalog.seen_labels is not None else None
     user_rows = range(len(catalog.user_ids))
@@ -192,7 +163,7 @@ def trained_vectors(
         lambda: items,
         [seen[u] for u in user_rows],
         None if labels is None else [labels[u] for u in user_rows],
-        0 if kind.histories or kind.labelled else spec.head.get("num_users", 0),
+        spec.head.get("num_users", 0) if head.traits.user_table else 0,
         device,
     )
     return exact_vectors(head, items, users, spec.task), numpy32(text)

@@ -52,6 +52,9 @@ class ServingVectors:
     """The scores are predicted ratings (clipped to the training scale when served)."""
     histories: bool = False
     """Users are their histories (a sequential model): a user's vector is the history's state."""
+    user: str | None = None
+    """What a user is (:attr:`peftrec.models.traits.Traits.user`); None in folders saved before
+    it was written."""
 
     def __post_init__(self) -> None:
         if self.link not in LINKS:
@@ -115,6 +118,7 @@ def write_serving(folder: Path, vectors: ServingVectors, item_text: np.ndarray) 
         "link": vectors.link,
         "scores": "ratings" if vectors.ratings else "scores",
         "users": "histories" if vectors.histories else "table",
+        **({"user": vectors.user} if vectors.user else {}),
     }
     save_file(arrays, folder / SERVING_FILE, metadata=metadata)
 
@@ -139,6 +143,7 @@ def read_serving(folder: Path, num_users: int, num_items: int) -> ServingVectors
                 link=meta.get("link", "identity"),
                 ratings=meta.get("scores") == "ratings",
                 histories=meta.get("users") == "histories",
+                user=meta.get("user"),
             )
     except (SafetensorError, OSError, ValueError, KeyError) as err:
         return _ignored(path, f"unreadable ({err})")

@@ -1,13 +1,21 @@
-"""Settings that are valid one by one but not together: what :func:`peftrec.config.check_settings`
-refuses at start-up, naming the keys and what to set instead."""
+"""Settings of the shared sections that are valid one by one but not together: what
+:func:`peftrec.config.check_settings` refuses at start-up, naming the keys and what to set
+instead. A task's config adds its own checks (``RecipeConfig.conflicts``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
+def reads_records(cfg: Any) -> bool:
+    """Whether the recipe trains on records (labelled history, target, label): the settings of
+    record runs (``data.train_records``, ``train.epochs=0``, ``train.warm_start=head``) apply."""
+    return bool(getattr(cfg, "records", False))
+
+
 def conflicts(cfg: Any) -> list[str]:
-    """Settings that are valid one by one but not together."""
+    """Settings of the shared sections that are valid one by one but not together (a task's
+    config adds its own: ``RecipeConfig.conflicts``)."""
     problems = []
     adapter, transfer = getattr(cfg, "adapter", None), getattr(cfg, "transfer", None)
     backbone, model = getattr(cfg, "backbone", None), getattr(cfg, "model", None)
@@ -48,7 +56,7 @@ def conflicts(cfg: Any) -> list[str]:
                     f"train.warm_start=merge merges a LoRA-style adapter into the backbone, and "
                     f"adapter.method={adapter.method} has none that merges (lora or peft do)"
                 )
-        elif train.warm_start == "head" and getattr(cfg, "preference", None) is None:
+        elif train.warm_start == "head" and not reads_records(cfg):
             problems.append(
                 "train.warm_start=head trains a preference head's calibration scalars, and this "
                 "recipe's head has none: use train.warm_start=towers"
@@ -66,41 +74,10 @@ def conflicts(cfg: Any) -> list[str]:
             "text alone learns to score an item: it needs "
             "model.item_ids=true and model.item_text=true"
         )
-    sequence = getattr(cfg, "sequence", None)
-    if sequence is not None and model is not None and model.dim % sequence.heads:
-        problems.append(f"sequence.heads={sequence.heads} must divide model.dim={model.dim}")
-    if sequence is not None and model is not None and model.user_text:
-        problems.append(
-            "model.user_text=true: a sequential model's user is their history, not a profile"
-        )
-    preference = getattr(cfg, "preference", None)
-    if preference is not None and model is not None:
-        if model.user_text:
-            problems.append(
-                "model.user_text=true: a preference model's user is their history, not a profile"
-            )
-        if preference.reader == "cross" and (model.item_ids or model.knowledge != "none"):
-            problems.append(
-                "preference.reader=cross reads each record as one text, with no item-ID or "
-                "knowledge tower: set model.item_ids=false and model.knowledge=none"
-            )
-        if cfg.data.train_fraction < 1:
-            problems.append(
-                "data.train_fraction subsamples ratings; a preference run draws records with "
-                "data.train_records"
-            )
-        if cfg.data.train_records is not None and cfg.train.epochs == 0:
-            problems.append(
-                f"data.train_records={cfg.data.train_records} with train.epochs=0: zero-shot "
-                "trains on no record; drop data.train_records"
-            )
-        if preference.records == "source" and cfg.data.protocol != "tallrec-movie":
-            problems.append("preference.records=source is tallrec-movie's source domain")
-    train = getattr(cfg, "train", None)
-    if train is not None and train.epochs == 0 and preference is None:
+    if train is not None and train.epochs == 0 and not reads_records(cfg):
         problems.append("train.epochs=0 (test the starting model) is for the preference recipe")
     data = getattr(cfg, "data", None)
-    if data is not None and data.train_records is not None and preference is None:
+    if data is not None and data.train_records is not None and not reads_records(cfg):
         problems.append("data.train_records draws preference records (the preference recipe)")
     if model is not None and adapter is not None and not model.item_text:
         if adapter.method != "frozen":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from peftrec.config.conflicts import conflicts
 from peftrec.config.loading import (
@@ -278,11 +278,20 @@ class RecipeConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     output_dir: str = option("runs/peftrec", "folder for checkpoints and results")
 
+    records: ClassVar[bool] = False
+    """The recipe trains on records (labelled history, target, label), not on ratings."""
+
+    def conflicts(self) -> list[str]:
+        """Settings valid one by one but not together; a task's config extends it with its own
+        sections' checks (``super().conflicts() + [...]``)."""
+        return conflicts(self)
+
 
 def check_settings(cfg: Any) -> None:
     """Fail at start-up, naming the key, on values out of range, settings that conflict, or an
     output_dir that cannot be written."""
-    problems = [*out_of_range(cfg), *conflicts(cfg)]
+    checks = cfg.conflicts() if isinstance(cfg, RecipeConfig) else conflicts(cfg)
+    problems = [*out_of_range(cfg), *checks]
     if problems:
         raise ConfigError(problems[0])
     out = Path(cfg.output_dir)

@@ -1,14 +1,17 @@
-"""The two towers and the regression head that sit on top of the language model."""
+"""The two towers that sit on top of the language model: item vectors from pooled texts (with
+optional ID rows and facts), user vectors from a table; each task's head builds on them."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from peftrec.models.knowledge_tower import KnowledgeTower
+from peftrec.models.traits import Traits
 
 USER_SHRINK, ITEM_SHRINK = 10.0, 25.0
 
@@ -71,6 +74,9 @@ class TwoTowers(nn.Module):
     User tower: p_u = user-ID embedding (+ V g_u, g_u a fixed encoding of the user's profile text).
     """
 
+    traits: ClassVar[Traits] = Traits()
+    """What the rest of peftrec reads of this head (:mod:`peftrec.models.traits`)."""
+
     score_link = "identity"
     """How ``offset + b_u + b_i + <p_u, q_i>`` becomes a score (``sigmoid`` for probabilities):
     what lets an app serve saved vectors (:mod:`peftrec.artifact.vectors`) without the network."""
@@ -130,6 +136,11 @@ class TwoTowers(nn.Module):
             nn.init.zeros_(self.item_text_bias.weight)
             nn.init.zeros_(self.item_text_bias.bias)
         self.text_dim, self.dim = text_dim, dim
+
+    @classmethod
+    def traits_for(cls, args: Mapping[str, Any]) -> Traits:
+        """The traits of a head built from ``args`` (its saved arguments, ``spec.head``)."""
+        return cls.traits
 
     def items(
         self,
@@ -225,69 +236,3 @@ class TwoTowers(nn.Module):
             + user[1].square()
             + item[1].square()
         ).mean()
-
-
-class RatingHead(TwoTowers):
-    """Regression head: rating(u, i) = mean + b_u + b_i + <p_u, q_i>."""
-
-    def __init__(self, text_dim: int, num_users: int, num_items: int, dim: int = 64, **kwargs):
-        super().__init__(text_dim, num_users, num_items, dim, **kwargs)
-        self.global_mean = nn.Parameter(torch.zeros(()))
-        self.user_bias = nn.Embedding(num_users, 1)
-        nn.init.normal_(self.user_bias.weight, std=0.01)
-
-    def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_vectors(index), self.user_bias(index).squeeze(-1)
-
-    def score(
-        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        """Ratings for aligned (user, item) rows of vectors and biases."""
-        return self.global_mean + user[1] + item[1] + (user[0] * item[0]).sum(-1)
-
-    def score_all(
-        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        """Ratings of every user against every item: one matrix product, ``(users, items)``."""
-        return self.global_mean + user[1][:, None] + item[1][None, :] + user[0] @ item[0].T
-
-    @torch.no_grad()
-    def init_biases(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
-        """Global mean and user/item biases from regularised averages of the training ratings."""
-        num_items = (
-            self.item_bias.num_embeddings if self.item_bias is not None else int(items.max()) + 1
-        )
-        biases = shrunk_biases(
-            users.numpy(),
-            items.numpy(),
-            ratings.numpy(),
-            self.user_bias.num_embeddings,
-            num_items,
-            item_biases=self.item_bias is not None,
-        )
-        self.global_mean.fill_(biases.mean)
-        if self.item_bias is not None:
-            self.item_bias.weight[:, 0] = torch.as_tensor(
-                biases.item, dtype=self.item_bias.weight.dtype
-            )
-        self.user_bias.weight[:, 0] = torch.as_tensor(
-            biases.user, dtype=self.user_bias.weight.dtype
-        )
-
-
-class RankingHead(TwoTowers):
-    """Ranking head: score(u, i) = b_i + <p_u, q_i>, so ranking all items is one matrix product."""
-
-    def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        vector = self.user_vectors(index)
-        return vector, vector.new_zeros(vector.shape[:-1])
-
-    def score(
-        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        return item[1] + (user[0] * item[0]).sum(-1)
-
-    def score_all(
-        self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        return item[1][None, :] + user[0] @ item[0].T

@@ -17,14 +17,17 @@ from typing import Any, NamedTuple
 from peftrec.config import RecipeConfig
 from peftrec.data.preference import HISTORY
 from peftrec.models.spec import ArtifactError
-from peftrec.models.towers import RankingHead, RatingHead, TwoTowers
+from peftrec.models.towers import TwoTowers
 from peftrec.shipped import RECIPES
 from peftrec.tasks.preference.config import PreferenceRecipeConfig
 from peftrec.tasks.preference.head import PreferenceHead
 from peftrec.tasks.ranking.config import RankingRecipeConfig
+from peftrec.tasks.ranking.head import RankingHead
 from peftrec.tasks.rating.config import RatingRecipeConfig
+from peftrec.tasks.rating.head import RatingHead
 from peftrec.tasks.sequential.config import SequentialRecipeConfig
 from peftrec.tasks.sequential.head import SequentialHead
+from peftrec.models.traits import Traits
 
 BENCHMARK_SCHEMA = "peftrec-benchmark/1"
 """The ``schema`` of a benchmark record (``benchmarks/run.py`` writes it, the report reads it)."""
@@ -59,6 +62,16 @@ class Task:
     head_options: Callable[[Any, dict], dict] | None = None
     """``(config, head arguments of the shared sections) -> the head's arguments``, for a task
     whose head takes more (or fewer) than the two-tower heads."""
+
+    @property
+    def traits(self) -> Traits:
+        """What a user of this task is and what its scores are (a head's options may add to
+        them: :meth:`traits_for`)."""
+        return self.head.traits_for({})
+
+    def traits_for(self, head: dict) -> Traits:
+        """The traits of this task's head built from ``head`` (a spec's head arguments)."""
+        return self.head.traits_for(head)
 
     @property
     def headline(self) -> Reported:
@@ -168,6 +181,11 @@ TASKS: dict[str, Task] = {
         head_options=preference_head_options,
     ),
 }
+
+
+def traits_of(spec) -> Traits:
+    """The traits of a saved model's head, from its spec (no network needed)."""
+    return task_of(spec.task).traits_for(spec.head)
 
 
 def task_of(name: str) -> Task:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from peftrec.data import DataError
 from peftrec.metrics import rmse, scores_by_group, warm_cold
 from peftrec.models.tokens import pad_batch
-from peftrec.models.towers import RatingHead
+from peftrec.tasks.rating.head import RatingHead
 from peftrec.training.losses import ridge
 
 logger = logging.getLogger(__name__)

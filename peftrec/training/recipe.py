@@ -314,7 +314,7 @@ def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
     )
     ratings = data.train.ratings
     labels = None
-    if task.name == "preference":  # a known user is their last labelled interactions
+    if task.traits.labelled:  # a known user is their last labelled interactions
         labels = (seen.ratings > liked_above(cfg.data.protocol)).astype(np.int64)
     return Catalog(
         domain=cfg.data.dataset,
@@ -326,9 +326,7 @@ def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
         seen_users=seen.users,
         seen_items=seen.items,
         item_fields=data.dataset.item_fields or None,
-        rating_scale=(float(ratings.min()), float(ratings.max()))
-        if task.name == "rating"
-        else None,
+        rating_scale=(float(ratings.min()), float(ratings.max())) if task.traits.ratings else None,
         knowledge=None
         if data.vocabulary is None
         else {

@@ -82,7 +82,7 @@ def load_run_data(cfg, task: Task) -> RunData:
     render texts."""
     dataset = load_data(cfg.data)
     records = history_rows = None
-    if task.name == "preference":
+    if task.traits.labelled:  # the run reads records: (labelled history, target, label)
         pref = cfg.preference
         records = run_records(
             dataset, cfg.data.protocol, pref.records, cfg.data.train_records, cfg.data.seed
@@ -93,7 +93,7 @@ def load_run_data(cfg, task: Task) -> RunData:
             dataset, records = compact(dataset, records)
         split = Split(*(part.rows for part in records))
     elif cfg.data.protocol == "p4":
-        p4 = p4_split if task.name == "rating" else p4_ranking_split
+        p4 = p4_split if task.traits.ratings else p4_ranking_split
         split = p4(dataset, cfg.data.block, cfg.data.window, cfg.data.replay, seed=cfg.data.seed)
         history_rows = p4_history(dataset, cfg.data.block)
     else:

@@ -55,7 +55,7 @@ def test_sequential_recipe_trains_and_the_app_reproduces_its_test_metrics(
     split = split_rows(dataset, "p3")
     valid, test = (dataset.interactions.subset(rows) for rows in (split.valid, split.test))
     rec = Recommender.from_pretrained(out / "model")
-    assert rec.is_sequential and rec.spec.task == "sequential"
+    assert rec.traits.history and rec.spec.task == "sequential"
     users = [dataset.user_ids[u] for u in test.users]
     rec.add_interactions(
         {

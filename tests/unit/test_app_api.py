@@ -21,7 +21,7 @@ from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
 from peftrec.data import load_files, split_rows
 from peftrec.models.assembly import build_model
 from peftrec.models.tokens import tokenize_texts
-from peftrec.models.towers import RatingHead
+from peftrec.tasks.rating.head import RatingHead
 from peftrec.training.batches import warm_up_head
 
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, TEXTS
@@ -211,7 +211,7 @@ def test_a_ranking_model_adds_a_user_from_interactions(ranking_folder):
     assert set(liked).isdisjoint(i for i, _ in rec.recommend("newbie", k=3))
     with pytest.raises(ValueError, match="add_interactions"):
         rec.fold_in("x", {"i1": 4.0})
-    assert not rec.is_rating and "scores" in Recommender.predict.__doc__
+    assert not rec.traits.ratings and "scores" in Recommender.predict.__doc__
 
 
 # 7. changes can be saved

@@ -18,7 +18,7 @@ from peftrec.data.knowledge import (
     repaired_link,
 )
 from peftrec.models.knowledge_tower import ML100K_GROUPS, KnowledgeTower, KnowledgeVocabulary
-from peftrec.models.towers import RatingHead
+from peftrec.tasks.rating.head import RatingHead
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from peftrec.models.towers import RankingHead
+from peftrec.tasks.ranking.head import RankingHead
 from peftrec.tasks.ranking.step import seen_mask, target_ranks, warm_up_ranking_head
 from peftrec.training.losses import bpr, other_positives, sampled_softmax
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from peftrec.config import DataConfig, RecipeConfig, TrainConfig
 from peftrec.config.loading import at_least, option
@@ -50,3 +50,31 @@ class PreferenceRecipeConfig(RecipeConfig):
     )
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     output_dir: str = option("runs/minilm_frozen_preference", "folder for checkpoints and results")
+
+    records: ClassVar[bool] = True
+
+    def conflicts(self) -> list[str]:
+        problems = super().conflicts()
+        model, data, preference = self.model, self.data, self.preference
+        if model.user_text:
+            problems.append(
+                "model.user_text=true: a preference model's user is their history, not a profile"
+            )
+        if preference.reader == "cross" and (model.item_ids or model.knowledge != "none"):
+            problems.append(
+                "preference.reader=cross reads each record as one text, with no item-ID or "
+                "knowledge tower: set model.item_ids=false and model.knowledge=none"
+            )
+        if data.train_fraction < 1:
+            problems.append(
+                "data.train_fraction subsamples ratings; a preference run draws records with "
+                "data.train_records"
+            )
+        if data.train_records is not None and self.train.epochs == 0:
+            problems.append(
+                f"data.train_records={data.train_records} with train.epochs=0: zero-shot "
+                "trains on no record; drop data.train_records"
+            )
+        if preference.records == "source" and data.protocol != "tallrec-movie":
+            problems.append("preference.records=source is tallrec-movie's source domain")
+        return problems

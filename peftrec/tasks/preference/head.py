@@ -31,14 +31,15 @@ predicted from the other events of the record, so a record of ten teaches eleven
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from peftrec.models.towers import TwoTowers
 from peftrec.tasks.preference.batches import masked_mean, share_logit
+from peftrec.models.traits import Traits
 
 READERS = ("towers", "cross")
 
@@ -55,6 +56,15 @@ class PreferenceHead(TwoTowers):
     """The logit that a user with a labelled history likes a target item (see the module)."""
 
     score_link = "sigmoid"
+
+    @classmethod
+    def traits_for(cls, args: Mapping[str, Any]) -> Traits:
+        """A user is their labelled history; the cross reader scores each pair itself."""
+        return Traits(user="labelled history", pairs=args.get("reader") == "cross")
+
+    @property
+    def traits(self) -> Traits:
+        return self.traits_for({"reader": self.reader})
 
     def __init__(
         self,

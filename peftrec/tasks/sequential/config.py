@@ -51,3 +51,15 @@ class SequentialRecipeConfig(RecipeConfig):
     )
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     output_dir: str = option("runs/minilm_frozen_sequential", "folder for checkpoints and results")
+
+    def conflicts(self) -> list[str]:
+        problems = super().conflicts()
+        if self.model.dim % self.sequence.heads:
+            problems.append(
+                f"sequence.heads={self.sequence.heads} must divide model.dim={self.model.dim}"
+            )
+        if self.model.user_text:
+            problems.append(
+                "model.user_text=true: a sequential model's user is their history, not a profile"
+            )
+        return problems

@@ -29,6 +29,7 @@ from peftrec.data.blocks import histories_before
 from peftrec.metrics import rank_of_targets
 from peftrec.models.tokens import pad_batch
 from peftrec.models.towers import TwoTowers
+from peftrec.models.traits import Traits
 
 PAD = -1  # an empty position in a left-padded history
 
@@ -121,6 +122,8 @@ class SequentialHead(TwoTowers):
     dimension with the catalogue's statistics (fitted before training, saved with the head).
     """
 
+    traits = Traits(user="history")
+
     def __init__(
         self,
         text_dim: int,
@@ -167,6 +170,17 @@ class SequentialHead(TwoTowers):
         self, items: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor
     ) -> torch.Tensor:
         return self.encoder(items[0], history)
+
+    @property
+    def history_length(self) -> int:
+        """How many of a history's last items the encoder reads."""
+        return self.encoder.max_length
+
+    def history_users(
+        self, items: tuple[torch.Tensor, torch.Tensor], histories: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
+        """Each history's user vector: the state after its last item (:func:`history_states`)."""
+        return history_states(self, items, histories)
 
     def score_states(
         self, states: torch.Tensor, items: tuple[torch.Tensor, torch.Tensor]
