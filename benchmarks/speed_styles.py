@@ -28,8 +28,8 @@ from peftrec.metrics import rmse
 from peftrec.models.assembly import build_model
 from peftrec.models.network import RecModel, RecOutput
 from peftrec.models.tokens import pad_batch
-from peftrec.tasks.rating.head import RatingHead
 from peftrec.tasks.rating.config import RatingRecipeConfig, RatingTrainConfig
+from peftrec.tasks.rating.head import RatingHead
 from peftrec.training.batches import (
     ItemRatingsCollator,
     ItemShuffler,

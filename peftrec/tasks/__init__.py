@@ -18,6 +18,7 @@ from peftrec.config import RecipeConfig
 from peftrec.data.preference import HISTORY
 from peftrec.models.spec import ArtifactError
 from peftrec.models.towers import TwoTowers
+from peftrec.models.traits import Traits
 from peftrec.shipped import RECIPES
 from peftrec.tasks.preference.config import PreferenceRecipeConfig
 from peftrec.tasks.preference.head import PreferenceHead
@@ -27,7 +28,6 @@ from peftrec.tasks.rating.config import RatingRecipeConfig
 from peftrec.tasks.rating.head import RatingHead
 from peftrec.tasks.sequential.config import SequentialRecipeConfig
 from peftrec.tasks.sequential.head import SequentialHead
-from peftrec.models.traits import Traits
 
 BENCHMARK_SCHEMA = "peftrec-benchmark/1"
 """The ``schema`` of a benchmark record (``benchmarks/run.py`` writes it, the report reads it)."""

@@ -19,8 +19,8 @@ from peftrec.app.recommender import Recommender
 from peftrec.artifact.save import ArtifactError
 from peftrec.config import RecipeConfig
 from peftrec.config.loading import option
-from peftrec.tasks.ranking.head import RankingHead
 from peftrec.tasks import TASKS, Reported, Task
+from peftrec.tasks.ranking.head import RankingHead
 from peftrec.training.batches import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
 from peftrec.training.recipe import build_run_model, load_run_data, make_optimizer, save_run, start
 

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from peftrec.models.towers import TwoTowers
-from peftrec.tasks.preference.batches import masked_mean, share_logit
 from peftrec.models.traits import Traits
+from peftrec.tasks.preference.batches import masked_mean, share_logit
 
 READERS = ("towers", "cross")
 
