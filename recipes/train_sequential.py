@@ -32,13 +32,8 @@ from peftrec.metrics import load_metric, scores_text, warm_cold
 from peftrec.tasks import TASKS
 from peftrec.tasks.ranking.step import excluded_items, headline, ranking_scores
 from peftrec.tasks.sequential.config import SequentialRecipeConfig
-from peftrec.tasks.sequential.head import (
-    CatalogueTable,
-    SequenceCollator,
-    next_item_ranks,
-    run_histories,
-    sequence_loss,
-)
+from peftrec.tasks.sequential.data import SequenceCollator, run_histories
+from peftrec.tasks.sequential.step import CatalogueTable, next_item_ranks, sequence_loss
 from peftrec.training.loop import Bookkeeping, TrainStep
 from peftrec.training.recipe import (
     build_run_model,

@@ -233,6 +233,11 @@ class ModelRecommender(RecommenderUsers):
         with self._lock:
             return numpy32(self.model.head.history_users(self._item_vectors(), [list(rows)]))
 
+    def labelled_histories(self, user_rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A preference model: each user's known labelled history, ``(item rows, labels)``."""
+        with self._lock:
+            return [(self._history[u], self._labels[u]) for u in user_rows]
+
     @torch.no_grad()
     def preference_probabilities(
         self, items: np.ndarray, histories: Sequence[tuple[Sequence[int], Sequence[int]]]

@@ -8,8 +8,10 @@ import math
 import numbers
 import operator
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 logger = logging.getLogger("peftrec.app.recommender")
 UNKNOWN_SHARE_WARNING = 0.5  # warn when more than this share of a text's tokens are unknown
@@ -147,3 +149,44 @@ def rows_of(ids: list[str], index: Mapping[str, int], where: str, kind: str) -> 
             f"{known}{ADD_HINTS[kind]}"
         )
     return [index[i] for i in ids]
+
+
+def check_texts(texts: Any, where: str) -> list[str]:
+    """A list of item texts (each checked as :func:`check_text`)."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"{where}: pass a list of texts, e.g. {where}('196', ['a comedy'])")
+    return [check_text(text, where, f"text {k}") for k, text in enumerate(texts)]
+
+
+def check_aligned(item_ids: list[str], given: Any, what: str, where: str) -> None:
+    """``given`` (users or histories) is a list aligned with ``item_ids``."""
+    if isinstance(given, (str, bytes)) or len(given) != len(item_ids):
+        count = 1 if isinstance(given, (str, bytes)) else len(given)
+        raise ValueError(f"{where}: {len(item_ids)} items but {count} {what}; pass aligned lists")
+
+
+def labelled_pairs(history: Any, where: str) -> tuple[list[str], list[int]]:
+    """``(item ids, 0/1 labels)`` of one history of ``(item_id, liked)`` pairs."""
+    if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+        raise TypeError(f"{where}: pass a list of (item_id, liked) pairs, e.g. [('50', True)]")
+    if len(history) == 0:
+        raise ValueError(f"{where}: empty; a record needs at least one (item_id, liked) pair")
+    ids, labels = [], []
+    for j, pair in enumerate(history):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TypeError(f"{where}[{j}]: {pair!r} is not an (item_id, liked) pair")
+        liked = pair[1]
+        if not (isinstance(liked, (bool, np.bool_)) or liked in (0, 1)):
+            raise ValueError(f"{where}[{j}]: liked must be True/False or 1/0, got {liked!r}")
+        ids.append(check_id(pair[0], where, "item"))
+        labels.append(int(liked))
+    return ids, labels
+
+
+def top_k(scores: np.ndarray, k: int, where: str, whom: str) -> np.ndarray:
+    """The rows of the ``k`` highest finite scores, best first (ties: lower row first)."""
+    available = int(np.isfinite(scores).sum())
+    if k > available:
+        raise ValueError(f"{where}: k={k} but only {available} items are left{whom}")
+    top = np.argpartition(-scores, k - 1)[:k]
+    return top[np.argsort(-scores[top], kind="stable")]

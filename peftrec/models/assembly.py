@@ -55,7 +55,10 @@ def spec_from_config(
         max_length=cfg.data.max_length,
         extras=extras,
     )
-    options = task_of(task).head_options
+    entry = task_of(task)
+    if not entry.traits.user_table:  # a user is their history: no user table, no profile tower
+        spec.head = {k: v for k, v in spec.head.items() if k not in ("num_users", "user_text_dim")}
+    options = entry.head_options
     if options is not None:
         spec.head = options(cfg, spec.head)
     if vocabulary is not None:

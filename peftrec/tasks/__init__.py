@@ -1,10 +1,16 @@
 """The tasks peftrec trains, in one place: what each brings.
 
-A task is a head (the model's top, built from ``spec.head``), a recipe that owns its training
-loop, the config schema that recipe reads, the protocols it is evaluated on, its metric module,
-and the numbers of ``metrics.json`` the benchmarks report (the headline first). Everything that
-lists tasks (assembly, saving and loading, the benchmark runner and report, the tests) reads
-:data:`TASKS`; adding a task is its recipe, one entry here, its configs and its tests.
+A task is a folder (``peftrec/tasks/<task>/``: its head, its config section with its own
+``conflicts``, its data and step where it has them), a recipe that owns its training loop, and one
+entry in :data:`TASKS`: the head class, the recipe's config schema and file, the protocols it is
+evaluated on, its metric module, and the numbers of ``metrics.json`` the benchmarks report (the
+headline first). To add a task, copy ``tasks/rating/`` and add its entry.
+
+A head says what it is through its :class:`~peftrec.models.traits.Traits` (what a user is, whether
+its scores are ratings, whether it reads a pair as one text); the rest of peftrec (assembly,
+saving, loading, the app, the benchmark runner) reads the entry and the traits, never the task's
+name. A head whose user is a history implements ``history_users(items, histories)`` and
+``history_length``; one whose user is a labelled history, ``users_of_histories``.
 """
 
 from __future__ import annotations
@@ -82,8 +88,7 @@ class Task:
 
 
 def sequential_head_options(cfg, head: dict) -> dict:
-    """A sequential head has no user table or profile tower, and its encoder's settings."""
-    head = {k: v for k, v in head.items() if k not in ("num_users", "user_text_dim")}
+    """A sequential head's encoder settings."""
     seq = cfg.sequence
     return {
         **head,
@@ -97,8 +102,7 @@ def sequential_head_options(cfg, head: dict) -> dict:
 
 
 def preference_head_options(cfg, head: dict) -> dict:
-    """A preference head has no user table (a user is their labelled history), and its reader."""
-    head = {k: v for k, v in head.items() if k not in ("num_users", "user_text_dim")}
+    """A preference head's reader and what it reads of a record."""
     return {
         **head,
         "reader": cfg.preference.reader,

@@ -1,14 +1,14 @@
-"""Adding a task touches only its recipe, one entry in ``peftrec.tasks.TASKS``, its configs and
-its tests: a walk-through with a toy "like" task (will the user rate the item above 3?).
+"""Adding a task is one folder, one entry in ``peftrec.tasks.TASKS`` and a short recipe: a
+walk-through with the toy "taste" task (``tests/unit/taste_task/``), whose user is their *history*,
+not a row of a user table.
 
-Everything the task needs from peftrec (spec, assembly, saving, loading, the app API, the
-benchmark runner) comes from the entry; nothing else in the package names the task.
+Everything else (spec, assembly, saving, loading, the app API with its writes, the benchmark
+runner) reads the entry and the head's traits; nothing in the package names the task.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -17,126 +17,84 @@ import torch
 from benchmarks import run as bench
 from peftrec.app.recommender import Recommender
 from peftrec.artifact.save import ArtifactError
-from peftrec.config import RecipeConfig
-from peftrec.config.loading import option
-from peftrec.tasks import TASKS, Reported, Task
-from peftrec.tasks.ranking.head import RankingHead
-from peftrec.training.batches import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
-from peftrec.training.recipe import build_run_model, load_run_data, make_optimizer, save_run, start
+from peftrec.config import ConfigError
+from peftrec.tasks import TASKS, traits_of
+from tests.unit.taste_task import recipe, taste_task
 
 from ..recipes.test_train_rating import tiny_overrides
 
 
-# 1. the head: a probability that the user likes the item
-class LikeHead(RankingHead):
-    def score(self, user, item):
-        return torch.sigmoid(super().score(user, item))
-
-    def score_all(self, user, item):
-        return torch.sigmoid(super().score_all(user, item))
-
-
-# 2. the recipe's config schema: the shared sections, and its own output folder
-@dataclass
-class LikeRecipeConfig(RecipeConfig):
-    """Like prediction: a language model encodes items, a dot product says how likely a like is."""
-
-    output_dir: str = option("runs/like", "folder for results")
-
-
-# 3. the recipe: its own loop, the shared building blocks around it
-def like_recipe(argv: list[str]) -> dict:
-    cfg, accelerator = start(LikeRecipeConfig, argv, TASKS["like"])
-    data = load_run_data(cfg, TASKS["like"])
-    model, tokenizer, tokens = build_run_model(cfg, TASKS["like"], data)
-    collator = ItemRatingsCollator(
-        tokens, data.train.users, data.train.items, data.train.ratings, tokenizer.pad_token_id
-    )
-    optimizer = make_optimizer(cfg, model)
-    for epoch in range(cfg.train.epochs):
-        for items in LengthBucketBatches(
-            ItemShuffler(collator.items_with_ratings(), epoch),
-            [len(t) for t in tokens],
-            cfg.train.items_per_step,
-        ):
-            batch = collator(items)
-            liked = (batch.pop("ratings") > 3).float()
-            output = model(**batch)
-            loss = torch.nn.functional.binary_cross_entropy(output.scores, liked)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    model.eval()
-    item_text = model.encode_texts(tokens)
-    with torch.no_grad():
-        users = torch.as_tensor(data.test.users)
-        items = model.head.items(item_text[data.test.items], torch.as_tensor(data.test.items))
-        p = model.head.score(model.head.users(users), items).numpy()
-    accuracy = float(((p > 0.5) == (data.test.ratings > 3)).mean())
-    results = {"test_accuracy": accuracy}
-    save_run(
-        accelerator,
-        cfg,
-        TASKS["like"],
-        model,
-        tokenizer,
-        data,
-        results,
-        {"test accuracy": accuracy},
-    )
-    return results
-
-
-# 4. one entry in the task table
-def like_task(recipe_path) -> Task:
-    return Task(
-        name="like",
-        title="Like prediction",
-        summary="will the user rate the item above 3",
-        head=LikeHead,
-        config=LikeRecipeConfig,
-        recipe=str(recipe_path),
-        protocols=("p1",),
-        metric="rating_error",
-        reported=(Reported("accuracy", "accuracy", True),),
-    )
-
-
-# 5. its tests
-def test_a_new_task_needs_its_recipe_one_entry_configs_and_tests(
-    tmp_path, monkeypatch, toy_files, tiny_bert
-):
-    recipe_path = tmp_path / "train_like.py"
-    recipe_path.write_text("# the recipe a real task ships under recipes/\n")
-    monkeypatch.setitem(TASKS, "like", like_task(recipe_path))
-    out = tmp_path / "run"
+@pytest.fixture
+def taste(tmp_path, monkeypatch, toy_files, tiny_bert):
+    """The task's entry registered, and a run's overrides (a frozen backbone: the recipe's)."""
+    monkeypatch.setitem(TASKS, "taste", taste_task(recipe.__file__))
     overrides = [
-        o for o in tiny_overrides(toy_files, tiny_bert, out) if not o.startswith("train.epochs")
+        o
+        for o in tiny_overrides(toy_files, tiny_bert, tmp_path / "run")
+        if not o.startswith("train.epochs")
     ]
-    results = like_recipe([*overrides, "train.epochs=3", "train.lr=1e-2", "adapter.dropout=0.0"])
-    assert results["test_accuracy"] > 0.8  # the toy's "good"/"bad" items are liked or not
+    return [*overrides, "adapter.method=frozen", "train.epochs=60", "train.lr=3e-2"]
 
-    # saved and loaded through the same spec and assembly path, served by the app API
-    meta = json.loads((out / "model" / "peftrec.json").read_text())
-    assert (
-        meta["spec"]["task"] == "like"
-        and meta["card"]["metrics"]["test accuracy"] == results["test_accuracy"]
-    )
-    assert "will the user rate the item above 3" in (out / "model" / "README.md").read_text()
-    rec = Recommender.from_pretrained(out / "model")
+
+def test_a_task_whose_user_is_a_history_trains_saves_and_is_served(tmp_path, taste):
+    results = recipe.main(taste)
+    assert results["test_accuracy"] > 0.8  # the toy's "good" items are liked, "bad" ones not
+    folder = tmp_path / "run" / "model"
+    meta = json.loads((folder / "peftrec.json").read_text())
+    assert meta["spec"]["task"] == "taste"
+    assert "will a user like an item" in (folder / "README.md").read_text()
+
+    # served from its vectors, no network: the traits came with them
+    rec = Recommender.from_pretrained(folder)
+    assert not rec.network_loaded and rec.traits.history and rec.num_trained_users == 0
+    assert rec.traits == traits_of(rec.spec)
     scores = rec.score_all(["u0"])[0]
-    assert rec.spec.task == "like" and np.all((scores > 0) & (scores < 1))
+    assert np.all((scores > 0) & (scores < 1))
 
-    # the benchmark runner knows it from the entry
-    experiment = tmp_path / "like.yaml"
-    experiment.write_text(f"task: like\nconfig: {tmp_path / 'config.yaml'}\n")
+    # the served user is the head's mean over their history, as the network computes it
+    head = rec.model.head
+    with torch.no_grad():
+        items = head.items(torch.as_tensor(rec.engine.item_text_encodings()), torch.arange(60))
+        history = [rec.item_ids.index(i) for i in ("i3", "i7")]
+        expected = head.score_all((head.history_users(items, [history]), None), items)[0]
+
+    # a new user is their interactions; more interactions move them; a session scores the same
+    rec.add_interactions({"newcomer": ["i3", "i7"]})
+    assert np.allclose(rec.score_all(["newcomer"])[0], expected.numpy(), atol=1e-5)
+    assert np.allclose(rec.score_history(["i3", "i7"]), expected.numpy(), atol=1e-5)
+    rec.add_interactions({"newcomer": ["i11"]})
+    after = rec.score_all(["newcomer"])[0]
+    assert not np.allclose(after, expected.numpy(), atol=1e-4)
+    assert {"i3", "i7", "i11"}.isdisjoint(i for i, _ in rec.recommend("newcomer", k=10))
+
+    # saved with the new user and reloaded: the same scores, from vectors again
+    again = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "saved"))
+    assert not again.network_loaded
+    assert np.allclose(again.score_all(["newcomer"])[0], after, atol=1e-5)
+
+    # fold_in fits ratings, which a taste model does not predict: refused by its traits
+    with pytest.raises(ValueError, match="fold_in fits ratings"):
+        rec.fold_in("newcomer", {"i1": 5.0})
+
+
+def test_the_tasks_own_conflicts_are_checked_at_start(taste):
+    with pytest.raises(ConfigError, match="a taste user is their history"):
+        recipe.main([*taste, "model.user_text=true"])
+
+
+def test_the_benchmark_runner_and_loading_know_the_task_by_its_entry(tmp_path, monkeypatch, taste):
+    recipe.main([*taste, "train.epochs=1"])
+    experiment = tmp_path / "taste.yaml"
+    experiment.write_text(f"task: taste\nconfig: {tmp_path / 'config.yaml'}\n")
     (tmp_path / "config.yaml").write_text("train:\n  epochs: 1\n")
-    assert bench.load_experiment(experiment).task == "like"
-    assert bench.Experiment.argv(bench.load_experiment(experiment), {}, tmp_path)[1] == str(
-        recipe_path
-    )
+    loaded = bench.load_experiment(experiment)
+    assert loaded.task == "taste"
+    assert bench.Experiment.argv(loaded, {}, tmp_path)[1] == recipe.__file__
 
-    # without its entry, peftrec does not know the task: the saved model is refused by name
-    monkeypatch.delitem(TASKS, "like")
-    with pytest.raises(ArtifactError, match="unknown task 'like'"):
-        Recommender.from_pretrained(out / "model")
+    # without its entry, peftrec does not know the task: its saved vectors still serve reads
+    # (numpy alone), and the first call that needs the network is refused, naming the task
+    monkeypatch.delitem(TASKS, "taste")
+    rec = Recommender.from_pretrained(tmp_path / "run" / "model")
+    assert rec.score_all(["u0"]).shape == (1, 60)
+    with pytest.raises(ArtifactError, match="unknown task 'taste'"):
+        rec.add_interactions({"u0": ["i1"]})

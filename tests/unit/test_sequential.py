@@ -11,16 +11,9 @@ from peftrec.models.assembly import make_spec
 from peftrec.models.tokens import tokenize_texts
 from peftrec.tasks import TASKS
 from peftrec.tasks.sequential.config import SequentialRecipeConfig
-from peftrec.tasks.sequential.head import (
-    PAD,
-    HistoryEncoder,
-    SequenceCollator,
-    SequentialHead,
-    left_pad,
-    next_item_ranks,
-    sequence_loss,
-    user_histories,
-)
+from peftrec.tasks.sequential.data import SequenceCollator, user_histories
+from peftrec.tasks.sequential.head import PAD, HistoryEncoder, SequentialHead, left_pad
+from peftrec.tasks.sequential.step import next_item_ranks, sequence_loss
 
 from .test_data_ml100k import ml100k  # noqa: F401 (the real data, or a skip)
 from .test_model import NUM_ITEMS, TEXTS
@@ -150,7 +143,8 @@ def test_next_item_ranks_exclude_what_the_user_has_seen(tiny_bert):
 
 
 def test_positions_outside_the_trained_rows_are_inputs_but_not_targets():
-    from peftrec.tasks.sequential.head import PAD, SequenceCollator, training_windows
+    from peftrec.tasks.sequential.data import SequenceCollator, training_windows
+    from peftrec.tasks.sequential.head import PAD
 
     histories = [np.array([4, 5, 6, 7]), np.array([1, 2])]
     trained = [np.array([False, False, True, True]), np.array([True, False])]
@@ -169,7 +163,7 @@ def test_p4_histories_read_blocks_1_to_t_and_train_on_the_new_blocks_rows(ml100k
 
     from peftrec.data.blocks import p4_history, p4_ranking_split
     from peftrec.data.splits import Split
-    from peftrec.tasks.sequential.head import run_histories
+    from peftrec.tasks.sequential.data import run_histories
 
     inter = ml100k.interactions
     split = p4_ranking_split(ml100k, 3, window="new")
@@ -195,7 +189,8 @@ def test_p4_histories_read_blocks_1_to_t_and_train_on_the_new_blocks_rows(ml100k
 
 
 def test_a_learned_empty_state_trains_on_first_items_and_scores_new_users():
-    from peftrec.tasks.sequential.head import PAD, SequenceCollator, SequentialHead, history_states
+    from peftrec.tasks.sequential.data import SequenceCollator
+    from peftrec.tasks.sequential.head import PAD, SequentialHead, history_states
 
     torch.manual_seed(0)
     head = SequentialHead(12, 6, dim=8, max_history=4, empty_state=True)

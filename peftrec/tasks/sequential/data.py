@@ -1,0 +1,140 @@
+"""The sequential task's data: each user's history in time order, the training windows over it,
+and the collator that batches them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from peftrec.data.blocks import histories_before
+from peftrec.models.tokens import pad_batch
+from peftrec.tasks.sequential.head import PAD, left_pad
+
+
+def user_histories(
+    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None, num_users: int
+) -> list[np.ndarray]:
+    """Each user's items ordered by (timestamp, row): the rows' order breaks ties."""
+    rows = np.arange(len(users))
+    order = np.lexsort((rows, timestamps if timestamps is not None else rows, users))
+    starts = np.searchsorted(users[order], np.arange(num_users + 1))
+    return [items[order[starts[u] : starts[u + 1]]] for u in range(num_users)]
+
+
+class RunHistories(NamedTuple):
+    """A run's histories, each a user's items in time order: what trains (``trained``, aligned
+    with ``train``: which positions are targets; None: all), and the histories before each
+    validation and test target."""
+
+    train: list[np.ndarray]
+    trained: list[np.ndarray] | None
+    valid: list[np.ndarray]
+    test: list[np.ndarray]
+
+
+def run_histories(data) -> RunHistories:
+    """The histories of a run's data (:class:`~peftrec.training.run_data.RunData`).
+
+    P3: each user's training items; the validation item comes after them, the test item after
+    them and the validation item. p4: each user's items of blocks 1..t that the model line has
+    learned from, as inputs, the current training rows (block t, with ``window=new`` and any
+    replay; all of them on a retrain) as targets; a validation or test target reads every item
+    its user had before it in blocks 1..t, held-out shares included (none: a new user).
+    """
+    train, valid, test = data.train, data.valid, data.test
+    num_users = len(data.dataset.user_ids)
+    if data.history_rows is None:
+        histories = user_histories(train.users, train.items, train.timestamps, num_users)
+        valid_item = dict(zip(valid.users.tolist(), valid.items.tolist(), strict=True))
+        return RunHistories(
+            histories,
+            None,
+            [histories[u] for u in valid.users],
+            [
+                np.append(histories[u], valid_item[u]) if u in valid_item else histories[u]
+                for u in test.users
+            ],
+        )
+    inter = data.dataset.interactions
+    learned, before = data.history_rows
+    mine = user_histories(inter.users[learned], learned, inter.timestamps[learned], num_users)
+    return RunHistories(
+        [inter.items[r] for r in mine],
+        [np.isin(r, data.rows.train) for r in mine],
+        histories_before(data.dataset, before, data.rows.valid),
+        histories_before(data.dataset, before, data.rows.test),
+    )
+
+
+def training_windows(
+    histories: Sequence[np.ndarray],
+    max_history: int,
+    trained: Sequence[np.ndarray] | None = None,
+) -> tuple[list, list]:
+    """Inputs and next-item targets of each history's last ``max_history + 1`` items; with
+    ``trained`` (per history, which positions are targets), the others' targets are ``PAD``."""
+    inputs, targets = [], []
+    for u, history in enumerate(histories):
+        kept = history[-(max_history + 1) :]
+        inputs.append(kept[:-1])
+        target = kept[1:]
+        if trained is not None:
+            target = np.where(trained[u][-len(kept) :][1:], target, PAD)
+        targets.append(target)
+    return inputs, targets
+
+
+class SequenceCollator:
+    """A list of user rows -> their left-padded training windows, and (``fresh`` items per step,
+    for an adapted backbone) the texts of up to that many of the step's distinct items, drawn by
+    a generator seeded by the batch itself, for the straight-through LM pass."""
+
+    def __init__(
+        self,
+        histories: Sequence[np.ndarray],
+        max_history: int,
+        token_lists: Sequence[Sequence[int]],
+        pad_id: int,
+        fresh: int = 0,
+        seed: int = 0,
+        trained: Sequence[np.ndarray] | None = None,
+        first_items: bool = False,
+    ):
+        self.inputs, self.targets = training_windows(histories, max_history, trained)
+        # with first_items, each user's first item (when trained) is a target after no history
+        self.firsts = [
+            int(h[0]) if first_items and len(h) and (trained is None or trained[u][0]) else PAD
+            for u, h in enumerate(histories)
+        ]
+        self.max_history, self.token_lists, self.pad_id = max_history, token_lists, pad_id
+        self.fresh, self.seed = fresh, seed
+
+    def users_with_targets(self) -> list[int]:
+        return [
+            u
+            for u, t in enumerate(self.targets)
+            if (np.asarray(t) != PAD).any() or self.firsts[u] != PAD
+        ]
+
+    def __call__(self, users: list[int]) -> dict[str, torch.Tensor]:
+        batch = {
+            "history": left_pad([self.inputs[u] for u in users], self.max_history),
+            "targets": left_pad([self.targets[u] for u in users], self.max_history),
+            "first": torch.as_tensor([self.firsts[u] for u in users], dtype=torch.long),
+        }
+        if self.fresh:
+            step_items = np.unique(
+                np.concatenate([self.inputs[u] for u in users] + [self.targets[u] for u in users])
+            )
+            step_items = np.union1d(step_items, [self.firsts[u] for u in users])
+            step_items = step_items[step_items != PAD]
+            rng = np.random.default_rng((self.seed, *users))
+            chosen = np.sort(rng.permutation(step_items)[: self.fresh])
+            batch["input_ids"], batch["attention_mask"] = pad_batch(
+                [self.token_lists[i] for i in chosen], self.pad_id
+            )
+            batch["fresh_index"] = torch.as_tensor(chosen, dtype=torch.long)
+        return batch
