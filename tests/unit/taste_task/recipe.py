@@ -27,9 +27,7 @@ def main(argv: list[str]) -> dict:
         items = model.head.items(text, rows)
         users = model.head.history_users(items, histories)
         logits = model.head.logits(users[train.users], tuple(t[train.items] for t in items))
-        loss = F.binary_cross_entropy_with_logits(
-            logits, torch.as_tensor(train.ratings > 3.0).float()
-        )
+        loss = F.binary_cross_entropy_with_logits(logits, liked)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
