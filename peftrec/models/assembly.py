@@ -55,10 +55,7 @@ def spec_from_config(
         max_length=cfg.data.max_length,
         extras=extras,
     )
-    entry = task_of(task)
-    if not entry.traits.user_table:  # a user is their history: no user table, no profile tower
-        spec.head = {k: v for k, v in spec.head.items() if k not in ("num_users", "user_text_dim")}
-    options = entry.head_options
+    options = task_of(task).head_options
     if options is not None:
         spec.head = options(cfg, spec.head)
     if vocabulary is not None:
@@ -86,6 +83,19 @@ def make_spec(
     file, not its weights)."""
     config = backbone_config(backbone.name, trust_remote_code=backbone.trust_remote_code)
     text_dim = config.hidden_size
+    head = {
+        "text_dim": text_dim,
+        "num_users": num_users,
+        "num_items": num_items,
+        "dim": model.dim,
+        "item_ids": model.item_ids,
+        "item_text": model.item_text,
+        "user_text_dim": text_dim if model.user_text else None,
+        "dropout": model.dropout,
+        "id_dropout": model.item_id_dropout,
+    }
+    if not task_of(task).traits.user_table:  # a user is their history: no table, no profile
+        del head["num_users"], head["user_text_dim"]
     return ModelSpec(
         task=task,
         backbone=backbone.name,
@@ -99,17 +109,7 @@ def make_spec(
             quant_bits=adapter.quant_bits if adapter.method == "qlora" else None,
             top_k_layers=adapter.top_k_layers if adapter.method == "top_layers" else None,
         ),
-        head={
-            "text_dim": text_dim,
-            "num_users": num_users,
-            "num_items": num_items,
-            "dim": model.dim,
-            "item_ids": model.item_ids,
-            "item_text": model.item_text,
-            "user_text_dim": text_dim if model.user_text else None,
-            "dropout": model.dropout,
-            "id_dropout": model.item_id_dropout,
-        },
+        head=head,
         gradient_checkpointing=backbone.gradient_checkpointing,
         extras=dict(extras or {}),
     )

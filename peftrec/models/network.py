@@ -107,11 +107,27 @@ class RecModel(nn.Module):
             ]  # drop prompt-tuning virtual tokens
         return pool(hidden, attention_mask, self.pooling)
 
-    def forward(self, *args, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        item_index: torch.Tensor | None = None,
+        **inputs,
+    ):
         """One training step's outputs, as the head defines them (:meth:`TwoTowers.step`: scores of
         user-item pairs; :meth:`~peftrec.tasks.sequential.head.SequentialHead.step`: next-item
-        logits)."""
-        return self.head.step(self, *args, **kwargs)
+        logits).
+
+        The step's texts (``input_ids``, ``item_index``: their item rows) are encoded here, once,
+        and the source-domain term L_S computed on them while training (0 otherwise); the head
+        gets the encodings, never the model."""
+        text = None
+        source = self.head.reference_parameter().new_zeros((), dtype=torch.float32)
+        if input_ids is not None and input_ids.size(0):
+            text = self.encode(input_ids, attention_mask, item_index)
+            if self.source is not None and self.training:
+                source = self.source(self, input_ids, attention_mask, item_index, text)
+        return self.head.step(text, item_index, source, **inputs)
 
     def adapters_disabled(self) -> contextlib.AbstractContextManager:
         """A context in which the backbone runs as pretrained: PEFT adapters off (nothing to do

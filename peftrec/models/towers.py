@@ -180,28 +180,25 @@ class TwoTowers(nn.Module):
 
     def step(
         self,
-        model,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        text: torch.Tensor,
         item_index: torch.Tensor,
+        source: torch.Tensor,
         users: torch.Tensor,
         positions: torch.Tensor,
         candidates: bool = False,
     ) -> RecOutput:
         """Scores, the L2 penalty and L_S for the pairs ``(users, items[positions])`` of a step.
 
-        The batch holds each distinct item text once (``input_ids``); ``positions`` points every
-        pair at its item's row, so one LM pass (``model.encode``) serves all the pairs of its
-        items. With ``candidates``, each user is scored against every item of the batch.
+        ``text`` holds the pooled encoding of each distinct item of the step once (rows
+        ``item_index``; :meth:`~peftrec.models.network.RecModel.forward` encodes them, and
+        computes ``source``, the step's L_S); ``positions`` points every pair at its item's row, so
+        one LM pass serves all the pairs of its items. With ``candidates``, each user is scored
+        against every item of the batch.
         """
-        text = model.encode(input_ids, attention_mask, item_index)
         items = self.items(text, item_index)
         item = (items[0][positions], items[1][positions])
         user = self.users(users)
         scores = self.score_all(user, items) if candidates else self.score(user, item)
-        source = text.new_zeros(())
-        if model.source is not None and model.training:
-            source = model.source(model, input_ids, attention_mask, item_index, text)
         return RecOutput(scores, self.penalty(user, item), source, user, items)
 
     def user_vectors(self, index: torch.Tensor) -> torch.Tensor:

@@ -220,8 +220,8 @@ def test_frozen_backbone_features_are_encoded_once(tiny_bert):
         input_ids,
         attention_mask,
         torch.tensor([2, 0]),
-        torch.tensor([1, 1, 0]),
-        torch.tensor([0, 1, 1]),
+        users=torch.tensor([1, 1, 0]),
+        positions=torch.tensor([0, 1, 1]),
     ).scores
     assert calls == [] and scores.shape == (3,)
     assert torch.allclose(

@@ -100,19 +100,16 @@ def test_the_collator_passes_the_mask_and_a_step_trains_on_real_events_only():
     batch = PreferenceCollator(r, 0, item_tokens=tokens)([0, 1, 2])
     assert batch["history_mask"].sum().item() == 19
 
-    class Encoder:  # a stand-in model: the head asks it for text encodings only
-        source = None
-        training = True
-
-        def encode(self, input_ids, attention_mask, item_index):
-            return torch.nn.functional.one_hot(input_ids[:, 2], 12).float()
+    def step(head, input_ids, attention_mask, item_index, **inputs):  # a stand-in encoder
+        text = torch.nn.functional.one_hot(input_ids[:, 2], 12).float()
+        return head.step(text, item_index, text.new_zeros(()), **inputs)
 
     h = PreferenceHead(12, 30, dim=6).train()
-    out = h.step(Encoder(), **batch)
+    out = step(h, **batch)
     assert len(out.logits) == 3 + 19  # the targets, then every real history event
     assert out.targets == 3
     without_mask = {k: v for k, v in batch.items() if k != "history_mask"}
-    assert len(h.step(Encoder(), **without_mask).logits) == 3 + 30
+    assert len(step(h, **without_mask).logits) == 3 + 30
 
 
 def test_record_texts_name_only_the_real_events():

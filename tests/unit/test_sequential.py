@@ -83,7 +83,7 @@ def test_the_step_scores_the_catalogue_and_the_lm_learns_straight_through(tiny_b
     batch = SequenceCollator(histories, 4, tokens, tokenizer.pad_token_id, fresh=5, seed=0)(
         [0, 1, 2]
     )
-    assert len(batch["fresh_index"]) == 5 and set(batch["fresh_index"].tolist()) <= set(
+    assert len(batch["item_index"]) == 5 and set(batch["item_index"].tolist()) <= set(
         range(NUM_ITEMS)
     )
     torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n), std=0.1)
@@ -155,7 +155,7 @@ def test_positions_outside_the_trained_rows_are_inputs_but_not_targets():
     assert collator.users_with_targets() == [0]  # user 1 has no trained position
     batch = collator([0, 1])
     assert batch["targets"].tolist() == [[6, 7], [PAD, PAD]]
-    assert batch["fresh_index"].tolist() == [1, 5, 6, 7]  # the step's items, PAD not among them
+    assert batch["item_index"].tolist() == [1, 5, 6, 7]  # the step's items, PAD not among them
 
 
 def test_p4_histories_read_blocks_1_to_t_and_train_on_the_new_blocks_rows(ml100k):  # noqa: F811
@@ -202,7 +202,15 @@ def test_a_learned_empty_state_trains_on_first_items_and_scores_new_users():
     # user 1 has no next item but a first one; user 2's first row is not trained
     assert collator.firsts == [2, 5, PAD] and collator.users_with_targets() == [0, 1, 2]
     batch = collator([0, 1, 2])
-    output = head.step(None, batch["history"], batch["targets"], table, first=batch["first"])
+    output = head.step(
+        None,
+        None,
+        table.new_zeros(()),
+        batch["history"],
+        batch["targets"],
+        table,
+        first=batch["first"],
+    )
     assert output.targets.tolist() == [3, 4, 0, 2, 5]  # the windows' targets, then the firsts
     with torch.no_grad():
         head.start.copy_(torch.arange(8.0))

@@ -297,28 +297,24 @@ class PreferenceHead(TwoTowers):
 
     def step(
         self,
-        model,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        text: torch.Tensor,
+        item_index: torch.Tensor | None,
+        source: torch.Tensor,
         history: torch.Tensor,
         labels: torch.Tensor,
         target_labels: torch.Tensor,
         targets: torch.Tensor | None = None,
-        item_index: torch.Tensor | None = None,
         history_mask: torch.Tensor | None = None,
     ) -> PreferenceOutput:
         """A step's logits and labels: the records' targets first, then (towers with
         ``history_targets``, while training) every history event.
 
-        Towers: ``input_ids`` holds each distinct item text of the step once, ``item_index`` its
-        item row (for ID embeddings and caches), ``targets`` and ``history`` point into it.
-        Cross: ``input_ids`` holds one record text per record. ``history_mask``: which history
-        positions hold an event (None: all; shorter histories are padded).
+        Towers: ``text`` encodes each distinct item text of the step once, ``item_index`` its
+        item row (for ID embeddings), ``targets`` and ``history`` point into it. Cross: ``text``
+        encodes one record text per record. ``source``: the step's L_S.
+        ``history_mask``: which history positions hold an event (None: all; shorter histories
+        are padded).
         """
-        text = model.encode(input_ids, attention_mask, item_index)
-        source = text.new_zeros(())
-        if model.source is not None and model.training:
-            source = model.source(model, input_ids, attention_mask, item_index, text)
         target_labels = target_labels.float()
         if self.reader == "cross":
             logits = self.cross_logits(text, share_logit(labels.float(), mask=history_mask))

@@ -136,5 +136,5 @@ class SequenceCollator:
             batch["input_ids"], batch["attention_mask"] = pad_batch(
                 [self.token_lists[i] for i in chosen], self.pad_id
             )
-            batch["fresh_index"] = torch.as_tensor(chosen, dtype=torch.long)
+            batch["item_index"] = torch.as_tensor(chosen, dtype=torch.long)
         return batch

@@ -196,28 +196,25 @@ class SequentialHead(TwoTowers):
 
     def step(
         self,
-        model,
+        text: torch.Tensor | None,
+        item_index: torch.Tensor | None,
+        source: torch.Tensor,
         history: torch.Tensor,
         targets: torch.Tensor,
         table: torch.Tensor,
-        fresh_index: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
         first: torch.Tensor | None = None,
     ) -> SequenceOutput:
         """One training step's outputs: next-item logits over the catalogue at every real position
         (and, with a learned empty state, for each user's ``first`` item after no history).
 
-        ``table`` holds the pooled text of every item (no gradient). With ``fresh_index`` (items
-        whose texts ``input_ids`` are), those rows are encoded again by the LM and swapped in
-        straight-through: values from the table, gradients through the fresh pass.
+        ``table`` holds the pooled text of every item (no gradient). With ``text`` (the fresh
+        encodings of the items ``item_index``, by the LM with gradients), those rows are swapped
+        in straight-through: values from the table, gradients through the fresh pass.
+        ``source``: the step's L_S.
         """
-        text, source = table, table.new_zeros(())
-        if fresh_index is not None and len(fresh_index):
-            fresh = model.encode(input_ids, attention_mask, fresh_index)
-            text = table.index_put((fresh_index,), table[fresh_index] + fresh - fresh.detach())
-            if model.source is not None and model.training:
-                source = model.source(model, input_ids, attention_mask, fresh_index, fresh)
+        if text is not None:
+            table = table.index_put((item_index,), table[item_index] + text - text.detach())
+        text = table
         index = torch.arange(len(table), device=table.device)
         items = self.items(text, index)
         states = self.states(items, history)
