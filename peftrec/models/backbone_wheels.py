@@ -10,8 +10,8 @@ its place in the cache (``<cache>/models/<name>``) and renamed into place only w
 a ``peftrec-source.json`` that says where it came from. ``backbone.name=smollm2-135m`` or
 ``mpnet-base`` then loads it (:func:`peftrec.models.backbones.resolve_backbone`).
 
-SmolLM2's weights are the Q4_1 GGUF file's, dequantised to float32 by transformers: close to,
-but not bit-identical with, the fp16 release on the Hugging Face Hub.
+SmolLM2's weights are the GGUF file's (Q4_1, token embeddings Q8_0), dequantised to float32 by
+transformers: close to, but not bit-identical with, the fp16 release on the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class WheelBackbone:
     checked: dict[str, str] = field(default_factory=dict)
     """Files of the built folder whose sha256 is known -> that sha256."""
     note: str = ""
+    """What a user of the model should know (``peftrec-source.json`` records it)."""
 
 
 def build_from_gguf(source: WheelBackbone, work: Path, out: Path) -> None:
@@ -181,7 +182,7 @@ WHEEL_BACKBONES: dict[str, WheelBackbone] = {
         ),
         build=build_from_gguf,
         built="the GGUF file (Q4_1) converted by transformers to float32 safetensors",
-        note="dequantised 4-bit (Q4_1) weights: not bit-identical to the fp16 release",
+        note="dequantised 4-bit weights (Q4_1; embeddings Q8_0): not bit-identical to fp16",
     ),
     "mpnet-base": WheelBackbone(
         model="all-mpnet-base-v2 (MPNet, 109.5M parameters, 768 hidden, Apache-2.0)",
