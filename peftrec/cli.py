@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from peftrec import __version__
+from peftrec.app.state import StateError
 from peftrec.cli_arguments import model_folder, positive_int
 from peftrec.cli_training import add_training_commands
 
@@ -145,7 +146,17 @@ def serve(args: argparse.Namespace) -> None:
         ) from None
     from peftrec.app.recommender import Recommender
 
-    run_server(Recommender.from_pretrained(args.model), host=args.host, port=args.port)
+    state = None if args.state == "none" else args.state
+    if args.state == "auto":
+        from peftrec.app.state import default_state
+
+        state = default_state(args.model)
+    recommender = Recommender.from_pretrained(args.model, state=state)
+    if state is None:
+        print("serving in memory: writes are lost when the service stops (--state keeps them)")
+    else:
+        print(f"writes are kept in {recommender.state_url}")
+    run_server(recommender, host=args.host, port=args.port)
 
 
 def explain(args: argparse.Namespace) -> None:
@@ -261,6 +272,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--state",
+        default="auto",
+        help="where acknowledged writes are kept and replayed from on restart: an SQLite file, "
+        "an SQLAlchemy URL, 'auto' (<model>.state.sqlite beside the model folder, the default) "
+        "or 'none' (in memory only)",
+    )
     p.set_defaults(run=serve)
     p = commands.add_parser(
         "explain", help="why an item scores what it does for a user: its words, past items"
@@ -289,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libraries()
     try:
         status = args.run(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, StateError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"peftrec {args.command}: error: {message}", file=sys.stderr)
         return 2

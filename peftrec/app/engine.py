@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +104,10 @@ class ModelRecommender(RecommenderUsers):
         items: Mapping[str, str],
         fields: Mapping[str, Mapping[str, str]] | None = None,
         knowledge: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+        then: Callable[[], None] | None = None,
     ) -> None:
-        """The network side of :meth:`peftrec.Recommender.add_items`."""
+        """The network side of :meth:`peftrec.Recommender.add_items`: all checked first, the texts
+        encoded without holding the lock, then published in one step (with ``then``)."""
         items = id_mapping(
             items, "add_items", "item", "text", "{'9001': 'Arrival (2016). Genres: Sci-Fi.'}"
         )
@@ -114,9 +116,29 @@ class ModelRecommender(RecommenderUsers):
         warn_about_texts(
             self.tokenizer, list(items.values()), list(items), self.spec.max_length, "add_items"
         )
-        with self._lock:
+        fields = {check_id(i, "add_items", "item"): v for i, v in (fields or {}).items()}
+        knowledge = {check_id(i, "add_items", "item"): f for i, f in (knowledge or {}).items()}
+        with self._lock:  # everything is checked before anything changes
+            for item_id, values in fields.items():
+                self._check_named(item_id, items, "fields")
+                if not isinstance(values, Mapping):
+                    raise TypeError(
+                        f"add_items: the fields of item {item_id!r} are a mapping "
+                        "{name: value}, e.g. {'title': 'Arrival'}"
+                    )
+            fact_rows = {}
+            for item_id, facts in knowledge.items():
+                self._check_named(item_id, items, "knowledge")
+                row = self._item_index.get(item_id)
+                if row is not None and row < self.num_trained_items:
+                    raise ValueError(
+                        f"add_items: item {item_id!r} was trained with its facts, which cannot "
+                        "be replaced"
+                    )
+                fact_rows[item_id] = self._fact_rows(facts, item_id)
             cache = self._item_text()
-            encoded = self._encode(list(items.values()))
+        encoded = self._encode(list(items.values()))  # reads do not wait for the LM
+        with self._lock:  # publish: nothing below raises
             rows = []
             for item_id, text in items.items():
                 if item_id not in self._item_index:
@@ -129,25 +151,29 @@ class ModelRecommender(RecommenderUsers):
                 else:
                     self.item_texts[self._item_index[item_id]] = text
                 rows.append(self._item_index[item_id])
-            for item_id, values in (fields or {}).items():
-                row = self._item_index[check_id(item_id, "add_items", "item")]
+            for item_id, values in fields.items():
+                row = self._item_index[item_id]
                 for name, value in values.items():
                     self.item_fields.setdefault(name, [""] * len(self.item_ids))[row] = str(value)
-            for item_id, facts in (knowledge or {}).items():
-                row = self._item_index[check_id(item_id, "add_items", "item")]
-                if row < self.num_trained_items:
-                    raise ValueError(
-                        f"add_items: item {item_id!r} was trained with its facts, which cannot "
-                        "be replaced"
-                    )
-                self._item_facts[row - self.num_trained_items] = self._fact_rows(facts, item_id)
+            for item_id, facts in fact_rows.items():
+                self._item_facts[self._item_index[item_id] - self.num_trained_items] = facts
+            cache = self._item_text()  # another write may have grown it meanwhile
             grown = torch.zeros(len(self.item_ids), cache.shape[1])
             grown[: len(cache)] = cache
             grown[rows] = encoded
             self._item_text_cache = grown
             if self.traits.history:  # a changed text moves the states of histories holding it
                 self._user_cache = None
+            if then is not None:  # the caller's part of publishing, under the same lock
+                then()
         logger.info("encoded %d item texts; catalogue has %d items", len(items), len(self.item_ids))
+
+    def _check_named(self, item_id: str, items: Mapping[str, str], what: str) -> None:
+        if item_id not in items and item_id not in self._item_index:
+            raise KeyError(
+                f"add_items: {what} names item {item_id!r}, which is neither among the items "
+                "added nor in the catalogue"
+            )
 
     def _no_facts(self, count: int) -> torch.Tensor:
         tower = self.model.head.knowledge

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,8 @@ from peftrec.app.inputs import (
     labelled_pairs,
 )
 from peftrec.app.served import ServedModel
+from peftrec.app.state import StateError, jsonable
+from peftrec.artifact.vectors import folder_digest
 
 if TYPE_CHECKING:
     from peftrec.app.explain import Explanation
@@ -67,9 +69,7 @@ class Recommender(ServedModel):
         :meth:`item_info`. Texts longer than the model reads, or mostly unknown to its
         tokenizer, get a warning.
         """
-        with self._lock:
-            self.engine.add_items(items, fields, knowledge)
-            self._changed()
+        self._write("items", items=items, fields=fields, knowledge=knowledge)
 
     # -- users -------------------------------------------------------------------------------
     def add_users(self, users: Mapping[str, str]) -> None:
@@ -81,9 +81,7 @@ class Recommender(ServedModel):
         may get a new profile (a user folded in with ratings is refit with it); the profiles of
         trained users cannot be replaced, since their vectors were learned with their own.
         """
-        with self._lock:
-            self.engine.add_users(users)
-            self._changed()
+        self._write("users", users=users)
 
     def fold_in(self, user_id: str, ratings: Mapping[str, float], l2: float = 10.0) -> None:
         """Fit a user's bias and vector to a few ``{item_id: rating}``, with the items fixed.
@@ -97,9 +95,7 @@ class Recommender(ServedModel):
         (ranking models: :meth:`add_interactions`). The default ``l2`` was the best on the
         validation users of ml-100k p2u (``benchmarks/cold_users.py``).
         """
-        with self._lock:
-            self.engine.fold_in(user_id, ratings, l2)
-            self._changed()
+        self._write("ratings", user=user_id, ratings=ratings, l2=l2)
 
     def add_interactions(self, interactions: Mapping[str, Sequence[str]], l2: float = 0.05) -> None:
         """Record that users interacted with items, as ``{user_id: [item_id, ...]}`` (time order).
@@ -112,9 +108,90 @@ class Recommender(ServedModel):
         their vectors (users added this way are refit with all their items). A history model
         (sequential) appends the items to the user's history, so the next call scores from it.
         """
+        self._write("interactions", interactions=interactions, l2=l2)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, *, state: str | Path | None = None, **kwargs: Any
+    ) -> Recommender:
+        """Load a model folder (``ServedModel.from_pretrained``, same arguments); with
+        ``state``, the writes it holds are replayed and every write is kept there
+        (:meth:`attach_state`)."""
+        recommender = super().from_pretrained(folder, **kwargs)
+        if state is not None:
+            recommender.attach_state(state)
+        return recommender
+
+    # -- durable state -----------------------------------------------------------------------
+    def attach_state(self, state: str | Path) -> int:
+        """Keep every write from now on in ``state`` (an SQLite file, or any SQLAlchemy URL), and
+        first replay the writes it holds (:mod:`peftrec.app.state`); returns how many.
+
+        A write returns only once it is committed there, so a model loaded again with the same
+        state serves every write that returned, also after a crash."""
+        from peftrec.app.state import ServedState
+
+        if self._folder is None:
+            raise ValueError("attach_state needs a model loaded with from_pretrained (a folder)")
         with self._lock:
-            self.engine.add_interactions(interactions, l2)
+            if self._state is not None:
+                raise ValueError(f"this model already keeps its writes in {self._state.url}")
+            log = ServedState(state, folder_digest(self._folder))
+            replayed = 0
+            for seq, kind, payload in log.events():
+                try:
+                    self._apply(kind, payload)
+                except (KeyError, ValueError, TypeError) as err:
+                    raise StateError(
+                        f"state {log.url}: write {seq} ({kind}) no longer applies: {err}"
+                    ) from None
+                replayed += 1
+            if replayed:
+                self._changed()
+                logger.info("replayed %d writes from %s", replayed, log.url)
+            self._state = log
+            return replayed
+
+    @property
+    def state_url(self) -> str | None:
+        """Where writes are kept (:meth:`attach_state`); None: in memory only."""
+        return None if self._state is None else self._state.url
+
+    def _apply(self, kind: str, payload: dict[str, Any], then=None) -> None:
+        engine = self.engine
+        if kind == "items":  # encodes without the lock; ``then`` publishes with it
+            items, fields, knowledge = (
+                payload["items"],
+                payload.get("fields"),
+                payload.get("knowledge"),
+            )
+            engine.add_items(items, fields, knowledge, then=then)
+            return
+        elif kind == "users":
+            engine.add_users(payload["users"])
+        elif kind == "interactions":
+            engine.add_interactions(payload["interactions"], payload["l2"])
+        elif kind == "ratings":
+            engine.fold_in(payload["user"], payload["ratings"], payload["l2"])
+        else:
+            raise ValueError(f"unknown write {kind!r}")
+
+    def _write(self, kind: str, **payload: Any) -> None:
+        """Apply a write and, with a state attached, commit it there before returning; the new
+        vectors and the commit are published together, under the lock reads take."""
+
+        def publish() -> None:
             self._changed()
+            if self._state is not None:
+                self._state.append(kind, jsonable(payload))
+
+        if kind == "items":  # the engine holds the lock only to check and to publish
+            self.engine  # noqa: B018 (loaded before, so that it shares the lock)
+            self._apply(kind, payload, then=publish)
+            return
+        with self._lock:
+            self._apply(kind, payload)
+            publish()
 
     def predict_proba(
         self,
@@ -210,8 +287,26 @@ class Recommender(ServedModel):
             return explain_pair(self.engine, user_id, item_id, steps)
 
     # -- saving ------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write the model with everything added since loading (items, users, interactions) as a
-        model folder, atomically; :meth:`from_pretrained` of it gives the same scores."""
+        model folder, atomically; :meth:`from_pretrained` of it gives the same scores.
+
+        Never deletes what it did not write: a target that is a file, or a folder that is not
+        empty and not a peftrec model, is refused; an existing model folder is replaced only
+        with ``overwrite=True``."""
+        target = Path(folder)
+        if target.is_file() or target.is_symlink():
+            raise ValueError(f"save_pretrained: {target} is a file; name a folder")
+        if target.is_dir() and any(target.iterdir()):
+            if not (target / "peftrec.json").is_file():
+                raise ValueError(
+                    f"save_pretrained: {target} holds other files (not a peftrec model); "
+                    "name a new or empty folder"
+                )
+            if not overwrite:
+                raise ValueError(
+                    f"save_pretrained: {target} is a saved model already; pass overwrite=True "
+                    "to replace it"
+                )
         with self._lock:
-            return self.engine.save_pretrained(folder)
+            return self.engine.save_pretrained(target)

@@ -92,6 +92,7 @@ class ServedModel:
 
         recommender = cls.__new__(cls)
         recommender._start(spec, {**meta, "spec": spec}, catalog, vectors, loader=load)
+        recommender._folder = folder
         if vectors is None or backbone is not None:
             # nothing saved to serve from, or base weights to check: the network is needed now
             recommender.engine  # noqa: B018 (loads it)
@@ -101,6 +102,8 @@ class ServedModel:
         self.spec = spec
         self.meta = meta
         self._lock = threading.RLock()
+        self._folder: Path | None = None  # loaded from a folder: the model the writes apply to
+        self._state = None  # the durable state writes are kept in (Recommender.attach_state)
         self._loader = loader
         self._engine: ModelRecommender | None = None
         self._vectors: ServingVectors | None = vectors
@@ -131,6 +134,7 @@ class ServedModel:
         with self._lock:
             if self._engine is None:
                 engine = self._loader()
+                engine._lock = self._lock  # one lock: a write publishes as reads see it
                 # from now on the network's catalogue and users are the ones served
                 self.user_ids, self.item_ids = engine.user_ids, engine.item_ids
                 self.item_texts, self.item_fields = engine.item_texts, engine.item_fields

@@ -21,8 +21,9 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from peftrec import __version__
 from peftrec.app.recommender import Recommender
+from peftrec.app.state import StateError
 
-Id = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+Id = Annotated[str, StringConstraints(min_length=1)]  # as the Python API: no stripping
 K = Annotated[int, Field(ge=1, le=10_000, description="how many items")]
 
 
@@ -114,6 +115,10 @@ def create_app(recommender: Recommender) -> FastAPI:
     @app.exception_handler(KeyError)
     async def unknown_id(request: Request, exc: KeyError) -> JSONResponse:
         return JSONResponse(status_code=404, content={"error": str(exc.args[0])})
+
+    @app.exception_handler(StateError)
+    async def not_kept(request: Request, exc: StateError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"error": f"the write was not kept: {exc}"})
 
     @app.exception_handler(ValueError)
     @app.exception_handler(TypeError)

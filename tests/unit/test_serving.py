@@ -82,7 +82,7 @@ def test_a_folder_without_vectors_is_served_by_the_network(folder, tmp_path):
     np.testing.assert_allclose(
         rec.score_all(), Recommender.from_pretrained(folder).score_all(), rtol=1e-5, atol=1e-6
     )
-    rec.save_pretrained(older)  # saving again adds them
+    rec.save_pretrained(older, overwrite=True)  # saving again adds them
     assert (older / SERVING_FILE).is_file()
     assert not Recommender.from_pretrained(older).network_loaded
 

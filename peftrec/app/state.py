@@ -1,0 +1,156 @@
+"""Durable served state: the writes an app acknowledged, committed to a database first.
+
+A served model folder never changes; what apps add to it (items, users, interactions, ratings)
+is an append-only log of events in a SQL database, one row per acknowledged write, replayed in
+order when the model is loaded again. The default is an SQLite file beside the model folder;
+any SQLAlchemy URL works (``postgresql://...`` for a database on another host).
+
+A log belongs to one model: it records the model folder's digest and refuses to replay onto
+another one (an updated model starts a new log, or replays this one explicitly).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+EVENTS = ("items", "users", "interactions", "ratings")
+"""The kinds of write an app records, named after the endpoint that takes them."""
+
+
+class StateError(RuntimeError):
+    """The served state cannot be read or written (a database error, or another model's log)."""
+
+
+def jsonable(value: Any) -> Any:
+    """A write's arguments as JSON: ids (mapping keys) as the strings the model stores them as,
+    numpy numbers as Python ones, tuples as lists."""
+    if isinstance(value, Mapping):
+        return {_key(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # a numpy scalar
+        return value.item()
+    return value
+
+
+def _key(key: Any) -> str:
+    return key if isinstance(key, str) else str(operator.index(key))
+
+
+def state_url(state: str | Path) -> str:
+    """An SQLAlchemy URL: given as one (``sqlite:///...``, ``postgresql://...``) or a file path
+    (an SQLite database, created when missing)."""
+    text = str(state)
+    if "://" in text:
+        return text
+    path = Path(text).expanduser().absolute()
+    if path.is_dir():
+        raise StateError(f"state {text!r} is a folder; name a database file, e.g. {path}/state.db")
+    return f"sqlite:///{path}"
+
+
+def default_state(folder: Path) -> Path:
+    """Where ``peftrec serve`` keeps a model's state unless told: beside the model folder."""
+    folder = Path(folder).absolute()
+    return folder.with_name(folder.name + ".state.sqlite")
+
+
+class ServedState:
+    """The event log of one served model (see the module)."""
+
+    def __init__(self, state: str | Path, model_digest: str):
+        try:
+            import sqlalchemy as sa
+        except ImportError:
+            raise StateError(
+                "keeping served writes needs SQLAlchemy: pip install 'peftrec[serve]'"
+            ) from None
+
+        self.url = state_url(state)
+        sqlite = self.url.startswith("sqlite")
+        try:
+            self._engine = sa.create_engine(
+                self.url, connect_args={"timeout": 30} if sqlite else {}
+            )
+        except (sa.exc.ArgumentError, ModuleNotFoundError) as err:
+            raise StateError(f"state {state!r}: {err}") from None
+        if sqlite:  # every acknowledged write is on disk before the call returns
+            sa.event.listen(self._engine, "connect", _durable_sqlite)
+        meta = sa.MetaData()
+        self._events = sa.Table(
+            "peftrec_events",
+            meta,
+            sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("at", sa.Float, nullable=False),
+            sa.Column("kind", sa.String(32), nullable=False),
+            sa.Column("payload", sa.Text, nullable=False),
+        )
+        self._info = sa.Table(
+            "peftrec_state",
+            meta,
+            sa.Column("key", sa.String(64), primary_key=True),
+            sa.Column("value", sa.Text, nullable=False),
+        )
+        self._sa = sa
+        try:
+            meta.create_all(self._engine)
+            with self._engine.begin() as db:
+                row = db.execute(
+                    sa.select(self._info.c.value).where(self._info.c.key == "model")
+                ).first()
+                if row is None:
+                    db.execute(sa.insert(self._info).values(key="model", value=model_digest))
+        except sa.exc.SQLAlchemyError as err:
+            raise StateError(f"state {self.url}: {err.__class__.__name__}: {err}") from None
+        if row is not None and row.value != model_digest:
+            raise StateError(
+                f"state {self.url} holds the writes to another model (digest {row.value[:12]}, "
+                f"this one {model_digest[:12]}); name a new state for this model"
+            )
+
+    def events(self) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """``(seq, kind, payload)`` of every recorded write, in the order they were made."""
+        sa = self._sa
+        query = sa.select(self._events).order_by(self._events.c.seq)
+        try:
+            with self._engine.connect() as db:
+                rows = db.execute(query).all()
+        except sa.exc.SQLAlchemyError as err:
+            raise StateError(f"state {self.url}: {err.__class__.__name__}: {err}") from None
+        for row in rows:
+            yield row.seq, row.kind, json.loads(row.payload)
+
+    def append(self, kind: str, payload: dict[str, Any]) -> int:
+        """Commit one write; returns its sequence number. Raises :class:`StateError` when the
+        database does not take it (the write is then not acknowledged)."""
+        if kind not in EVENTS:
+            raise ValueError(f"unknown event kind {kind!r}; one of {EVENTS}")
+        sa = self._sa
+        row = {"at": time.time(), "kind": kind, "payload": json.dumps(payload)}
+        try:
+            with self._engine.begin() as db:
+                return int(
+                    db.execute(sa.insert(self._events).values(**row)).inserted_primary_key[0]
+                )
+        except sa.exc.SQLAlchemyError as err:
+            raise StateError(f"state {self.url}: {err.__class__.__name__}: {err}") from None
+
+    def __len__(self) -> int:
+        sa = self._sa
+        with self._engine.connect() as db:
+            return int(db.execute(sa.select(sa.func.count()).select_from(self._events)).scalar())
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _durable_sqlite(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
