@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -136,6 +137,19 @@ def predict_proba(args: argparse.Namespace) -> None:
         print(f"{who}, item {item} ({title}): P(like) {value:.3f}")
 
 
+def service_token(args: argparse.Namespace) -> str | None:
+    """The bearer token apps must send: from --token-file, else $PEFTREC_TOKEN; None: open."""
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as err:
+            raise ValueError(f"--token-file {args.token_file}: {err.strerror}") from None
+        if not token:
+            raise ValueError(f"--token-file {args.token_file}: the file is empty")
+        return token
+    return os.environ.get("PEFTREC_TOKEN") or None
+
+
 def serve(args: argparse.Namespace) -> None:
     try:
         from peftrec.app.server import serve as run_server
@@ -156,7 +170,7 @@ def serve(args: argparse.Namespace) -> None:
         print("serving in memory: writes are lost when the service stops (--state keeps them)")
     else:
         print(f"writes are kept in {recommender.state_url}")
-    run_server(recommender, host=args.host, port=args.port)
+    run_server(recommender, host=args.host, port=args.port, token=service_token(args))
 
 
 def explain(args: argparse.Namespace) -> None:
@@ -278,6 +292,12 @@ def parser() -> argparse.ArgumentParser:
         help="where acknowledged writes are kept and replayed from on restart: an SQLite file, "
         "an SQLAlchemy URL, 'auto' (<model>.state.sqlite beside the model folder, the default) "
         "or 'none' (in memory only)",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="a file holding the bearer token every request but /health and /docs must send "
+        "(or set PEFTREC_TOKEN; never put the token itself on the command line)",
     )
     p.set_defaults(run=serve)
     p = commands.add_parser(

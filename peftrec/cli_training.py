@@ -59,6 +59,7 @@ def update_model(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         warm_start=args.warm_start,
         settings=args.set,
+        allow_fewer=args.allow_fewer,
     )
     score = next((k for k in metrics if k.startswith("valid_")), None)
     if score is not None:
@@ -132,5 +133,11 @@ def add_training_commands(commands) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="another recipe setting, e.g. train.lr=5e-4 (repeat for several)",
+    )
+    p.add_argument(
+        "--allow-fewer",
+        action="store_true",
+        help="write the new model even if --data leaves out users or items the model knows "
+        "(they are dropped); by default such an update is refused",
     )
     p.set_defaults(run=update_model)

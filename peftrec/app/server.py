@@ -1,10 +1,12 @@
 """``peftrec serve``: the app API over HTTP, for apps in any language (FastAPI on uvicorn).
 
-JSON in and out; OpenAPI docs at ``/docs``. A request with a missing or mistyped field gets a
-422 whose ``error`` names the field, an unknown user or item id a 404, a request the model
-cannot serve (``fold_in`` on a ranking model, ``k`` larger than the catalogue ...) a 400.
-Handlers run in a thread pool; the :class:`~peftrec.app.recommender.Recommender` holds one lock, so
-concurrent reads and writes (``POST /items`` while others ``/recommend``) are safe.
+JSON in and out; OpenAPI docs at ``/docs`` (served offline: no CDN). A request with a missing,
+mistyped or unknown field gets a 422 whose ``error`` names the field, an unknown user or item id
+a 404, a request the model cannot serve (``fold_in`` on a ranking model, ``k`` larger than the
+catalogue ...) a 400, a body over the size limit a 413, a write the state did not keep a 503;
+with a token, a request without it a 401. Handlers run in a thread pool; the
+:class:`~peftrec.app.recommender.Recommender` holds one lock, so concurrent reads and writes
+(``POST /items`` while others ``/recommend``) are safe.
 
     peftrec serve runs/minilm_lora_rating/model --port 8000
     curl -s localhost:8000/recommend -d '{"user": "196", "k": 5}'
@@ -12,30 +14,59 @@ concurrent reads and writes (``POST /items`` while others ``/recommend``) are sa
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StringConstraints
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from peftrec import __version__
 from peftrec.app.recommender import Recommender
 from peftrec.app.state import StateError
 
-Id = Annotated[str, StringConstraints(min_length=1)]  # as the Python API: no stripping
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]  # as given: no stripping
+Text = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
 K = Annotated[int, Field(ge=1, le=10_000, description="how many items")]
+MAX_BATCH = 10_000
+"""The most pairs, items, users or interactions one request may carry."""
+MAX_BODY_BYTES = 8 << 20
+"""The largest request body taken (8 MiB); larger ones get a 413."""
 
 
-class RecommendRequest(BaseModel):
+class Request_(BaseModel):
+    """A request body: fields it does not know are refused (a 422), not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Error(BaseModel):
+    error: str
+
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))]
+"""The bearer token a request sends, if any."""
+
+OPEN = ("/health", "/docs", "/docs/oauth2-redirect", "/redoc")
+"""What answers without the token: liveness and the API's documentation."""
+
+
+class RecommendRequest(Request_):
     user: Id
     k: K = 10
     exclude_seen: bool = True
-    candidates: list[Id] | None = Field(None, description="rank only these items")
+    candidates: list[Id] | None = Field(
+        None, max_length=100 * MAX_BATCH, description="rank only these items"
+    )
 
 
-class HistoryRequest(BaseModel):
-    items: list[Id] = Field(min_length=1, description="an anonymous session's items, in order")
+class HistoryRequest(Request_):
+    items: list[Id] = Field(
+        min_length=1, max_length=MAX_BATCH, description="an anonymous session's items, in order"
+    )
     k: K = 10
     exclude_seen: bool = True
 
@@ -52,9 +83,9 @@ class Recommendations(BaseModel):
     items: list[Recommendation]
 
 
-class PredictRequest(BaseModel):
-    users: list[Id] = Field(min_length=1)
-    items: list[Id] = Field(min_length=1, description="aligned with users")
+class PredictRequest(Request_):
+    users: list[Id] = Field(min_length=1, max_length=MAX_BATCH)
+    items: list[Id] = Field(min_length=1, max_length=MAX_BATCH, description="aligned with users")
 
 
 class Scores(BaseModel):
@@ -62,25 +93,27 @@ class Scores(BaseModel):
     scores: list[float]
 
 
-class AddItemsRequest(BaseModel):
-    items: dict[Id, Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
-    fields: dict[Id, dict[str, str]] | None = None
+class AddItemsRequest(Request_):
+    items: dict[Id, Text] = Field(min_length=1, max_length=MAX_BATCH)
+    fields: dict[Id, dict[str, str]] | None = Field(None, max_length=MAX_BATCH)
 
 
-class AddUsersRequest(BaseModel):
-    users: dict[Id, Annotated[str, StringConstraints(min_length=1)]] = Field(min_length=1)
+class AddUsersRequest(Request_):
+    users: dict[Id, Text] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-class InteractionsRequest(BaseModel):
-    interactions: dict[Id, list[Id]] = Field(min_length=1)
+class InteractionsRequest(Request_):
+    interactions: dict[Id, Annotated[list[Id], Field(max_length=MAX_BATCH)]] = Field(
+        min_length=1, max_length=MAX_BATCH
+    )
 
 
-class RatingsRequest(BaseModel):
+class RatingsRequest(Request_):
     user: Id
-    ratings: dict[Id, float] = Field(min_length=1)
+    ratings: dict[Id, float] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-class ExplainRequest(BaseModel):
+class ExplainRequest(Request_):
     user: Id
     item: Id
     steps: Annotated[int, Field(ge=2, le=512, description="integration steps")] = 32
@@ -91,13 +124,41 @@ class Counts(BaseModel):
     users: int
 
 
-def create_app(recommender: Recommender) -> FastAPI:
-    """The HTTP service over one loaded recommender."""
-    app = FastAPI(
+ERRORS = {
+    status: {"model": Error, "description": what}
+    for status, what in (
+        (400, "a request the model cannot serve, and why"),
+        (401, "no or a wrong bearer token (when the service has one)"),
+        (404, "an unknown user or item id, and how to add it"),
+        (413, "a body over the size limit"),
+        (422, "a missing, mistyped or unknown field, named in `error`"),
+        (503, "a write the durable state did not keep"),
+    )
+}
+
+
+def create_app(recommender: Recommender, token: str | None = None) -> FastAPI:
+    """The HTTP service over one loaded recommender; with ``token``, every endpoint but
+    ``/health`` needs ``Authorization: Bearer <token>``."""
+
+    def authorized(
+        request: Request,
+        credentials: Credentials,
+    ) -> None:
+        if token is None or request.url.path in OPEN or request.url.path.startswith("/static"):
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized
+
+    app = FastAPIOffline(
         title="peftrec",
         version=__version__,
         description=f"A peftrec {recommender.spec.task} model on {recommender.spec.backbone}.",
+        responses=ERRORS,
+        dependencies=[Depends(authorized)],
     )
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     label = "rating" if recommender.traits.ratings else "score"
 
     @app.exception_handler(RequestValidationError)
@@ -110,6 +171,14 @@ def create_app(recommender: Recommender) -> FastAPI:
         return JSONResponse(
             status_code=422,
             content={"error": f"{field}: {errors[0]['msg']}", "field": field, "detail": errors},
+        )
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            status_code=401,
+            content={"error": "this service needs Authorization: Bearer <token>"},
+            headers={"WWW-Authenticate": "Bearer"},
         )
 
     @app.exception_handler(KeyError)
@@ -212,8 +281,59 @@ def create_app(recommender: Recommender) -> FastAPI:
     return app
 
 
-def serve(recommender: Recommender, host: str = "127.0.0.1", port: int = 8000) -> None:
+class Unauthorized(Exception):
+    """A request without the service's bearer token."""
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets a 413, whether it says its length
+    or streams it (chunked)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refuse(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except BodyTooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        body = f'{{"error": "the request body is over {self.limit} bytes"}}'.encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def serve(
+    recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, token: str | None = None
+) -> None:
     """Run the service until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(recommender), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(recommender, token), host=host, port=port, log_level="info")

@@ -83,6 +83,26 @@ def catalogue_items(model: Path, template: str, folder: Path) -> Path:
     return path
 
 
+def check_nothing_dropped(parent: Path, child: Path, data: Path) -> None:
+    """Refuse (an :class:`UpdateError`) a new model that lacks users or items of its parent."""
+    before, after = read_json(parent / "catalog.json"), read_json(child / "catalog.json")
+    lost = {
+        kind: [i for i in before[key] if i not in set(after[key])]
+        for kind, key in (("users", "user_ids"), ("items", "item_ids"))
+    }
+    if any(lost.values()):
+        what = " and ".join(
+            f"{len(ids)} of its {len(before[key])} {kind} (e.g. {ids[0]!r})"
+            for (kind, ids), key in zip(lost.items(), ("user_ids", "item_ids"), strict=True)
+            if ids
+        )
+        raise UpdateError(
+            f"--data {data} names fewer users or items than the model knows: the update would "
+            f"drop {what}. Pass every interaction so far (a window of recent ones drops whoever "
+            "is not in it), or --allow-fewer to write the smaller model; nothing was written"
+        )
+
+
 def run_recipe(task: str, config: Path, overrides: list[str]) -> None:
     """The task's recipe, its ``main(argv)`` called in this process; what stops it, as an
     UpdateError. The recipe's printed summary (of a run in a temporary folder) is logged."""
@@ -120,10 +140,14 @@ def update(
     epochs: int = 2,
     warm_start: str = "continue",
     settings: Sequence[str] = (),
+    allow_fewer: bool = False,
 ) -> dict:
     """Train the update and write the new model to ``out``; its ``metrics.json`` contents.
 
-    ``settings``: more recipe overrides (``key=value``), applied last."""
+    ``settings``: more recipe overrides (``key=value``), applied last. A model knows the users
+    and items its data names, so data that leaves out some of the parent's (a window of recent
+    interactions) would write a model without them: refused, writing nothing, unless
+    ``allow_fewer``."""
     model, data, out = Path(model), Path(data), Path(out)
     items, users = (Path(p) if p is not None else None for p in (items, users))
     task, config = check_update(model, data, out, items, users)
@@ -149,6 +173,8 @@ def update(
         ]
         run_recipe(task, model / "config.yaml", overrides)
         trained = run / "run" / "model"
+        if not allow_fewer:
+            check_nothing_dropped(model, trained, data)
         write_folder_atomic(
             out, lambda folder: shutil.copytree(trained, folder, dirs_exist_ok=True)
         )

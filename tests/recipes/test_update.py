@@ -94,3 +94,21 @@ def test_data_the_recipe_refuses_writes_nothing(parent, tmp_path, toy_files, cap
     err = capsys.readouterr().err
     assert "the rating recipe stopped, nothing was written" in err and "'i999'" in err
     assert not out.exists() and list(tmp_path.iterdir()) == [data]
+
+
+def test_a_window_that_leaves_out_users_is_refused_unless_asked(parent, tmp_path, capsys):
+    window = tmp_path / "recent.csv"  # the last interactions of three users only
+    window.write_text(
+        "user_id,item_id,rating,timestamp\n"
+        + "".join(
+            f"u{u},i{i},{1 + i % 5},{50000 + 10 * u + i}\n" for u in range(3) for i in range(8)
+        )
+    )
+    out = tmp_path / "today"
+    argv = ["update", str(parent), "--data", str(window), "--out", str(out), "--epochs", "1"]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "would drop 27 of its 30 users" in error and "nothing was written" in error
+    assert not out.exists()
+    assert cli.main([*argv, "--allow-fewer"]) == 0
+    assert len(Recommender.from_pretrained(out).user_ids) == 3
