@@ -56,7 +56,7 @@ def word_drops(rec: Recommender, user: str, item: str, ks: list[int], rng) -> di
     _, spans = word_spans(engine.tokenizer, text, engine.spec.max_length)
     if len(spans) != len(explanation.words) or len(spans) <= max(ks):
         return None
-    score = text_scorer(engine, engine._user_index[user], engine._item_index[item])
+    score = text_scorer(engine, engine.user_index[user], engine.item_index[item])
 
     def drop(removed: set[int]) -> float:
         tokens = tokenize_texts(
@@ -86,8 +86,8 @@ def history_drops(rec: Recommender, user: str, item: str, rng, k: int = 2) -> tu
     if not history or len(history) <= k:
         return None
     engine, vectors = rec.engine, rec._served()
-    read = [engine._item_index[i] for i, _ in history]
-    row = engine._item_index[item]
+    read = [engine.item_index[i] for i, _ in history]
+    row = engine.item_index[item]
 
     def score(dropped: set[int]) -> float:
         state = engine.history_state([r for j, r in enumerate(read) if j not in dropped])
@@ -122,7 +122,7 @@ def main() -> None:
         )
         for r in rows
     ]
-    pairs = [(u, i) for u, i in pairs if u in rec._user_index and i in rec._item_index]
+    pairs = [(u, i) for u, i in pairs if u in rec.user_index and i in rec.item_index]
     results = [r for u, i in pairs if (r := word_drops(rec, u, i, args.k, rng)) is not None]
     lines = [
         f"# Explanation fidelity: {args.model}",

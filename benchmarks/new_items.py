@@ -36,7 +36,7 @@ def compare(folder: Path) -> dict[str, float]:
     rec = Recommender.from_pretrained(folder).engine  # the network: text and ID parts apart
     head, trained = rec.model.head, rec.num_trained_items
     text = rec._item_text()[:trained]
-    users = rec._user_vectors(torch.arange(rec.num_trained_users))
+    users = rec.user_vectors_of(torch.arange(rec.num_trained_users))
     full = head.score_all(users, head.items(text, torch.arange(trained))).double()
     # a new item has no ID embedding; a knowledge model's new item comes with its facts
     facts = head.knowledge.facts[:trained] if head.knowledge is not None else None

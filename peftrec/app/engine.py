@@ -72,8 +72,8 @@ class ModelRecommender(RecommenderUsers):
         self.num_trained_items = self.spec.head["num_items"]
         # no user table when a user is their history
         self.num_trained_users = self.spec.head.get("num_users", 0) if self.traits.user_table else 0
-        self._user_index = {u: i for i, u in enumerate(self.user_ids)}
-        self._item_index = {it: i for i, it in enumerate(self.item_ids)}
+        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
+        self.item_index = {it: i for i, it in enumerate(self.item_ids)}
         self._lock = threading.RLock()
         self._item_text_cache: torch.Tensor | None = None  # pooled encodings, one row per item
         self._init_users(catalog)
@@ -129,7 +129,7 @@ class ModelRecommender(RecommenderUsers):
             fact_rows = {}
             for item_id, facts in knowledge.items():
                 self._check_named(item_id, items, "knowledge")
-                row = self._item_index.get(item_id)
+                row = self.item_index.get(item_id)
                 if row is not None and row < self.num_trained_items:
                     raise ValueError(
                         f"add_items: item {item_id!r} was trained with its facts, which cannot "
@@ -141,22 +141,22 @@ class ModelRecommender(RecommenderUsers):
         with self._lock:  # publish: nothing below raises
             rows = []
             for item_id, text in items.items():
-                if item_id not in self._item_index:
-                    self._item_index[item_id] = len(self.item_ids)
+                if item_id not in self.item_index:
+                    self.item_index[item_id] = len(self.item_ids)
                     self.item_ids.append(item_id)
                     self.item_texts.append(text)
                     self._item_facts = torch.cat([self._item_facts, self._no_facts(1)])
                     for values in self.item_fields.values():
                         values.append("")
                 else:
-                    self.item_texts[self._item_index[item_id]] = text
-                rows.append(self._item_index[item_id])
+                    self.item_texts[self.item_index[item_id]] = text
+                rows.append(self.item_index[item_id])
             for item_id, values in fields.items():
-                row = self._item_index[item_id]
+                row = self.item_index[item_id]
                 for name, value in values.items():
                     self.item_fields.setdefault(name, [""] * len(self.item_ids))[row] = str(value)
             for item_id, facts in fact_rows.items():
-                self._item_facts[self._item_index[item_id] - self.num_trained_items] = facts
+                self._item_facts[self.item_index[item_id] - self.num_trained_items] = facts
             cache = self._item_text()  # another write may have grown it meanwhile
             grown = torch.zeros(len(self.item_ids), cache.shape[1])
             grown[: len(cache)] = cache
@@ -169,7 +169,7 @@ class ModelRecommender(RecommenderUsers):
         logger.info("encoded %d item texts; catalogue has %d items", len(items), len(self.item_ids))
 
     def _check_named(self, item_id: str, items: Mapping[str, str], what: str) -> None:
-        if item_id not in items and item_id not in self._item_index:
+        if item_id not in items and item_id not in self.item_index:
             raise KeyError(
                 f"add_items: {what} names item {item_id!r}, which is neither among the items "
                 "added nor in the catalogue"
@@ -197,20 +197,20 @@ class ModelRecommender(RecommenderUsers):
             [(str(r), str(e)) for r, e in facts], info["relations"], info["group_map"]
         )
 
-    def _items(self, item_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
+    def item_rows(self, item_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
         ids = [check_id(i, where, "item") for i in item_ids]
         with self._lock:
-            return torch.as_tensor(rows_of(ids, self._item_index, where, "item"), dtype=torch.long)
+            return torch.as_tensor(rows_of(ids, self.item_index, where, "item"), dtype=torch.long)
 
     @torch.no_grad()
-    def _item_vectors(self, rows: torch.Tensor | None = None):
+    def item_vectors_of(self, rows: torch.Tensor | None = None):
         text = self._item_text()
         rows = torch.arange(len(text)) if rows is None else rows
         return head_vectors.item_vectors(
-            self.model.head, text, rows, self.num_trained_items, self._facts(rows), self.device
+            self.model.head, text, rows, self.num_trained_items, self.facts_of(rows), self.device
         )
 
-    def _facts(self, rows: torch.Tensor) -> torch.Tensor | None:
+    def facts_of(self, rows: torch.Tensor) -> torch.Tensor | None:
         """A knowledge model's entity rows of these items (trained items' facts, then added
         ones'), on the device; None without a knowledge tower."""
         if self.model.head.knowledge is None:
@@ -223,14 +223,14 @@ class ModelRecommender(RecommenderUsers):
         """Every item's and user's vector and bias, as numpy, with the head's offset and link."""
         with self._lock:
             head = self.model.head
-            return head_vectors.serving_vectors(head, self._item_vectors(), self._user_table())
+            return head_vectors.serving_vectors(head, self.item_vectors_of(), self._user_table())
 
     def serves_exactly(self, vectors: ServingVectors) -> bool:
         """Whether the vectors reproduce the head's own scores (float32 rounding aside), on the
         first users against the whole catalogue
         (:func:`peftrec.artifact.head_vectors.serves_exactly`)."""
         with self._lock:
-            items, users = self._item_vectors(), self._user_table()
+            items, users = self.item_vectors_of(), self._user_table()
             return head_vectors.serves_exactly(self.model.head, vectors, items, users)
 
     def item_text_encodings(self) -> np.ndarray:
@@ -257,7 +257,7 @@ class ModelRecommender(RecommenderUsers):
     def history_state(self, rows: Sequence[int]) -> np.ndarray:
         """A history model's state after the given item rows (time order), ``(1, dim)``."""
         with self._lock:
-            return numpy32(self.model.head.history_users(self._item_vectors(), [list(rows)]))
+            return numpy32(self.model.head.history_users(self.item_vectors_of(), [list(rows)]))
 
     def labelled_histories(self, user_rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """A preference model: each user's known labelled history, ``(item rows, labels)``."""
@@ -273,8 +273,8 @@ class ModelRecommender(RecommenderUsers):
         head = self.model.head
         with self._lock:
             if not self.traits.pairs:
-                users = head.users_of_histories(self._item_vectors(), histories)
-                item = self._item_vectors(torch.as_tensor(items))
+                users = head.users_of_histories(self.item_vectors_of(), histories)
+                item = self.item_vectors_of(torch.as_tensor(items))
                 return numpy32(head.score(users, item))
             parts, shares = history_records(items, histories, head.history)
             titles = item_titles(self.item_fields, self.item_texts)
@@ -316,7 +316,7 @@ class ModelRecommender(RecommenderUsers):
                 else None,
             )
             vectors = head_vectors.exact_vectors(
-                self.model.head, self._item_vectors(), self._user_table(), self.spec.task
+                self.model.head, self.item_vectors_of(), self._user_table(), self.spec.task
             )
             return save_artifact(
                 folder,
@@ -342,8 +342,8 @@ class HeadScores:
 
     @torch.no_grad()
     def pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        user = self.engine._user_vectors(torch.as_tensor(users))
-        return numpy32(self.head.score(user, self.engine._item_vectors(torch.as_tensor(items))))
+        user = self.engine.user_vectors_of(torch.as_tensor(users))
+        return numpy32(self.head.score(user, self.engine.item_vectors_of(torch.as_tensor(items))))
 
     def rows(self, users: np.ndarray) -> np.ndarray:
         return self.against(self.user_vectors[users], self.user_biases[users])
@@ -353,7 +353,7 @@ class HeadScores:
         device = self.engine.device
         user = (torch.as_tensor(vectors).to(device), torch.as_tensor(biases).to(device))
         items = (
-            self.engine._item_vectors()
+            self.engine.item_vectors_of()
             if item_vectors is None
             else (torch.as_tensor(item_vectors).to(device), torch.as_tensor(item_biases).to(device))
         )

@@ -105,8 +105,8 @@ def text_scorer(engine, user_row: int, item_row: int):
     model, head = engine.model, engine.model.head
     device = next(model.parameters()).device
     id_row = item_row if item_row < engine.num_trained_items else -1
-    facts = engine._facts(torch.tensor([item_row]))
-    user = tuple(t.detach() for t in engine._user_vectors(torch.tensor([user_row])))
+    facts = engine.facts_of(torch.tensor([item_row]))
+    user = tuple(t.detach() for t in engine.user_vectors_of(torch.tensor([user_row])))
 
     def score(input_ids: torch.Tensor) -> torch.Tensor:
         n = len(input_ids)
@@ -145,8 +145,8 @@ def explain_pair(engine, user_id: str, item_id: str, steps: int = 32) -> Explana
     :class:`~peftrec.app.engine.ModelRecommender`)."""
     model = engine.model
     with engine._lock:
-        user_row = int(engine._users([user_id], "explain")[0])
-        item_row = int(engine._items([item_id], "explain")[0])
+        user_row = int(engine.user_rows([user_id], "explain")[0])
+        item_row = int(engine.item_rows([item_id], "explain")[0])
         text = engine.item_texts[item_row]
         token_ids, spans = word_spans(engine.tokenizer, text, engine.spec.max_length)
         token_attr, score, empty, delta = text_attributions(
@@ -166,10 +166,10 @@ def explain_pair(engine, user_id: str, item_id: str, steps: int = 32) -> Explana
 def past_item_effects(engine, user_row: int, item_row: int) -> list[tuple[str, float]]:
     """For each item of the history the model reads: the score drop when it is left out."""
     head = engine.model.head
-    read = list(engine._history[user_row][-head.history_length :])
+    read = list(engine.history_of(user_row)[-head.history_length :])
     if not read:
         return []
-    items = engine._item_vectors()
+    items = engine.item_vectors_of()
     histories = [read] + [read[:j] + read[j + 1 :] for j in range(len(read))]
     states = head.history_users(items, histories)
     item = (items[0][item_row : item_row + 1], items[1][item_row : item_row + 1])

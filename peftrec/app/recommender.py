@@ -223,10 +223,10 @@ class Recommender(ServedModel):
         if not item_ids:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
-            rows = self._items(item_ids, "predict_proba")
+            rows = self.item_rows(item_ids, "predict_proba")
             if users is not None:
-                user_rows = self._users(users, "predict_proba")
-                empty = [u for u in user_rows.tolist() if len(self._seen[u]) == 0]
+                user_rows = self.user_rows(users, "predict_proba")
+                empty = [u for u in user_rows.tolist() if len(self.seen[u]) == 0]
                 if empty:
                     raise ValueError(
                         f"predict_proba: user {self.user_ids[empty[0]]!r} has no labelled "
@@ -240,7 +240,7 @@ class Recommender(ServedModel):
                 labelled = []
                 for k, history in enumerate(histories):
                     ids, labels = labelled_pairs(history, f"predict_proba: histories[{k}]")
-                    labelled.append((self._items(ids, f"predict_proba: histories[{k}]"), labels))
+                    labelled.append((self.item_rows(ids, f"predict_proba: histories[{k}]"), labels))
             return self.engine.preference_probabilities(rows, labelled).astype(np.float32)
 
     def recommend_for_history(
@@ -267,7 +267,7 @@ class Recommender(ServedModel):
                 f"{where} needs a history model (recipes/train_sequential.py); this "
                 f"is a {self.spec.task} model, whose users are rows of a table"
             )
-        rows = self._items(item_ids, where)
+        rows = self.item_rows(item_ids, where)
         state = self.engine.history_state(rows.tolist())
         scores = self._served().against(state, np.zeros(1, dtype=np.float32))[0]
         return rows, scores.astype(np.float64)

@@ -115,9 +115,9 @@ class ServedModel:
         self.item_fields = {k: list(v) for k, v in (catalog.item_fields or {}).items()}
         self.rating_scale = tuple(catalog.rating_scale) if catalog.rating_scale else None
         self.num_trained_items = spec.head["num_items"]
-        self._user_index = {u: i for i, u in enumerate(self.user_ids)}
-        self._item_index = {it: i for i, it in enumerate(self.item_ids)}
-        self._seen = {u: np.unique(h) for u, h in histories(catalog).items()}
+        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
+        self.item_index = {it: i for i, it in enumerate(self.item_ids)}
+        self.seen = {u: np.unique(h) for u, h in histories(catalog).items()}
         if vectors is not None and vectors.user is not None:  # no network, no torch
             self.traits = Traits(user=vectors.user, ratings=vectors.ratings)
         else:
@@ -138,8 +138,8 @@ class ServedModel:
                 # from now on the network's catalogue and users are the ones served
                 self.user_ids, self.item_ids = engine.user_ids, engine.item_ids
                 self.item_texts, self.item_fields = engine.item_texts, engine.item_fields
-                self._user_index, self._item_index = engine._user_index, engine._item_index
-                self._seen = engine._seen
+                self.user_index, self.item_index = engine.user_index, engine.item_index
+                self.seen = engine.seen
                 self._engine = engine
                 logger.info("loaded the network of %s", self.spec.backbone)
             return self._engine
@@ -174,13 +174,13 @@ class ServedModel:
             self._dot_product = self.engine.serves_exactly(vectors)
         self._vectors = vectors if self._dot_product else HeadScores(self.engine)
 
-    def _items(self, item_ids: Any, where: str) -> np.ndarray:
+    def item_rows(self, item_ids: Any, where: str) -> np.ndarray:
         ids = id_list(item_ids, where, "item")
-        return np.asarray(rows_of(ids, self._item_index, where, "item"), dtype=np.int64)
+        return np.asarray(rows_of(ids, self.item_index, where, "item"), dtype=np.int64)
 
-    def _users(self, user_ids: Any, where: str) -> np.ndarray:
+    def user_rows(self, user_ids: Any, where: str) -> np.ndarray:
         ids = id_list(user_ids, where, "user")
-        return np.asarray(rows_of(ids, self._user_index, where, "user"), dtype=np.int64)
+        return np.asarray(rows_of(ids, self.user_index, where, "user"), dtype=np.int64)
 
     def _bounded(self, scores: np.ndarray) -> np.ndarray:
         """Ratings clipped to the training scale (rating models); other scores as they are."""
@@ -191,7 +191,7 @@ class ServedModel:
     def item_info(self, item_id: str) -> dict[str, str]:
         """What the catalogue knows of an item: its fields (title, year, ...) and its text."""
         with self._lock:
-            row = int(self._items([item_id], "item_info")[0])
+            row = int(self.item_rows([item_id], "item_info")[0])
             return {
                 **{k: v[row] for k, v in self.item_fields.items()},
                 "text": self.item_texts[row],
@@ -210,7 +210,7 @@ class ServedModel:
         if not users:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
-            rows = self._users(users, "predict"), self._items(items, "predict")
+            rows = self.user_rows(users, "predict"), self.item_rows(items, "predict")
             return self._bounded(self._served().pairs(*rows)).astype(np.float32)
 
     def predict_texts(self, user_id: str, texts: Sequence[str]) -> np.ndarray:
@@ -220,7 +220,7 @@ class ServedModel:
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
-            row = self._users([user_id], "predict_texts")
+            row = self.user_rows([user_id], "predict_texts")
             vectors = self._served()
             items = self.engine.text_items(texts)
             scores = vectors.against(vectors.user_vectors[row], vectors.user_biases[row], *items)
@@ -233,7 +233,7 @@ class ServedModel:
             rows = (
                 np.arange(len(self.user_ids))
                 if user_ids is None
-                else self._users(user_ids, "score_all")
+                else self.user_rows(user_ids, "score_all")
             )
             return self._bounded(self._served().rows(rows)).astype(np.float32)
 
@@ -269,8 +269,8 @@ class ServedModel:
         k = check_k(k, where)
         users = id_list(user_ids, where, "user")
         with self._lock:
-            allowed = None if candidates is None else self._items(candidates, where)
-            rows = self._users(users, where)
+            allowed = None if candidates is None else self.item_rows(candidates, where)
+            rows = self.user_rows(users, where)
             scores = self._served().rows(rows).astype(np.float64)
             if allowed is not None:  # only these items compete (new arrivals, a genre ...)
                 outside = np.ones(scores.shape[1], dtype=bool)
@@ -278,7 +278,7 @@ class ServedModel:
                 scores[:, outside] = -np.inf
             if exclude_seen:
                 for r, row in enumerate(rows.tolist()):
-                    scores[r, self._seen[row]] = -np.inf
+                    scores[r, self.seen[row]] = -np.inf
             return [
                 self._top(scores[r], k, where, f" to user {user!r}") for r, user in enumerate(users)
             ]

@@ -46,7 +46,7 @@ class RecommenderUsers:
         self._labels = (
             histories(catalog, catalog.seen_labels) if catalog.seen_labels is not None else None
         )
-        self._seen = {u: np.unique(h) for u, h in self._history.items()}
+        self.seen = {u: np.unique(h) for u, h in self._history.items()}
         # (vectors, biases) per user, computed on first use
         self._user_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._profiles: dict[int, torch.Tensor] = {}  # added users' profile vectors, by user row
@@ -56,10 +56,14 @@ class RecommenderUsers:
         if catalog.user_state:
             self._restore_users(catalog.user_state)
 
-    def _users(self, user_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
+    def history_of(self, row: int) -> np.ndarray:
+        """The items a user (by row) is known to have interacted with, in time order."""
+        return self._history[row]
+
+    def user_rows(self, user_ids: Sequence[str], where: str = "predict") -> torch.Tensor:
         ids = [check_id(u, where, "user") for u in user_ids]
         with self._lock:
-            return torch.as_tensor(rows_of(ids, self._user_index, where, "user"), dtype=torch.long)
+            return torch.as_tensor(rows_of(ids, self.user_index, where, "user"), dtype=torch.long)
 
     @torch.no_grad()
     def _user_table(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +72,7 @@ class RecommenderUsers:
                 rows = range(len(self.user_ids))
                 self._user_cache = user_table(
                     self.model.head,
-                    self._item_vectors,
+                    self.item_vectors_of,
                     [self._history[u] for u in rows],
                     None if self._labels is None else [self._labels[u] for u in rows],
                     self.num_trained_users,
@@ -76,7 +80,7 @@ class RecommenderUsers:
                 )
             return self._user_cache
 
-    def _user_vectors(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def user_vectors_of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         vectors, biases = self._user_table()
         rows = rows.to(self.device)
         return vectors[rows], biases[rows]
@@ -89,14 +93,14 @@ class RecommenderUsers:
             table = list(self._user_table())
             rows = []
             for user_id in user_ids:
-                if user_id not in self._user_index:
-                    self._user_index[user_id] = len(self.user_ids)
+                if user_id not in self.user_index:
+                    self.user_index[user_id] = len(self.user_ids)
                     self.user_ids.append(user_id)
-                    self._seen[self._user_index[user_id]] = np.zeros(0, dtype=np.int64)
-                    self._history[self._user_index[user_id]] = np.zeros(0, dtype=np.int64)
+                    self.seen[self.user_index[user_id]] = np.zeros(0, dtype=np.int64)
+                    self._history[self.user_index[user_id]] = np.zeros(0, dtype=np.int64)
                     if self.user_texts is not None:
                         self.user_texts.append("")
-                rows.append(self._user_index[user_id])
+                rows.append(self.user_index[user_id])
             table = [
                 torch.cat([t, t.new_zeros(len(self.user_ids) - len(t), *t.shape[1:])])
                 for t in table
@@ -145,7 +149,7 @@ class RecommenderUsers:
         )
         for user_id, text in users.items():
             check_text(text, "add_users", f"user {user_id!r}")
-            row = self._user_index.get(user_id)
+            row = self.user_index.get(user_id)
             if row is not None and row < self.num_trained_users:
                 raise ValueError(
                     f"add_users: user '{user_id}' was trained with its own profile, which cannot "
@@ -185,19 +189,19 @@ class RecommenderUsers:
         ]
         if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not 0 < l2 < float("inf"):
             raise ValueError(f"fold_in: l2 must be a positive number, got {l2!r}")
-        items = self._items(list(ratings), "fold_in")
+        items = self.item_rows(list(ratings), "fold_in")
         with self._lock:
-            if user_id not in self._user_index:
+            if user_id not in self.user_index:
                 self._put_users([user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1))
-            row = self._user_index[user_id]
+            row = self.user_index[user_id]
             self._folded[row] = (items, torch.tensor(values), float(l2))
             self._fit(row, *self._folded[row])
             self._history[row] = np.concatenate([self._history[row], items.numpy()])
-            self._seen[row] = np.union1d(self._seen[row], items.numpy())
+            self.seen[row] = np.union1d(self.seen[row], items.numpy())
 
     @torch.no_grad()
     def _fit(self, row: int, items: torch.Tensor, ratings: torch.Tensor, l2: float) -> None:
-        vectors, biases = (t.cpu() for t in self._item_vectors(items))
+        vectors, biases = (t.cpu() for t in self.item_vectors_of(items))
         if row < self.num_trained_users:  # the trained vector and bias are the prior
             prior_vector, prior_bias = (
                 t[0].cpu() for t in self.model.head.users(torch.tensor([row]))
@@ -221,7 +225,7 @@ class RecommenderUsers:
             interactions, "add_interactions", "user", "list of item ids", "{'196': ['242', '302']}"
         )
         resolved = {
-            u: self._items(id_list(items, "add_interactions", "item"), "add_interactions")
+            u: self.item_rows(id_list(items, "add_interactions", "item"), "add_interactions")
             for u, items in interactions.items()
         }
         if self._labels is not None:
@@ -232,21 +236,21 @@ class RecommenderUsers:
         with self._lock:
             for user_id, items in resolved.items():
                 if self.traits.history:  # the next call reads the longer history
-                    if user_id not in self._user_index:
+                    if user_id not in self.user_index:
                         self._put_users(
                             [user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1)
                         )
-                    row = self._user_index[user_id]
+                    row = self.user_index[user_id]
                     self._history[row] = np.concatenate([self._history[row], items.numpy()])
-                    self._seen[row] = np.union1d(self._seen[row], items.numpy())
+                    self.seen[row] = np.union1d(self.seen[row], items.numpy())
                     self._user_cache = None
                     continue
-                if user_id not in self._user_index:
+                if user_id not in self.user_index:
                     self._put_users([user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1))
-                    self._interacted[self._user_index[user_id]] = np.zeros(0, dtype=np.int64)
-                row = self._user_index[user_id]
+                    self._interacted[self.user_index[user_id]] = np.zeros(0, dtype=np.int64)
+                row = self.user_index[user_id]
                 self._history[row] = np.concatenate([self._history[row], items.numpy()])
-                self._seen[row] = np.union1d(self._seen[row], items.numpy())
+                self.seen[row] = np.union1d(self.seen[row], items.numpy())
                 if row in self._interacted:
                     self._interacted[row] = np.concatenate([self._interacted[row], items.numpy()])
                     self._fit_interactions(row, l2)
@@ -257,7 +261,7 @@ class RecommenderUsers:
         if self.traits.ratings or len(self._interacted[row]) == 0:
             self._put_users([self.user_ids[row]], prior[None], torch.zeros(1))
             return
-        vectors, biases = (t.cpu() for t in self._item_vectors())
+        vectors, biases = (t.cpu() for t in self.item_vectors_of())
         vector = softmax_fold_in(vectors, biases, torch.as_tensor(self._interacted[row]), prior, l2)
         self._put_users([self.user_ids[row]], vector[None], torch.zeros(1))
 

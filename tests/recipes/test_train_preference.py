@@ -79,9 +79,9 @@ def test_preference_recipe_trains_and_predict_proba_reproduces_its_test_auc(
         assert not served.network_loaded
         np.testing.assert_allclose(served.predict(users, items), known, rtol=1e-5)
         engine = rec.engine
-        rows = [rec._user_index[u] for u in users]
-        labelled = [(engine._history[r], engine._labels[r]) for r in rows]
-        again = engine.preference_probabilities(rec._items(items, "test"), labelled)
+        rows = [rec.user_index[u] for u in users]
+        labelled = engine.labelled_histories(rows)
+        again = engine.preference_probabilities(rec.item_rows(items, "test"), labelled)
         np.testing.assert_allclose(again, known, rtol=1e-5)
 
     # saved again, loaded again: the same probabilities
@@ -125,7 +125,7 @@ def test_predict_proba_refuses_bad_input(tmp_path, toy_files, tiny_bert, capsys)
     # no history at all is not a record the model was trained on: refused, saying what to pass
     with pytest.raises(ValueError, match=r"histories\[0\]: empty"):
         rec.predict_proba([item], histories=[[]])
-    unknown = [u for u in rec.user_ids if len(rec._seen[rec._user_index[u]]) == 0]
+    unknown = [u for u in rec.user_ids if len(rec.seen[rec.user_index[u]]) == 0]
     assert unknown
     with pytest.raises(ValueError, match="no labelled interactions"):
         rec.predict_proba([item], users=[unknown[0]])
@@ -138,7 +138,7 @@ def test_predict_proba_refuses_bad_input(tmp_path, toy_files, tiny_bert, capsys)
     assert cli.main([*argv, "--history", f"{rec.item_ids[2]}:1,{rec.item_ids[3]}:0"]) == 0
     got = [p["probability"] for p in json.loads(capsys.readouterr().out)["predictions"]]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    known = next(u for u in rec.user_ids if len(rec._seen[rec._user_index[u]]))
+    known = next(u for u in rec.user_ids if len(rec.seen[rec.user_index[u]]))
     assert cli.main([*argv, "--user", known]) == 0
     expected = rec.predict_proba([item, other], users=[known] * 2)
     got = [p["probability"] for p in json.loads(capsys.readouterr().out)["predictions"]]

@@ -78,7 +78,7 @@ def test_ranking_recipe_trains_evaluates_and_saves(tmp_path, toy_files, tiny_ber
     rec = Recommender.from_pretrained(out / "model")
     assert rec.spec.task == "ranking"
     top = rec.recommend("u0", k=5)
-    seen = set(np.asarray(rec.item_ids)[rec._seen[rec._user_index["u0"]]])
+    seen = set(np.asarray(rec.item_ids)[rec.seen[rec.user_index["u0"]]])
     assert len(top) == 5 and seen.isdisjoint(item for item, _ in top)
 
 

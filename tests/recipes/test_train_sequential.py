@@ -66,7 +66,7 @@ def test_sequential_recipe_trains_and_the_app_reproduces_its_test_metrics(
     scores = torch.as_tensor(rec.score_all(users))
     exclude = torch.zeros_like(scores, dtype=torch.bool)
     for row, user in enumerate(users):
-        exclude[row, rec._seen[rec._user_index[user]]] = True
+        exclude[row, rec.seen[rec.user_index[user]]] = True
     ranks = rank_of_targets(scores, torch.as_tensor(test.items), exclude).numpy()
     app = load_metric("ranking").compute(predictions=ranks, k=10)
     assert app["ndcg@10"] == pytest.approx(metrics["test_ndcg@10"], abs=1e-6)

@@ -70,7 +70,7 @@ def test_words_add_up_to_the_score_change_and_credit_the_word_that_matters(toy_m
             total = sum(a for _, a in why.words)
             assert total == pytest.approx(why.score - why.baseline_score, abs=2e-3)
             assert abs(why.delta) < 2e-3
-            user_row, item_row = rec.engine._user_index[user], rec.engine._item_index[item]
+            user_row, item_row = rec.engine.user_index[user], rec.engine.item_index[item]
             served = rec.engine.serving_vectors().pairs(np.array([user_row]), np.array([item_row]))
             assert why.score == pytest.approx(float(served[0]), abs=1e-4)  # the score explained
             tops.append(why.top_words(1)[0])
