@@ -30,13 +30,8 @@ from peftrec.models.network import RecModel, RecOutput
 from peftrec.models.tokens import pad_batch
 from peftrec.tasks.rating.config import RatingRecipeConfig, RatingTrainConfig
 from peftrec.tasks.rating.head import RatingHead
-from peftrec.training.batches import (
-    ItemRatingsCollator,
-    ItemShuffler,
-    LengthBucketBatches,
-    predict_ratings,
-    warm_up_head,
-)
+from peftrec.tasks.rating.step import predict_ratings, warm_up_head
+from peftrec.training.batches import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
 from peftrec.training.loop import step_objective
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"

@@ -26,12 +26,8 @@ from accelerate.logging import get_logger
 from peftrec.metrics import GROUPS, groups_text, load_metric, scores_text
 from peftrec.tasks import TASKS
 from peftrec.tasks.rating.config import RatingRecipeConfig
-from peftrec.training.batches import (
-    ItemRatingsCollator,
-    evaluate_ratings,
-    rating_loader,
-    warm_up_head,
-)
+from peftrec.tasks.rating.step import evaluate_ratings, rating_loader, warm_up_head
+from peftrec.training.batches import ItemRatingsCollator
 from peftrec.training.loop import Bookkeeping, TrainStep
 from peftrec.training.recipe import (
     build_run_model,

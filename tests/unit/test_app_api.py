@@ -22,7 +22,7 @@ from peftrec.data import load_files, split_rows
 from peftrec.models.assembly import build_model
 from peftrec.models.tokens import tokenize_texts
 from peftrec.tasks.rating.head import RatingHead
-from peftrec.training.batches import warm_up_head
+from peftrec.tasks.rating.step import warm_up_head
 
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, TEXTS
 from .test_recommender import CATALOG, ITEMS, USERS, trained

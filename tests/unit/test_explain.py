@@ -18,7 +18,7 @@ from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
 from peftrec.data import load_files, split_rows
 from peftrec.models.assembly import build_model
 from peftrec.models.tokens import tokenize_texts
-from peftrec.training.batches import warm_up_head
+from peftrec.tasks.rating.step import warm_up_head
 
 from .test_model import DIM
 

@@ -8,16 +8,11 @@ from torch.utils.data import DataLoader
 
 from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig
 from peftrec.data import load_files, split_rows
+from peftrec.metrics import rmse
 from peftrec.models.assembly import build_model
 from peftrec.models.tokens import tokenize_texts
-from peftrec.training.batches import (
-    ItemRatingsCollator,
-    ItemShuffler,
-    LengthBucketBatches,
-    predict_ratings,
-    rmse,
-    warm_up_head,
-)
+from peftrec.tasks.rating.step import predict_ratings, warm_up_head
+from peftrec.training.batches import ItemRatingsCollator, ItemShuffler, LengthBucketBatches
 
 
 def test_unseen_items_are_predicted_from_their_text(toy_files, tiny_bert):

@@ -17,7 +17,7 @@ from peftrec.config import AdapterConfig, BackboneConfig, ModelConfig, TransferC
 from peftrec.metrics import load_metric
 from peftrec.models.assembly import build_model
 from peftrec.models.tokens import tokenize_texts
-from peftrec.training.batches import evaluate_ratings, rating_loader
+from peftrec.tasks.rating.step import evaluate_ratings, rating_loader
 from peftrec.training.transfer import build_source_objective, pretrained_encodings
 
 from .test_model import DIM, NUM_ITEMS, NUM_USERS, TEXTS, batch_for
