@@ -185,8 +185,8 @@ class Recommender(ServedModel):
             if self._state is not None:
                 self._state.append(kind, jsonable(payload))
 
+        self.engine  # noqa: B018 (loaded first, without the lock reads take)
         if kind == "items":  # the engine holds the lock only to check and to publish
-            self.engine  # noqa: B018 (loaded before, so that it shares the lock)
             self._apply(kind, payload, then=publish)
             return
         with self._lock:

@@ -102,6 +102,7 @@ class ServedModel:
         self.spec = spec
         self.meta = meta
         self._lock = threading.RLock()
+        self._load_lock = threading.Lock()  # one thread loads the network
         self._folder: Path | None = None  # loaded from a folder: the model the writes apply to
         self._state = None  # the durable state writes are kept in (Recommender.attach_state)
         self._loader = loader
@@ -130,19 +131,23 @@ class ServedModel:
     # -- the network, loaded when needed -----------------------------------------------------
     @property
     def engine(self) -> ModelRecommender:
-        """The network side (loaded on first use): it encodes texts and changes the catalogue."""
-        with self._lock:
-            if self._engine is None:
-                engine = self._loader()
-                engine._lock = self._lock  # one lock: a write publishes as reads see it
-                # from now on the network's catalogue and users are the ones served
-                self.user_ids, self.item_ids = engine.user_ids, engine.item_ids
-                self.item_texts, self.item_fields = engine.item_texts, engine.item_fields
-                self.user_index, self.item_index = engine.user_index, engine.item_index
-                self.seen = engine.seen
-                self._engine = engine
-                logger.info("loaded the network of %s", self.spec.backbone)
-            return self._engine
+        """The network side (loaded on first use): it encodes texts and changes the catalogue.
+
+        Loaded without the lock reads take (reads from the vectors go on meanwhile); until it is
+        loaded nothing has changed, so the catalogue it brings equals the one served."""
+        if self._engine is None:
+            with self._load_lock:
+                if self._engine is None:
+                    engine = self._loader()
+                    engine._lock = self._lock  # one lock: a write publishes as reads see it
+                    # from now on the network's catalogue and users are the ones served
+                    self.user_ids, self.item_ids = engine.user_ids, engine.item_ids
+                    self.item_texts, self.item_fields = engine.item_texts, engine.item_fields
+                    self.user_index, self.item_index = engine.user_index, engine.item_index
+                    self.seen = engine.seen
+                    self._engine = engine
+                    logger.info("loaded the network of %s", self.spec.backbone)
+        return self._engine
 
     @property
     def model(self):
