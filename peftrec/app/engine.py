@@ -193,8 +193,16 @@ class ModelRecommender(RecommenderUsers):
                 f"add_items: the facts of item {item_id!r} are a list of (relation, entity) pairs"
             )
         info = self._vocabulary_info
+        group_map = info["group_map"]
+        known = set(group_map) if group_map else set(self._vocabulary.groups)
+        unknown = sorted({str(r) for r, _ in facts} - known)
+        if unknown:  # a misspelt relation would be dropped without a word
+            raise ValueError(
+                f"add_items: item {item_id!r}: relation {unknown[0]!r} is not one this model "
+                f"was trained with ({len(known)} relations, e.g. {', '.join(sorted(known)[:3])})"
+            )
         return self._vocabulary.rows(
-            [(str(r), str(e)) for r, e in facts], info["relations"], info["group_map"]
+            [(str(r), str(e)) for r, e in facts], info["relations"], group_map
         )
 
     def item_rows(self, item_ids: Sequence[str], where: str = "predict") -> torch.Tensor:

@@ -153,6 +153,10 @@ def test_knowledge_tells_cold_items_apart_when_their_text_cannot(tmp_path, toy_f
     np.testing.assert_allclose(
         again.predict(["u0", "u0"], ["n_good", "n_bad"]), [good, bad], rtol=1e-6
     )
+    # a relation the model does not know is refused, not dropped, and nothing changes
+    with pytest.raises(ValueError, match="relation 'direct_by' is not one this model"):
+        again.add_items({"n_typo": "Genres: drama."}, knowledge={"n_typo": [("direct_by", "x")]})
+    assert "n_typo" not in again.item_ids
 
 
 def test_a_warm_start_continues_the_parent_on_new_data(tmp_path, toy_files, tiny_bert):
