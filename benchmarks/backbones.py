@@ -311,7 +311,70 @@ def report(runs: list[Run], results: dict[str, dict | None]) -> tuple[str, dict]
                 np.save(cache, per_row_values(study, r.folder, dataset, split))
             values[r.name] = np.load(cache)
         lines += study_section(study, runs, results, values, items, data)
+    lines += cost_section(runs, results, data)
     return "\n".join(lines), data
+
+
+def cost_section(runs: list[Run], results: dict[str, dict | None], data: dict) -> list[str]:
+    """One catalogue encoding per backbone (the run that filled the encoding cache), and the
+    cross-encoder's measured cost."""
+    lines = [
+        "## Costs",
+        "",
+        "One encoding of the 1,682 ml-100k item texts (`{title} ({year}). Genres: {genres}.`, "
+        "at most 64 tokens), frozen, no gradients: the longest backbone-to-training interval in "
+        "the runs' logs (the run that encoded; later runs read the encoding cache, and MiniLM's "
+        "configs encode every run). Epoch times and memory are the P3 and P2 runs' (the head "
+        "trains on the cached vectors, so an epoch does not depend on the backbone's size).",
+        "",
+        "| backbone | one catalogue encoding | P3 median epoch | P2 median epoch | peak memory |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for backbone, (label, _) in BACKBONES.items():
+        mine = [r for r in runs if r.backbone == backbone and results[r.name]]
+        if not mine:
+            continue
+        seconds = [s for r in mine if (s := encoding_seconds(r)) is not None]
+        encoding = max(seconds) if seconds else None
+        data["encoding_seconds"][backbone] = encoding
+        epochs = {
+            study: np.median(
+                [results[r.name]["median_epoch_seconds"] for r in mine if r.study == study]
+            )
+            if any(r.study == study for r in mine)
+            else None
+            for study in STUDIES
+        }
+        memory = max(results[r.name]["peak_memory_mib"] for r in mine)
+        lines.append(
+            f"| {label} | {fmt_time(encoding)} | "
+            + " | ".join("-" if e is None else f"{e:.1f} s" for e in epochs.values())
+            + f" | {memory / 1024:.2f} GiB |"
+        )
+    lines.append("")
+    measured = {b: RUNS / f"cross_cost_{b}.json" for b in CROSS}
+    measured = {b: json.loads(p.read_text()) for b, p in measured.items() if p.is_file()}
+    data["cross_cost"] = measured
+    if measured:
+        lines += [
+            "The TALLRec-style cross-encoder (`minilm_lora_cross_preference.yaml`, LoRA r=8, the "
+            f"LM reads each whole record, at most 192 tokens) at {CROSS_SHOTS} training records "
+            "of tallrec-movie, measured on a few real batches (`--cross`) and extrapolated: an "
+            "epoch is the training records and the 1,000 validation records; a run is every "
+            "epoch of the config (early stopping may end it sooner) and the test records.",
+            "",
+            "| backbone | record tokens (mean) | training step (16 records) | evaluation per "
+            "record | epoch | run (10 epochs) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for backbone, m in measured.items():
+            lines.append(
+                f"| {BACKBONES[backbone][0]} | {m['record_tokens_mean']:.0f} | "
+                f"{m['step_seconds']:.1f} s | {m['eval_seconds_per_record']:.2f} s | "
+                f"{fmt_time(m['epoch_seconds'])} | {fmt_time(m['run_seconds'])} |"
+            )
+        lines.append("")
+    return lines
 
 
 def study_section(study, runs, results, values, items, data) -> list[str]:
