@@ -58,7 +58,11 @@ STUDIES = {
 }
 VARIANTS = {  # (study, backbone): {variant name: overrides}, compared on validation (seed 0)
     ("p3", "mpnet"): {"text_norm": ["sequence.text_norm=true"]},
-    ("p3", "smollm2"): {"no text_norm": ["sequence.text_norm=false"]},
+    ("p3", "smollm2"): {
+        "text_norm": ["sequence.text_norm=true"],
+        "mean pooling": ["backbone.pooling=mean"],
+    },
+    ("p2", "smollm2"): {"mean pooling": ["backbone.pooling=mean"]},
 }
 LOADED = re.compile(r"^(\d\d:\d\d:\d\d) INFO peftrec\.models\.backbones: loaded backbone")
 COUNTED = re.compile(r"^(\d\d:\d\d:\d\d) INFO peftrec\.training\.recipe: trainable parameters")
