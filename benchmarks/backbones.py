@@ -54,7 +54,7 @@ class Study(NamedTuple):
 
 STUDIES = {
     "p3": Study("sequential", "frozen_sequential", (0, 1, 2), "ndcg@10"),
-    "p2": Study("rating", "frozen_knowledge_rating", (0,), "rmse"),
+    "p2": Study("rating", "frozen_knowledge_rating", (0, 1, 2), "rmse"),
 }
 VARIANTS = {  # (study, backbone): {variant name: overrides}, compared on validation (seed 0)
     ("p3", "mpnet"): {"text_norm": ["sequence.text_norm=true"]},
@@ -230,18 +230,23 @@ def per_row_values(study: str, folder: Path, dataset, split) -> np.ndarray:
     return per_row(folder / "model", dataset, "rating", split.test, np.zeros(0, np.int64))
 
 
-def paired(study: str, values: np.ndarray, base: np.ndarray, items: np.ndarray):
-    """values - base (NDCG@10 or RMSE) with a 95% bootstrap interval: over users (P3), over the
-    cold test items with all their ratings (P2)."""
+def paired(study: str, values: list[np.ndarray], base: list[np.ndarray], items: np.ndarray):
+    """The metric of ``values`` minus that of ``base`` (each a list of runs: seeds), averaged
+    over the runs, with a 95% bootstrap interval: P3 over users (mean NDCG@10), P2 over the
+    cold test items with all their ratings (RMSE of each run on the same resamples)."""
     if study == "p3":
         from benchmarks.explain_fidelity import interval
 
-        return interval(values - base, np.random.default_rng(0))
+        diff = np.mean(values, axis=0) - np.mean(base, axis=0)
+        return interval(diff, np.random.default_rng(0))
     from benchmarks.cold_items import interval, item_bootstrap
 
-    boot = item_bootstrap(np.stack([values, base]), items)
-    point = float(np.sqrt(values.mean()) - np.sqrt(base.mean()))
-    return (point, *interval(boot[0] - boot[1]))
+    def rmse(runs):
+        return float(np.mean([np.sqrt(v.mean()) for v in runs]))
+
+    boot = item_bootstrap(np.stack(values), items).mean(axis=0)
+    boot_base = item_bootstrap(np.stack(base), items).mean(axis=0)
+    return (rmse(values) - rmse(base), *interval(boot - boot_base))
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -407,11 +412,11 @@ def study_section(study, runs, results, values, items, data) -> list[str]:
             )
         lines.append("")
     lines += [
-        f"| backbone | params | test {metric} per seed | mean ± std | valid | vs MiniLM seed 0 "
-        "(paired, 95% CI) | median epoch | peak memory | wall time per run |",
+        f"| backbone | params | test {metric} per seed | mean ± std | valid (mean) | vs MiniLM, "
+        "same seeds (paired, 95% CI) | median epoch | peak memory | wall time per run |",
         "| --- | ---: | --- | --- | ---: | --- | ---: | ---: | ---: |",
     ]
-    base = values.get(Run(study, "minilm", 0).name)
+    base = [values[r.name] for r in (Run(study, "minilm", s) for s in seeds) if r.name in values]
     for backbone, (label, params) in BACKBONES.items():
         main = [Run(study, backbone, s) for s in seeds]
         ok = [r for r in main if results[r.name]]
@@ -422,15 +427,14 @@ def study_section(study, runs, results, values, items, data) -> list[str]:
         tests = [m[key] for m in ms]
         per_seed = ", ".join(f"{t:.4f}" for t in tests)
         diff = "-"
-        if base is not None and backbone != "minilm":
-            point, low, high = paired(study, values[ok[0].name], base, items)
-            data["paired"][f"{study} {backbone} s0"] = [point, low, high]
+        if base and backbone != "minilm" and ok[0].seed == 0:
+            point, low, high = paired(study, [values[ok[0].name]], base[:1], items)
+            data["paired"][f"{study} {backbone} seed 0"] = [point, low, high]
             diff = f"{point:+.4f} [{low:+.4f}, {high:+.4f}] (seed 0)"
-            if len(ok) > 1:
-                mean_values = np.mean([values[r.name] for r in ok], axis=0)
-                point, low, high = paired(study, mean_values, base, items)
-                data["paired"][f"{study} {backbone} seed mean"] = [point, low, high]
-                diff += f"; seeds' mean {point:+.4f} [{low:+.4f}, {high:+.4f}]"
+            if len(ok) > 1 and len(base) == len(ok):
+                point, low, high = paired(study, [values[r.name] for r in ok], base, items)
+                data["paired"][f"{study} {backbone} seeds"] = [point, low, high]
+                diff += f"; {len(ok)} seeds {point:+.4f} [{low:+.4f}, {high:+.4f}]"
         epoch = np.median([m["median_epoch_seconds"] for m in ms])
         memory = max(m["peak_memory_mib"] for m in ms)
         walls = [m["process_seconds"] for m in ms if m.get("process_seconds")]
