@@ -321,7 +321,74 @@ def report(runs: list[Run], results: dict[str, dict | None]) -> tuple[str, dict]
             values[r.name] = np.load(cache)
         lines += study_section(study, runs, results, values, items, data)
     lines += cost_section(runs, results, data)
+    lines += answer(results, data)
     return "\n".join(lines), data
+
+
+def mean_test(results: dict[str, dict | None], study: str, backbone: str) -> float | None:
+    metric = STUDIES[study].metric
+    found = [results[Run(study, backbone, s).name] for s in STUDIES[study].seeds]
+    found = [m[f"test_{metric}"] for m in found if m]
+    return float(np.mean(found)) if found else None
+
+
+def answer(results: dict[str, dict | None], data: dict) -> list[str]:
+    """The question of the issue, answered with this report's numbers."""
+    p3 = {b: mean_test(results, "p3", b) for b in BACKBONES}
+    p2 = {b: mean_test(results, "p2", b) for b in BACKBONES}
+    if None in p3.values() or None in p2.values():
+        return []
+
+    def gap(key: str) -> str:
+        point, low, high = data["paired"].get(key, (np.nan, np.nan, np.nan))
+        return f"{point:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+    enc = data["encoding_seconds"]
+    cross = data.get("cross_cost", {})
+    lines = [
+        "## What a bigger or generative model buys here, and at what cost",
+        "",
+        f"**Next item (P3): nothing measurable.** Mean test NDCG@10 over 3 seeds: MiniLM "
+        f"{p3['minilm']:.4f}, MPNet {p3['mpnet']:.4f} ({gap('p3 mpnet seeds')} paired, per "
+        f"user), SmolLM2 {p3['smollm2']:.4f} ({gap('p3 smollm2 seeds')}). In this model the item "
+        "is its text vector plus a trained item-ID row, and with MiniLM the text adds only about "
+        "+0.005 over ID-only SASRec (0.0985, the sequential suite): there is little room for a "
+        "better text encoder to fill, and a 110M sentence encoder does not fill it. SmolLM2's "
+        "last-token states are not sentence embeddings (nearly parallel between unrelated "
+        "titles); standardising them did not help on validation, and its runs need two to "
+        "three times as many epochs to reach their best validation score.",
+        "",
+        f"**Cold-start items with knowledge (P2): MPNet {p2['mpnet']:.4f} against MiniLM "
+        f"{p2['minilm']:.4f}** (mean RMSE over 3 seeds; {gap('p2 mpnet seeds')} paired, "
+        "bootstrap over the 336 cold items), where the item must come from its text and facts "
+        f"alone; SmolLM2 {p2['smollm2']:.4f} ({gap('p2 smollm2 seeds')}). Read the MPNet gap "
+        "with its validation column: chosen on validation, as the protocols ask, MPNet would "
+        "not have been preferred.",
+        "",
+        "**Cost on the CPU, frozen: a one-off encoding.** Training reads cached vectors, so the "
+        "epoch time does not grow with the backbone (the head's width does, a little); what "
+        f"grows is the catalogue encoding (MiniLM {fmt_time(enc.get('minilm'))}, MPNet "
+        f"{fmt_time(enc.get('mpnet'))}, SmolLM2 {fmt_time(enc.get('smollm2'))} for 1,682 "
+        "short texts on one thread) and peak memory (the backbone stays loaded). With "
+        "`train.encoding_cache` the encoding is paid once per backbone and template, over every "
+        "seed and task.",
+    ]
+    if "smollm2" in cross and "minilm" in cross:
+        s, m = cross["smollm2"], cross["minilm"]
+        lines += [
+            "",
+            "**Cost on the CPU, adapted: the generative model's own recipe does not fit.** A "
+            "cross-encoder (TALLRec's recipe: the LM reads each labelled history with LoRA) "
+            "passes every record through the LM in training and evaluation; measured on real "
+            f"batches, a training step of 16 records takes {s['step_seconds']:.0f} s with "
+            f"SmolLM2 against {m['step_seconds']:.1f} s with MiniLM, and one run of the "
+            f"shipped config at 256 records would take about {fmt_time(s['run_seconds'])} "
+            f"(MiniLM {fmt_time(m['run_seconds'])}). That is why the tallrec-movie row with "
+            "SmolLM2 is missing here; it needs a GPU (`accelerate launch`, bf16) or far more "
+            "cores.",
+        ]
+    lines.append("")
+    return lines
 
 
 def cost_section(runs: list[Run], results: dict[str, dict | None], data: dict) -> list[str]:
