@@ -59,11 +59,12 @@ STUDIES = {
 VARIANTS = {  # (study, backbone): {variant name: overrides}, compared on validation (seed 0)
     ("p3", "mpnet"): {"text_norm": ["sequence.text_norm=true"]},
     ("p3", "smollm2"): {
-        "text_norm": ["sequence.text_norm=true"],
-        "mean pooling": ["backbone.pooling=mean"],
+        "last token": ["backbone.pooling=auto"],
+        "last token, text_norm": ["backbone.pooling=auto", "sequence.text_norm=true"],
     },
-    ("p2", "smollm2"): {"mean pooling": ["backbone.pooling=mean"]},
+    ("p2", "smollm2"): {"last token": ["backbone.pooling=auto"]},
 }
+EXTRA_SEEDS = {("p3", "smollm2", "last token"): (1, 2)}  # run before mean pooling won
 LOADED = re.compile(r"^(\d\d:\d\d:\d\d) INFO peftrec\.models\.backbones: loaded backbone")
 COUNTED = re.compile(r"^(\d\d:\d\d:\d\d) INFO peftrec\.training\.recipe: trainable parameters")
 
@@ -78,7 +79,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        suffix = f"_{self.variant.replace(' ', '_')}" if self.variant else ""
+        suffix = "_" + re.sub(r"[^a-z0-9]+", "_", self.variant).strip("_") if self.variant else ""
         return f"{self.study}_{self.backbone}{suffix}_s{self.seed}"
 
     @property
@@ -101,6 +102,9 @@ def planned() -> list[Run]:
                 runs.append(Run(study, backbone, 0, variant, tuple(overrides)))
     for study, spec in STUDIES.items():
         runs += [Run(study, b, s) for s in spec.seeds[1:] for b in ("mpnet", "smollm2", "minilm")]
+    for (study, backbone, variant), seeds in EXTRA_SEEDS.items():
+        overrides = tuple(VARIANTS[study, backbone][variant])
+        runs += [Run(study, backbone, s, variant, overrides) for s in seeds]
     return runs
 
 
@@ -267,6 +271,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runs = planned()
+    if not args.no_train:
+        for run in runs:
+            if done(run) is None:
+                print(f"running {run.name}", flush=True)
+                launch(run)
     if args.cross:
         for backbone in CROSS:
             path = RUNS / f"cross_cost_{backbone}.json"
@@ -275,12 +285,6 @@ def main() -> None:
                 RUNS.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(cross_cost(backbone), indent=2))
 
-    runs = planned()
-    if not args.no_train:
-        for run in runs:
-            if done(run) is None:
-                print(f"running {run.name}", flush=True)
-                launch(run)
     results = {run.name: done(run) for run in runs}
     write_report(args.out, *report(runs, results))
 
@@ -465,8 +469,12 @@ def study_section(study, runs, results, values, items, data) -> list[str]:
     # validation choices
     variants = [r for r in runs if r.study == study and r.variant and results[r.name]]
     if variants:
-        lines += ["Settings compared on validation (seed 0):", ""]
-        lines += ["| backbone | setting | valid | test |", "| --- | --- | ---: | ---: |"]
+        lines += [
+            "Settings compared on validation (seed 0; the shipped config is the one chosen):",
+            "",
+            "| backbone | setting | valid | test | test, all seeds run |",
+            "| --- | --- | ---: | ---: | --- |",
+        ]
         for r in runs:
             if r.study != study or r.seed != 0 or not results[r.name]:
                 continue
@@ -474,8 +482,16 @@ def study_section(study, runs, results, values, items, data) -> list[str]:
                 continue
             m = results[r.name]
             setting = r.variant or f"shipped `{r.config.name}`"
+            same = [
+                results[x.name][key]
+                for x in runs
+                if (x.study, x.backbone, x.variant) == (study, r.backbone, r.variant)
+                and results[x.name]
+            ]
             lines.append(
-                f"| {BACKBONES[r.backbone][0]} | {setting} | {m[vkey]:.4f} | {m[key]:.4f} |"
+                f"| {BACKBONES[r.backbone][0]} | {setting} | {m[vkey]:.4f} | {m[key]:.4f} | "
+                + (fmt_seeds(same) if len(same) > 1 else "-")
+                + " |"
             )
         lines.append("")
     lines += [
