@@ -274,8 +274,9 @@ def paired(study: str, values: list[np.ndarray], base: list[np.ndarray], items: 
     def rmse(runs):
         return float(np.mean([np.sqrt(v.mean()) for v in runs]))
 
-    boot = item_bootstrap(np.stack(values), items).mean(axis=0)
-    boot_base = item_bootstrap(np.stack(base), items).mean(axis=0)
+    # item_bootstrap squares what it gets: the absolute errors (values are squared errors)
+    boot = item_bootstrap(np.sqrt(np.stack(values)), items).mean(axis=0)
+    boot_base = item_bootstrap(np.sqrt(np.stack(base)), items).mean(axis=0)
     return (rmse(values) - rmse(base), *interval(boot - boot_base))
 
 
