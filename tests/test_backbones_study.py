@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import backbones
-from benchmarks.backbones import Run, encoding_seconds, paired, planned
+from benchmarks import backbones_runs as backbones
+from benchmarks.backbones_runs import Run, encoding_seconds, paired, planned
 
 
 def test_every_planned_run_has_a_shipped_config_and_its_own_folder():
