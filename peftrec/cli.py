@@ -160,6 +160,7 @@ def serve(args: argparse.Namespace) -> None:
         ) from None
     from peftrec.app.recommender import Recommender
 
+    token = service_token(args)  # checked before the model is loaded
     state = None if args.state == "none" else args.state
     if args.state == "auto":
         from peftrec.app.state import default_state
@@ -170,7 +171,7 @@ def serve(args: argparse.Namespace) -> None:
         print("serving in memory: writes are lost when the service stops (--state keeps them)")
     else:
         print(f"writes are kept in {recommender.state_url}")
-    run_server(recommender, host=args.host, port=args.port, token=service_token(args))
+    run_server(recommender, host=args.host, port=args.port, token=token)
 
 
 def explain(args: argparse.Namespace) -> None:

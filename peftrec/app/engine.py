@@ -4,7 +4,8 @@ interactions), computes the vectors :class:`peftrec.Recommender` serves, and sav
 
 Apps use :class:`peftrec.Recommender`, which loads this lazily, the first time a text must be
 encoded. Safe under concurrent use: every method holds one lock while it reads or changes the
-catalogue, the user table or the caches; the first call that needs the encoded catalogue
+catalogue, the user table or the caches (``add_items`` encodes its texts without it, between
+checking and publishing); the first call that needs the encoded catalogue
 encodes it once, whichever thread makes it. The user-side methods, inherited from
 :mod:`peftrec.app.users`, hold the same lock.
 """

@@ -9,7 +9,8 @@ loaded lazily, once, the first time a text must be encoded or the catalogue or u
 
 Safe under concurrent use: every method holds one lock while it reads or changes the
 catalogue, the users or the vectors, so threads may call ``recommend`` while others
-``add_items``; whichever thread first needs the network loads it, once.
+``add_items``; ``add_items`` encodes its texts, and the first write loads the network, without
+that lock, so reads do not wait behind the language model.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from peftrec.app.inputs import (
     labelled_pairs,
 )
 from peftrec.app.served import ServedModel
-from peftrec.app.state import StateError, jsonable
-from peftrec.artifact.vectors import folder_digest
+from peftrec.app.state import ServedState, StateError, jsonable
 
 if TYPE_CHECKING:
     from peftrec.app.explain import Explanation
@@ -129,14 +129,12 @@ class Recommender(ServedModel):
 
         A write returns only once it is committed there, so a model loaded again with the same
         state serves every write that returned, also after a crash."""
-        from peftrec.app.state import ServedState
-
-        if self._folder is None:
+        if self._digest is None:
             raise ValueError("attach_state needs a model loaded with from_pretrained (a folder)")
         with self._lock:
             if self._state is not None:
                 raise ValueError(f"this model already keeps its writes in {self._state.url}")
-            log = ServedState(state, folder_digest(self._folder))
+            log = ServedState(state, self._digest)
             replayed = 0
             for seq, kind, payload in log.events():
                 try:
@@ -160,13 +158,8 @@ class Recommender(ServedModel):
     def _apply(self, kind: str, payload: dict[str, Any], then=None) -> None:
         engine = self.engine
         if kind == "items":  # encodes without the lock; ``then`` publishes with it
-            items, fields, knowledge = (
-                payload["items"],
-                payload.get("fields"),
-                payload.get("knowledge"),
-            )
-            engine.add_items(items, fields, knowledge, then=then)
-            return
+            fields, knowledge = payload.get("fields"), payload.get("knowledge")
+            engine.add_items(payload["items"], fields, knowledge, then=then)
         elif kind == "users":
             engine.add_users(payload["users"])
         elif kind == "interactions":

@@ -25,7 +25,7 @@ from peftrec.app.inputs import (
     top_k,
 )
 from peftrec.artifact.folder import check_catalog, check_folder, histories, read_catalog
-from peftrec.artifact.vectors import ServingVectors, read_item_text, read_serving
+from peftrec.artifact.vectors import ServingVectors, folder_digest, read_item_text, read_serving
 from peftrec.models.traits import Traits
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ class ServedModel:
         spec, meta = check_folder(folder)
         catalog = read_catalog(folder)
         check_catalog(catalog, spec, folder / "catalog.json")
-        vectors = read_serving(folder, len(catalog.user_ids), len(catalog.item_ids))
+        digest = folder_digest(folder)  # once: the vectors and a served state check it
+        vectors = read_serving(folder, len(catalog.user_ids), len(catalog.item_ids), digest)
 
         def load() -> ModelRecommender:
             from peftrec.app.engine import ModelRecommender
@@ -92,7 +93,7 @@ class ServedModel:
 
         recommender = cls.__new__(cls)
         recommender._start(spec, {**meta, "spec": spec}, catalog, vectors, loader=load)
-        recommender._folder = folder
+        recommender._digest = digest
         if vectors is None or backbone is not None:
             # nothing saved to serve from, or base weights to check: the network is needed now
             recommender.engine  # noqa: B018 (loads it)
@@ -103,7 +104,7 @@ class ServedModel:
         self.meta = meta
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()  # one thread loads the network
-        self._folder: Path | None = None  # loaded from a folder: the model the writes apply to
+        self._digest: str | None = None  # loaded from a folder: the model the writes apply to
         self._state = None  # the durable state writes are kept in (Recommender.attach_state)
         self._loader = loader
         self._engine: ModelRecommender | None = None

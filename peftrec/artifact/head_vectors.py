@@ -1,7 +1,6 @@
 """The vectors a trained network serves (:class:`~peftrec.artifact.vectors.ServingVectors`),
-computed from
-its head: items from their pooled text encodings (with their ID rows and facts), users from the
-user table or, for a history model, from the state after each user's history.
+computed from its head: items from their pooled text encodings (with their ID rows and facts),
+users from the user table or, for a history model, from the state after each user's history.
 
 The training side computes a trained model's with :func:`trained_vectors` and hands them to
 :func:`peftrec.artifact.save.save_artifact`; the app's engine
@@ -82,7 +81,6 @@ def serving_vectors(
         offset=float(head.global_mean) if traits.ratings else 0.0,
         link=head.score_link,
         ratings=traits.ratings,
-        histories=traits.history,
         user=traits.user,
     )
 

@@ -50,11 +50,14 @@ class ServingVectors:
     """``identity`` or ``sigmoid`` (a head whose scores are probabilities)."""
     ratings: bool = False
     """The scores are predicted ratings (clipped to the training scale when served)."""
-    histories: bool = False
-    """Users are their histories (a sequential model): a user's vector is the history's state."""
     user: str | None = None
     """What a user is (:attr:`peftrec.models.traits.Traits.user`); None in folders saved before
-    it was written."""
+    it was written, unless they are a history model's."""
+
+    @property
+    def histories(self) -> bool:
+        """Users are their histories (a sequential model): their vector is the history's state."""
+        return self.user == "history"
 
     def __post_init__(self) -> None:
         if self.link not in LINKS:
@@ -123,9 +126,12 @@ def write_serving(folder: Path, vectors: ServingVectors, item_text: np.ndarray) 
     save_file(arrays, folder / SERVING_FILE, metadata=metadata)
 
 
-def read_serving(folder: Path, num_users: int, num_items: int) -> ServingVectors | None:
+def read_serving(
+    folder: Path, num_users: int, num_items: int, digest: str | None = None
+) -> ServingVectors | None:
     """The folder's serving vectors, or None (with a warning saying why) when it has none that
-    match its weights and catalogue; the caller then computes them with the model."""
+    match its weights and catalogue; the caller then computes them with the model. ``digest``:
+    the folder's :func:`folder_digest` when the caller has it (it reads every file)."""
     path = folder / SERVING_FILE
     if not path.is_file():
         return None
@@ -134,7 +140,7 @@ def read_serving(folder: Path, num_users: int, num_items: int) -> ServingVectors
             meta = f.metadata() or {}
             if meta.get("version") != SERVING_VERSION:
                 return _ignored(path, f"version {meta.get('version')!r}")
-            if meta.get("digest") != folder_digest(folder):
+            if meta.get("digest") != (digest or folder_digest(folder)):
                 return _ignored(path, "the weights or catalogue changed since it was written")
             names = ("item_vectors", "item_biases", "user_vectors", "user_biases")
             vectors = ServingVectors(
@@ -142,8 +148,7 @@ def read_serving(folder: Path, num_users: int, num_items: int) -> ServingVectors
                 offset=float(json.loads(meta["offset"])),
                 link=meta.get("link", "identity"),
                 ratings=meta.get("scores") == "ratings",
-                histories=meta.get("users") == "histories",
-                user=meta.get("user"),
+                user=meta.get("user") or ("history" if meta.get("users") == "histories" else None),
             )
     except (SafetensorError, OSError, ValueError, KeyError) as err:
         return _ignored(path, f"unreadable ({err})")

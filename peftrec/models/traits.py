@@ -1,7 +1,7 @@
 """What the rest of peftrec reads of a task, instead of its name: its :class:`Traits`.
 
 Serving, saving, the app and the shared training steps ask a head's traits (``head.traits``, or
-:func:`peftrec.models.traits_of` for a saved model's spec), never which task it is.
+:func:`peftrec.tasks.traits_of` for a saved model's spec), never which task it is.
 """
 
 from __future__ import annotations
