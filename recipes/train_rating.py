@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
     # warm-up: biases from regularised averages, then the towers on frozen pooled text features
     # (a resumed run finds its result in the checkpoint)
     head = model.head
+    history = cfg.model.user_history  # users as their rated items: the head reads the catalogue
+    adapted = trainable[1] > 0  # the backbone trains: the catalogue's encodings move
+
+    def read_history(item_text: torch.Tensor) -> None:
+        head.set_history(train.users, train.items, train.ratings, item_text)
+
     if resume_from is None:
         head.init_biases(
             torch.as_tensor(train.users),
@@ -73,6 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
         if model.warm_start is not None:  # known users and items keep what the parent learned
             model.warm_start.restore_biases(head)
         item_text = encode_start(model, tokens, cfg)
+        if history:
+            read_history(item_text)
+            if model.warm_start is not None:  # the parent's table already holds its term
+                head.unfold_history()
         warm_up_head(
             head,
             item_text,
@@ -119,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if resume_from is not None:
         books.resume(resume_from)
+        if history:
+            read_history(unwrapped.encode_texts(tokens, cfg.train.eval_batch_size))
     else:  # the backbone has not changed since the warm-up encoded the texts
         scores = validate(item_text)
         books.start(scores, scores["rmse"], phase="head warm-up")
@@ -134,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
                 output = model(**batch)
                 step(output, (output.scores - ratings).square().sum(), len(ratings))
             books.show(rmse=f"{math.sqrt(progress.mean_loss):.4f}", ratings=progress.examples)
+        if history and adapted:  # the histories' items as the backbone now encodes them
+            head.set_catalogue(unwrapped.encode_texts(tokens, cfg.train.eval_batch_size))
         record = books.end_epoch(epoch, validate, train_rmse=math.sqrt(progress.mean_loss))
         logger.info(
             "epoch %d: train RMSE %.4f, valid RMSE %.4f (%.1f s, %d ratings)",
@@ -149,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     # evaluate: best validation weights on the test split (protocol "all", for production, has none)
     stopper.restore(unwrapped)
     item_text = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
+    unwrapped.head.set_catalogue(item_text)
     test_scores = {}
     if len(test):
         test_scores = evaluate_ratings(
@@ -170,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # save: the artifact apps load (with its model card), the resolved config and the metrics
     card = {"valid RMSE": stopper.best, **{f"test {name}": v for name, v in shown.items()}}
+    unwrapped.head.fold_history()  # the saved user table stands alone
     save_run(accelerator, cfg, TASK, unwrapped, tokenizer, data, results, card, item_text)
     if accelerator.is_main_process:
         if test_scores:

@@ -197,7 +197,7 @@ class TwoTowers(nn.Module):
         """
         items = self.items(text, item_index)
         item = (items[0][positions], items[1][positions])
-        user = self.users(users)
+        user = self.pair_users(users, item_index[positions])
         scores = self.score_all(user, items) if candidates else self.score(user, item)
         return RecOutput(scores, self.penalty(user, item), source, user, items)
 
@@ -210,6 +210,13 @@ class TwoTowers(nn.Module):
     def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """User vectors and biases for user indices."""
         raise NotImplementedError
+
+    def pair_users(
+        self, index: torch.Tensor, items: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The users of training pairs ``(index, items)`` (item rows, -1: unknown): a head whose
+        users read what they rated leaves each pair's own item out (the target is not an input)."""
+        return self.users(index)
 
     def reference_parameter(self) -> torch.Tensor:
         """A parameter of the head (for the device and dtype of new tensors)."""

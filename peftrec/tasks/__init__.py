@@ -87,6 +87,11 @@ class Task:
         return RECIPES / self.recipe
 
 
+def rating_head_options(cfg, head: dict) -> dict:
+    """A rating head reads users' rated items only when asked (older saved specs lack the key)."""
+    return {**head, "history": True} if cfg.model.user_history else head
+
+
 def sequential_head_options(cfg, head: dict) -> dict:
     """A sequential head's encoder settings."""
     seq = cfg.sequence
@@ -121,6 +126,7 @@ TASKS: dict[str, Task] = {
         head=RatingHead,
         config=RatingRecipeConfig,
         recipe="train_rating.py",
+        head_options=rating_head_options,
         protocols=("p1", "p2", "p2u", "p3", "p4", "all"),
         metric="rating_error",
         reported=(

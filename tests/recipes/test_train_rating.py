@@ -207,3 +207,37 @@ def test_a_warm_start_continues_the_parent_on_new_data(tmp_path, toy_files, tiny
 
     wrong = run([*base, *overrides, f"data.interactions={grown}", f"train.init_from={tmp_path}"])
     assert wrong.returncode == 2 and "peftrec.json: missing" in wrong.stderr
+
+
+def test_users_as_their_rated_items_train_and_serve_from_the_folded_table(
+    tmp_path, toy_files, tiny_bert
+):
+    """``model.user_history``: the saved user table holds the history term, so the app's
+    predictions of the test ratings give the recipe's own test RMSE."""
+    from peftrec.data.loading import load_files
+    from peftrec.data.splits import split_rows
+
+    out = tmp_path / "run"
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            "--config",
+            str(REPO / "recipes/configs/minilm_lora_rating.yaml"),
+            *tiny_overrides(toy_files, tiny_bert, out),
+            "model.user_history=true",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    dataset = load_files(toy_files["interactions"], toy_files["items"])
+    test = split_rows(dataset, "p1").test
+    inter = dataset.interactions
+    rec = Recommender.from_pretrained(out / "model")
+    predicted = rec.predict(
+        [dataset.user_ids[u] for u in inter.users[test]],
+        [dataset.item_ids[i] for i in inter.items[test]],
+    )
+    served = float(np.sqrt(np.mean((predicted - inter.ratings[test]) ** 2)))
+    assert served == pytest.approx(metrics["test_rmse"], abs=1e-4)
+    assert rec.model.head.history_rated.weight.abs().sum() > 0  # the map was trained

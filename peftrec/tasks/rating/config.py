@@ -1,11 +1,23 @@
-"""The rating recipe's config: the shared sections, and a head warm-up batch size."""
+"""The rating recipe's config: the shared sections, a head warm-up batch size, and users as what
+they rated."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peftrec.config import RecipeConfig, TrainConfig
+from peftrec.config import ModelConfig, RecipeConfig, TrainConfig
 from peftrec.config.loading import at_least, option
+
+
+@dataclass
+class RatingModelConfig(ModelConfig):
+    """The rating head: the shared towers, and optionally users as their rated items."""
+
+    user_history: bool = option(
+        False,
+        "a user's vector adds their rated training items (SVD++'s implicit feedback and a "
+        "rating-weighted twin, read through the item tower); folded into the user table on save",
+    )
 
 
 @dataclass
@@ -19,5 +31,6 @@ class RatingTrainConfig(TrainConfig):
 class RatingRecipeConfig(RecipeConfig):
     """Rating prediction: a language model encodes items, a biased dot-product head scores them."""
 
+    model: RatingModelConfig = field(default_factory=RatingModelConfig)
     train: RatingTrainConfig = field(default_factory=RatingTrainConfig)
     output_dir: str = option("runs/minilm_lora_rating", "folder for checkpoints and results")

@@ -1,7 +1,18 @@
-"""The rating task's head: a biased dot product of the two towers, regressed on ratings."""
+"""The rating task's head: a biased dot product of the two towers, regressed on ratings.
+
+With ``history=True`` a user is also what they rated (the implicit feedback of SVD++, and its
+rating-weighted twin of the asymmetric models): ``p_u = e_u + (B sum_j q_j + A sum_j (r_uj -
+mean) q_j) / |R(u)|`` over the user's training ratings R(u), with ``q_j`` the item tower's vectors
+(text, ID, facts) and A, B learned ``dim x dim`` maps that start at zero, so training starts from
+the plain model. A training pair's own rating is left out of its user (:meth:`pair_users`). The
+recipe hands the head the histories and the pooled text of the catalogue (:meth:`set_history`,
+refreshed when the backbone changes); a saved model holds the term folded into its user table
+(:meth:`fold_history`), so serving reads plain vectors.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -9,19 +20,166 @@ from peftrec.models.towers import TwoTowers, shrunk_biases
 from peftrec.models.traits import Traits
 
 
+class RatedHistory:
+    """Each user's training ratings as one flat, user-sorted list (items, centred ratings) with
+    per-user offsets, and the pooled text of every catalogue item the items are read from."""
+
+    def __init__(
+        self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, num_users: int, mean: float
+    ):
+        self.num_items = int(items.max()) + 1 if len(items) else 1
+        keys = users.astype(np.int64) * self.num_items + items
+        order = np.argsort(keys, kind="stable")  # by user, then item
+        counts = np.bincount(users, minlength=num_users)
+        self.keys = torch.as_tensor(keys[order])
+        self.items = torch.as_tensor(items[order], dtype=torch.long)
+        self.weights = torch.as_tensor(ratings[order] - mean, dtype=torch.float32)
+        self.starts = torch.as_tensor(np.concatenate([[0], np.cumsum(counts)[:-1]]))
+        self.counts = torch.as_tensor(counts)
+        self.catalogue: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> RatedHistory:
+        for name in ("keys", "items", "weights", "starts", "counts"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def rows_of_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The flat row of each (user, item) pair in the histories; -1 where it is not there."""
+        keys = users * self.num_items + items.clamp(min=0)
+        rows = torch.searchsorted(self.keys, keys).clamp(max=max(len(self.keys) - 1, 0))
+        found = (items >= 0) & (items < self.num_items) & (self.keys[rows] == keys)
+        return torch.where(found, rows, torch.full_like(rows, -1))
+
+    def of(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The flat items, weights and bag offsets of ``users``' histories (one bag per user)."""
+        counts = self.counts[users]
+        offsets = torch.cumsum(counts, 0) - counts
+        within = torch.arange(int(counts.sum()), device=counts.device) - torch.repeat_interleave(
+            offsets, counts
+        )
+        rows = torch.repeat_interleave(self.starts[users], counts) + within
+        return self.items[rows], self.weights[rows], offsets
+
+
 class RatingHead(TwoTowers):
     """Regression head: rating(u, i) = mean + b_u + b_i + <p_u, q_i>."""
 
     traits = Traits(ratings=True)
 
-    def __init__(self, text_dim: int, num_users: int, num_items: int, dim: int = 64, **kwargs):
+    def __init__(
+        self,
+        text_dim: int,
+        num_users: int,
+        num_items: int,
+        dim: int = 64,
+        *,
+        history: bool = False,
+        **kwargs,
+    ):
         super().__init__(text_dim, num_users, num_items, dim, **kwargs)
         self.global_mean = nn.Parameter(torch.zeros(()))
         self.user_bias = nn.Embedding(num_users, 1)
         nn.init.normal_(self.user_bias.weight, std=0.01)
+        self.history_plain = self.history_rated = None
+        if history:
+            self.history_plain = nn.Linear(dim, dim, bias=False)
+            self.history_rated = nn.Linear(dim, dim, bias=False)
+            nn.init.zeros_(self.history_plain.weight)
+            nn.init.zeros_(self.history_rated.weight)
+        self.rated: RatedHistory | None = None  # not a buffer: data, set by the recipe
 
-    def users(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user_vectors(index), self.user_bias(index).squeeze(-1)
+    def set_history(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        ratings: np.ndarray,
+        catalogue: torch.Tensor,
+    ) -> None:
+        """The users' training ratings and the pooled text of every item (``(items, text_dim)``)
+        the history term reads; call again with a fresh ``catalogue`` after the backbone changed
+        (:meth:`set_catalogue`)."""
+        if self.history_plain is None:
+            raise ValueError("this rating head was built without history=True")
+        device = self.reference_parameter().device
+        self.rated = RatedHistory(
+            users, items, ratings, self.user_bias.num_embeddings, float(self.global_mean.detach())
+        ).to(device)
+        self.set_catalogue(catalogue)
+
+    def set_catalogue(self, catalogue: torch.Tensor) -> None:
+        """The pooled text the history term reads item vectors from (after the backbone moved)."""
+        if self.rated is not None:
+            self.rated.catalogue = catalogue.detach().to(self.reference_parameter().device)
+
+    def history_term(
+        self, index: torch.Tensor, leave_out: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """``(B sum q_j + A sum (r_uj - mean) q_j) / |R(u)|`` for user rows ``index``, without
+        the item ``leave_out[k]`` in row k's sums (a training pair's own rating is not an input);
+        None when the head reads no histories (none set, or folded into the table)."""
+        if self.rated is None or self.rated.catalogue is None:
+            return None
+        catalogue = self.rated.catalogue
+        vectors = self.items(catalogue, torch.arange(len(catalogue), device=catalogue.device))[0]
+        items, weights, offsets = self.rated.of(index)
+        bag = nn.functional.embedding_bag
+        plain = bag(items, vectors, offsets, mode="sum")
+        rated = bag(items, vectors, offsets, mode="sum", per_sample_weights=weights)
+        count = self.rated.counts[index].to(vectors.dtype)
+        if leave_out is not None:
+            rows = self.rated.rows_of_pairs(index, leave_out)
+            own = (rows >= 0).to(vectors.dtype)
+            safe = rows.clamp(min=0)
+            mine = vectors[self.rated.items[safe]] * own.unsqueeze(-1)
+            plain = plain - mine
+            rated = rated - mine * self.rated.weights[safe].unsqueeze(-1)
+            count = count - own
+        scale = count.clamp(min=1).reciprocal().unsqueeze(-1)
+        return (self.history_plain(plain) + self.history_rated(rated)) * scale
+
+    @torch.no_grad()
+    def fold_history(self) -> None:
+        """Add every user's history term to their table row and forget the histories: the user
+        table then stands alone (what a saved model serves, and what fold-in starts from)."""
+        if self.rated is None:
+            return
+        was_training = self.training
+        self.eval()  # no dropout in the folded vectors
+        rows = torch.arange(self.user_bias.num_embeddings, device=self.rated.items.device)
+        term = self.history_term(rows)
+        self.train(was_training)
+        if term is not None:
+            self.user_emb.weight += term.to(self.user_emb.weight.dtype)
+        self.rated = None
+
+    @torch.no_grad()
+    def unfold_history(self) -> None:
+        """Take the history term out of the table rows, so the users' vectors stay what the table
+        held: a warm start from a saved (folded) model reads the histories again and must not
+        count them twice."""
+        if self.rated is None:
+            return
+        was_training = self.training
+        self.eval()
+        rows = torch.arange(self.user_bias.num_embeddings, device=self.rated.items.device)
+        term = self.history_term(rows)
+        self.train(was_training)
+        if term is not None:
+            self.user_emb.weight -= term.to(self.user_emb.weight.dtype)
+
+    def users(
+        self, index: torch.Tensor, leave_out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        vectors = self.user_vectors(index)
+        term = self.history_term(index, leave_out)
+        if term is not None:
+            vectors = vectors + term
+        return vectors, self.user_bias(index).squeeze(-1)
+
+    def pair_users(
+        self, index: torch.Tensor, items: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.users(index, items)
 
     def score(
         self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]

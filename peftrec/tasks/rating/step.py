@@ -42,7 +42,7 @@ def warm_up_head(
     head.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(r), generator=generator).split(batch_size):
-            user = head.users(u[batch])
+            user = head.pair_users(u[batch], i[batch])
             item = head.items(item_text[i[batch]], i[batch])
             loss = (head.score(user, item) - r[batch]).square().mean() + l2 * head.penalty(
                 user, item
