@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("peftrec.app.recommender")
 
+CHUNK_SCORES = 1 << 22
+"""How many scores :meth:`ServedModel.recommend_batch` holds at once (16 MiB of float32)."""
+
 
 class ServedModel:
     """A trained peftrec model and its catalogue, served from their vectors (reads only; apps use
@@ -89,6 +92,7 @@ class ServedModel:
             encodings = read_item_text(folder) if vectors is not None else None
             if encodings is not None:  # the catalogue is not encoded again
                 engine.set_item_text_encodings(encodings)
+                engine.set_serving_vectors(vectors)  # nor its vectors computed again
             return engine
 
         recommender = cls.__new__(cls)
@@ -271,23 +275,31 @@ class ServedModel:
         candidates: Sequence[str] | None = None,
         where: str = "recommend_batch",
     ) -> list[list[tuple[str, float]]]:
-        """:meth:`recommend` for many users at once (one matrix product), in the given order."""
+        """:meth:`recommend` for many users at once, in the given order: matrix products over
+        chunks of users (:data:`CHUNK_SCORES` scores at a time), so memory stays bounded
+        whatever the number of users."""
         k = check_k(k, where)
         users = id_list(user_ids, where, "user")
         with self._lock:
-            allowed = None if candidates is None else self.item_rows(candidates, where)
-            rows = self.user_rows(users, where)
-            scores = self._served().rows(rows).astype(np.float64)
-            if allowed is not None:  # only these items compete (new arrivals, a genre ...)
-                outside = np.ones(scores.shape[1], dtype=bool)
-                outside[allowed] = False
-                scores[:, outside] = -np.inf
-            if exclude_seen:
-                for r, row in enumerate(rows.tolist()):
-                    scores[r, self.seen[row]] = -np.inf
-            return [
-                self._top(scores[r], k, where, f" to user {user!r}") for r, user in enumerate(users)
-            ]
+            outside = None
+            if candidates is not None:  # only these items compete (new arrivals, a genre ...)
+                outside = np.ones(len(self.item_ids), dtype=bool)
+                outside[self.item_rows(candidates, where)] = False
+            rows = self.user_rows(users, where).tolist()
+            vectors = self._served()
+            step = max(1, CHUNK_SCORES // max(1, len(self.item_ids)))
+            top = []
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
+                scores = vectors.rows(np.asarray(chunk, dtype=np.int64))
+                if outside is not None:
+                    scores[:, outside] = -np.inf
+                for r, row in enumerate(chunk):
+                    if exclude_seen:
+                        scores[r, self.seen[row]] = -np.inf
+                    whom = f" to user {users[start + r]!r}"
+                    top.append(self._top(scores[r], k, where, whom))
+            return top
 
     def _top(self, scores: np.ndarray, k: int, where: str, whom: str) -> list[tuple[str, float]]:
         top = top_k(scores, k, where, whom)

@@ -25,8 +25,9 @@ from peftrec.app.inputs import (
     rows_of,
     warn_about_texts,
 )
+from peftrec.app.tables import Rows
 from peftrec.artifact.folder import Catalog, histories
-from peftrec.artifact.head_vectors import user_table
+from peftrec.artifact.head_vectors import numpy32, user_table
 
 logger = logging.getLogger("peftrec.app.recommender")  # the app API logs under one name
 
@@ -34,8 +35,8 @@ logger = logging.getLogger("peftrec.app.recommender")  # the app API logs under 
 class RecommenderUsers:
     """The user-side methods of :class:`~peftrec.app.recommender.Recommender`, which inherits them.
 
-    Not usable alone: it reads the recommender's model, lock, catalogue lookups (``_items``,
-    ``_item_vectors``) and text encoder (``_encode``).
+    Not usable alone: it reads the recommender's model, lock, item vectors (``item_vectors_of``,
+    from :mod:`peftrec.app.items`) and text encoder (``_encode``).
     """
 
     def _init_users(self, catalog: Catalog) -> None:
@@ -47,8 +48,8 @@ class RecommenderUsers:
             histories(catalog, catalog.seen_labels) if catalog.seen_labels is not None else None
         )
         self.seen = {u: np.unique(h) for u, h in self._history.items()}
-        # (vectors, biases) per user, computed on first use
-        self._user_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (vectors, biases) per user, computed on first use, then changed row by row
+        self._user_cache: tuple[Rows, Rows] | None = None
         self._profiles: dict[int, torch.Tensor] = {}  # added users' profile vectors, by user row
         # the ratings of folded-in users, by user row: (items, ratings, l2)
         self._folded: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
@@ -66,31 +67,62 @@ class RecommenderUsers:
             return torch.as_tensor(rows_of(ids, self.user_index, where, "user"), dtype=torch.long)
 
     @torch.no_grad()
-    def _user_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _user_rows(self) -> tuple[Rows, Rows]:
+        """Every user's vector and bias (computed once, then changed row by row by writes)."""
         with self._lock:
             if self._user_cache is None:
-                rows = range(len(self.user_ids))
-                self._user_cache = user_table(
-                    self.model.head,
-                    self.item_vectors_of,
-                    [self._history[u] for u in rows],
-                    None if self._labels is None else [self._labels[u] for u in rows],
-                    self.num_trained_users,
-                    self.device,
-                )
+                vectors, biases = self._compute_users(range(len(self.user_ids)))
+                self._user_cache = (Rows(numpy32(vectors)), Rows(numpy32(biases)))
             return self._user_cache
 
+    def _compute_users(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vectors and biases of users ``rows`` as the head makes them (a table model: its
+        trained rows, whatever ``rows`` says)."""
+        return user_table(
+            self.model.head,
+            self.item_vectors_of,
+            [self._history[u] for u in rows],
+            None if self._labels is None else [self._labels[u] for u in rows],
+            self.num_trained_users,
+            self.device,
+        )
+
+    def _user_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every user's vector and bias, on the device (a view of the cache on the CPU)."""
+        with self._lock:
+            return tuple(torch.from_numpy(t.array).to(self.device) for t in self._user_rows())
+
     def user_vectors_of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        vectors, biases = self._user_table()
-        rows = rows.to(self.device)
-        return vectors[rows], biases[rows]
+        with self._lock:
+            index = torch.as_tensor(rows).cpu().numpy()
+            arrays = [t.array[index] for t in self._user_rows()]
+            return tuple(torch.from_numpy(a).to(self.device) for a in arrays)
+
+    @torch.no_grad()
+    def _refresh_users(self, rows: Sequence[int]) -> None:
+        """Recompute the given users of a model whose users are their (labelled) histories."""
+        rows = sorted(set(rows))
+        if not rows:
+            return
+        vectors, biases = self._compute_users(rows)
+        table = self._user_rows()
+        table[0].put(rows, numpy32(vectors))
+        table[1].put(rows, numpy32(biases))
+
+    def _users_holding(self, items: np.ndarray) -> list[int]:
+        """The users whose known interactions hold one of the item rows ``items`` (a pass over
+        every interaction: made only when a write changes items that were already known)."""
+        if len(items) == 0:
+            return []
+        users, held = self._history_pairs()
+        return np.unique(users[np.isin(held, items)]).tolist()
 
     def _put_users(
         self, user_ids: Sequence[str], vectors: torch.Tensor, biases: torch.Tensor
     ) -> list[int]:
         """Store the vectors and biases of new or changed users; their rows."""
         with self._lock:
-            table = list(self._user_table())
+            table = self._user_rows()
             rows = []
             for user_id in user_ids:
                 if user_id not in self.user_index:
@@ -101,12 +133,9 @@ class RecommenderUsers:
                     if self.user_texts is not None:
                         self.user_texts.append("")
                 rows.append(self.user_index[user_id])
-            table = [
-                torch.cat([t, t.new_zeros(len(self.user_ids) - len(t), *t.shape[1:])])
-                for t in table
-            ]
-            table[0][rows], table[1][rows] = vectors.to(table[0]), biases.to(table[1])
-            self._user_cache = (table[0], table[1])
+            for part, values in zip(table, (vectors, biases), strict=True):
+                part.resize(len(self.user_ids))
+                part.put(rows, numpy32(values))
             return rows
 
     @torch.no_grad()
@@ -234,8 +263,9 @@ class RecommenderUsers:
                 "predict_proba(items, histories=[[(item_id, liked), ...], ...])"
             )
         with self._lock:
+            longer = []  # a history model: the users whose history grew
             for user_id, items in resolved.items():
-                if self.traits.history:  # the next call reads the longer history
+                if self.traits.history:  # their state is the one after the longer history
                     if user_id not in self.user_index:
                         self._put_users(
                             [user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1)
@@ -243,7 +273,7 @@ class RecommenderUsers:
                     row = self.user_index[user_id]
                     self._history[row] = np.concatenate([self._history[row], items.numpy()])
                     self.seen[row] = np.union1d(self.seen[row], items.numpy())
-                    self._user_cache = None
+                    longer.append(row)
                     continue
                 if user_id not in self.user_index:
                     self._put_users([user_id], torch.zeros(1, self.model.head.dim), torch.zeros(1))
@@ -254,6 +284,7 @@ class RecommenderUsers:
                 if row in self._interacted:
                     self._interacted[row] = np.concatenate([self._interacted[row], items.numpy()])
                     self._fit_interactions(row, l2)
+            self._refresh_users(longer)
 
     @torch.no_grad()
     def _fit_interactions(self, row: int, l2: float = 0.05) -> None:
@@ -311,7 +342,7 @@ class RecommenderUsers:
         return state
 
     def _restore_users(self, state: dict[str, torch.Tensor]) -> None:
-        self._user_cache = (state["vectors"].to(self.device), state["biases"].to(self.device))
+        self._user_cache = (Rows(numpy32(state["vectors"])), Rows(numpy32(state["biases"])))
         self._profiles = {
             int(r): v.to(self.device)
             for r, v in zip(state["profile_rows"], state["profiles"], strict=True)

@@ -26,7 +26,10 @@ EXACT_USERS = 64
 """How many users :func:`serves_exactly` checks against the whole catalogue."""
 
 
-def numpy32(tensor: torch.Tensor) -> np.ndarray:
+def numpy32(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
+    """As a float32 numpy array (a CPU float32 tensor or array: the same memory, no copy)."""
+    if isinstance(tensor, np.ndarray):
+        return tensor.astype(np.float32, copy=False)
     return tensor.detach().float().cpu().numpy()
 
 
@@ -71,8 +74,8 @@ def user_table(
 @torch.no_grad()
 def serving_vectors(
     head: torch.nn.Module,
-    items: tuple[torch.Tensor, torch.Tensor],
-    users: tuple[torch.Tensor, torch.Tensor],
+    items: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray],
+    users: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray],
 ) -> ServingVectors:
     """Items' and users' vectors and biases as numpy, with the head's offset and link."""
     traits = head.traits
