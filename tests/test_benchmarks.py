@@ -777,3 +777,19 @@ def test_the_transfer_study_counts_auc_ties_as_the_metric_module_does():
     assert same == (0.0, 0.0, 0.0)
     gap, low, high = paired(test, [scores], [rng.random(300)], rng)
     assert low < gap < high and gap > 0.05
+
+
+def test_the_scale_benchmark_runs_and_reports_each_operation(tmp_path):
+    """benchmarks/scale.py --quick: one small catalogue per kind of user, measured in-process."""
+    from benchmarks import scale
+
+    scale.main(["--quick", "--out", str(tmp_path / "scale.md")])
+    data = json.loads((tmp_path / "scale.json").read_text())
+    assert [r["task"] for r in data["results"]] == list(scale.MODELS) and data["quick"]
+    for r in data["results"]:
+        assert r["items"] == scale.QUICK["sizes"][0] and r["users"] == scale.QUICK["users"]
+        for key in ("add_item", "change_item", "interaction", "recommend"):
+            assert r[key]["count"] == scale.QUICK["repeats"] and r[key]["median_ms"] > 0
+        assert r["all_users_s"] > 0 and r["peak_rss_mib"] >= r["rss_after_load_mib"] > 0
+    text = (tmp_path / "scale.md").read_text()
+    assert "| 2,000 |" in text and "users are their histories" in text and "Machine: " in text
