@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from accelerate.logging import get_logger
 
+from peftrec.config import ConfigError
 from peftrec.metrics import load_metric, scores_text, warm_cold
+from peftrec.models.recency import RecencyTable, RecentCounts, first_events
 from peftrec.tasks import TASKS
 from peftrec.tasks.ranking.step import excluded_items, headline, ranking_scores
 from peftrec.tasks.sequential.config import SequentialRecipeConfig
@@ -76,6 +78,20 @@ def main(argv: list[str] | None = None) -> dict:
     adapts = trainable[1] > 0
     metric = load_metric(TASK.metric)
 
+    # what is popular now (sequence.recency): counts of the seen events, read at each moment
+    if seq.recency:
+        if histories.times is None:
+            raise ConfigError("sequence.recency=true needs timestamps, and this data has none")
+        inter = data.dataset.interactions
+        seen = histories.seen
+        counts = RecentCounts(
+            inter.items[seen],
+            inter.timestamps[seen],
+            first_events(inter.users[seen], inter.timestamps[seen]),
+            num_items,
+        )
+        model.head.set_recency(RecencyTable(counts, accelerator.device))
+
     # the catalogue table: every item's pooled text, what each step scores against
     catalogue = CatalogueTable(model.encode_texts(tokens, cfg.train.eval_batch_size))
     if resume_from is None and not cfg.train.init_from:  # a warm start keeps the parent's
@@ -91,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         seed=cfg.train.seed,
         trained=histories.trained,
         first_items=seq.empty_state,
+        times=histories.times if seq.recency else None,
     )
     train_loader = item_batches(
         collator,
@@ -112,13 +129,14 @@ def main(argv: list[str] | None = None) -> dict:
         the test item after it and the validation item (with test, also apart for warm and cold
         target items)."""
         table = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
+        moments = histories.moments or (None, None)
         if which == "valid":
             ranks = next_item_ranks(
-                unwrapped.head, table, histories.valid, valid.items, valid_exclude
+                unwrapped.head, table, histories.valid, valid.items, valid_exclude, moments[0]
             ).numpy()
             return ranking_scores(metric, ranks, k)
         ranks = next_item_ranks(
-            unwrapped.head, table, histories.test, test.items, test_exclude
+            unwrapped.head, table, histories.test, test.items, test_exclude, moments[1]
         ).numpy()
         groups = warm_cold(data.known_users[test.users], data.known_items[test.items])
         return ranking_scores(metric, ranks, k, groups)
@@ -145,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_loader.set_epoch(epoch)
         for batch in books.batches(train_loader, epoch):
             if not adapting:  # the backbone stays as pretrained: no LM pass
-                batch = {key: batch[key] for key in ("history", "targets", "first")}
+                kept = ("history", "targets", "first", "moments", "first_moments")
+                batch = {key: batch[key] for key in kept if key in batch}
             with accelerator.accumulate(model):
                 output = model(**batch, table=table)
                 summed = sequence_loss(output, seq.loss, seq.negatives, popularity, generator)

@@ -103,6 +103,7 @@ def sequential_head_options(cfg, head: dict) -> dict:
         "history_dropout": seq.dropout,
         "text_norm": seq.text_norm,
         "empty_state": seq.empty_state,
+        **({"recency": True} if seq.recency else {}),  # older saved specs lack the key
     }
 
 

@@ -218,3 +218,70 @@ def test_a_learned_empty_state_trains_on_first_items_and_scores_new_users():
     states = history_states(head, items, [[], [3], []])
     assert torch.equal(states[0], head.start) and torch.equal(states[2], head.start)
     assert not torch.equal(states[1], head.start)
+
+
+def test_recency_scores_each_position_with_the_popularity_of_its_targets_moment():
+    from peftrec.models.recency import DAY, RecencyTable, RecentCounts
+    from peftrec.tasks.sequential.data import SequenceCollator
+
+    torch.manual_seed(0)
+    head = SequentialHead(12, 6, dim=8, max_history=4, empty_state=True, recency=True).eval()
+    table = torch.randn(6, 12)
+    histories = [np.array([2, 3, 4]), np.array([5])]
+    times = [np.array([1.5, 3.2, 9.9]) * DAY, np.array([4.0]) * DAY]
+    collator = SequenceCollator(histories, 4, [[0]] * 6, 0, first_items=True, times=times)
+    batch = collator([0, 1])
+    # each target's moment is its own time; the first item's, the user's first time
+    assert batch["moments"][0, -2:].tolist() == [3.2 * DAY, 9.9 * DAY]
+    assert batch["first_moments"].tolist() == [1.5 * DAY, 4.0 * DAY]
+    counts = RecentCounts(np.array([4, 4, 1]), np.array([1.0, 2.0, 8.0]) * DAY, np.ones(3, bool), 6)
+    head.set_recency(RecencyTable(counts))
+    step = head.step(None, None, table.new_zeros(()), batch["history"], batch["targets"], table,
+                     first=batch["first"], moments=batch["moments"],
+                     first_moments=batch["first_moments"])  # fmt: skip
+    plain = SequentialHead(12, 6, dim=8, max_history=4, empty_state=True).eval()
+    plain.load_state_dict(head.state_dict(), strict=False)
+    without = plain.step(None, None, table.new_zeros(()), batch["history"], batch["targets"],
+                         table, first=batch["first"])  # fmt: skip
+    torch.testing.assert_close(step.logits, without.logits)  # the gate starts at zero
+    with torch.no_grad():
+        head.recency_gate.bias.fill_(1.0)
+    step = head.step(None, None, table.new_zeros(()), batch["history"], batch["targets"], table,
+                     first=batch["first"], moments=batch["moments"],
+                     first_moments=batch["first_moments"])  # fmt: skip
+    added = (step.logits - without.logits).detach()
+    # position 9.9 days: items 4 (days 1, 2) and 1 (day 8) counted; the first moment 1.5: none
+    assert added[1, 4] > 0 and added[1, 1] > 0 and added[1, 0] == 0
+    assert added[2].abs().max() == 0  # user 0's first item, at day 1.5: nothing seen before
+    step.logits.sum().backward()
+    assert head.recency_gate.weight.grad.abs().sum() > 0
+
+
+def test_a_recency_head_without_counts_says_what_is_missing():
+    head = SequentialHead(12, 6, dim=8, max_history=4, recency=True)
+    with pytest.raises(ValueError, match="set_recency"):
+        head.recency_scores(torch.zeros(1, 8), torch.zeros(1, dtype=torch.float64))
+
+
+def test_p3_recency_counts_only_the_training_rows(ml100k):  # noqa: F811
+    """The leakage guard of the recipe's data: the rows a recency term counts are the training
+    rows; no validation or test row (a target) is among them."""
+    from types import SimpleNamespace
+
+    from peftrec.data.splits import split_rows
+    from peftrec.tasks.sequential.data import run_histories
+
+    inter = ml100k.interactions
+    split = split_rows(ml100k, "p3")
+    data = SimpleNamespace(
+        dataset=ml100k,
+        **{name: inter.subset(getattr(split, name)) for name in ("train", "valid", "test")},
+        rows=split,
+        history_rows=None,
+    )
+    histories = run_histories(data)
+    assert np.array_equal(np.sort(histories.seen), np.sort(split.train))
+    assert not np.isin(histories.seen, np.concatenate([split.valid, split.test])).any()
+    np.testing.assert_array_equal(histories.moments[1], inter.timestamps[split.test])
+    flat = np.concatenate(histories.times)
+    assert len(flat) == len(split.train) and np.isin(flat, inter.timestamps[split.train]).all()

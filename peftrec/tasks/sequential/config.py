@@ -27,6 +27,12 @@ class SequenceConfig:
         "learn the state of an empty history (a new user) from each user's first trained item: "
         "a prior of what users start with in the training window (false: a zero state)",
     )
+    recency: bool = option(
+        False,
+        "weigh what is popular now: each state learns its weights on every item's decayed counts "
+        "of recent interactions (all, and users' first ones; half-lives 1, 7, 30 days) as of the "
+        "moment of prediction, from the seen events of the days before it (needs timestamps)",
+    )
     loss: Literal["softmax", "sampled"] = option(
         "softmax",
         "softmax: cross-entropy over the whole catalogue at every position; sampled: "

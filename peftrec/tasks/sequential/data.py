@@ -27,12 +27,17 @@ def user_histories(
 class RunHistories(NamedTuple):
     """A run's histories, each a user's items in time order: what trains (``trained``, aligned
     with ``train``: which positions are targets; None: all), and the histories before each
-    validation and test target."""
+    validation and test target. With timestamps, ``times`` holds each training item's time
+    (aligned with ``train``), ``moments`` the validation and test targets' times, and ``seen``
+    the rows a recency term counts (what the model line has seen)."""
 
     train: list[np.ndarray]
     trained: list[np.ndarray] | None
     valid: list[np.ndarray]
     test: list[np.ndarray]
+    times: list[np.ndarray] | None = None
+    moments: tuple[np.ndarray, np.ndarray] | None = None
+    seen: np.ndarray | None = None
 
 
 def run_histories(data) -> RunHistories:
@@ -46,8 +51,12 @@ def run_histories(data) -> RunHistories:
     """
     train, valid, test = data.train, data.valid, data.test
     num_users = len(data.dataset.user_ids)
+    inter = data.dataset.interactions
+    timed = inter.timestamps is not None
+    moments = (valid.timestamps, test.timestamps) if timed else None
     if data.history_rows is None:
-        histories = user_histories(train.users, train.items, train.timestamps, num_users)
+        rows = user_histories(train.users, np.arange(len(train)), train.timestamps, num_users)
+        histories = [train.items[r] for r in rows]
         valid_item = dict(zip(valid.users.tolist(), valid.items.tolist(), strict=True))
         return RunHistories(
             histories,
@@ -57,8 +66,10 @@ def run_histories(data) -> RunHistories:
                 np.append(histories[u], valid_item[u]) if u in valid_item else histories[u]
                 for u in test.users
             ],
+            [train.timestamps[r] for r in rows] if timed else None,
+            moments,
+            np.asarray(data.rows.train) if timed else None,
         )
-    inter = data.dataset.interactions
     learned, before = data.history_rows
     mine = user_histories(inter.users[learned], learned, inter.timestamps[learned], num_users)
     return RunHistories(
@@ -66,6 +77,9 @@ def run_histories(data) -> RunHistories:
         [np.isin(r, data.rows.train) for r in mine],
         histories_before(data.dataset, before, data.rows.valid),
         histories_before(data.dataset, before, data.rows.test),
+        [inter.timestamps[r] for r in mine],
+        moments,
+        np.asarray(before),
     )
 
 
@@ -87,6 +101,18 @@ def training_windows(
     return inputs, targets
 
 
+def left_pad_times(times: Sequence[np.ndarray], width: int) -> torch.Tensor:
+    """Float64 ``(len(times), width)``: each row's last ``width`` times right-aligned, 0 before
+    (where the targets are ``PAD``), as :func:`~peftrec.tasks.sequential.head.left_pad` aligns
+    the items."""
+    out = torch.zeros(len(times), width, dtype=torch.float64)
+    for row, values in enumerate(times):
+        kept = np.asarray(values, dtype=np.float64)[-width:] if width else values[:0]
+        if len(kept):
+            out[row, width - len(kept) :] = torch.as_tensor(kept)
+    return out
+
+
 class SequenceCollator:
     """A list of user rows -> their left-padded training windows, and (``fresh`` items per step,
     for an adapted backbone) the texts of up to that many of the step's distinct items, drawn by
@@ -102,8 +128,16 @@ class SequenceCollator:
         seed: int = 0,
         trained: Sequence[np.ndarray] | None = None,
         first_items: bool = False,
+        times: Sequence[np.ndarray] | None = None,
     ):
         self.inputs, self.targets = training_windows(histories, max_history, trained)
+        # with times (a recency term), each target's moment: the time of the target itself
+        self.moments = (
+            [np.asarray(t)[-(max_history + 1) :][1:] for t in times] if times is not None else None
+        )
+        self.first_times = (
+            [float(t[0]) if len(t) else 0.0 for t in times] if times is not None else None
+        )
         # with first_items, each user's first item (when trained) is a target after no history
         self.firsts = [
             int(h[0]) if first_items and len(h) and (trained is None or trained[u][0]) else PAD
@@ -125,6 +159,13 @@ class SequenceCollator:
             "targets": left_pad([self.targets[u] for u in users], self.max_history),
             "first": torch.as_tensor([self.firsts[u] for u in users], dtype=torch.long),
         }
+        if self.moments is not None:
+            batch["moments"] = left_pad_times(
+                [self.moments[u] for u in users], batch["targets"].size(1)
+            )
+            batch["first_moments"] = torch.as_tensor(
+                [self.first_times[u] for u in users], dtype=torch.float64
+            )
         if self.fresh:
             step_items = np.unique(
                 np.concatenate([self.inputs[u] for u in users] + [self.targets[u] for u in users])

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from peftrec.models.recency import HALF_LIVES, RecencyTable
 from peftrec.models.towers import TwoTowers
 from peftrec.models.traits import Traits
 
@@ -131,6 +132,7 @@ class SequentialHead(TwoTowers):
         history_dropout: float = 0.2,
         text_norm: bool = False,
         empty_state: bool = False,
+        recency: bool = False,
         num_users: int = 0,
         **towers,
     ):
@@ -141,6 +143,12 @@ class SequentialHead(TwoTowers):
         self.text_norm = text_norm
         # the state of an empty history (a new user): learned from users' first items, or zero
         self.start = nn.Parameter(torch.zeros(dim)) if empty_state else None
+        # what is popular now, weighed per state (peftrec.models.recency); zero at the start
+        self.recency_gate = nn.Linear(dim, 2 * len(HALF_LIVES)) if recency else None
+        if recency:
+            nn.init.zeros_(self.recency_gate.weight)
+            nn.init.zeros_(self.recency_gate.bias)
+        self.recent: RecencyTable | None = None  # the seen events' counts: data, not weights
         self.register_buffer("text_mean", torch.zeros(text_dim))
         self.register_buffer("text_scale", torch.ones(text_dim))
 
@@ -183,6 +191,21 @@ class SequentialHead(TwoTowers):
         """``(states, items)`` scores: state . q_i + b_i."""
         return states @ items[0].T + items[1]
 
+    def recency_scores(self, states: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
+        """``(states, items)``: each state's weights on the recent-popularity features of every
+        item at its moment (seconds, float64), for a head with recency."""
+        if self.recent is None:
+            raise ValueError(
+                "this sequential head weighs recent popularity (sequence.recency): give it the "
+                "seen events first (set_recency)"
+            )
+        features = self.recent.features(moments.to(self.recent.counts.device))
+        return torch.einsum("pif,pf->pi", features.to(states.dtype), self.recency_gate(states))
+
+    def set_recency(self, table: RecencyTable | None) -> None:
+        """The counts of the events the model has seen, read at every moment it predicts."""
+        self.recent = table
+
     def score_all(
         self, user: tuple[torch.Tensor, torch.Tensor], items: tuple[torch.Tensor, torch.Tensor]
     ):
@@ -203,6 +226,8 @@ class SequentialHead(TwoTowers):
         targets: torch.Tensor,
         table: torch.Tensor,
         first: torch.Tensor | None = None,
+        moments: torch.Tensor | None = None,
+        first_moments: torch.Tensor | None = None,
     ) -> SequenceOutput:
         """One training step's outputs: next-item logits over the catalogue at every real position
         (and, with a learned empty state, for each user's ``first`` item after no history).
@@ -220,12 +245,18 @@ class SequentialHead(TwoTowers):
         states = self.states(items, history)
         real = targets != PAD
         states, next_items = states[real], targets[real]
+        when = moments[real] if moments is not None else None
         if self.start is not None and first is not None:
-            first = first[first != PAD]
-            states = torch.cat([states, self.start.expand(len(first), -1)])
-            next_items = torch.cat([next_items, first])
+            starting = first != PAD
+            states = torch.cat([states, self.start.expand(int(starting.sum()), -1)])
+            next_items = torch.cat([next_items, first[starting]])
+            if when is not None:
+                when = torch.cat([when, first_moments[starting]])
         penalty = states.square().sum(-1).mean() + items[0][next_items].square().sum(-1).mean()
-        return SequenceOutput(self.score_states(states, items), next_items, penalty, source)
+        logits = self.score_states(states, items)
+        if self.recency_gate is not None:  # the moment of each prediction: its target's time
+            logits = logits + self.recency_scores(states, when)
+        return SequenceOutput(logits, next_items, penalty, source)
 
 
 @torch.no_grad()

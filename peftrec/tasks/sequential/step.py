@@ -49,15 +49,22 @@ def next_item_ranks(
     histories: Sequence[Sequence[int]],
     targets: np.ndarray,
     exclude: torch.Tensor,
+    moments: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """Full-ranking rank of each history's next item among all items not excluded (P3)."""
+    """Full-ranking rank of each history's next item among all items not excluded (P3); a head
+    with recency reads the popularity of each target's ``moments`` (its time)."""
     was_training = head.training
     head.eval()
     items = head.items(table, torch.arange(len(table), device=table.device))
     states = history_states(head, items, histories)
     ranks = []
     for start in range(0, len(histories), 1024):
-        scores = head.score_states(states[start : start + 1024], items).float().cpu()
+        chunk = states[start : start + 1024]
+        scores = head.score_states(chunk, items)
+        if head.recency_gate is not None:
+            when = torch.as_tensor(moments[start : start + 1024], dtype=torch.float64)
+            scores = scores + head.recency_scores(chunk, when.to(chunk.device))
+        scores = scores.float().cpu()
         ranks.append(
             rank_of_targets(
                 scores,

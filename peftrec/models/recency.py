@@ -1,0 +1,115 @@
+"""What is popular now: each item's recent interactions as of a moment, decayed by their age,
+counted only over the events a model has seen strictly before that moment's day.
+
+:class:`RecentCounts` turns a log of seen events (item, time, whether it was its user's first) into
+features ``log(1 + count)`` per item at any moment: for each half-life, the decayed count of all
+events and of first events (what new users start with). Counts are kept per day (the day starts
+at a multiple of 86,400 s): a moment reads the events of the days before its own, never one of
+the same day or later, so no prediction sees its own target or anything after it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DAY = 86_400.0
+HALF_LIVES = (1.0, 7.0, 30.0)  # days
+
+
+class RecentCounts:
+    """Decayed per-item counts at the start of every day from the first event's to the day after
+    the last one; a moment decays its day's counts on to itself."""
+
+    def __init__(
+        self,
+        items: np.ndarray,
+        times: np.ndarray,
+        firsts: np.ndarray,
+        num_items: int,
+        half_lives: tuple[float, ...] = HALF_LIVES,
+    ):
+        items = np.asarray(items, dtype=np.int64)
+        times = np.asarray(times, dtype=np.float64)
+        firsts = np.asarray(firsts, dtype=bool)
+        if not (len(items) == len(times) == len(firsts)):
+            raise ValueError("RecentCounts: items, times and firsts must be aligned")
+        if len(items) and (items.min() < 0 or items.max() >= num_items):
+            raise ValueError(f"RecentCounts: item rows must lie in [0, {num_items})")
+        self.num_items, self.half_lives = num_items, tuple(float(h) for h in half_lives)
+        self.events = (items, times, firsts)
+        days = np.floor(times / DAY).astype(np.int64)
+        self.first_day = int(days.min()) if len(days) else 0
+        span = (int(days.max()) - self.first_day + 2) if len(days) else 1
+        rates = np.log(2.0) / (np.asarray(self.half_lives) * DAY)  # per second
+        # counts[d] (days x items x features): events of days < first_day + d, decayed to its start
+        counts = np.zeros((span, num_items, 2 * len(rates)), dtype=np.float32)
+        order = np.argsort(days, kind="stable")
+        bounds = np.searchsorted(days[order], self.first_day + np.arange(span + 1))
+        running = np.zeros((num_items, 2 * len(rates)))
+        for d in range(1, span):
+            start = (self.first_day + d) * DAY
+            running *= np.exp(-rates * DAY)[None, :].repeat(2, 0).reshape(-1)
+            today = order[bounds[d - 1] : bounds[d]]  # the events of the day before
+            if len(today):
+                weights = np.exp(-rates[None, :] * (start - times[today])[:, None])
+                for f in range(len(rates)):
+                    running[:, f] += np.bincount(items[today], weights[:, f], num_items)
+                    running[:, len(rates) + f] += np.bincount(
+                        items[today], weights[:, f] * firsts[today], num_items
+                    )
+            counts[d] = running
+        self.rates = rates
+        self.counts = counts
+
+    @property
+    def width(self) -> int:
+        """Features per item: one per half-life for all events, then one per first events."""
+        return 2 * len(self.half_lives)
+
+    def day_of(self, moments: np.ndarray) -> np.ndarray:
+        """Each moment's row in :attr:`counts`: the last day start at or before it (clipped)."""
+        days = np.floor(np.asarray(moments, dtype=np.float64) / DAY).astype(np.int64)
+        return np.clip(days - self.first_day, 0, len(self.counts) - 1)
+
+    def features(self, moments: np.ndarray) -> np.ndarray:
+        """``log(1 + decayed count)`` per moment and item, ``(moments, items, width)``, from the
+        events of the days before each moment's day."""
+        moments = np.asarray(moments, dtype=np.float64)
+        rows = self.day_of(moments)
+        # the stored counts are as of a day's start: decay them on to the moment
+        elapsed = np.maximum(moments - (rows + self.first_day) * DAY, 0.0)
+        decay = np.exp(-np.outer(elapsed, self.rates))
+        counts = self.counts[rows] * np.concatenate([decay, decay], 1)[:, None, :]
+        return np.log1p(counts).astype(np.float32)
+
+
+def first_events(users: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Whether each event is its user's first (earliest time; ties: the earlier row)."""
+    users = np.asarray(users)
+    rows = np.arange(len(users))
+    order = np.lexsort((rows, np.asarray(times), users))
+    first = np.zeros(len(users), dtype=bool)
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = users[order][1:] != users[order][:-1]
+    first[order[starts]] = True
+    return first
+
+
+class RecencyTable:
+    """A :class:`RecentCounts` on a torch device: the features of many moments at once, for the
+    training steps and the evaluation of a history model."""
+
+    def __init__(self, counts: RecentCounts, device: torch.device | str = "cpu"):
+        self.source = counts
+        self.counts = torch.as_tensor(counts.counts, device=device)
+        self.rates = torch.as_tensor(counts.rates, dtype=torch.float32, device=device)
+        self.first_day = counts.first_day
+
+    def features(self, moments: torch.Tensor) -> torch.Tensor:
+        """As :meth:`RecentCounts.features`, for a float64 tensor of moments (seconds)."""
+        days = torch.floor(moments / DAY).long() - self.first_day
+        rows = days.clamp(0, len(self.counts) - 1)
+        elapsed = (moments - (rows + self.first_day).double() * DAY).clamp(min=0).float()
+        decay = torch.exp(-elapsed[:, None] * self.rates[None, :])
+        return torch.log1p(self.counts[rows] * torch.cat([decay, decay], 1)[:, None, :])
