@@ -242,4 +242,4 @@ class RecommenderItems:
                 raise ValueError(
                     f"{len(encodings)} saved text encodings for {len(self.item_ids)} items"
                 )
-            self._item_text_cache = Rows(np.array(encodings, dtype=np.float32))
+            self._item_text_cache = Rows(np.asarray(encodings, dtype=np.float32))

@@ -175,8 +175,9 @@ class ServedModel:
             return self._vectors
 
     def _changed(self) -> None:
-        """After the network changed items or users (or first needed): serve its new vectors, or
-        let the head score when its scores are not a linked dot product of them."""
+        """After the network changed items or users (or first needed): serve its vectors (views
+        of its tables, which a write changes row by row: no copy), or let the head score when
+        its scores are not a linked dot product of them."""
         from peftrec.app.engine import HeadScores
 
         vectors = self.engine.serving_vectors()
