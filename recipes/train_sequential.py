@@ -83,14 +83,19 @@ def main(argv: list[str] | None = None) -> dict:
         if histories.times is None:
             raise ConfigError("sequence.recency=true needs timestamps, and this data has none")
         inter = data.dataset.interactions
-        seen = histories.seen
-        counts = RecentCounts(
-            inter.items[seen],
-            inter.timestamps[seen],
-            first_events(inter.users[seen], inter.timestamps[seen]),
-            num_items,
-        )
-        model.head.set_recency(RecencyTable(counts, accelerator.device))
+        recent = [
+            RecencyTable(
+                RecentCounts(
+                    inter.items[rows],
+                    inter.timestamps[rows],
+                    first_events(inter.users[rows], inter.timestamps[rows]),
+                    num_items,
+                ),
+                accelerator.device,
+            )
+            for rows in histories.seen  # for training and validation, then for the test
+        ]
+        model.head.set_recency(recent[0])
 
     # the catalogue table: every item's pooled text, what each step scores against
     catalogue = CatalogueTable(model.encode_texts(tokens, cfg.train.eval_batch_size))
@@ -129,14 +134,15 @@ def main(argv: list[str] | None = None) -> dict:
         the test item after it and the validation item (with test, also apart for warm and cold
         target items)."""
         table = unwrapped.encode_texts(tokens, cfg.train.eval_batch_size).to(accelerator.device)
-        moments = histories.moments or (None, None)
+        moments, ages = histories.moments or (None, None), histories.ages or (None, None)
         if which == "valid":
             ranks = next_item_ranks(
-                unwrapped.head, table, histories.valid, valid.items, valid_exclude, moments[0]
-            ).numpy()
+                unwrapped.head, table, histories.valid, valid.items, valid_exclude, moments[0],
+                ages[0],
+            ).numpy()  # fmt: skip
             return ranking_scores(metric, ranks, k)
         ranks = next_item_ranks(
-            unwrapped.head, table, histories.test, test.items, test_exclude, moments[1]
+            unwrapped.head, table, histories.test, test.items, test_exclude, moments[1], ages[1]
         ).numpy()
         groups = warm_cold(data.known_users[test.users], data.known_items[test.items])
         return ranking_scores(metric, ranks, k, groups)
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_loader.set_epoch(epoch)
         for batch in books.batches(train_loader, epoch):
             if not adapting:  # the backbone stays as pretrained: no LM pass
-                kept = ("history", "targets", "first", "moments", "first_moments")
+                kept = ("history", "targets", "first", "moments", "ages", "first_moments")
                 batch = {key: batch[key] for key in kept if key in batch}
             with accelerator.accumulate(model):
                 output = model(**batch, table=table)
@@ -189,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # evaluate: best validation weights, test items after the history and the validation item
     stopper.restore(unwrapped)
+    if seq.recency:  # the test histories' validation items are seen by now
+        unwrapped.head.set_recency(recent[1])
     test_scores = evaluate("test")
     scores = {f"valid_ndcg@{k}": -stopper.best, **{f"test_{m}": v for m, v in test_scores.items()}}
     results = books.summary(scores, "positions", trainable, started, resume_from)

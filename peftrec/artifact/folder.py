@@ -62,6 +62,9 @@ class Catalog:
     """Entity rows ``(items, groups, width)`` of the items beyond the head's table."""
     seen_labels: Array | None = None
     """A preference model: 1 where the user liked the seen item (aligned with ``seen_items``)."""
+    seen_times: Array | None = None
+    """When each seen interaction happened (seconds; a history model weighing recent popularity,
+    ``sequence.recency``, counts them), aligned with ``seen_items``."""
     domain: str | None = None
     """The data set the ids belong to (``data.dataset``; None in folders saved before domains):
     a warm start from a model of another domain matches no user or item by id."""
@@ -174,6 +177,8 @@ def check_catalog(catalog: Catalog, spec: ModelSpec, where: Path) -> None:
         or items.max() >= len(catalog.item_ids)
     ):
         problems.append("seen interactions point outside the id lists")
+    if catalog.seen_times is not None and len(catalog.seen_times) != len(items):
+        problems.append("seen times and items differ in length")
     if problems:
         raise ArtifactError(f"{where}: does not match the model ({'; '.join(problems)})")
 
@@ -246,6 +251,7 @@ def read_catalog(folder: Path) -> Catalog:
             knowledge=raw.get("knowledge"),
             item_facts=read_arrays(items)["facts"] if items.is_file() else None,
             seen_labels=seen.get("labels"),
+            seen_times=seen.get("times"),
             domain=raw.get("domain"),
         )
     except (KeyError, TypeError, AttributeError) as err:

@@ -137,6 +137,8 @@ def save_artifact(
         }
         if catalog.seen_labels is not None:
             seen["labels"] = torch.as_tensor(np.asarray(catalog.seen_labels), dtype=torch.int64)
+        if catalog.seen_times is not None:
+            seen["times"] = torch.as_tensor(np.asarray(catalog.seen_times), dtype=torch.float64)
         save_file(seen, tmp / "seen.safetensors")
         if catalog.item_facts is not None:
             save_file({"facts": catalog.item_facts.contiguous()}, tmp / "items.safetensors")

@@ -290,6 +290,12 @@ def make_scheduler(cfg, optimizer, steps_per_epoch: int, accelerator):
     )
 
 
+def task_recency(cfg) -> bool:
+    """Whether the run's model weighs recent popularity (``sequence.recency``)."""
+    sequence = getattr(cfg, "sequence", None)
+    return bool(getattr(sequence, "recency", False))
+
+
 def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
     """What the saved model knows by id. Seen are its training interactions (with a protocol the
     held-out ones stay recommendable, so the app reproduces the evaluation; on p4 every row of
@@ -325,6 +331,8 @@ def catalog_of(data: RunData, cfg, task: Task) -> Catalog:
         user_texts=data.user_texts,
         seen_users=seen.users,
         seen_items=seen.items,
+        # a history model weighing recent popularity counts them when it serves
+        seen_times=seen.timestamps if task_recency(cfg) else None,
         item_fields=data.dataset.item_fields or None,
         rating_scale=(float(ratings.min()), float(ratings.max())) if task.traits.ratings else None,
         knowledge=None

@@ -231,13 +231,15 @@ def test_recency_scores_each_position_with_the_popularity_of_its_targets_moment(
     times = [np.array([1.5, 3.2, 9.9]) * DAY, np.array([4.0]) * DAY]
     collator = SequenceCollator(histories, 4, [[0]] * 6, 0, first_items=True, times=times)
     batch = collator([0, 1])
-    # each target's moment is its own time; the first item's, the user's first time
+    # each target's moment is its own time; the first item's, the user's first time; the age,
+    # the time since the item before the target
     assert batch["moments"][0, -2:].tolist() == [3.2 * DAY, 9.9 * DAY]
+    assert batch["ages"][0, -2:].tolist() == pytest.approx([1.7 * DAY, 6.7 * DAY])
     assert batch["first_moments"].tolist() == [1.5 * DAY, 4.0 * DAY]
     counts = RecentCounts(np.array([4, 4, 1]), np.array([1.0, 2.0, 8.0]) * DAY, np.ones(3, bool), 6)
     head.set_recency(RecencyTable(counts))
     step = head.step(None, None, table.new_zeros(()), batch["history"], batch["targets"], table,
-                     first=batch["first"], moments=batch["moments"],
+                     first=batch["first"], moments=batch["moments"], ages=batch["ages"],
                      first_moments=batch["first_moments"])  # fmt: skip
     plain = SequentialHead(12, 6, dim=8, max_history=4, empty_state=True).eval()
     plain.load_state_dict(head.state_dict(), strict=False)
@@ -247,7 +249,7 @@ def test_recency_scores_each_position_with_the_popularity_of_its_targets_moment(
     with torch.no_grad():
         head.recency_gate.bias.fill_(1.0)
     step = head.step(None, None, table.new_zeros(()), batch["history"], batch["targets"], table,
-                     first=batch["first"], moments=batch["moments"],
+                     first=batch["first"], moments=batch["moments"], ages=batch["ages"],
                      first_moments=batch["first_moments"])  # fmt: skip
     added = (step.logits - without.logits).detach()
     # position 9.9 days: items 4 (days 1, 2) and 1 (day 8) counted; the first moment 1.5: none
@@ -260,12 +262,14 @@ def test_recency_scores_each_position_with_the_popularity_of_its_targets_moment(
 def test_a_recency_head_without_counts_says_what_is_missing():
     head = SequentialHead(12, 6, dim=8, max_history=4, recency=True)
     with pytest.raises(ValueError, match="set_recency"):
-        head.recency_scores(torch.zeros(1, 8), torch.zeros(1, dtype=torch.float64))
+        head.recency_scores(torch.zeros(1, 8), *torch.zeros(2, 1, dtype=torch.float64))
 
 
-def test_p3_recency_counts_only_the_training_rows(ml100k):  # noqa: F811
+def test_p3_recency_counts_the_training_then_the_validation_rows_never_a_test_row(ml100k):  # noqa: F811
     """The leakage guard of the recipe's data: the rows a recency term counts are the training
-    rows; no validation or test row (a target) is among them."""
+    rows, and for the test also the validation rows (a test history reads its validation item),
+    never a test row; each count is then limited to the days before its moment
+    (tests/unit/test_recency.py)."""
     from types import SimpleNamespace
 
     from peftrec.data.splits import split_rows
@@ -280,8 +284,14 @@ def test_p3_recency_counts_only_the_training_rows(ml100k):  # noqa: F811
         history_rows=None,
     )
     histories = run_histories(data)
-    assert np.array_equal(np.sort(histories.seen), np.sort(split.train))
-    assert not np.isin(histories.seen, np.concatenate([split.valid, split.test])).any()
+    training, testing = histories.seen
+    assert np.array_equal(np.sort(training), np.sort(split.train))
+    assert np.array_equal(np.sort(testing), np.sort(np.concatenate(split[:2])))
+    assert not np.isin(testing, split.test).any()
     np.testing.assert_array_equal(histories.moments[1], inter.timestamps[split.test])
+    # a test history ends with its validation item: its age is measured from that
+    valid_time = dict(zip(inter.users[split.valid], inter.timestamps[split.valid], strict=True))
+    user = inter.users[split.test[0]]
+    assert histories.ages[1][0] == inter.timestamps[split.test[0]] - valid_time[user] >= 0
     flat = np.concatenate(histories.times)
     assert len(flat) == len(split.train) and np.isin(flat, inter.timestamps[split.train]).all()

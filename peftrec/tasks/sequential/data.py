@@ -28,8 +28,12 @@ class RunHistories(NamedTuple):
     """A run's histories, each a user's items in time order: what trains (``trained``, aligned
     with ``train``: which positions are targets; None: all), and the histories before each
     validation and test target. With timestamps, ``times`` holds each training item's time
-    (aligned with ``train``), ``moments`` the validation and test targets' times, and ``seen``
-    the rows a recency term counts (what the model line has seen)."""
+    (aligned with ``train``), ``moments`` the validation and test targets' times, ``ages`` the
+    seconds from each of their histories' last event to them (0: an empty history), and
+    ``seen`` the rows a recency term counts, in training and validation, and then in the test
+    (what the model line has seen: P3's training rows, and for the test the validation rows
+    too, which test histories read; p4's rows of blocks 1..t), which a saved model's app
+    counts too (its seen interactions, and those it is given)."""
 
     train: list[np.ndarray]
     trained: list[np.ndarray] | None
@@ -37,7 +41,8 @@ class RunHistories(NamedTuple):
     test: list[np.ndarray]
     times: list[np.ndarray] | None = None
     moments: tuple[np.ndarray, np.ndarray] | None = None
-    seen: np.ndarray | None = None
+    ages: tuple[np.ndarray, np.ndarray] | None = None
+    seen: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def run_histories(data) -> RunHistories:
@@ -58,6 +63,18 @@ def run_histories(data) -> RunHistories:
         rows = user_histories(train.users, np.arange(len(train)), train.timestamps, num_users)
         histories = [train.items[r] for r in rows]
         valid_item = dict(zip(valid.users.tolist(), valid.items.tolist(), strict=True))
+        ages = None
+        if timed:
+            last = np.array([train.timestamps[r[-1]] if len(r) else np.nan for r in rows])
+            valid_time = dict(zip(valid.users.tolist(), valid.timestamps.tolist(), strict=True))
+            test_last = np.array([valid_time.get(u, last[u]) for u in test.users.tolist()])
+            ages = tuple(
+                np.nan_to_num(t - before, nan=0.0)
+                for t, before in (
+                    (valid.timestamps, last[valid.users]),
+                    (test.timestamps, test_last),
+                )
+            )
         return RunHistories(
             histories,
             None,
@@ -68,7 +85,10 @@ def run_histories(data) -> RunHistories:
             ],
             [train.timestamps[r] for r in rows] if timed else None,
             moments,
-            np.asarray(data.rows.train) if timed else None,
+            ages,
+            (data.rows.train, np.concatenate([data.rows.train, data.rows.valid]))
+            if timed
+            else None,
         )
     learned, before = data.history_rows
     mine = user_histories(inter.users[learned], learned, inter.timestamps[learned], num_users)
@@ -79,8 +99,30 @@ def run_histories(data) -> RunHistories:
         histories_before(data.dataset, before, data.rows.test),
         [inter.timestamps[r] for r in mine],
         moments,
-        np.asarray(before),
+        tuple(
+            history_ages(data.dataset, before, rows) for rows in (data.rows.valid, data.rows.test)
+        ),
+        (np.asarray(before), np.asarray(before)),
     )
+
+
+def history_ages(dataset, pool: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Seconds from the last of each target's user's ``pool`` rows before it (in (timestamp,
+    row) order) to the target; 0 when there is none."""
+    inter = dataset.interactions
+    rows = np.arange(len(inter))
+    position = np.empty(len(inter), dtype=np.int64)
+    position[np.lexsort((rows, inter.timestamps))] = rows
+    pool = np.asarray(pool, dtype=np.int64)
+    pool = pool[np.lexsort((position[pool], inter.users[pool]))]  # by user, then time
+    starts = np.searchsorted(inter.users[pool], np.arange(len(dataset.user_ids) + 1))
+    ages = np.zeros(len(targets))
+    for k, target in enumerate(np.asarray(targets, dtype=np.int64)):
+        mine = pool[starts[inter.users[target]] : starts[inter.users[target] + 1]]
+        earlier = mine[position[mine] < position[target]]
+        if len(earlier):
+            ages[k] = inter.timestamps[target] - inter.timestamps[earlier[-1]]
+    return ages
 
 
 def training_windows(
@@ -135,6 +177,11 @@ class SequenceCollator:
         self.moments = (
             [np.asarray(t)[-(max_history + 1) :][1:] for t in times] if times is not None else None
         )
+        self.ages = (  # seconds from each target's previous item to it
+            [np.diff(np.asarray(t, dtype=np.float64)[-(max_history + 1) :]) for t in times]
+            if times is not None
+            else None
+        )
         self.first_times = (
             [float(t[0]) if len(t) else 0.0 for t in times] if times is not None else None
         )
@@ -163,6 +210,7 @@ class SequenceCollator:
             batch["moments"] = left_pad_times(
                 [self.moments[u] for u in users], batch["targets"].size(1)
             )
+            batch["ages"] = left_pad_times([self.ages[u] for u in users], batch["targets"].size(1))
             batch["first_moments"] = torch.as_tensor(
                 [self.first_times[u] for u in users], dtype=torch.float64
             )

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from peftrec.models.recency import HALF_LIVES, RecencyTable
+from peftrec.models.recency import DAY, HALF_LIVES, RecencyTable
 from peftrec.models.towers import TwoTowers
 from peftrec.models.traits import Traits
 
@@ -144,7 +144,8 @@ class SequentialHead(TwoTowers):
         # the state of an empty history (a new user): learned from users' first items, or zero
         self.start = nn.Parameter(torch.zeros(dim)) if empty_state else None
         # what is popular now, weighed per state (peftrec.models.recency); zero at the start
-        self.recency_gate = nn.Linear(dim, 2 * len(HALF_LIVES)) if recency else None
+        # its input: the state and how old the history is (log days since its last event)
+        self.recency_gate = nn.Linear(dim + 1, 2 * len(HALF_LIVES)) if recency else None
         if recency:
             nn.init.zeros_(self.recency_gate.weight)
             nn.init.zeros_(self.recency_gate.bias)
@@ -191,16 +192,22 @@ class SequentialHead(TwoTowers):
         """``(states, items)`` scores: state . q_i + b_i."""
         return states @ items[0].T + items[1]
 
-    def recency_scores(self, states: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
+    def recency_scores(
+        self, states: torch.Tensor, moments: torch.Tensor, ages: torch.Tensor
+    ) -> torch.Tensor:
         """``(states, items)``: each state's weights on the recent-popularity features of every
-        item at its moment (seconds, float64), for a head with recency."""
+        item at its moment (seconds, float64), for a head with recency. The weights read the
+        state and its history's age (seconds from its last event to the moment; 0: empty), so
+        a stale history can lean on what is popular now and a fresh one on itself."""
         if self.recent is None:
             raise ValueError(
                 "this sequential head weighs recent popularity (sequence.recency): give it the "
                 "seen events first (set_recency)"
             )
         features = self.recent.features(moments.to(self.recent.counts.device))
-        return torch.einsum("pif,pf->pi", features.to(states.dtype), self.recency_gate(states))
+        age = torch.log1p(ages.clamp(min=0).to(states.dtype) / DAY).unsqueeze(-1)
+        weights = self.recency_gate(torch.cat([states, age], -1))
+        return torch.einsum("pif,pf->pi", features.to(states.dtype), weights)
 
     def set_recency(self, table: RecencyTable | None) -> None:
         """The counts of the events the model has seen, read at every moment it predicts."""
@@ -227,6 +234,7 @@ class SequentialHead(TwoTowers):
         table: torch.Tensor,
         first: torch.Tensor | None = None,
         moments: torch.Tensor | None = None,
+        ages: torch.Tensor | None = None,
         first_moments: torch.Tensor | None = None,
     ) -> SequenceOutput:
         """One training step's outputs: next-item logits over the catalogue at every real position
@@ -246,16 +254,20 @@ class SequentialHead(TwoTowers):
         real = targets != PAD
         states, next_items = states[real], targets[real]
         when = moments[real] if moments is not None else None
+        if moments is not None and ages is None:
+            ages = torch.zeros_like(moments)
+        age = ages[real] if ages is not None else None
         if self.start is not None and first is not None:
             starting = first != PAD
             states = torch.cat([states, self.start.expand(int(starting.sum()), -1)])
             next_items = torch.cat([next_items, first[starting]])
-            if when is not None:
+            if when is not None:  # after no history: age 0
                 when = torch.cat([when, first_moments[starting]])
+                age = torch.cat([age, torch.zeros_like(first_moments[starting])])
         penalty = states.square().sum(-1).mean() + items[0][next_items].square().sum(-1).mean()
         logits = self.score_states(states, items)
         if self.recency_gate is not None:  # the moment of each prediction: its target's time
-            logits = logits + self.recency_scores(states, when)
+            logits = logits + self.recency_scores(states, when, age)
         return SequenceOutput(logits, next_items, penalty, source)
 
 

@@ -50,9 +50,11 @@ def next_item_ranks(
     targets: np.ndarray,
     exclude: torch.Tensor,
     moments: np.ndarray | None = None,
+    ages: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Full-ranking rank of each history's next item among all items not excluded (P3); a head
-    with recency reads the popularity of each target's ``moments`` (its time)."""
+    with recency reads the popularity of each target's ``moments`` (its time) and the
+    ``ages`` of the histories (seconds since their last event)."""
     was_training = head.training
     head.eval()
     items = head.items(table, torch.arange(len(table), device=table.device))
@@ -62,8 +64,11 @@ def next_item_ranks(
         chunk = states[start : start + 1024]
         scores = head.score_states(chunk, items)
         if head.recency_gate is not None:
-            when = torch.as_tensor(moments[start : start + 1024], dtype=torch.float64)
-            scores = scores + head.recency_scores(chunk, when.to(chunk.device))
+            when, age = (
+                torch.as_tensor(a[start : start + 1024], dtype=torch.float64, device=chunk.device)
+                for a in (moments, ages)
+            )
+            scores = scores + head.recency_scores(chunk, when, age)
         scores = scores.float().cpu()
         ranks.append(
             rank_of_targets(
