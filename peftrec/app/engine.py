@@ -149,11 +149,13 @@ class ModelRecommender(RecommenderItems, RecommenderUsers):
             return numpy32(torch.sigmoid(head.cross_logits(text, shares.to(self.device))))
 
     # -- saving ------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, seen_times_of=None) -> Path:
         """Write the model with everything added since loading (items, users, interactions) as a
-        model folder, atomically; :meth:`from_pretrained` of it gives the same scores."""
+        model folder, atomically; :meth:`from_pretrained` of it gives the same scores.
+        ``seen_times_of``: the times of the histories' items (a model weighing recency)."""
         with self._lock:
             seen_users, seen_items = self._history_pairs()
+            seen_times = None if seen_times_of is None else seen_times_of(self._history)
             seen_labels = None
             if self._labels is not None:  # aligned with _history_pairs' order
                 seen_labels = np.concatenate(
@@ -174,6 +176,7 @@ class ModelRecommender(RecommenderItems, RecommenderUsers):
                 seen_users=seen_users,
                 seen_items=seen_items,
                 seen_labels=seen_labels,
+                seen_times=seen_times,
                 user_state=self._user_state(),
                 knowledge=self._vocabulary_info,
                 item_facts=torch.from_numpy(self._item_facts.array)

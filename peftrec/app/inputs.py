@@ -65,6 +65,15 @@ def id_list(value: Any, where: str, kind: str) -> list[str]:
     return [check_id(v, where, kind) for v in value]
 
 
+def check_moment(at: Any, where: str) -> float:
+    """A moment of prediction or of an interaction: a finite number of seconds since the epoch."""
+    if isinstance(at, bool) or not isinstance(at, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{where}: at is a time in seconds since the epoch, got {at!r}")
+    if not np.isfinite(at):
+        raise ValueError(f"{where}: at must be a finite time in seconds, got {at!r}")
+    return float(at)
+
+
 def check_k(k: Any, where: str) -> int:
     if isinstance(k, bool) or not hasattr(type(k), "__index__") or operator.index(k) < 1:
         raise ValueError(f"{where}: k must be a positive integer, got {k!r}")

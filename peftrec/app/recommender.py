@@ -16,6 +16,7 @@ that lock, so reads do not wait behind the language model.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from peftrec.app.inputs import (
     check_aligned,
     check_id,
     check_k,
+    check_moment,
     id_list,
     labelled_pairs,
 )
@@ -97,7 +99,9 @@ class Recommender(ServedModel):
         """
         self._write("ratings", user=user_id, ratings=ratings, l2=l2)
 
-    def add_interactions(self, interactions: Mapping[str, Sequence[str]], l2: float = 0.05) -> None:
+    def add_interactions(
+        self, interactions: Mapping[str, Sequence[str]], l2: float = 0.05, at: float | None = None
+    ) -> None:
         """Record that users interacted with items, as ``{user_id: [item_id, ...]}`` (time order).
 
         Every model counts the items as seen (:meth:`recommend` leaves them out). A user the
@@ -107,8 +111,14 @@ class Recommender(ServedModel):
         vector (or zero) and no bias, so they get the items' baseline scores. Known users keep
         their vectors (users added this way are refit with all their items). A history model
         (sequential) appends the items to the user's history, so the next call scores from it.
+        ``at``: when they happened (seconds since the epoch; default: now), which a model that
+        weighs what is popular now (``sequence.recency``) counts from then on.
         """
-        self._write("interactions", interactions=interactions, l2=l2)
+        if self._recent is not None:  # the write log keeps the moment, so a replay counts it
+            at = time.time() if at is None else check_moment(at, "add_interactions")
+            self._write("interactions", interactions=interactions, l2=l2, at=at)
+        else:
+            self._write("interactions", interactions=interactions, l2=l2)
 
     @classmethod
     def from_pretrained(
@@ -164,6 +174,11 @@ class Recommender(ServedModel):
             engine.add_users(payload["users"])
         elif kind == "interactions":
             engine.add_interactions(payload["interactions"], payload["l2"])
+            if self._recent is not None:  # the users exist now; their items count from ``at``
+                at = payload.get("at", self._recent.latest())
+                for user_id, items in payload["interactions"].items():
+                    row = self.user_index[user_id]
+                    self._recent.record(row, self.item_rows(items, "add_interactions"), at)
         elif kind == "ratings":
             engine.fold_in(payload["user"], payload["ratings"], payload["l2"])
         else:
@@ -237,24 +252,28 @@ class Recommender(ServedModel):
             return self.engine.preference_probabilities(rows, labelled).astype(np.float32)
 
     def recommend_for_history(
-        self, item_ids: Sequence[str], k: int = 10, exclude_seen: bool = True
+        self, item_ids: Sequence[str], k: int = 10, exclude_seen: bool = True, at=None
     ) -> list[tuple[str, float]]:
         """The ``k`` best next items after an anonymous session's items (time order); a history
-        model only. With ``exclude_seen`` the session's items are left out."""
+        model only. With ``exclude_seen`` the session's items are left out. ``at``: the moment
+        of prediction (:meth:`score_all`); the session is taken to have just happened."""
         k = check_k(k, "recommend_for_history")
         with self._lock:
-            rows, scores = self._history_scores(item_ids, "recommend_for_history")
+            rows, scores = self._history_scores(item_ids, "recommend_for_history", at)
             if exclude_seen:
                 scores[rows] = -np.inf
             return self._top(scores, k, "recommend_for_history", "")
 
-    def score_history(self, item_ids: Sequence[str]) -> np.ndarray:
+    def score_history(self, item_ids: Sequence[str], at=None, last=None) -> np.ndarray:
         """Scores of every catalogue item (as :meth:`score_all`) as the next item after a
-        session's items (time order; empty: no history); a history model only."""
+        session's items (time order; empty: no history); a history model only. ``at``: the
+        moment of prediction, ``last``: when the session's last item happened (default: at)."""
         with self._lock:
-            return self._history_scores(item_ids, "score_history")[1].astype(np.float32)
+            return self._history_scores(item_ids, "score_history", at, last)[1].astype(np.float32)
 
-    def _history_scores(self, item_ids: Sequence[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    def _history_scores(
+        self, item_ids: Sequence[str], where: str, at=None, last=None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if not self.traits.history:
             raise ValueError(
                 f"{where} needs a history model (recipes/train_sequential.py); this "
@@ -263,6 +282,10 @@ class Recommender(ServedModel):
         rows = self.item_rows(item_ids, where)
         state = self.engine.history_state(rows.tolist())
         scores = self._served().against(state, np.zeros(1, dtype=np.float32))[0]
+        if self._recent is not None:
+            moment = self._recent.moments(np.zeros(1), at)
+            ended = np.array([np.nan if not len(rows) else moment[0] if last is None else last])
+            scores = scores + self._recent.scores(state, moment, ended, len(self.item_ids))[0]
         return rows, scores.astype(np.float64)
 
     # -- explanations ------------------------------------------------------------------------
@@ -302,4 +325,5 @@ class Recommender(ServedModel):
                     "to replace it"
                 )
         with self._lock:
-            return self.engine.save_pretrained(target)
+            times = None if self._recent is None else self._recent.aligned_times
+            return self.engine.save_pretrained(target, seen_times_of=times)

@@ -24,6 +24,7 @@ from peftrec.app.inputs import (
     rows_of,
     top_k,
 )
+from peftrec.app.recency import ServedRecency, grouped_times
 from peftrec.artifact.folder import check_catalog, check_folder, histories, read_catalog
 from peftrec.artifact.vectors import ServingVectors, folder_digest, read_item_text, read_serving
 from peftrec.models.traits import Traits
@@ -56,6 +57,13 @@ class ServedModel:
 
         engine = ModelRecommender(model, tokenizer, catalog, meta, device, batch_size)
         self._start(engine.spec, engine.meta, catalog, None, loader=lambda: engine)
+        gate = getattr(model.head, "recency_gate", None)
+        if gate is not None:
+            self._recent = ServedRecency(
+                gate.weight.detach().cpu().numpy(),
+                gate.bias.detach().cpu().numpy(),
+                *recency_log(catalog, "the model in memory"),
+            )
 
     @classmethod
     def from_pretrained(
@@ -98,6 +106,8 @@ class ServedModel:
         recommender = cls.__new__(cls)
         recommender._start(spec, {**meta, "spec": spec}, catalog, vectors, loader=load)
         recommender._digest = digest
+        if spec.head.get("recency"):  # what is popular now: the gate from the saved head
+            recommender._recent = ServedRecency.from_folder(folder, *recency_log(catalog, folder))
         if vectors is None or backbone is not None:
             # nothing saved to serve from, or base weights to check: the network is needed now
             recommender.engine  # noqa: B018 (loads it)
@@ -113,6 +123,7 @@ class ServedModel:
         self._loader = loader
         self._engine: ModelRecommender | None = None
         self._vectors: ServingVectors | None = vectors
+        self._recent: ServedRecency | None = None  # a history model weighing what is popular now
         # whether the head's scores are the vectors' linked dot products (saved vectors: yes)
         self._dot_product: bool | None = True if vectors is not None else None
         self.user_ids = list(catalog.user_ids)
@@ -222,6 +233,8 @@ class ServedModel:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
             rows = self.user_rows(users, "predict"), self.item_rows(items, "predict")
+            if self._recent is not None:  # the pairs' users' rows at the default moment
+                return self._user_scores(rows[0], None)[np.arange(len(rows[0])), rows[1]]
             return self._bounded(self._served().pairs(*rows)).astype(np.float32)
 
     def predict_texts(self, user_id: str, texts: Sequence[str]) -> np.ndarray:
@@ -237,16 +250,36 @@ class ServedModel:
             scores = vectors.against(vectors.user_vectors[row], vectors.user_biases[row], *items)
             return self._bounded(scores[0]).astype(np.float32)
 
-    def score_all(self, user_ids: Sequence[str] | None = None) -> np.ndarray:
+    def score_all(self, user_ids: Sequence[str] | None = None, at=None) -> np.ndarray:
         """Scores (as :meth:`predict`) of the given (default: all) users for every catalogue item,
-        ``(users, items)``."""
+        ``(users, items)``. ``at``: the moment of prediction (seconds; one, or one per user) for
+        a model that weighs what is popular now (``sequence.recency``); default: the latest
+        interaction it knows."""
         with self._lock:
             rows = (
                 np.arange(len(self.user_ids))
                 if user_ids is None
                 else self.user_rows(user_ids, "score_all")
             )
-            return self._bounded(self._served().rows(rows)).astype(np.float32)
+            return self._bounded(self._user_scores(rows, at)).astype(np.float32)
+
+    def _user_scores(self, rows: np.ndarray, at) -> np.ndarray:
+        """Known users' (rows) scores for every item, with the recency term at ``at``."""
+        vectors = self._served()
+        scores = vectors.rows(rows)
+        if self._recent is not None:
+            scores = scores + self._recent.scores(
+                vectors.user_vectors[rows],
+                self._recent.moments(rows, at),
+                self._recent.last_times(rows),
+                len(self.item_ids),
+            )
+        elif at is not None:
+            raise ValueError(
+                "at: this model does not weigh what is popular now (sequence.recency), so its "
+                "scores do not depend on the moment"
+            )
+        return scores
 
     def recommend(
         self,
@@ -254,19 +287,23 @@ class ServedModel:
         k: int = 10,
         exclude_seen: bool = True,
         candidates: Sequence[str] | None = None,
+        at=None,
     ) -> list[tuple[str, float]]:
         """The ``k`` highest-scored items for ``user_id`` as ``(item_id, score)``, best first.
 
         With ``exclude_seen`` the items the user is known to have interacted with (the training
         interactions saved with the model, and those added since) are left out. ``candidates``
-        (item ids) restricts the ranking to those items, e.g. a shelf of new arrivals.
+        (item ids) restricts the ranking to those items, e.g. a shelf of new arrivals. ``at``:
+        the moment of prediction, as in :meth:`score_all`.
         """
         if not isinstance(user_id, (str, int, np.integer)) or isinstance(user_id, bool):
             raise TypeError(
                 f"recommend: pass one user id (str or int), got {type(user_id).__name__}; "
                 "for several users use recommend_batch(user_ids, k)"
             )
-        return self.recommend_batch([user_id], k, exclude_seen, candidates, where="recommend")[0]
+        return self.recommend_batch(
+            [user_id], k, exclude_seen, candidates, where="recommend", at=at
+        )[0]
 
     def recommend_batch(
         self,
@@ -275,6 +312,7 @@ class ServedModel:
         exclude_seen: bool = True,
         candidates: Sequence[str] | None = None,
         where: str = "recommend_batch",
+        at=None,
     ) -> list[list[tuple[str, float]]]:
         """:meth:`recommend` for many users at once, in the given order: matrix products over
         chunks of users (:data:`CHUNK_SCORES` scores at a time), so memory stays bounded
@@ -287,12 +325,13 @@ class ServedModel:
                 outside = np.ones(len(self.item_ids), dtype=bool)
                 outside[self.item_rows(candidates, where)] = False
             rows = self.user_rows(users, where).tolist()
-            vectors = self._served()
+            moments = None if at is None else np.broadcast_to(np.asarray(at), (len(rows),))
             step = max(1, CHUNK_SCORES // max(1, len(self.item_ids)))
             top = []
             for start in range(0, len(rows), step):
                 chunk = rows[start : start + step]
-                scores = vectors.rows(np.asarray(chunk, dtype=np.int64))
+                when = None if moments is None else moments[start : start + step]
+                scores = self._user_scores(np.asarray(chunk, dtype=np.int64), when)
                 if outside is not None:
                     scores[:, outside] = -np.inf
                 for r, row in enumerate(chunk):
@@ -306,3 +345,14 @@ class ServedModel:
         top = top_k(scores, k, where, whom)
         shown = self._bounded(scores[top])
         return [(self.item_ids[i], float(s)) for i, s in zip(top, shown, strict=True)]
+
+
+def recency_log(catalog: Catalog, where) -> tuple[dict, dict]:
+    """Each user's seen items and their times, for :class:`ServedRecency`."""
+    if catalog.seen_times is None:
+        raise ValueError(
+            f"{where}: a model that weighs what is popular now needs the times of its seen "
+            "interactions (seen.safetensors 'times'), and they are missing"
+        )
+    times = grouped_times(catalog.seen_users, catalog.seen_times, len(catalog.user_ids))
+    return histories(catalog), times

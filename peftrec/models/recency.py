@@ -10,8 +10,12 @@ the same day or later, so no prediction sees its own target or anything after it
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # an app serving a saved model counts with numpy alone
+    import torch
 
 DAY = 86_400.0
 HALF_LIVES = (1.0, 7.0, 30.0)  # days
@@ -101,6 +105,8 @@ class RecencyTable:
     training steps and the evaluation of a history model."""
 
     def __init__(self, counts: RecentCounts, device: torch.device | str = "cpu"):
+        import torch
+
         self.source = counts
         self.counts = torch.as_tensor(counts.counts, device=device)
         self.rates = torch.as_tensor(counts.rates, dtype=torch.float32, device=device)
@@ -108,6 +114,8 @@ class RecencyTable:
 
     def features(self, moments: torch.Tensor) -> torch.Tensor:
         """As :meth:`RecentCounts.features`, for a float64 tensor of moments (seconds)."""
+        import torch
+
         days = torch.floor(moments / DAY).long() - self.first_day
         rows = days.clamp(0, len(self.counts) - 1)
         elapsed = (moments - (rows + self.first_day).double() * DAY).clamp(min=0).float()

@@ -158,3 +158,70 @@ def test_a_history_model_updated_on_p4_ranks_the_next_block_after_blocks_1_to_t(
     assert np.allclose(new, rec.score_history([]), atol=1e-5)
     spec = json.loads((child / "model" / "peftrec.json").read_text())["spec"]
     assert spec["head"]["empty_state"] is True
+
+
+def test_a_model_weighing_what_is_popular_now_serves_it_and_reproduces_its_test(
+    tmp_path, toy_files, tiny_bert
+):
+    """``sequence.recency``: the saved model scores through numpy with the counts of its seen
+    interactions; given the validation items at their times, ``score_all(at=test times)`` gives
+    the recipe's test metrics, and a moment earlier than every interaction adds nothing."""
+    import csv
+
+    spread = tmp_path / "ratings.csv"  # the toy's times spread over weeks, so counts decay
+    with open(toy_files["interactions"]) as f, open(spread, "w", newline="") as g:
+        rows = list(csv.reader(f))
+        writer = csv.writer(g)
+        writer.writerow(rows[0])
+        for user, item, rating, time in rows[1:]:
+            writer.writerow([user, item, rating, int(time) * 61])
+    out = tmp_path / "run"
+    overrides = [
+        o.replace(str(toy_files["interactions"]), str(spread))
+        for o in tiny_overrides(toy_files, tiny_bert, out)
+        if not o.startswith("train.")
+    ]
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            "--config",
+            str(REPO / "recipes/configs/minilm_frozen_sequential.yaml"),
+            *overrides,
+            "train.epochs=4",
+            "train.lr=0.01",
+            "sequence.max_history=8",
+            "sequence.users_per_step=8",
+            "sequence.empty_state=true",
+            "sequence.recency=true",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    dataset = load_files(spread, toy_files["items"])
+    split = split_rows(dataset, "p3")
+    valid, test = (dataset.interactions.subset(rows) for rows in (split.valid, split.test))
+    rec = Recommender.from_pretrained(out / "model")
+    assert not rec.network_loaded and rec.model.head.recency_gate.weight.abs().sum() > 0
+    for u, i, t in zip(valid.users, valid.items, valid.timestamps, strict=True):
+        rec.add_interactions({dataset.user_ids[u]: [dataset.item_ids[i]]}, at=float(t))
+    users = [dataset.user_ids[u] for u in test.users]
+    scores = torch.as_tensor(rec.score_all(users, at=test.timestamps))
+    exclude = torch.zeros_like(scores, dtype=torch.bool)
+    for row, user in enumerate(users):
+        exclude[row, rec.seen[rec.user_index[user]]] = True
+    ranks = rank_of_targets(scores, torch.as_tensor(test.items), exclude).numpy()
+    app = load_metric("ranking").compute(predictions=ranks, k=10)
+    assert app["ndcg@10"] == pytest.approx(metrics["test_ndcg@10"], abs=1e-6)
+    assert app["mrr"] == pytest.approx(metrics["test_mrr"], abs=1e-6)
+    # the term moves with the moment: before any interaction it adds nothing
+    early = rec.score_all(users[:3], at=0.0)
+    now = rec.score_all(users[:3])
+    assert not np.allclose(early, now)
+    with pytest.raises(ValueError, match="finite"):
+        rec.score_all(users[:1], at=float("nan"))
+    # saved again, the recorded interactions keep their times
+    again = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "again"))
+    np.testing.assert_allclose(
+        again.score_all(users, at=test.timestamps), scores.numpy(), rtol=1e-5, atol=1e-6
+    )
