@@ -2,10 +2,12 @@
 counted only over the events a model has seen strictly before that moment's day.
 
 :class:`RecentCounts` turns a log of seen events (item, time, whether it was its user's first) into
-features ``log(1 + count)`` per item at any moment: for each half-life, the decayed count of all
-events and of first events (what new users start with). Counts are kept per day (the day starts
-at a multiple of 86,400 s): a moment reads the events of the days before its own, never one of
-the same day or later, so no prediction sees its own target or anything after it.
+features per item at any moment: for each half-life, the decayed count of all events and of
+first events (what new users start with), as ``log(1 + items * share)`` with each item's share
+of the moment's counts (so a moment long after the last seen event reads the same chart). Counts
+are kept per day (a day starts at a multiple of 86,400 s): a moment reads the events of the days
+before its own, never one of the same day or later, so no prediction sees its own target or
+anything after it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ if TYPE_CHECKING:  # an app serving a saved model counts with numpy alone
     import torch
 
 DAY = 86_400.0
-HALF_LIVES = (1.0, 7.0, 30.0)  # days
+HALF_LIVES = (1.0, 7.0, 30.0, 365.0)  # days
+TINY = 1e-30  # counts below it (all decayed away) give every item a share of 0
 
 
 class RecentCounts:
@@ -77,15 +80,22 @@ class RecentCounts:
         return np.clip(days - self.first_day, 0, len(self.counts) - 1)
 
     def features(self, moments: np.ndarray) -> np.ndarray:
-        """``log(1 + decayed count)`` per moment and item, ``(moments, items, width)``, from the
-        events of the days before each moment's day."""
-        moments = np.asarray(moments, dtype=np.float64)
-        rows = self.day_of(moments)
-        # the stored counts are as of a day's start: decay them on to the moment
-        elapsed = np.maximum(moments - (rows + self.first_day) * DAY, 0.0)
-        decay = np.exp(-np.outer(elapsed, self.rates))
-        counts = self.counts[rows] * np.concatenate([decay, decay], 1)[:, None, :]
-        return np.log1p(counts).astype(np.float32)
+        """``log(1 + items * share)`` per moment and item, ``(moments, items, width)``, from the
+        events of the days before each moment's day. Decaying the counts on from the day's start
+        to the moment scales them all alike, so the shares are those of the day's start."""
+        counts = self.counts[self.day_of(moments)].astype(np.float64)
+        return np.log1p(shares(counts, np)).astype(np.float32)
+
+
+def shares(counts, xp):
+    """Each item's share of the counts of its moment and feature, times the number of items (1:
+    an average item): the same whatever time has passed since the last seen event, which decays
+    every count alike. ``xp``: numpy or torch."""
+    if xp is np:
+        total = np.clip(counts.sum(1, keepdims=True), TINY, None)
+    else:
+        total = counts.sum(1, keepdim=True).clamp(min=TINY)
+    return counts * (counts.shape[1] / total)
 
 
 def first_events(users: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -109,7 +119,6 @@ class RecencyTable:
 
         self.source = counts
         self.counts = torch.as_tensor(counts.counts, device=device)
-        self.rates = torch.as_tensor(counts.rates, dtype=torch.float32, device=device)
         self.first_day = counts.first_day
 
     def features(self, moments: torch.Tensor) -> torch.Tensor:
@@ -118,6 +127,4 @@ class RecencyTable:
 
         days = torch.floor(moments / DAY).long() - self.first_day
         rows = days.clamp(0, len(self.counts) - 1)
-        elapsed = (moments - (rows + self.first_day).double() * DAY).clamp(min=0).float()
-        decay = torch.exp(-elapsed[:, None] * self.rates[None, :])
-        return torch.log1p(self.counts[rows] * torch.cat([decay, decay], 1)[:, None, :])
+        return torch.log1p(shares(self.counts[rows].double(), torch)).float()

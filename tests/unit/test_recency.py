@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from peftrec.models.recency import DAY, RecentCounts, first_events
+from peftrec.models.recency import DAY, HALF_LIVES, RecentCounts, first_events
 
 
 def brute_force(items, times, firsts, num_items, half_lives, moment):
@@ -19,7 +19,8 @@ def brute_force(items, times, firsts, num_items, half_lives, moment):
             if only_firsts:
                 weights = weights * firsts[seen]
             out.append(np.bincount(items[seen], weights, num_items))
-    return np.log1p(np.stack(out, 1))
+    counts = np.stack(out, 1)
+    return np.log1p(counts * num_items / np.clip(counts.sum(0), 1e-30, None))
 
 
 @pytest.fixture
@@ -33,6 +34,7 @@ def log():
 
 
 def test_features_match_their_definition_at_any_moment(log):
+    """log(1 + items * share) of the decayed counts of the days before each moment."""
     items, times, firsts, num_items = log
     counts = RecentCounts(items, times, firsts, num_items, (1.0, 7.0))
     moments = np.array([5 * DAY, 10.5 * DAY, 22.25 * DAY, 39.9 * DAY, 41 * DAY, 60.3 * DAY])
@@ -59,7 +61,7 @@ def test_no_event_of_the_moments_day_or_later_reaches_its_features(log):
     )
     earliest = more.features(moments[:1])  # every added event is on or after its day
     np.testing.assert_array_equal(earliest, past.features(moments[:1]))
-    whole = brute_force(items, times, firsts, num_items, (1.0, 7.0, 30.0), times.max() + DAY)
+    whole = brute_force(items, times, firsts, num_items, HALF_LIVES, times.max() + DAY)
     assert not np.allclose(whole, past.features(moments[:1])[0])
 
 
@@ -78,7 +80,7 @@ def test_bad_logs_are_refused():
 
 def test_an_empty_log_gives_zero_features():
     counts = RecentCounts(np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool), 4)
-    assert counts.features(np.array([1e9])).shape == (1, 4, 6)
+    assert counts.features(np.array([1e9])).shape == (1, 4, 2 * len(HALF_LIVES))
     assert not counts.features(np.array([1e9])).any()
 
 
@@ -92,3 +94,11 @@ def test_the_torch_table_gives_the_same_features(log):
     moments = np.array([12.3 * DAY, 30.01 * DAY, 55.5 * DAY])
     got = RecencyTable(counts).features(torch.as_tensor(moments, dtype=torch.float64))
     np.testing.assert_allclose(got.numpy(), counts.features(moments), rtol=1e-5, atol=1e-6)
+
+
+def test_a_later_moment_with_no_new_events_reads_the_same_chart(log):
+    """Shares: time passing after the last seen event decays every count alike."""
+    items, times, firsts, num_items = log
+    counts = RecentCounts(items, times, firsts, num_items)
+    later = counts.features(np.array([41.0 * DAY, 70.0 * DAY]))
+    np.testing.assert_allclose(later[0], later[1], rtol=1e-4, atol=1e-5)
