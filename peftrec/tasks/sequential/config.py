@@ -29,9 +29,9 @@ class SequenceConfig:
     )
     recency: bool = option(
         False,
-        "weigh what is popular now: each state learns its weights on every item's decayed counts "
-        "of recent interactions (all, and users' first ones; half-lives 1, 7, 30, 365 days) as of the "
-        "moment of prediction, from the seen events of the days before it (needs timestamps)",
+        "weigh what is popular now: each state learns its weights on every item's share of the "
+        "recent interactions (all, and users' first ones; half-lives 1, 7, 30, 365 days) as of "
+        "the moment of prediction, from the seen events of the days before it (needs timestamps)",
     )
     loss: Literal["softmax", "sampled"] = option(
         "softmax",
