@@ -112,7 +112,7 @@ class ServedRecency:
         out = np.zeros((len(states), num_items), dtype=np.float32)
         for start in range(0, len(states), CHUNK):  # features: (chunk, items, features)
             features = counts.features(moments[start : start + CHUNK])
-            out[:, : counts.num_items][start : start + CHUNK] = np.einsum(
+            out[start : start + CHUNK] = np.einsum(
                 "sif,sf->si", features, weights[start : start + CHUNK]
             )
         return out

@@ -121,6 +121,12 @@ def p4_history(dataset: RecDataset, block: int) -> tuple[np.ndarray, np.ndarray]
 def histories_before(dataset: RecDataset, pool: np.ndarray, targets: np.ndarray) -> list:
     """Each target row's history: the items of its user's ``pool`` rows that come before it in
     (timestamp, row) order, oldest first (what a history model reads before the target)."""
+    return [dataset.interactions.items[r] for r in rows_before(dataset, pool, targets)]
+
+
+def rows_before(dataset: RecDataset, pool: np.ndarray, targets: np.ndarray) -> list:
+    """Each target row's user's ``pool`` rows that come before it in (timestamp, row) order,
+    oldest first."""
     inter = dataset.interactions
     rows = np.arange(len(inter))
     position = np.empty(len(inter), dtype=np.int64)
@@ -132,7 +138,7 @@ def histories_before(dataset: RecDataset, pool: np.ndarray, targets: np.ndarray)
     for target in np.asarray(targets, dtype=np.int64):
         user = inter.users[target]
         mine = pool[starts[user] : starts[user + 1]]
-        out.append(inter.items[mine[position[mine] < position[target]]])
+        out.append(mine[position[mine] < position[target]])
     return out
 
 

@@ -44,7 +44,6 @@ class RecentCounts:
         if len(items) and (items.min() < 0 or items.max() >= num_items):
             raise ValueError(f"RecentCounts: item rows must lie in [0, {num_items})")
         self.num_items, self.half_lives = num_items, tuple(float(h) for h in half_lives)
-        self.events = (items, times, firsts)
         days = np.floor(times / DAY).astype(np.int64)
         self.first_day = int(days.min()) if len(days) else 0
         span = (int(days.max()) - self.first_day + 2) if len(days) else 1
@@ -66,7 +65,6 @@ class RecentCounts:
                         items[today], weights[:, f] * firsts[today], num_items
                     )
             counts[d] = running
-        self.rates = rates
         self.counts = counts
 
     @property
@@ -117,7 +115,6 @@ class RecencyTable:
     def __init__(self, counts: RecentCounts, device: torch.device | str = "cpu"):
         import torch
 
-        self.source = counts
         self.counts = torch.as_tensor(counts.counts, device=device)
         self.first_day = counts.first_day
 

@@ -141,6 +141,18 @@ class RatingHead(TwoTowers):
     def fold_history(self) -> None:
         """Add every user's history term to their table row and forget the histories: the user
         table then stands alone (what a saved model serves, and what fold-in starts from)."""
+        self._move_history_into_table(+1.0)
+        self.rated = None
+
+    @torch.no_grad()
+    def unfold_history(self) -> None:
+        """Take the history term out of the table rows, so the users' vectors stay what the table
+        held: a warm start from a saved (folded) model reads the histories again and must not
+        count them twice."""
+        self._move_history_into_table(-1.0)
+
+    def _move_history_into_table(self, sign: float) -> None:
+        """Add ``sign`` times every user's history term (without dropout) to their table row."""
         if self.rated is None:
             return
         was_training = self.training
@@ -149,23 +161,7 @@ class RatingHead(TwoTowers):
         term = self.history_term(rows)
         self.train(was_training)
         if term is not None:
-            self.user_emb.weight += term.to(self.user_emb.weight.dtype)
-        self.rated = None
-
-    @torch.no_grad()
-    def unfold_history(self) -> None:
-        """Take the history term out of the table rows, so the users' vectors stay what the table
-        held: a warm start from a saved (folded) model reads the histories again and must not
-        count them twice."""
-        if self.rated is None:
-            return
-        was_training = self.training
-        self.eval()
-        rows = torch.arange(self.user_bias.num_embeddings, device=self.rated.items.device)
-        term = self.history_term(rows)
-        self.train(was_training)
-        if term is not None:
-            self.user_emb.weight -= term.to(self.user_emb.weight.dtype)
+            self.user_emb.weight.add_(term.to(self.user_emb.weight.dtype), alpha=sign)
 
     def users(
         self, index: torch.Tensor, leave_out: torch.Tensor | None = None

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from peftrec.data.blocks import histories_before
+from peftrec.data.blocks import rows_before
 from peftrec.models.tokens import pad_batch
 from peftrec.tasks.sequential.head import PAD, left_pad
 
@@ -92,37 +92,32 @@ def run_histories(data) -> RunHistories:
         )
     learned, before = data.history_rows
     mine = user_histories(inter.users[learned], learned, inter.timestamps[learned], num_users)
+    valid_rows, test_rows = (rows_before(data.dataset, before, t) for t in data.rows[1:])
     return RunHistories(
         [inter.items[r] for r in mine],
         [np.isin(r, data.rows.train) for r in mine],
-        histories_before(data.dataset, before, data.rows.valid),
-        histories_before(data.dataset, before, data.rows.test),
+        [inter.items[r] for r in valid_rows],
+        [inter.items[r] for r in test_rows],
         [inter.timestamps[r] for r in mine],
         moments,
         tuple(
-            history_ages(data.dataset, before, rows) for rows in (data.rows.valid, data.rows.test)
+            history_ages(inter.timestamps, targets, rows)
+            for targets, rows in ((data.rows.valid, valid_rows), (data.rows.test, test_rows))
         ),
         (np.asarray(before), np.asarray(before)),
     )
 
 
-def history_ages(dataset, pool: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Seconds from the last of each target's user's ``pool`` rows before it (in (timestamp,
-    row) order) to the target; 0 when there is none."""
-    inter = dataset.interactions
-    rows = np.arange(len(inter))
-    position = np.empty(len(inter), dtype=np.int64)
-    position[np.lexsort((rows, inter.timestamps))] = rows
-    pool = np.asarray(pool, dtype=np.int64)
-    pool = pool[np.lexsort((position[pool], inter.users[pool]))]  # by user, then time
-    starts = np.searchsorted(inter.users[pool], np.arange(len(dataset.user_ids) + 1))
-    ages = np.zeros(len(targets))
-    for k, target in enumerate(np.asarray(targets, dtype=np.int64)):
-        mine = pool[starts[inter.users[target]] : starts[inter.users[target] + 1]]
-        earlier = mine[position[mine] < position[target]]
-        if len(earlier):
-            ages[k] = inter.timestamps[target] - inter.timestamps[earlier[-1]]
-    return ages
+def history_ages(times: np.ndarray, targets: np.ndarray, histories: list) -> np.ndarray:
+    """Seconds from the last row of each target's history (rows, oldest first) to the target;
+    0 for an empty history."""
+    return np.array(
+        [
+            times[t] - times[h[-1]] if len(h) else 0.0
+            for t, h in zip(targets, histories, strict=True)
+        ],
+        dtype=np.float64,
+    )
 
 
 def training_windows(
