@@ -149,10 +149,11 @@ class ModelRecommender(RecommenderItems, RecommenderUsers):
             return numpy32(torch.sigmoid(head.cross_logits(text, shares.to(self.device))))
 
     # -- saving ------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path, seen_times_of=None) -> Path:
+    def save_pretrained(self, folder: str | Path, seen_times_of=None, extra=None) -> Path:
         """Write the model with everything added since loading (items, users, interactions) as a
         model folder, atomically; :meth:`from_pretrained` of it gives the same scores.
-        ``seen_times_of``: the times of the histories' items (a model weighing recency)."""
+        ``seen_times_of``: the times of the histories' items (a model weighing recency);
+        ``extra(folder)`` writes what else belongs in the folder (the item index)."""
         with self._lock:
             seen_users, seen_items = self._history_pairs()
             seen_times = None if seen_times_of is None else seen_times_of(self._history)
@@ -195,6 +196,7 @@ class ModelRecommender(RecommenderItems, RecommenderUsers):
                 config_yaml=self.meta.get("config_yaml", ""),
                 vectors=vectors,
                 item_text=None if vectors is None else self.item_text_encodings(),
+                extra=extra,
             )
 
 

@@ -145,7 +145,7 @@ class Recommender(ServedModel):
             if self._state is not None:
                 raise ValueError(f"this model already keeps its writes in {self._state.url}")
             log = ServedState(state, self._digest)
-            replayed = 0
+            replayed, items = 0, set()
             for seq, kind, payload in log.events():
                 try:
                     self._apply(kind, payload)
@@ -153,9 +153,12 @@ class Recommender(ServedModel):
                     raise StateError(
                         f"state {log.url}: write {seq} ({kind}) no longer applies: {err}"
                     ) from None
+                if kind == "items":
+                    items.update(payload["items"])
                 replayed += 1
             if replayed:
                 self._changed()
+                self._index_items(self.item_rows(sorted(items), "attach_state"))
                 logger.info("replayed %d writes from %s", replayed, log.url)
             self._state = log
             return replayed
@@ -190,6 +193,8 @@ class Recommender(ServedModel):
 
         def publish() -> None:
             self._changed()
+            if kind == "items":  # the index (if any) takes the new and changed items
+                self._index_items(self.item_rows(list(payload["items"]), "add_items"))
             if self._state is not None:
                 self._state.append(kind, jsonable(payload))
 
@@ -326,4 +331,5 @@ class Recommender(ServedModel):
                 )
         with self._lock:
             times = None if self._recent is None else self._recent.aligned_times
-            return self.engine.save_pretrained(target, seen_times_of=times)
+            index = None if self._index is None else self._index.save
+            return self.engine.save_pretrained(target, seen_times_of=times, extra=index)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from peftrec.app.index import INDEX_FILE, IndexSettings, ItemIndex
 from peftrec.app.inputs import (
     check_k,
     check_texts,
@@ -73,6 +74,7 @@ class ServedModel:
         device: str = "cpu",
         backbone: str | None = None,
         trust_remote_code: bool = False,
+        exact: bool = False,
     ) -> Self:
         """Load a folder written by a peftrec recipe or :meth:`save_pretrained` (safetensors and
         JSON only; every file the model needs is checked first).
@@ -80,7 +82,8 @@ class ServedModel:
         Known users and items are served from the saved vectors; the network is loaded the
         first time a text must be encoded. ``backbone`` names where the base weights come from
         (default: the spec's backbone; given, it is loaded and checked at once); ``device``
-        where the network runs.
+        where the network runs. A folder saved with an approximate index (:meth:`use_index`)
+        serves its top-k through it, unless ``exact``.
         """
         folder = Path(folder)
         spec, meta = check_folder(folder)
@@ -108,6 +111,11 @@ class ServedModel:
         recommender._digest = digest
         if spec.head.get("recency"):  # what is popular now: the gate from the saved head
             recommender._recent = ServedRecency.from_folder(folder, *recency_log(catalog, folder))
+        if not exact and vectors is not None and (folder / INDEX_FILE).is_file():
+            recommender._index = ItemIndex.load(
+                folder / INDEX_FILE, vectors.item_vectors, vectors.item_biases
+            )
+            recommender._index_settings = recommender._index.settings
         if vectors is None or backbone is not None:
             # nothing saved to serve from, or base weights to check: the network is needed now
             recommender.engine  # noqa: B018 (loads it)
@@ -124,6 +132,8 @@ class ServedModel:
         self._engine: ModelRecommender | None = None
         self._vectors: ServingVectors | None = vectors
         self._recent: ServedRecency | None = None  # a history model weighing what is popular now
+        self._index: ItemIndex | None = None  # the approximate top-k, when asked and big enough
+        self._index_settings: IndexSettings | None = None
         # whether the head's scores are the vectors' linked dot products (saved vectors: yes)
         self._dot_product: bool | None = True if vectors is not None else None
         self.user_ids = list(catalog.user_ids)
@@ -325,6 +335,11 @@ class ServedModel:
                 outside = np.ones(len(self.item_ids), dtype=bool)
                 outside[self.item_rows(candidates, where)] = False
             rows = self.user_rows(users, where).tolist()
+            if self._index is not None and outside is None:
+                return [
+                    self._indexed_top(row, k, exclude_seen, where, f" to user {user!r}")
+                    for row, user in zip(rows, users, strict=True)
+                ]
             moments = None if at is None else np.broadcast_to(np.asarray(at), (len(rows),))
             step = max(1, CHUNK_SCORES // max(1, len(self.item_ids)))
             top = []
@@ -340,6 +355,72 @@ class ServedModel:
                     whom = f" to user {users[start + r]!r}"
                     top.append(self._top(scores[r], k, where, whom))
             return top
+
+    def _indexed_top(
+        self, row: int, k: int, exclude_seen: bool, where: str, whom: str
+    ) -> list[tuple[str, float]]:
+        """One user's top ``k`` from the approximate index: the candidates it finds, less the
+        seen items, scored exactly; exact over the catalogue if it finds too few."""
+        vectors = self._served()
+        seen = self.seen[row] if exclude_seen else np.zeros(0, dtype=np.int64)
+        found = self._index.search(vectors.user_vectors[[row]], k + len(seen))[0]
+        found = found[(found >= 0) & ~np.isin(found, seen)]
+        if len(found) < k:  # too few in the scanned lists: score them all
+            scores = self._user_scores(np.asarray([row]), None)[0]
+            scores[seen] = -np.inf
+            return self._top(scores, k, where, whom)
+        user = vectors.user_vectors[[row]], vectors.user_biases[[row]]
+        scores = vectors.against(*user, vectors.item_vectors[found], vectors.item_biases[found])[0]
+        order = np.argsort(-scores, kind="stable")[:k]
+        shown = self._bounded(scores[order])
+        return [(self.item_ids[i], float(s)) for i, s in zip(found[order], shown, strict=True)]
+
+    # -- the approximate index ---------------------------------------------------------------
+    def use_index(self, above: int = 100_000, recall: float = 0.95, lists: int | None = None):
+        """Serve the top-k of :meth:`recommend` and :meth:`recommend_batch` through an approximate
+        nearest-neighbour index (:mod:`peftrec.app.index`, FAISS) once the catalogue has ``above``
+        items or more; below that, exact. The index is built now if the catalogue is big enough
+        (k-means over the item vectors), or when items added later make it so; ``recall`` is the
+        recall@10 against exact scoring its probes are calibrated to, on sample users. Added or
+        changed items enter it as they are written; :meth:`save_pretrained` saves it.
+
+        Needs scores that are a dot product of saved vectors (not a model that weighs what is
+        popular now). ``candidates`` lists are still ranked exactly."""
+        settings = IndexSettings(above=above, recall=recall, lists=lists)
+        with self._lock:
+            if self._recent is not None:
+                raise ValueError(
+                    "use_index: this model weighs what is popular now (sequence.recency), so its "
+                    "scores change with the moment and are not a dot product of stored vectors"
+                )
+            if not isinstance(self._served(), ServingVectors):
+                raise ValueError(
+                    "use_index: this model's scores are not a dot product of item and user "
+                    "vectors, so no index can rank them; it is served exactly"
+                )
+            self._index_settings, self._index = settings, None
+            self._index_items(np.zeros(0, dtype=np.int64))
+
+    @property
+    def index(self) -> ItemIndex | None:
+        """The approximate index serving the top-k (None: exact)."""
+        return self._index
+
+    def _index_items(self, rows: np.ndarray) -> None:
+        """After items ``rows`` were added or changed: keep the index in step (build it once the
+        catalogue reaches the size asked for)."""
+        settings = self._index_settings
+        if settings is None or len(self.item_ids) < settings.above:
+            return
+        vectors = self._served()
+        if self._index is None:
+            logger.info("building the item index over %d items", len(self.item_ids))
+            self._index = ItemIndex.build(
+                vectors.item_vectors, vectors.item_biases, vectors.user_vectors, settings
+            )
+            return
+        rows = np.union1d(rows, np.arange(self._index.size, len(self.item_ids)))
+        self._index.put(rows, vectors.item_vectors[rows], vectors.item_biases[rows])
 
     def _top(self, scores: np.ndarray, k: int, where: str, whom: str) -> list[tuple[str, float]]:
         top = top_k(scores, k, where, whom)

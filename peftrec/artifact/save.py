@@ -22,6 +22,7 @@ before the spec) still load; their backbone dtype was not recorded and is float3
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ def save_artifact(
     card: dict[str, Any] | None = None,
     vectors: ServingVectors | None = None,
     item_text: np.ndarray | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the model to ``folder`` atomically: a crash mid-save leaves any previous one intact.
 
@@ -78,7 +80,8 @@ def save_artifact(
     app's
     engine for a changed one), with ``item_text``, the catalogue's pooled text encodings; they
     go into ``serving.safetensors`` with a digest of the files they came from. Without them the
-    folder has none, and an app loads the network to score.
+    folder has none, and an app loads the network to score. ``extra(folder)`` writes files the
+    digest leaves out (the app's item index) before the folder is published.
     """
     spec = model.spec
     if spec is None:
@@ -150,6 +153,8 @@ def save_artifact(
         (tmp / "config.yaml").write_text(config_yaml)
         if vectors is not None:  # last: its digest covers the files written above
             write_serving(tmp, vectors, item_text)
+        if extra is not None:
+            extra(tmp)
         missing = [f for f in required_files(spec) if not (tmp / f).exists()]
         if missing:
             raise ArtifactError(

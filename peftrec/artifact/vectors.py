@@ -26,7 +26,8 @@ from safetensors.numpy import save_file
 
 SERVING_FILE = "serving.safetensors"
 SERVING_VERSION = "1"
-UNHASHED = {SERVING_FILE, "README.md", "config.yaml"}  # what the vectors do not depend on
+# what the vectors do not depend on (index.safetensors: the app's item index, derived from them)
+UNHASHED = {SERVING_FILE, "README.md", "config.yaml", "index.safetensors"}
 LINKS = ("identity", "sigmoid")
 
 logger = logging.getLogger("peftrec.app.recommender")

@@ -220,6 +220,8 @@ def test_a_model_weighing_what_is_popular_now_serves_it_and_reproduces_its_test(
     assert not np.allclose(early, now)
     with pytest.raises(ValueError, match="finite"):
         rec.score_all(users[:1], at=float("nan"))
+    with pytest.raises(ValueError, match="popular now"):  # scores move with the moment
+        rec.use_index(above=1)
     # saved again, the recorded interactions keep their times
     again = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "again"))
     np.testing.assert_allclose(
