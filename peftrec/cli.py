@@ -166,7 +166,12 @@ def serve(args: argparse.Namespace) -> None:
         from peftrec.app.state import default_state
 
         state = default_state(args.model)
-    recommender = Recommender.from_pretrained(args.model, state=state)
+    recommender = Recommender.from_pretrained(args.model, state=state, exact=args.exact)
+    if args.index_above is not None:
+        recommender.use_index(above=args.index_above)
+    if recommender.index is not None:
+        index = recommender.index
+        print(f"top-k through an approximate index ({index.lists} lists, {index.probes} probed)")
     if state is None:
         print("serving in memory: writes are lost when the service stops (--state keeps them)")
     else:
@@ -299,6 +304,17 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="a file holding the bearer token every request but /health and /docs must send "
         "(or set PEFTREC_TOKEN; never put the token itself on the command line)",
+    )
+    p.add_argument(
+        "--index-above",
+        type=positive_int,
+        default=None,
+        metavar="ITEMS",
+        help="serve the top-k through an approximate index (FAISS) once the catalogue has this "
+        "many items (default: exact, or the index saved with the model)",
+    )
+    p.add_argument(
+        "--exact", action="store_true", help="ignore an index saved with the model: exact top-k"
     )
     p.set_defaults(run=serve)
     p = commands.add_parser(

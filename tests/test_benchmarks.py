@@ -795,6 +795,41 @@ def test_the_scale_benchmark_runs_and_reports_each_operation(tmp_path):
         assert r["all_users_s"] > 0 and r["peak_rss_mib"] >= r["rss_after_load_mib"] > 0
     text = (tmp_path / "scale.md").read_text()
     assert "| 2,000 |" in text and "users are their histories" in text and "Machine: " in text
+    if scale.index_available():  # the approximate index, timed and checked against exact
+        for r in data["results"]:
+            index = r["index"]
+            assert 1 <= index["probes"] <= index["lists"] and index["recommend"]["median_ms"] > 0
+            assert 0.5 < index["recall_at_10"] <= 1.0
+        assert "With the approximate index" in text
+
+
+def test_the_ml1m_study_runs_resolve_and_its_report_says_what_has_not_run(tmp_path, monkeypatch):
+    from benchmarks import ml1m
+
+    runs = ml1m.study_runs()
+    assert {f"{m}_s{s}" for m in ("idonly", "frozen") for s in ml1m.SEEDS} <= set(runs)
+    for name, run in runs.items():
+        cfg = load_config(SCHEMAS[run.task], run.config_path, list(run.overrides))
+        dataset = "ml-100k" if name.endswith("ml100k") else "ml-1m"
+        assert cfg.data.dataset == dataset and cfg.data.protocol == (
+            "p1" if run.task == "rating" else "p3"
+        )
+        if run.task == "sequential":
+            assert cfg.sequence.max_history == 200 and cfg.sequence.loss == "softmax"
+            assert cfg.model.item_text == name.startswith(("frozen", "cost"))
+    monkeypatch.setattr(ml1m, "RUNS", tmp_path / "runs")
+    done = tmp_path / "runs" / "idonly_s0"
+    done.mkdir(parents=True)
+    metrics = {
+        "test_ndcg@10": 0.1712, "test_hr@10": 0.3011, "test_mrr": 0.15, "valid_ndcg@10": 0.18,
+        "best_epoch": 40, "trainable_parameters": 304250, "median_epoch_seconds": 36.0,
+        "wall_seconds": 3000.0, "peak_memory_mib": 2000.0, "history": [],
+    }  # fmt: skip
+    (done / "metrics.json").write_text(json.dumps(metrics))
+    text = ml1m.report(runs, "a machine")
+    assert "| ID-only SASRec-CE | 0.1712 | 0.3011 |" in text and "0.1712 (1 seed)" in text
+    assert "| MiniLM frozen, text + ID | not run |" in text and "No seed has both rows" in text
+    assert "*0.1780*" in text  # the published row
 
 
 def test_the_recency_study_scores_the_written_down_rule_as_the_continual_study_does(ml100k):  # noqa: F811

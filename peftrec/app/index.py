@@ -29,6 +29,7 @@ INDEX_FILE = "index.safetensors"
 CALIBRATION_USERS = 1000
 CALIBRATION_K = 10
 TRAINING_POINTS_PER_LIST = 64  # k-means sees at most this many items per list
+CHUNK_SCORES = 1 << 25  # exact scores held at once while calibrating (128 MiB of float32)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,13 @@ class ItemIndex:
         recall."""
         asked = queries(users)
         k = min(CALIBRATION_K, len(items))
-        exact = np.argpartition(-(asked @ items.T), k - 1, axis=1)[:, :k]
+        step = max(1, CHUNK_SCORES // len(items))  # users scored exactly at once
+        exact = np.concatenate(
+            [
+                np.argpartition(-(asked[s : s + step] @ items.T), k - 1, axis=1)[:, :k]
+                for s in range(0, len(asked), step)
+            ]
+        )
 
         def recall_at(probes: int) -> float:
             self.probes = probes

@@ -335,7 +335,7 @@ class ServedModel:
                 outside = np.ones(len(self.item_ids), dtype=bool)
                 outside[self.item_rows(candidates, where)] = False
             rows = self.user_rows(users, where).tolist()
-            if self._index is not None and outside is None:
+            if self._index is not None and outside is None and at is None:
                 return [
                     self._indexed_top(row, k, exclude_seen, where, f" to user {user!r}")
                     for row, user in zip(rows, users, strict=True)

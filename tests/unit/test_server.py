@@ -166,12 +166,14 @@ def test_explain_over_http(service):
 
 
 def test_the_serve_command_starts_the_service(folder):
+    """Also with the approximate index asked for: it serves what exact scoring serves."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
+    command = ["serve", str(folder), "--port", str(port), "--state", "none", "--index-above", "1"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "peftrec.cli", "serve", str(folder), "--port", str(port)],
+        [sys.executable, "-m", "peftrec.cli", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -187,6 +189,12 @@ def test_the_serve_command_starts_the_service(folder):
                 assert time.monotonic() < deadline, "the service did not start"
                 time.sleep(0.2)
         assert status == 200 and health["status"] == "ok"
+        status, top = call(f"http://127.0.0.1:{port}", "/recommend", {"user": "u0", "k": 3})
+        items = [r["item"] for r in top["items"]]
+        assert status == 200 and len(set(items)) == 3  # found by the index, scored exactly
+        exact = Recommender.from_pretrained(folder).predict(["u0"] * 3, items)
+        assert [r["score"] for r in top["items"]] == pytest.approx(exact.tolist(), abs=1e-5)
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        output, _ = process.communicate(timeout=30)
+    assert "approximate index" in output
