@@ -234,7 +234,7 @@ def report(runs: dict[str, Run], hardware: str) -> str:
         "rows (sequential: the positions of the histories, at most 200 per user; rating: the "
         "ratings), and validation with the users times the catalogue. Mixed precision "
         "(`accelerate launch --mixed_precision bf16`) and several processes "
-        "(`--num_processes N`) split the head's work; see the training guide.",
+        "(`--num_processes N`) split the head's work (`docs/training.md`).",
     ]
     return "\n".join(lines) + "\n"
 

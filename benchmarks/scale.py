@@ -317,12 +317,22 @@ def index_table(results: list[dict]) -> list[str]:
     return lines
 
 
+def command_options(args: argparse.Namespace) -> str:
+    """The options a report was made with (the defaults left out)."""
+    options = " --quick" if args.quick else ""
+    if args.sizes:
+        options += " --sizes " + " ".join(map(str, args.sizes))
+    if list(args.models) != list(MODELS):
+        options += " --models " + " ".join(args.models)
+    return options
+
+
 def report(results: list[dict], args: argparse.Namespace, hardware: str) -> str:
     users = results[0]["users"] if results else 0
     lines = [
         "# How the app's costs grow with the catalogue",
         "",
-        f"Made by `python -m benchmarks.scale{' --quick' if args.quick else ''}` "
+        f"Made by `python -m benchmarks.scale{command_options(args)}` "
         "(issue 27, part 3); what is built and what is timed is in the module's docstring. "
         f"{users:,} users with {HISTORY} interactions each, a {DIM}-dim head on 64-dim pooled "
         f"texts (tiny BERT), random pooled encodings instead of the language model's; "
