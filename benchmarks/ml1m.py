@@ -228,9 +228,10 @@ def report(runs: dict[str, Run], hardware: str) -> str:
         "",
         *cost_lines(),
         "",
-        "What grows: the language model passes over the catalogue once, outside the epochs "
-        "(frozen: the pooled texts are cached on disk after the first run; 1,682 items against "
-        "3,706), with loading, the test and saving; the head's epoch grows with the training "
+        "What grows: the frozen language model passes over the catalogue once per run (1,682 "
+        "items against 3,706), outside the epochs, with loading, the rating recipe's head "
+        "warm-up on the frozen features, the test and saving; the head's epoch grows with the "
+        "training "
         "rows (sequential: the positions of the histories, at most 200 per user; rating: the "
         "ratings), and validation with the users times the catalogue. Mixed precision "
         "(`accelerate launch --mixed_precision bf16`) and several processes "

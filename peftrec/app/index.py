@@ -141,9 +141,9 @@ class ItemIndex:
         asked = queries(users)
         k = min(CALIBRATION_K, len(items))
         step = max(1, CHUNK_SCORES // len(items))  # users scored exactly at once
-        exact = np.concatenate(
+        exact = np.concatenate(  # copies: a view would keep each chunk's whole argpartition
             [
-                np.argpartition(-(asked[s : s + step] @ items.T), k - 1, axis=1)[:, :k]
+                np.argpartition(-(asked[s : s + step] @ items.T), k - 1, axis=1)[:, :k].copy()
                 for s in range(0, len(asked), step)
             ]
         )
