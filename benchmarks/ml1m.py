@@ -147,8 +147,8 @@ def accuracy_lines(runs: dict[str, Run]) -> list[str]:
             f"{first['wall_seconds'] / 60:.0f} |"
         )
     for model, ndcg, hr, source in PUBLISHED:
-        hr_cell = "" if hr is None else f"{hr:.2f}"
-        lines.append(f"| *{model}* ({source}) | *{ndcg:.4f}* | *{hr_cell}* | | | | | | | | |")
+        hr_cell = "" if hr is None else f"*{hr:.2f}*"
+        lines.append(f"| *{model}* ({source}) | *{ndcg:.4f}* | {hr_cell} | | | | | | | | |")
     return lines
 
 
@@ -203,7 +203,8 @@ def report(runs: dict[str, Run], hardware: str) -> str:
         "# MovieLens-1M: next item beside the published numbers, and training costs",
         "",
         "Made by `python -m benchmarks.ml1m` (issue 27); what runs is in the module's docstring. "
-        f"Machine: {hardware}; fp32, one process.",
+        f"Machine: {hardware}; fp32, one process. The machine is shared: times are medians, "
+        "and a run's wall time includes stretches beside other jobs.",
         "",
         "## ml1m-p3: leave-one-out by time, full ranking",
         "",
