@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-INDEX_FILE = "index.safetensors"
+from peftrec.artifact.vectors import INDEX_FILE
+
 CALIBRATION_USERS = 1000
 CALIBRATION_K = 10
 TRAINING_POINTS_PER_LIST = 64  # k-means sees at most this many items per list
@@ -126,7 +127,7 @@ class ItemIndex:
         kmeans = faiss.Kmeans(items.shape[1], count, niter=20, seed=seed, spherical=False)
         kmeans.train(sample)
         index = cls(kmeans.centroids, 1, settings)
-        index.put(np.arange(len(items)), vectors, biases)
+        index._add(np.arange(len(items)), items)
         if len(users):
             picked = users[
                 rng.choice(len(users), min(len(users), CALIBRATION_USERS), replace=False)
@@ -148,11 +149,15 @@ class ItemIndex:
             ]
         )
 
+        recalls: dict[int, float] = {}  # each probe count searched once
+
         def recall_at(probes: int) -> float:
-            self.probes = probes
-            _, found = self._index.search(asked, k)
-            hits = sum(len(np.intersect1d(f, e)) for f, e in zip(found, exact, strict=True))
-            return hits / exact.size
+            if probes not in recalls:
+                self.probes = probes
+                _, found = self._index.search(asked, k)
+                hits = sum(len(np.intersect1d(f, e)) for f, e in zip(found, exact, strict=True))
+                recalls[probes] = hits / exact.size
+            return recalls[probes]
 
         low, high = 0, 1  # low: known too few (0: none tried); high: the candidate
         while recall_at(high) < self.settings.recall and high < self.lists:
@@ -163,23 +168,27 @@ class ItemIndex:
                 high = middle
             else:
                 low = middle
+        self.probes = high
         return recall_at(high)
 
     def put(self, rows: np.ndarray, vectors: np.ndarray, biases: np.ndarray) -> None:
         """Index items ``rows`` (new ones, or known ones whose vectors changed) with these
         vectors and biases; rows past the indexed ones must follow on from them."""
-        rows = np.asarray(rows, dtype=np.int64)
+        self._add(np.asarray(rows, dtype=np.int64), augmented(vectors, biases))
+
+    def _add(self, rows: np.ndarray, items: np.ndarray) -> None:
+        """:meth:`put` of ``[q_i, b_i]`` rows."""
         if len(rows) == 0:
             return
-        known = rows[rows < self.size]
-        if len(known):
-            self._index.remove_ids(known)
         grown = int(rows.max()) + 1
         if grown > self.size and not np.isin(np.arange(self.size, grown), rows).all():
             raise ValueError(
                 f"index: rows {self.size}..{grown - 1} must all be added (got {len(rows)} rows)"
             )
-        self._index.add_with_ids(augmented(vectors, biases), rows)
+        known = rows[rows < self.size]  # checked first: a refused put changes nothing
+        if len(known):
+            self._index.remove_ids(known)
+        self._index.add_with_ids(items, rows)
         self.size = max(self.size, grown)
 
     def search(self, users: np.ndarray, count: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from peftrec.app.inputs import check_moment
+from peftrec.artifact.folder import Catalog, histories
 from peftrec.models.recency import DAY, RecentCounts, first_events
 
 GATE = ("recency_gate.weight", "recency_gate.bias")
@@ -42,6 +43,7 @@ class ServedRecency:
                     f"user row {u}: {len(h)} seen items but {len(self.times[u])} times"
                 )
         self._counts: RecentCounts | None = None
+        self._latest = max((float(t.max()) for t in self.times.values() if len(t)), default=0.0)
 
     @classmethod
     def from_folder(
@@ -60,10 +62,12 @@ class ServedRecency:
             [self.times.get(row, np.zeros(0)), np.full(len(items), at)]
         )
         self._counts = None
+        if len(items):
+            self._latest = max(self._latest, float(at))
 
     def latest(self) -> float:
         """The time of the latest known interaction (0 without any): the default moment."""
-        return max((float(t.max()) for t in self.times.values() if len(t)), default=0.0)
+        return self._latest
 
     def aligned_times(self, histories: dict[int, np.ndarray]) -> np.ndarray:
         """The times of ``histories``' items (each user's, in their order), concatenated in the
@@ -132,3 +136,14 @@ def grouped_times(users: np.ndarray, times: np.ndarray, num_users: int) -> dict[
     starts = np.searchsorted(users[order], np.arange(num_users + 1))
     times = np.asarray(times, dtype=np.float64)
     return {u: times[order[starts[u] : starts[u + 1]]] for u in range(num_users)}
+
+
+def recency_log(catalog: Catalog, where) -> tuple[dict, dict]:
+    """Each user's seen items and their times, for :class:`ServedRecency`."""
+    if catalog.seen_times is None:
+        raise ValueError(
+            f"{where}: a model that weighs what is popular now needs the times of its seen "
+            "interactions (seen.safetensors 'times'), and they are missing"
+        )
+    times = grouped_times(catalog.seen_users, catalog.seen_times, len(catalog.user_ids))
+    return histories(catalog), times

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from peftrec.app.index import INDEX_FILE, IndexSettings, ItemIndex
+from peftrec.app.index import IndexSettings, ItemIndex
+from peftrec.app.indexed import IndexedTopK
 from peftrec.app.inputs import (
     check_k,
     check_texts,
@@ -25,9 +26,15 @@ from peftrec.app.inputs import (
     rows_of,
     top_k,
 )
-from peftrec.app.recency import ServedRecency, grouped_times
+from peftrec.app.recency import ServedRecency, recency_log
 from peftrec.artifact.folder import check_catalog, check_folder, histories, read_catalog
-from peftrec.artifact.vectors import ServingVectors, folder_digest, read_item_text, read_serving
+from peftrec.artifact.vectors import (
+    INDEX_FILE,
+    ServingVectors,
+    folder_digest,
+    read_item_text,
+    read_serving,
+)
 from peftrec.models.traits import Traits
 
 if TYPE_CHECKING:
@@ -40,7 +47,7 @@ CHUNK_SCORES = 1 << 22
 """How many scores :meth:`ServedModel.recommend_batch` holds at once (16 MiB of float32)."""
 
 
-class ServedModel:
+class ServedModel(IndexedTopK):
     """A trained peftrec model and its catalogue, served from their vectors (reads only; apps use
     :class:`~peftrec.app.recommender.Recommender`, which also takes writes)."""
 
@@ -356,84 +363,7 @@ class ServedModel:
                     top.append(self._top(scores[r], k, where, whom))
             return top
 
-    def _indexed_top(
-        self, row: int, k: int, exclude_seen: bool, where: str, whom: str
-    ) -> list[tuple[str, float]]:
-        """One user's top ``k`` from the approximate index: the candidates it finds, less the
-        seen items, scored exactly; exact over the catalogue if it finds too few."""
-        vectors = self._served()
-        seen = self.seen[row] if exclude_seen else np.zeros(0, dtype=np.int64)
-        found = self._index.search(vectors.user_vectors[[row]], k + len(seen))[0]
-        found = found[(found >= 0) & ~np.isin(found, seen)]
-        if len(found) < k:  # too few in the scanned lists: score them all
-            scores = self._user_scores(np.asarray([row]), None)[0]
-            scores[seen] = -np.inf
-            return self._top(scores, k, where, whom)
-        user = vectors.user_vectors[[row]], vectors.user_biases[[row]]
-        scores = vectors.against(*user, vectors.item_vectors[found], vectors.item_biases[found])[0]
-        order = np.argsort(-scores, kind="stable")[:k]
-        shown = self._bounded(scores[order])
-        return [(self.item_ids[i], float(s)) for i, s in zip(found[order], shown, strict=True)]
-
-    # -- the approximate index ---------------------------------------------------------------
-    def use_index(self, above: int = 100_000, recall: float = 0.95, lists: int | None = None):
-        """Serve the top-k of :meth:`recommend` and :meth:`recommend_batch` through an approximate
-        nearest-neighbour index (:mod:`peftrec.app.index`, FAISS) once the catalogue has ``above``
-        items or more; below that, exact. The index is built now if the catalogue is big enough
-        (k-means over the item vectors), or when items added later make it so; ``recall`` is the
-        recall@10 against exact scoring its probes are calibrated to, on sample users. Added or
-        changed items enter it as they are written; :meth:`save_pretrained` saves it.
-
-        Needs scores that are a dot product of saved vectors (not a model that weighs what is
-        popular now). ``candidates`` lists are still ranked exactly."""
-        settings = IndexSettings(above=above, recall=recall, lists=lists)
-        with self._lock:
-            if self._recent is not None:
-                raise ValueError(
-                    "use_index: this model weighs what is popular now (sequence.recency), so its "
-                    "scores change with the moment and are not a dot product of stored vectors"
-                )
-            if not isinstance(self._served(), ServingVectors):
-                raise ValueError(
-                    "use_index: this model's scores are not a dot product of item and user "
-                    "vectors, so no index can rank them; it is served exactly"
-                )
-            self._index_settings, self._index = settings, None
-            self._index_items(np.zeros(0, dtype=np.int64))
-
-    @property
-    def index(self) -> ItemIndex | None:
-        """The approximate index serving the top-k (None: exact)."""
-        return self._index
-
-    def _index_items(self, rows: np.ndarray) -> None:
-        """After items ``rows`` were added or changed: keep the index in step (build it once the
-        catalogue reaches the size asked for)."""
-        settings = self._index_settings
-        if settings is None or len(self.item_ids) < settings.above:
-            return
-        vectors = self._served()
-        if self._index is None:
-            logger.info("building the item index over %d items", len(self.item_ids))
-            self._index = ItemIndex.build(
-                vectors.item_vectors, vectors.item_biases, vectors.user_vectors, settings
-            )
-            return
-        rows = np.union1d(rows, np.arange(self._index.size, len(self.item_ids)))
-        self._index.put(rows, vectors.item_vectors[rows], vectors.item_biases[rows])
-
     def _top(self, scores: np.ndarray, k: int, where: str, whom: str) -> list[tuple[str, float]]:
         top = top_k(scores, k, where, whom)
         shown = self._bounded(scores[top])
         return [(self.item_ids[i], float(s)) for i, s in zip(top, shown, strict=True)]
-
-
-def recency_log(catalog: Catalog, where) -> tuple[dict, dict]:
-    """Each user's seen items and their times, for :class:`ServedRecency`."""
-    if catalog.seen_times is None:
-        raise ValueError(
-            f"{where}: a model that weighs what is popular now needs the times of its seen "
-            "interactions (seen.safetensors 'times'), and they are missing"
-        )
-    times = grouped_times(catalog.seen_users, catalog.seen_times, len(catalog.user_ids))
-    return histories(catalog), times

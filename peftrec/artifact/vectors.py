@@ -25,9 +25,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 SERVING_FILE = "serving.safetensors"
+INDEX_FILE = "index.safetensors"  # the app's approximate item index (peftrec.app.index)
 SERVING_VERSION = "1"
-# what the vectors do not depend on (index.safetensors: the app's item index, derived from them)
-UNHASHED = {SERVING_FILE, "README.md", "config.yaml", "index.safetensors"}
+# what the vectors do not depend on (the index is derived from them)
+UNHASHED = {SERVING_FILE, INDEX_FILE, "README.md", "config.yaml"}
 LINKS = ("identity", "sigmoid")
 
 logger = logging.getLogger("peftrec.app.recommender")

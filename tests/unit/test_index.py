@@ -82,6 +82,9 @@ def test_new_and_changed_items_are_found_where_they_now_belong():
     assert (found == exact_top(users, grown, grown_b)).all()  # nothing indexed twice
     with pytest.raises(ValueError, match="must all be added"):
         index.put(np.array([N + 5]), grown[:1], grown_b[:1])  # a gap in the rows
+    with pytest.raises(ValueError, match="must all be added"):  # refused: item 7 stays put
+        index.put(np.array([7, N + 5]), grown[:2], grown_b[:2])
+    assert (index.search(users, 10) == found).all()
 
 
 def test_saved_centroids_give_the_same_index_and_bad_files_are_refused(tmp_path):
