@@ -45,13 +45,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import hardware_line, write_report
+from benchmarks.scale_index import index_available, index_bars, index_section, measure_index
+from benchmarks.timing import rss_mib, summary, timed
 
 SIZES = (10_000, 100_000, 1_000_000)
 USERS, TRAINED, HISTORY, DIM = 6040, 3706, 20, 64  # ml-1m's users and items
 QUICK = {"sizes": (2_000,), "users": 40, "trained": 500, "repeats": 5}
 MODELS = ("rating", "sequential")
-INDEX_RECALL = 0.95  # what the index's probes are calibrated to (recall@10 on sample users)
-INDEX_BAR = ("recommend one user with the index", 1_000_000, 5.0, 0.95)  # ms, recall@10
 BARS = (  # (what, model, catalogue size, median bar in ms)
     ("add one item", "add_item", 100_000, 10.0),
     ("recommend one user", "recommend", 1_000_000, 50.0),
@@ -115,33 +115,6 @@ def build(folder: Path, backbone: Path, task: str, size: int, users: int, traine
 # -- measuring one folder -----------------------------------------------------------------------
 
 
-def timed(call, arguments) -> list[float]:
-    """Milliseconds of ``call(a)`` for each ``a`` of ``arguments``."""
-    times = []
-    for argument in arguments:
-        started = time.perf_counter()
-        call(argument)
-        times.append(1000 * (time.perf_counter() - started))
-    return times
-
-
-def summary(times_ms: list[float]) -> dict[str, float]:
-    return {
-        "median_ms": float(np.median(times_ms)),
-        "p90_ms": float(np.percentile(times_ms, 90)),
-        "count": len(times_ms),
-    }
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    """This process's resident memory now (``VmHWM``: its peak), in MiB. Not ``ru_maxrss``,
-    which a child inherits from the process that started it (the one that built the folder)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(folder: Path, repeats: int) -> dict:
     """Load ``folder`` and time each operation (see the module); peak memory of this process."""
     import torch
@@ -191,55 +164,8 @@ def measure(folder: Path, repeats: int) -> dict:
     assert len(everyone) == len(rec.user_ids)
     results["peak_rss_mib"] = rss_mib("VmHWM")
     if index_available():
-        results["index"] = measure_index(rec, everyone, rng, repeats)
+        results["index"] = measure_index(rec, everyone, rng, repeats, item_text)
     return results
-
-
-def index_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def measure_index(rec, exact: list, rng, repeats: int) -> dict:
-    """The approximate index (``use_index``): build, recommend one user, all users, add one item,
-    the saved index loaded again, recall@10 against ``exact`` (every user's exact top 10)."""
-    from peftrec.app.index import ItemIndex
-
-    size = len(rec.item_ids)
-    started = time.perf_counter()
-    rec.use_index(above=1, recall=INDEX_RECALL)
-    build_s = time.perf_counter() - started
-    users = [str(u) for u in rng.choice(rec.user_ids, size=repeats, replace=False)]
-    recommend = summary(timed(lambda u: rec.recommend(u, k=10), users))
-    started = time.perf_counter()
-    found = rec.recommend_batch(rec.user_ids, k=10)
-    all_users_s = time.perf_counter() - started
-    hits = [
-        len({i for i, _ in f} & {i for i, _ in e}) / 10 for f, e in zip(found, exact, strict=True)
-    ]
-    add_item = summary(
-        timed(lambda k: rec.add_items({f"indexed{k}": item_text(size + k)}), range(repeats))
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        rec.index.save(Path(tmp))
-        vectors = rec._served()
-        started = time.perf_counter()
-        ItemIndex.load(Path(tmp) / "index.safetensors", vectors.item_vectors, vectors.item_biases)
-        load_s = time.perf_counter() - started
-    return {
-        "lists": rec.index.lists,
-        "probes": rec.index.probes,
-        "build_s": build_s,
-        "load_s": load_s,
-        "recommend": recommend,
-        "all_users_s": all_users_s,
-        "recall_at_10": float(np.mean(hits)),
-        "add_item": add_item,
-        "peak_rss_mib": rss_mib("VmHWM"),
-    }
 
 
 def measure_apart(folder: Path, repeats: int, threads: int) -> dict:
@@ -288,33 +214,8 @@ def bars(results: list[dict]) -> list[str]:
                 f"- {what}, {r['task']} model, {size:,} items: median {got:.2f} ms "
                 f"(bar <= {bar:g} ms): {verdict}"
             )
-    what, size, bar, least = INDEX_BAR
-    for r in (r for r in results if r["items"] == size and "index" in r):
-        got, recall = r["index"]["recommend"]["median_ms"], r["index"]["recall_at_10"]
-        verdict = "met" if got <= bar and recall >= least else "**not met**"
-        lines.append(
-            f"- {what}, {r['task']} model, {size:,} items: median {got:.2f} ms at recall@10 "
-            f"{recall:.3f} (bar <= {bar:g} ms at >= {least}): {verdict}"
-        )
+    lines += index_bars(results)
     return lines or ["- (the bars' catalogue sizes were not run)"]
-
-
-def index_table(results: list[dict]) -> list[str]:
-    lines = [
-        "| model | items | lists / probes | build (s) | load (s) | recommend one user (ms) | "
-        "all users (s) | recall@10 (all users) | add one item (ms) | peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in (r for r in results if "index" in r):
-        x = r["index"]
-        lines.append(
-            f"| {r['task']} | {r['items']:,} | {x['lists']} / {x['probes']} | "
-            f"{x['build_s']:.1f} | {x['load_s']:.2f} | {x['recommend']['median_ms']:.2f} / "
-            f"{x['recommend']['p90_ms']:.2f} | {x['all_users_s']:.1f} | "
-            f"{x['recall_at_10']:.3f} | {x['add_item']['median_ms']:.2f} / "
-            f"{x['add_item']['p90_ms']:.2f} | {x['peak_rss_mib']:.0f} |"
-        )
-    return lines
 
 
 def command_options(args: argparse.Namespace) -> str:
@@ -369,26 +270,7 @@ def report(results: list[dict], args: argparse.Namespace, hardware: str) -> str:
         "state. What is served after each write equals a full recompute up to float32 rounding "
         "(`tests/unit/test_incremental.py`).",
     ]
-    if any("index" in r for r in results):
-        lines += [
-            "",
-            "## With the approximate index (`Recommender.use_index`)",
-            "",
-            *index_table(results),
-            "",
-            "FAISS inverted lists (`IndexIVFFlat`, inner product over `[q_i, b_i]` against "
-            "`[p_u, 1]`, so the item bias is in the ranking), `sqrt(items)` lists, the probes "
-            f"calibrated at build time to recall@10 >= {INDEX_RECALL} on up to 1,000 sample users "
-            "(doubling from 1, then halving the gap). Build: k-means, every item added and the "
-            "calibration. Load: the "
-            "saved centroids read and every item assigned to its list again (what "
-            "`from_pretrained` of a folder saved with an index does). Recall@10: every user's "
-            "top 10 (seen items left out) against the exact top 10 above; the calibration "
-            "sample is among these users. Add one item: as above, and the item put into its "
-            "list. The item vectors are the towers' outputs over random pooled encodings, which "
-            "have less cluster structure than a trained model's, so the probes needed here are "
-            "a pessimistic case.",
-        ]
+    lines += index_section(results)
     return "\n".join(lines) + "\n"
 
 
