@@ -5,7 +5,9 @@
 Models (each a run of ``recipes/train_rating.py``; settings chosen on validation):
 
 - frozen MiniLM book texts + a knowledge tower over each book's author and publisher, users as
-  ID rows (``recipes/configs/minilm_frozen_book_coldstart_rating.yaml``);
+  ID rows, plus each user's shrunk residual over the rated books sharing an author or publisher
+  with the scored one (``model.fact_neighbours``;
+  ``recipes/configs/minilm_frozen_book_coldstart_rating.yaml``), and the same without that term;
 - frozen MiniLM book texts alone (no facts), trained on books only, and started from a movie
   model of the same architecture (``train.init_from``: ml-100k's P1; across domains no id is
   matched, the text towers carry over): does movie pre-training help?
@@ -34,7 +36,8 @@ MOVIES = REPO / "recipes" / "configs" / "minilm_frozen_rating.yaml"
 # the book model's towers on movies (text-only items; a knowledge tower's groups are the data
 # set's own relations, so it cannot cross domains)
 MOVIE_MODEL = ["model.dim=32", "model.item_ids=false"]
-TEXT_ONLY = ["model.knowledge=none"]
+TEXT_ONLY = ["model.knowledge=none", "model.fact_neighbours=false"]
+NO_NEIGHBOURS = ["model.fact_neighbours=false"]
 TUNED: list[str] = []  # the shipped config's settings (lr 5e-3 chosen on validation: 1e-3 and
 # l2 0.01 / 0.02, dim 64, every entity with a row scored worse there)
 BOOTSTRAP = 1000
@@ -143,7 +146,14 @@ def main() -> None:
         items = dataset.interactions.items[test]
         found = baselines(dataset, split)
         runs = {
-            "frozen MiniLM + author/publisher facts": ("books", [f"data.protocol={protocol}"]),
+            "frozen MiniLM + author/publisher facts + fact neighbours": (
+                "neighbours",
+                [f"data.protocol={protocol}"],
+            ),
+            "frozen MiniLM + author/publisher facts": (
+                "books",
+                [f"data.protocol={protocol}", *NO_NEIGHBOURS],
+            ),
             "frozen MiniLM, text only": ("text", [f"data.protocol={protocol}", *TEXT_ONLY]),
             "frozen MiniLM, text only, from the movie model": (
                 "movie",

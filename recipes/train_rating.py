@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     # warm-up: biases from regularised averages, then the towers on frozen pooled text features
     # (a resumed run finds its result in the checkpoint)
     head = model.head
-    history = cfg.model.user_history  # users as their rated items: the head reads the catalogue
+    # users as their rated items, or what they gave items sharing facts: the head reads them
+    history = cfg.model.user_history or cfg.model.fact_neighbours
     adapted = trainable[1] > 0  # the backbone trains: the catalogue's encodings move
 
     def read_history(item_text: torch.Tensor) -> None:

@@ -54,6 +54,11 @@ class IndexedTopK:
                     "use_index: this model weighs what is popular now (sequence.recency), so its "
                     "scores change with the moment and are not a dot product of stored vectors"
                 )
+            if self._neighbours is not None:
+                raise ValueError(
+                    "use_index: this model adds what each user gave items sharing facts "
+                    "(model.fact_neighbours), a term that is not a dot product of stored vectors"
+                )
             if not isinstance(self._served(), ServingVectors):
                 raise ValueError(
                     "use_index: this model's scores are not a dot product of item and user "

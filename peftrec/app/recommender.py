@@ -184,6 +184,9 @@ class Recommender(ServedModel):
                     self._recent.record(row, self.item_rows(items, "add_interactions"), at)
         elif kind == "ratings":
             engine.fold_in(payload["user"], payload["ratings"], payload["l2"])
+            if self._neighbours is not None:  # the ratings as the fit read them
+                row = self.user_index[check_id(payload["user"], "fold_in", "user")]
+                self._neighbours.record(row, *engine.folded_ratings(row))
         else:
             raise ValueError(f"unknown write {kind!r}")
 

@@ -26,6 +26,7 @@ from peftrec.app.inputs import (
     rows_of,
     top_k,
 )
+from peftrec.app.neighbours import ServedNeighbours
 from peftrec.app.recency import ServedRecency, recency_log
 from peftrec.artifact.folder import check_catalog, check_folder, histories, read_catalog
 from peftrec.artifact.vectors import (
@@ -72,6 +73,8 @@ class ServedModel(IndexedTopK):
                 gate.bias.detach().cpu().numpy(),
                 *recency_log(catalog, "the model in memory"),
             )
+        if getattr(model.head, "neighbours", None) is not None:
+            self._neighbours = ServedNeighbours.from_head(model.head, catalog)
 
     @classmethod
     def from_pretrained(
@@ -118,6 +121,8 @@ class ServedModel(IndexedTopK):
         recommender._digest = digest
         if spec.head.get("recency"):  # what is popular now: the gate from the saved head
             recommender._recent = ServedRecency.from_folder(folder, *recency_log(catalog, folder))
+        if spec.head.get("fact_neighbours"):  # the pair term: weights and ratings in the head
+            recommender._neighbours = ServedNeighbours.from_folder(folder, catalog)
         if not exact and vectors is not None and (folder / INDEX_FILE).is_file():
             recommender._index = ItemIndex.load(
                 folder / INDEX_FILE, vectors.item_vectors, vectors.item_biases
@@ -139,6 +144,7 @@ class ServedModel(IndexedTopK):
         self._engine: ModelRecommender | None = None
         self._vectors: ServingVectors | None = vectors
         self._recent: ServedRecency | None = None  # a history model weighing what is popular now
+        self._neighbours: ServedNeighbours | None = None  # a rating model's fact-neighbour term
         self._index: ItemIndex | None = None  # the approximate top-k, when asked and big enough
         self._index_settings: IndexSettings | None = None
         # whether the head's scores are the vectors' linked dot products (saved vectors: yes)
@@ -209,6 +215,9 @@ class ServedModel(IndexedTopK):
         from peftrec.app.engine import HeadScores
 
         vectors = self.engine.serving_vectors()
+        if self._neighbours is not None:  # items may have come with facts
+            facts = self.engine.facts_of(np.arange(len(self.item_ids)))
+            self._neighbours.set_facts(facts.cpu().numpy())
         if self._dot_product is None:  # a property of the head, checked once
             self._dot_product = self.engine.serves_exactly(vectors)
         self._vectors = vectors if self._dot_product else HeadScores(self.engine)
@@ -252,7 +261,11 @@ class ServedModel(IndexedTopK):
             rows = self.user_rows(users, "predict"), self.item_rows(items, "predict")
             if self._recent is not None:  # the pairs' users' rows at the default moment
                 return self._user_scores(rows[0], None)[np.arange(len(rows[0])), rows[1]]
-            return self._bounded(self._served().pairs(*rows)).astype(np.float32)
+            vectors = self._served()
+            scores = vectors.pairs(*rows)
+            if self._neighbours is not None:
+                scores = scores + self._neighbours.pairs(*rows, vectors)
+            return self._bounded(scores).astype(np.float32)
 
     def predict_texts(self, user_id: str, texts: Sequence[str]) -> np.ndarray:
         """Scores (as :meth:`predict`) of one user for items given only by their texts
@@ -284,6 +297,8 @@ class ServedModel(IndexedTopK):
         """Known users' (rows) scores for every item, with the recency term at ``at``."""
         vectors = self._served()
         scores = vectors.rows(rows)
+        if self._neighbours is not None:
+            scores = scores + self._neighbours.scores(rows, vectors)
         if self._recent is not None:
             scores = scores + self._recent.scores(
                 vectors.user_vectors[rows],

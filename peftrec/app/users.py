@@ -228,6 +228,11 @@ class RecommenderUsers:
             self._history[row] = np.concatenate([self._history[row], items.numpy()])
             self.seen[row] = np.union1d(self.seen[row], items.numpy())
 
+    def folded_ratings(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The item rows and ratings a user (row) was last folded in with."""
+        items, ratings, _ = self._folded[row]
+        return items.numpy(), ratings.double().numpy()
+
     @torch.no_grad()
     def _fit(self, row: int, items: torch.Tensor, ratings: torch.Tensor, l2: float) -> None:
         vectors, biases = (t.cpu() for t in self.item_vectors_of(items))

@@ -88,8 +88,12 @@ class Task:
 
 
 def rating_head_options(cfg, head: dict) -> dict:
-    """A rating head reads users' rated items only when asked (older saved specs lack the key)."""
-    return {**head, "history": True} if cfg.model.user_history else head
+    """A rating head reads users' rated items only when asked (older saved specs lack the keys)."""
+    if cfg.model.user_history:
+        head = {**head, "history": True}
+    if cfg.model.fact_neighbours:
+        head = {**head, "fact_neighbours": True}
+    return head
 
 
 def sequential_head_options(cfg, head: dict) -> dict:

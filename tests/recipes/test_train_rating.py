@@ -241,3 +241,64 @@ def test_users_as_their_rated_items_train_and_serve_from_the_folded_table(
     served = float(np.sqrt(np.mean((predicted - inter.ratings[test]) ** 2)))
     assert served == pytest.approx(metrics["test_rmse"], abs=1e-4)
     assert rec.model.head.history_rated.weight.abs().sum() > 0  # the map was trained
+
+
+def test_fact_neighbours_train_and_serve_the_recipes_predictions_and_follow_fold_in(
+    tmp_path, toy_files, tiny_bert
+):
+    """``model.fact_neighbours``: the app adds the pair term to the vectors' scores, so its
+    predictions of the test ratings give the recipe's test RMSE; a folded-in user's ratings
+    move the items sharing their facts, and a saved and reloaded model keeps that."""
+    from peftrec.data.loading import load_files
+    from peftrec.data.splits import split_rows
+
+    items = list(csv.DictReader(open(toy_files["items"])))
+    facts = tmp_path / "facts.tsv"
+    with open(facts, "w") as f:
+        f.write("item_id\trelation\tentity\n")
+        for k, item in enumerate(items):
+            f.write(f"{item['item_id']}\tdirected_by\td{k % 4}\n")
+    out = tmp_path / "run"
+    result = run(
+        [
+            sys.executable,
+            str(RECIPE),
+            *tiny_overrides(toy_files, tiny_bert, out),
+            "adapter.method=frozen",
+            "model.knowledge=all",
+            f"data.item_knowledge={facts}",
+            "model.fact_neighbours=true",
+            "train.epochs=2",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    dataset = load_files(toy_files["interactions"], toy_files["items"])
+    test = split_rows(dataset, "p1").test
+    inter = dataset.interactions
+    rec = Recommender.from_pretrained(out / "model")
+    users = [dataset.user_ids[u] for u in inter.users[test]]
+    predicted = rec.predict(users, [dataset.item_ids[i] for i in inter.items[test]])
+    served = float(np.sqrt(np.mean((predicted - inter.ratings[test]) ** 2)))
+    assert served == pytest.approx(metrics["test_rmse"], abs=1e-4)
+    head = rec.model.head
+    assert head.neighbours.gamma.item() != 0 and len(head.neighbours.ratings) > 0
+    # every score, also recommend's, carries the term: the top item's score is its prediction
+    (top, score), *_ = rec.recommend(users[0], k=3)
+    assert rec.predict([users[0]], [top])[0] == pytest.approx(score, abs=1e-4)
+
+    # a new user who loved director d0's films and hated d1's: the term tells them apart
+    d0 = [it["item_id"] for k, it in enumerate(items) if k % 4 == 0]
+    d1 = [it["item_id"] for k, it in enumerate(items) if k % 4 == 1]
+    rec.fold_in("fan", {**{i: 5.0 for i in d0[:-1]}, **{i: 1.0 for i in d1[:-1]}})
+    with_term = rec.predict(["fan", "fan"], [d0[-1], d1[-1]])
+    term = rec._neighbours.pairs(
+        np.array([rec.user_index["fan"]] * 2), rec.item_rows([d0[-1], d1[-1]], "t"), rec._served()
+    )
+    assert np.sign(term[0]) != np.sign(term[1])  # the fan's own residuals, by director
+    again = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "saved"))
+    np.testing.assert_allclose(
+        again.predict(["fan", "fan"], [d0[-1], d1[-1]]), with_term, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="fact_neighbours"):
+        again.use_index(above=1)

@@ -95,7 +95,7 @@ def test_gradients_reach_the_maps_and_the_item_tower_through_the_history():
 
 def test_a_head_without_history_refuses_histories():
     head = RatingHead(TEXT, USERS, ITEMS, DIM)
-    with pytest.raises(ValueError, match="history=True"):
+    with pytest.raises(ValueError, match="reads no histories"):
         head.set_history(np.array([0]), np.array([1]), np.array([4.0]), torch.zeros(ITEMS, TEXT))
 
 

@@ -18,6 +18,12 @@ class RatingModelConfig(ModelConfig):
         "a user's vector adds their rated training items (SVD++'s implicit feedback and a "
         "rating-weighted twin, read through the item tower); folded into the user table on save",
     )
+    fact_neighbours: bool = option(
+        False,
+        "each score adds the user's shrunk residual over their rated items that share facts "
+        "(author, director, ...) with the scored item, weighed per relation (needs "
+        "model.knowledge; peftrec.models.fact_neighbours)",
+    )
 
 
 @dataclass

@@ -8,6 +8,11 @@ the plain model. A training pair's own rating is left out of its user (:meth:`pa
 recipe hands the head the histories and the pooled text of the catalogue (:meth:`set_history`,
 refreshed when the backbone changes); a saved model holds the term folded into its user table
 (:meth:`fold_history`), so serving reads plain vectors.
+
+With ``fact_neighbours=True`` (and a knowledge tower) each score also adds the user's shrunk
+residual over their rated items that share facts with the scored one
+(:mod:`peftrec.models.fact_neighbours`); it depends on the pair, so a saved head keeps the
+training ratings it reads and the app adds the term to the vectors' scores.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from peftrec.models.fact_neighbours import FactNeighbours
 from peftrec.models.towers import TwoTowers, shrunk_biases
 from peftrec.models.traits import Traits
 
@@ -33,6 +39,7 @@ class RatedHistory:
         counts = np.bincount(users, minlength=num_users)
         self.keys = torch.as_tensor(keys[order])
         self.items = torch.as_tensor(items[order], dtype=torch.long)
+        self.mean = mean
         self.weights = torch.as_tensor(ratings[order] - mean, dtype=torch.float32)
         self.starts = torch.as_tensor(np.concatenate([[0], np.cumsum(counts)[:-1]]))
         self.counts = torch.as_tensor(counts)
@@ -74,6 +81,7 @@ class RatingHead(TwoTowers):
         dim: int = 64,
         *,
         history: bool = False,
+        fact_neighbours: bool = False,
         **kwargs,
     ):
         super().__init__(text_dim, num_users, num_items, dim, **kwargs)
@@ -86,6 +94,14 @@ class RatingHead(TwoTowers):
             self.history_rated = nn.Linear(dim, dim, bias=False)
             nn.init.zeros_(self.history_plain.weight)
             nn.init.zeros_(self.history_rated.weight)
+        self.neighbours = None
+        if fact_neighbours:
+            if self.knowledge is None:
+                raise ValueError(
+                    "model.fact_neighbours reads the items' facts: it needs a knowledge tower "
+                    "(model.knowledge=all or pre_release, and the data's facts)"
+                )
+            self.neighbours = FactNeighbours(self.knowledge.num_groups)
         self.rated: RatedHistory | None = None  # not a buffer: data, set by the recipe
 
     def set_history(
@@ -98,8 +114,10 @@ class RatingHead(TwoTowers):
         """The users' training ratings and the pooled text of every item (``(items, text_dim)``)
         the history term reads; call again with a fresh ``catalogue`` after the backbone changed
         (:meth:`set_catalogue`)."""
-        if self.history_plain is None:
-            raise ValueError("this rating head was built without history=True")
+        if self.history_plain is None and self.neighbours is None:
+            raise ValueError(
+                "this rating head reads no histories (built without history or fact_neighbours)"
+            )
         device = self.reference_parameter().device
         self.rated = RatedHistory(
             users, items, ratings, self.user_bias.num_embeddings, float(self.global_mean.detach())
@@ -117,7 +135,7 @@ class RatingHead(TwoTowers):
         """``(B sum q_j + A sum (r_uj - mean) q_j) / |R(u)|`` for user rows ``index``, without
         the item ``leave_out[k]`` in row k's sums (a training pair's own rating is not an input);
         None when the head reads no histories (none set, or folded into the table)."""
-        if self.rated is None or self.rated.catalogue is None:
+        if self.history_plain is None or self.rated is None or self.rated.catalogue is None:
             return None
         catalogue = self.rated.catalogue
         vectors = self.items(catalogue, torch.arange(len(catalogue), device=catalogue.device))[0]
@@ -140,8 +158,15 @@ class RatingHead(TwoTowers):
     @torch.no_grad()
     def fold_history(self) -> None:
         """Add every user's history term to their table row and forget the histories: the user
-        table then stands alone (what a saved model serves, and what fold-in starts from)."""
+        table then stands alone (what a saved model serves, and what fold-in starts from). The
+        fact-neighbour term keeps the ratings it reads (the app adds it to the vectors' scores)."""
         self._move_history_into_table(+1.0)
+        if self.neighbours is not None and self.rated is not None:
+            rated = self.rated
+            users = torch.repeat_interleave(
+                torch.arange(len(rated.counts), device=rated.counts.device), rated.counts
+            )
+            self.neighbours.set_ratings(users, rated.items, rated.weights + rated.mean)
         self.rated = None
 
     @torch.no_grad()
@@ -153,7 +178,7 @@ class RatingHead(TwoTowers):
 
     def _move_history_into_table(self, sign: float) -> None:
         """Add ``sign`` times every user's history term (without dropout) to their table row."""
-        if self.rated is None:
+        if self.rated is None or self.history_plain is None:
             return
         was_training = self.training
         self.eval()  # no dropout in the folded vectors
@@ -175,7 +200,43 @@ class RatingHead(TwoTowers):
     def pair_users(
         self, index: torch.Tensor, items: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.users(index, items)
+        """The users of pairs ``(index, items)``: without the pair's own rating in their history,
+        and with the fact-neighbour term of the pair in the bias (it depends on the item)."""
+        vectors, bias = self.users(index, items)
+        if self.neighbours is not None and self.rated is not None:
+            bias = bias + self.neighbour_term(index, items)
+        return vectors, bias
+
+    def neighbour_term(self, index: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``n(u, i)`` of :mod:`peftrec.models.fact_neighbours` for pairs ``(index, items)``
+        (item rows of the catalogue; -1: unknown, no term), from the histories set."""
+        rated, facts = self.rated, self.knowledge.facts
+        with torch.no_grad():  # residuals from the head's biases as it scores (no dropout)
+            was_training = self.training
+            self.eval()
+            catalogue = rated.catalogue
+            biases = self.items(catalogue, torch.arange(len(catalogue), device=catalogue.device))[1]
+            self.train(was_training)
+            users, local = torch.unique(index, return_inverse=True)
+            flat_items, weights, _ = rated.of(users)
+            owner = torch.repeat_interleave(
+                torch.arange(len(users), device=index.device), rated.counts[users]
+            )
+            base = self.global_mean + self.user_bias(users).squeeze(-1)
+            residual = weights + rated.mean - base[owner] - biases[flat_items]
+            row = rated.rows_of_pairs(index, items)
+            own = torch.where(
+                row >= 0,
+                rated.weights[row.clamp(min=0)]
+                + rated.mean
+                - base[local]
+                - biases[items.clamp(min=0)],
+                torch.full_like(base[local], float("nan")),
+            )
+        targets = torch.where((items >= 0)[:, None, None], facts[items.clamp(min=0)], -1)
+        return self.neighbours.pair_term(
+            local, targets, (owner, facts[flat_items], residual), own, self.knowledge.num_entities
+        )
 
     def score(
         self, user: tuple[torch.Tensor, torch.Tensor], item: tuple[torch.Tensor, torch.Tensor]

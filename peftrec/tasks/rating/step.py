@@ -74,7 +74,7 @@ def predict_ratings(
     for start in range(0, len(users), batch_size):
         u = torch.as_tensor(users[start : start + batch_size], dtype=torch.long, device=device)
         i = torch.as_tensor(items[start : start + batch_size], dtype=torch.long, device=device)
-        out.append(head.score(head.users(u), (vectors[0][i], vectors[1][i])).cpu())
+        out.append(head.score(head.pair_users(u, i), (vectors[0][i], vectors[1][i])).cpu())
     head.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
