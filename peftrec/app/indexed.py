@@ -12,30 +12,47 @@ from peftrec.app.index import IndexSettings, ItemIndex
 from peftrec.artifact.vectors import ServingVectors
 
 logger = logging.getLogger("peftrec.app.recommender")
+SEARCH_CHUNK = 1024  # users searched at once
 
 
 class IndexedTopK:
     """What :class:`~peftrec.app.served.ServedModel` serves through an :class:`ItemIndex` (it
     holds ``_index`` and ``_index_settings``, set in its ``_start``)."""
 
-    def _indexed_top(
-        self, row: int, k: int, exclude_seen: bool, where: str, whom: str
-    ) -> list[tuple[str, float]]:
-        """One user's top ``k`` from the approximate index: the candidates it finds, less the
-        seen items, scored exactly; exact over the catalogue if it finds too few."""
+    def _indexed_tops(
+        self, rows: list[int], k: int, exclude_seen: bool, where: str, whoms: list[str]
+    ) -> list[list[tuple[str, float]]]:
+        """Users' top ``k`` from the approximate index, searched for :data:`SEARCH_CHUNK` users
+        at once: the candidates it finds, less the seen items, scored exactly; exact over the
+        catalogue for a user it finds too few for."""
         vectors = self._served()
-        seen = self.seen[row] if exclude_seen else np.zeros(0, dtype=np.int64)
-        found = self._index.search(vectors.user_vectors[[row]], k + len(seen))[0]
-        found = found[(found >= 0) & ~np.isin(found, seen)]
-        if len(found) < k:  # too few in the scanned lists: score them all
-            scores = self._user_scores(np.asarray([row]), None)[0]
-            scores[seen] = -np.inf
-            return self._top(scores, k, where, whom)
-        user = vectors.user_vectors[[row]], vectors.user_biases[[row]]
-        scores = vectors.against(*user, vectors.item_vectors[found], vectors.item_biases[found])[0]
-        order = np.argsort(-scores, kind="stable")[:k]
-        shown = self._bounded(scores[order])
-        return [(self.item_ids[i], float(s)) for i, s in zip(found[order], shown, strict=True)]
+        out = []
+        for start in range(0, len(rows), SEARCH_CHUNK):
+            chunk = rows[start : start + SEARCH_CHUNK]
+            seen = [
+                self.seen[row] if exclude_seen else np.zeros(0, dtype=np.int64) for row in chunk
+            ]
+            count = k + max(len(s) for s in seen)
+            found_all = self._index.search(vectors.user_vectors[chunk], count)
+            for row, mine, found, whom in zip(
+                chunk, seen, found_all, whoms[start : start + SEARCH_CHUNK], strict=True
+            ):
+                found = found[(found >= 0) & ~np.isin(found, mine)]
+                if len(found) < k:  # too few in the scanned lists: score them all
+                    scores = self._user_scores(np.asarray([row]), None)[0]
+                    scores[mine] = -np.inf
+                    out.append(self._top(scores, k, where, whom))
+                    continue
+                user = vectors.user_vectors[[row]], vectors.user_biases[[row]]
+                scores = vectors.against(
+                    *user, vectors.item_vectors[found], vectors.item_biases[found]
+                )[0]
+                order = np.argsort(-scores, kind="stable")[:k]
+                shown = self._bounded(scores[order])
+                out.append(
+                    [(self.item_ids[i], float(s)) for i, s in zip(found[order], shown, strict=True)]
+                )
+        return out
 
     def use_index(self, above: int = 100_000, recall: float = 0.95, lists: int | None = None):
         """Serve the top-k of :meth:`recommend` and :meth:`recommend_batch` through an approximate

@@ -358,10 +358,8 @@ class ServedModel(IndexedTopK):
                 outside[self.item_rows(candidates, where)] = False
             rows = self.user_rows(users, where).tolist()
             if self._index is not None and outside is None and at is None:
-                return [
-                    self._indexed_top(row, k, exclude_seen, where, f" to user {user!r}")
-                    for row, user in zip(rows, users, strict=True)
-                ]
+                whoms = [f" to user {user!r}" for user in users]
+                return self._indexed_tops(rows, k, exclude_seen, where, whoms)
             moments = None if at is None else np.broadcast_to(np.asarray(at), (len(rows),))
             step = max(1, CHUNK_SCORES // max(1, len(self.item_ids)))
             top = []
