@@ -32,6 +32,7 @@ from peftrec.models.assembly import assemble, read_safetensors, set_base_weights
 from peftrec.models.network import RecModel
 from peftrec.models.spec import ArtifactError, ModelSpec
 
+NEIGHBOUR_DATA = ("neighbours.users", "neighbours.items", "neighbours.ratings")
 logger = logging.getLogger(__name__)
 
 TABLE_SIZES = ("num_users", "num_items", "knowledge")  # head settings that follow the data
@@ -169,6 +170,8 @@ def warm_start(
     ents = rows_by_id(parent_entities, entities or [])
     own = model.head.state_dict()
     for name, value in state.items():
+        if name in NEIGHBOUR_DATA:
+            continue  # the ratings a fact-neighbour term reads are the new data's (at fold)
         target = own[name]
         if name.startswith("knowledge.") and name.endswith(".weight"):
             # entity rows by entity; the per-group "none" rows after them by position

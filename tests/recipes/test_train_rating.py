@@ -259,18 +259,15 @@ def test_fact_neighbours_train_and_serve_the_recipes_predictions_and_follow_fold
         for k, item in enumerate(items):
             f.write(f"{item['item_id']}\tdirected_by\td{k % 4}\n")
     out = tmp_path / "run"
-    result = run(
-        [
-            sys.executable,
-            str(RECIPE),
-            *tiny_overrides(toy_files, tiny_bert, out),
-            "adapter.method=frozen",
-            "model.knowledge=all",
-            f"data.item_knowledge={facts}",
-            "model.fact_neighbours=true",
-            "train.epochs=2",
-        ]
-    )
+    command = [
+        sys.executable,
+        str(RECIPE),
+        *tiny_overrides(toy_files, tiny_bert, out),
+        "adapter.method=frozen",
+        "model.knowledge=all",
+        f"data.item_knowledge={facts}",
+    ]
+    result = run([*command, "model.fact_neighbours=true", "train.epochs=2"])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     dataset = load_files(toy_files["interactions"], toy_files["items"])
@@ -302,3 +299,23 @@ def test_fact_neighbours_train_and_serve_the_recipes_predictions_and_follow_fold
     )
     with pytest.raises(ValueError, match="fact_neighbours"):
         again.use_index(above=1)
+
+    # a warm start from it: the ratings the term reads are the new data's; without the term it
+    # is another model, refused with the difference
+    for term in ("true", "false"):
+        child = tmp_path / f"child_{term}"
+        result = run(
+            [
+                *command,
+                f"train.init_from={out / 'model'}",
+                f"model.fact_neighbours={term}",
+                "train.epochs=1",
+                f"output_dir={child}",
+            ]
+        )
+        if term == "true":
+            assert result.returncode == 0, result.stderr[-3000:]
+        else:
+            assert result.returncode == 2 and "head.fact_neighbours" in result.stderr
+    child = Recommender.from_pretrained(tmp_path / "child_true" / "model").model.head
+    assert len(child.neighbours.ratings) == len(head.neighbours.ratings)
