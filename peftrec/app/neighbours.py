@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from peftrec.app.tables import Rows
 from peftrec.artifact.folder import Catalog
 from peftrec.artifact.vectors import ServingVectors
 
@@ -49,13 +50,7 @@ class ServedNeighbours:
         from safetensors.numpy import load_file
 
         head = load_file(folder / "head.safetensors")
-        facts = head["knowledge.facts"]
-        if catalog.item_facts is not None and len(catalog.item_facts):
-            facts = np.concatenate([facts, catalog.item_facts])
-        added = len(catalog.item_ids) - len(facts)  # items added without facts
-        if added > 0:
-            facts = np.concatenate([facts, np.full((added, *facts.shape[1:]), -1, np.int64)])
-        return cls(head, facts, folded_ratings(catalog.user_state))
+        return cls(head, catalogue_facts(head["knowledge.facts"], catalog), folded_ratings(catalog))
 
     @classmethod
     def from_head(cls, head, catalog: Catalog) -> ServedNeighbours:
@@ -64,15 +59,23 @@ class ServedNeighbours:
             f"neighbours.{k}": v.detach().cpu().numpy()
             for k, v in head.neighbours.state_dict().items()
         }
-        facts = head.knowledge.facts.cpu().numpy()
-        if catalog.item_facts is not None and len(catalog.item_facts):
-            facts = np.concatenate([facts, np.asarray(catalog.item_facts)])
-        return cls(arrays, facts, folded_ratings(catalog.user_state))
+        trained = head.knowledge.facts.cpu().numpy()
+        return cls(arrays, catalogue_facts(trained, catalog), folded_ratings(catalog))
 
     def set_facts(self, facts: np.ndarray) -> None:
-        """The catalogue's entity rows (after items were added)."""
-        self.facts = np.asarray(facts, dtype=np.int64)
-        self.num_entities = int(self.facts.max(initial=-1)) + 1
+        """The catalogue's entity rows."""
+        self._facts = Rows(np.asarray(facts, dtype=np.int64), fill=-1)
+        self.num_entities = int(np.max(facts, initial=-1)) + 1
+
+    def put_facts(self, rows: np.ndarray, facts: np.ndarray) -> None:
+        """Items ``rows`` (new or changed) have these entity rows."""
+        self._facts.put(rows, facts)
+        self.num_entities = max(self.num_entities, int(np.max(facts, initial=-1)) + 1)
+
+    @property
+    def facts(self) -> np.ndarray:
+        """``(items, groups, width)`` entity rows of the catalogue (-1: none)."""
+        return self._facts.array
 
     def record(self, row: int, items: np.ndarray, ratings: np.ndarray) -> None:
         """A user's fold-in ratings (they replace the user's earlier ones, as the fit does)."""
@@ -119,12 +122,26 @@ class ServedNeighbours:
         return out
 
 
-def folded_ratings(state: dict | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The fold-in ratings a saved user state holds, by user row."""
+def catalogue_facts(trained: np.ndarray, catalog: Catalog) -> np.ndarray:
+    """Every catalogue item's entity rows: the head's trained items', then the added items'
+    (``catalog.item_facts``), -1 for added items saved without any."""
+    parts = [np.asarray(trained, dtype=np.int64)]
+    if catalog.item_facts is not None and len(catalog.item_facts):
+        parts.append(np.asarray(catalog.item_facts, dtype=np.int64))
+    facts = np.concatenate(parts)
+    missing = len(catalog.item_ids) - len(facts)
+    if missing > 0:
+        facts = np.concatenate([facts, np.full((missing, *facts.shape[1:]), -1, np.int64)])
+    return facts
+
+
+def folded_ratings(catalog: Catalog) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The fold-in ratings a saved user state holds, by user row (numpy; the engine restores
+    its own copy, with torch, in ``peftrec.app.users``)."""
+    state = catalog.user_state
     if not state or "fold_rows" not in state:
         return {}
-    counts = np.asarray(state["fold_counts"]).tolist()
-    bounds = np.cumsum([0, *counts])
+    bounds = np.cumsum([0, *np.asarray(state["fold_counts"]).tolist()])
     items, ratings = np.asarray(state["fold_items"]), np.asarray(state["fold_ratings"])
     return {
         int(r): (items[bounds[k] : bounds[k + 1]], ratings[bounds[k] : bounds[k + 1]])

@@ -158,7 +158,7 @@ class Recommender(ServedModel):
                 replayed += 1
             if replayed:
                 self._changed()
-                self._index_items(self.item_rows(sorted(items), "attach_state"))
+                self._items_written(self.item_rows(sorted(items), "attach_state"))
                 logger.info("replayed %d writes from %s", replayed, log.url)
             self._state = log
             return replayed
@@ -190,14 +190,21 @@ class Recommender(ServedModel):
         else:
             raise ValueError(f"unknown write {kind!r}")
 
+    def _items_written(self, rows: np.ndarray) -> None:
+        """After items ``rows`` were added or changed: the index (if any) takes them, and a
+        fact-neighbour term reads their facts."""
+        self._index_items(rows)
+        if self._neighbours is not None and len(rows):
+            self._neighbours.put_facts(rows, self.engine.facts_of(rows).cpu().numpy())
+
     def _write(self, kind: str, **payload: Any) -> None:
         """Apply a write and, with a state attached, commit it there before returning; the new
         vectors and the commit are published together, under the lock reads take."""
 
         def publish() -> None:
             self._changed()
-            if kind == "items":  # the index (if any) takes the new and changed items
-                self._index_items(self.item_rows(list(payload["items"]), "add_items"))
+            if kind == "items":
+                self._items_written(self.item_rows(list(payload["items"]), "add_items"))
             if self._state is not None:
                 self._state.append(kind, jsonable(payload))
 

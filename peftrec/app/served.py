@@ -215,9 +215,6 @@ class ServedModel(IndexedTopK):
         from peftrec.app.engine import HeadScores
 
         vectors = self.engine.serving_vectors()
-        if self._neighbours is not None:  # items may have come with facts
-            facts = self.engine.facts_of(np.arange(len(self.item_ids)))
-            self._neighbours.set_facts(facts.cpu().numpy())
         if self._dot_product is None:  # a property of the head, checked once
             self._dot_product = self.engine.serves_exactly(vectors)
         self._vectors = vectors if self._dot_product else HeadScores(self.engine)

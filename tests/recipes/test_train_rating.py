@@ -209,14 +209,29 @@ def test_a_warm_start_continues_the_parent_on_new_data(tmp_path, toy_files, tiny
     assert wrong.returncode == 2 and "peftrec.json: missing" in wrong.stderr
 
 
+def assert_served_test_rmse(out, toy_files) -> tuple[Recommender, list[str]]:
+    """The saved model's predictions of the toy P1 test ratings, through the app, give the
+    recipe's own test RMSE; returns the model and the test pairs' users."""
+    from peftrec.data.loading import load_files
+    from peftrec.data.splits import split_rows
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    dataset = load_files(toy_files["interactions"], toy_files["items"])
+    test = split_rows(dataset, "p1").test
+    inter = dataset.interactions
+    rec = Recommender.from_pretrained(out / "model")
+    users = [dataset.user_ids[u] for u in inter.users[test]]
+    predicted = rec.predict(users, [dataset.item_ids[i] for i in inter.items[test]])
+    served = float(np.sqrt(np.mean((predicted - inter.ratings[test]) ** 2)))
+    assert served == pytest.approx(metrics["test_rmse"], abs=1e-4)
+    return rec, users
+
+
 def test_users_as_their_rated_items_train_and_serve_from_the_folded_table(
     tmp_path, toy_files, tiny_bert
 ):
     """``model.user_history``: the saved user table holds the history term, so the app's
     predictions of the test ratings give the recipe's own test RMSE."""
-    from peftrec.data.loading import load_files
-    from peftrec.data.splits import split_rows
-
     out = tmp_path / "run"
     result = run(
         [
@@ -229,17 +244,7 @@ def test_users_as_their_rated_items_train_and_serve_from_the_folded_table(
         ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    dataset = load_files(toy_files["interactions"], toy_files["items"])
-    test = split_rows(dataset, "p1").test
-    inter = dataset.interactions
-    rec = Recommender.from_pretrained(out / "model")
-    predicted = rec.predict(
-        [dataset.user_ids[u] for u in inter.users[test]],
-        [dataset.item_ids[i] for i in inter.items[test]],
-    )
-    served = float(np.sqrt(np.mean((predicted - inter.ratings[test]) ** 2)))
-    assert served == pytest.approx(metrics["test_rmse"], abs=1e-4)
+    rec, _ = assert_served_test_rmse(out, toy_files)
     assert rec.model.head.history_rated.weight.abs().sum() > 0  # the map was trained
 
 
@@ -249,9 +254,6 @@ def test_fact_neighbours_train_and_serve_the_recipes_predictions_and_follow_fold
     """``model.fact_neighbours``: the app adds the pair term to the vectors' scores, so its
     predictions of the test ratings give the recipe's test RMSE; a folded-in user's ratings
     move the items sharing their facts, and a saved and reloaded model keeps that."""
-    from peftrec.data.loading import load_files
-    from peftrec.data.splits import split_rows
-
     items = list(csv.DictReader(open(toy_files["items"])))
     facts = tmp_path / "facts.tsv"
     with open(facts, "w") as f:
@@ -269,15 +271,7 @@ def test_fact_neighbours_train_and_serve_the_recipes_predictions_and_follow_fold
     ]
     result = run([*command, "model.fact_neighbours=true", "train.epochs=2"])
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    dataset = load_files(toy_files["interactions"], toy_files["items"])
-    test = split_rows(dataset, "p1").test
-    inter = dataset.interactions
-    rec = Recommender.from_pretrained(out / "model")
-    users = [dataset.user_ids[u] for u in inter.users[test]]
-    predicted = rec.predict(users, [dataset.item_ids[i] for i in inter.items[test]])
-    served = float(np.sqrt(np.mean((predicted - inter.ratings[test]) ** 2)))
-    assert served == pytest.approx(metrics["test_rmse"], abs=1e-4)
+    rec, users = assert_served_test_rmse(out, toy_files)
     head = rec.model.head
     assert head.neighbours.gamma.item() != 0 and len(head.neighbours.ratings) > 0
     # every score, also recommend's, carries the term: the top item's score is its prediction
@@ -293,9 +287,18 @@ def test_fact_neighbours_train_and_serve_the_recipes_predictions_and_follow_fold
         np.array([rec.user_index["fan"]] * 2), rec.item_rows([d0[-1], d1[-1]], "t"), rec._served()
     )
     assert np.sign(term[0]) != np.sign(term[1])  # the fan's own residuals, by director
+    # items added later take part through their facts
+    rec.add_items(
+        {"new_d0": "Genres: drama.", "new_none": "Genres: drama."},
+        knowledge={"new_d0": [("directed_by", "d0")]},
+    )
+    new_rows = rec.item_rows(["new_d0", "new_none"], "t")
+    new_term = rec._neighbours.pairs(np.array([rec.user_index["fan"]] * 2), new_rows, rec._served())
+    assert np.sign(new_term[0]) == np.sign(term[0]) and new_term[1] == 0
+    with_term = rec.predict(["fan", "fan", "fan"], [d0[-1], d1[-1], "new_d0"])
     again = Recommender.from_pretrained(rec.save_pretrained(tmp_path / "saved"))
     np.testing.assert_allclose(
-        again.predict(["fan", "fan"], [d0[-1], d1[-1]]), with_term, rtol=1e-5
+        again.predict(["fan", "fan", "fan"], [d0[-1], d1[-1], "new_d0"]), with_term, rtol=1e-5
     )
     with pytest.raises(ValueError, match="fact_neighbours"):
         again.use_index(above=1)

@@ -223,19 +223,18 @@ class RatingHead(TwoTowers):
                 torch.arange(len(users), device=index.device), rated.counts[users]
             )
             base = self.global_mean + self.user_bias(users).squeeze(-1)
-            residual = weights + rated.mean - base[owner] - biases[flat_items]
-            row = rated.rows_of_pairs(index, items)
-            own = torch.where(
-                row >= 0,
-                rated.weights[row.clamp(min=0)]
-                + rated.mean
-                - base[local]
-                - biases[items.clamp(min=0)],
-                torch.full_like(base[local], float("nan")),
-            )
+
+            def residual(centred, rated_items, user_rows):  # the rating minus the biases
+                return centred + rated.mean - base[user_rows] - biases[rated_items]
+
+            flat = residual(weights, flat_items, owner)
+            row = rated.rows_of_pairs(index, items)  # the pair's own rating (-1: none)
+            safe = row.clamp(min=0)
+            own = residual(rated.weights[safe], rated.items[safe], local)
+            own = torch.where(row >= 0, own, torch.full_like(own, float("nan")))
         targets = torch.where((items >= 0)[:, None, None], facts[items.clamp(min=0)], -1)
         return self.neighbours.pair_term(
-            local, targets, (owner, facts[flat_items], residual), own, self.knowledge.num_entities
+            local, targets, (owner, facts[flat_items], flat), own, self.knowledge.num_entities
         )
 
     def score(
