@@ -78,6 +78,10 @@ class ModelRecommender(RecommenderItems, RecommenderUsers):
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.item_index = {it: i for i, it in enumerate(self.item_ids)}
         self._lock = threading.RLock()
+        # one language-model pass at a time: a profile encode switches the adapters off for its
+        # pass, and item encodes run outside ``_lock``; taken after ``_lock`` or alone, never
+        # before it
+        self._network_lock = threading.RLock()
         self._init_items(catalog)
         self._init_users(catalog)
 
@@ -145,7 +149,8 @@ class ModelRecommender(RecommenderItems, RecommenderUsers):
             titles = item_titles(self.item_fields, self.item_texts)
             texts = record_texts(parts, titles)
             tokens = tokenize_texts(self.tokenizer, texts, head.record_length)
-            text = self.model.encode_texts(tokens, self.batch_size).to(self.device)
+            with self._network_lock:
+                text = self.model.encode_texts(tokens, self.batch_size).to(self.device)
             return numpy32(torch.sigmoid(head.cross_logits(text, shares.to(self.device))))
 
     # -- saving ------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def explain_pair(engine, user_id: str, item_id: str, steps: int = 32) -> Explana
     """The :class:`Explanation` of ``user_id``'s score of ``item_id`` (a
     :class:`~peftrec.app.engine.ModelRecommender`)."""
     model = engine.model
-    with engine._lock:
+    with engine._lock, engine._network_lock:
         user_row = int(engine.user_rows([user_id], "explain")[0])
         item_row = int(engine.item_rows([item_id], "explain")[0])
         text = engine.item_texts[item_row]

@@ -55,7 +55,8 @@ class RecommenderItems:
 
     def _encode(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = tokenize_texts(self.tokenizer, texts, self.spec.max_length)
-        return self.model.encode_texts(tokens, self.batch_size)
+        with self._network_lock:
+            return self.model.encode_texts(tokens, self.batch_size)
 
     def _item_text(self) -> torch.Tensor:
         """Every item's pooled encoding, ``(items, text_dim)`` on the CPU (encoded once)."""

@@ -9,8 +9,8 @@ loaded lazily, once, the first time a text must be encoded or the catalogue or u
 
 Safe under concurrent use: every method holds one lock while it reads or changes the
 catalogue, the users or the vectors, so threads may call ``recommend`` while others
-``add_items``; ``add_items`` encodes its texts, and the first write loads the network, without
-that lock, so reads do not wait behind the language model.
+``add_items``; ``add_items`` and ``add_users`` encode their texts, and the first write loads the
+network, without that lock, so reads do not wait behind the language model.
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ class Recommender(ServedModel):
         if kind == "items":  # encodes without the lock; ``then`` publishes with it
             fields, knowledge = payload.get("fields"), payload.get("knowledge")
             engine.add_items(payload["items"], fields, knowledge, then=then)
-        elif kind == "users":
-            engine.add_users(payload["users"])
+        elif kind == "users":  # encodes without the lock too
+            engine.add_users(payload["users"], then=then)
         elif kind == "interactions":
             engine.add_interactions(payload["interactions"], payload["l2"])
             if self._recent is not None:  # the users exist now; their items count from ``at``
@@ -209,7 +209,7 @@ class Recommender(ServedModel):
                 self._state.append(kind, jsonable(payload))
 
         self.engine  # noqa: B018 (loaded first, without the lock reads take)
-        if kind == "items":  # the engine holds the lock only to check and to publish
+        if kind in ("items", "users"):  # the engine holds the lock only to check and publish
             self._apply(kind, payload, then=publish)
             return
         with self._lock:

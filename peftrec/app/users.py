@@ -164,8 +164,10 @@ class RecommenderUsers:
             "be encoded the same way; fold_in(id, {item_id: rating}) works"
         )
 
-    def add_users(self, users: Mapping[str, str]) -> None:
-        """The network side of :meth:`peftrec.Recommender.add_users`."""
+    def add_users(self, users: Mapping[str, str], then=None) -> None:
+        """The network side of :meth:`peftrec.Recommender.add_users`: all checked first, the
+        profiles encoded without holding the lock reads take, then published in one step (with
+        ``then``)."""
         head = self.model.head
         if head.user_text_proj is None:
             raise ValueError(
@@ -179,7 +181,7 @@ class RecommenderUsers:
         for user_id, text in users.items():
             check_text(text, "add_users", f"user {user_id!r}")
             row = self.user_index.get(user_id)
-            if row is not None and row < self.num_trained_users:
+            if row is not None and row < self.num_trained_users:  # trained rows never change
                 raise ValueError(
                     f"add_users: user '{user_id}' was trained with its own profile, which cannot "
                     "be replaced; fold_in(id, {item_id: rating}) updates a user from ratings"
@@ -187,9 +189,10 @@ class RecommenderUsers:
         warn_about_texts(
             self.tokenizer, list(users.values()), list(users), self.spec.max_length, "add_users"
         )
-        with self._lock:
-            with self._profile_encoding(), torch.no_grad():
-                vectors = head.user_text_proj(self._encode(list(users.values())).to(self.device))
+        # the adapters are off for this pass only: no other encode runs meanwhile
+        with self._network_lock, self._profile_encoding(), torch.no_grad():
+            vectors = head.user_text_proj(self._encode(list(users.values())).to(self.device))
+        with self._lock:  # publish: nothing below raises
             rows = self._put_users(list(users), vectors, vectors.new_zeros(len(users)))
             for row, vector, text in zip(rows, vectors, users.values(), strict=True):
                 self._profiles[row] = vector
@@ -199,6 +202,8 @@ class RecommenderUsers:
                     self._fit(row, *self._folded[row])
                 elif row in self._interacted:
                     self._fit_interactions(row)
+            if then is not None:  # the caller's part of publishing, under the same lock
+                then()
         logger.info("encoded %d user profiles; %d users", len(users), len(self.user_ids))
 
     def fold_in(self, user_id: str, ratings: Mapping[str, float], l2: float = 10.0) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +99,43 @@ def test_add_users_after_save_and_load(tmp_path, tiny_bert):
     rec = Recommender.from_pretrained(save(tmp_path / "model", model, tokenizer, tiny_bert))
     rec.add_users({"new": PROFILES[0]})
     np.testing.assert_allclose(rec.score_all(["new"]), rec.score_all(["u0"]), rtol=1e-5, atol=1e-6)
+
+
+def test_add_users_encodes_outside_the_read_lock_and_alone(tiny_bert, monkeypatch):
+    # a profile is encoded with the adapters off: reads go on meanwhile, and an item encode
+    # waits for it (else the item would be encoded by the bare backbone)
+    rec = recommender(tiny_bert, "lora")
+    before = rec.recommend("u1", k=3)  # the catalogue encoded before the profile blocks
+    started, release, original = threading.Event(), threading.Event(), rec.engine._encode
+
+    def encode(texts):
+        if not started.is_set():
+            started.set()
+            assert release.wait(10)
+        return original(texts)
+
+    monkeypatch.setattr(rec.engine, "_encode", encode)
+    writer = threading.Thread(target=rec.add_users, args=({"new": PROFILES[0]},))
+    writer.start()
+    assert started.wait(10)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(rec.recommend("u1", k=3)))
+    reader.start()
+    reader.join(10)
+    assert read == [before] and "new" not in rec.user_ids  # answered; not published yet
+    item = threading.Thread(target=rec.add_items, args=({"late": "a good comedy film"},))
+    item.start()
+    item.join(0.5)
+    assert item.is_alive()  # waiting for the profile's pass
+    release.set()
+    writer.join(10)
+    item.join(10)
+    assert "new" in rec.user_ids and "late" in rec.item_ids
+    alone = recommender(tiny_bert, "lora")
+    alone.add_items({"late": "a good comedy film"})
+    np.testing.assert_allclose(
+        rec.predict(["u1"], ["late"]), alone.predict(["u1"], ["late"]), rtol=1e-5
+    )
 
 
 def test_add_users_refusals(tiny_bert):
