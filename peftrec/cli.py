@@ -166,6 +166,9 @@ def serve(args: argparse.Namespace) -> None:
         from peftrec.app.state import default_state
 
         state = default_state(args.model)
+    if args.workers > 1:
+        serve_shared(args, state, token)
+        return
     recommender = Recommender.from_pretrained(args.model, state=state, exact=args.exact)
     if args.index_above is not None:
         recommender.use_index(above=args.index_above)
@@ -177,6 +180,25 @@ def serve(args: argparse.Namespace) -> None:
     else:
         print(f"writes are kept in {recommender.state_url}")
     run_server(recommender, host=args.host, port=args.port, token=token)
+
+
+def serve_shared(args: argparse.Namespace, state, token: str | None) -> None:
+    """``peftrec serve --workers N``: N processes over one state (checked here, once)."""
+    from peftrec.app.server import serve_workers
+    from peftrec.app.state import ServedState
+    from peftrec.artifact.vectors import folder_digest
+
+    if state is None:
+        raise ValueError(
+            "--workers shares the served writes through --state; with --state none each "
+            "worker would keep its own"
+        )
+    ServedState(state, folder_digest(args.model)).close()  # this model's log, or refused
+    if token is not None:
+        os.environ["PEFTREC_TOKEN"] = token  # the workers' environment, not the command line
+    settings = {"model": str(args.model), "state": str(state), "exact": args.exact}
+    print(f"{args.workers} workers; writes are kept in {state} and shared")
+    serve_workers({**settings, "index_above": args.index_above}, args.workers, args.host, args.port)
 
 
 def explain(args: argparse.Namespace) -> None:
@@ -315,6 +337,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--exact", action="store_true", help="ignore an index saved with the model: exact top-k"
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="processes serving the model, sharing one state (default 1); each write is "
+        "served by all of them (an SQLite state on this host, or a PostgreSQL URL for several)",
     )
     p.set_defaults(run=serve)
     p = commands.add_parser(

@@ -16,7 +16,8 @@ texts without it, between checking and publishing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -90,10 +91,11 @@ class RecommenderItems:
         items: Mapping[str, str],
         fields: Mapping[str, Mapping[str, str]] | None = None,
         knowledge: Mapping[str, Sequence[tuple[str, str]]] | None = None,
-        then: Callable[[], None] | None = None,
+        publishing: AbstractContextManager | None = None,
     ) -> None:
         """The network side of :meth:`peftrec.Recommender.add_items`: all checked first, the texts
-        encoded without holding the lock, then published in one step (with ``then``)."""
+        encoded without holding the lock, then published in one step, inside ``publishing``
+        (the caller's part of publishing, entered under the lock)."""
         items = id_mapping(
             items, "add_items", "item", "text", "{'9001': 'Arrival (2016). Genres: Sci-Fi.'}"
         )
@@ -124,7 +126,7 @@ class RecommenderItems:
                 fact_rows[item_id] = self._fact_rows(facts, item_id)
             self._item_text()
         encoded = self._encode(list(items.values())).numpy()  # reads do not wait for the LM
-        with self._lock:  # publish: nothing below raises
+        with self._lock, publishing or nullcontext():  # publish: nothing below raises
             rows, known = [], len(self.item_ids)
             for item_id, text in items.items():
                 if item_id not in self.item_index:
@@ -147,8 +149,6 @@ class RecommenderItems:
             self._item_text()  # another write may have grown it meanwhile
             self._item_text_cache.put(rows[: len(items)], encoded)
             self._items_changed(np.unique(rows), known)
-            if then is not None:  # the caller's part of publishing, under the same lock
-                then()
         logger.info("encoded %d item texts; catalogue has %d items", len(items), len(self.item_ids))
 
     def _check_named(self, item_id: str, items: Mapping[str, str], what: str) -> None:

@@ -140,6 +140,8 @@ class ServedModel(IndexedTopK):
         self._load_lock = threading.Lock()  # one thread loads the network
         self._digest: str | None = None  # loaded from a folder: the model the writes apply to
         self._state = None  # the durable state writes are kept in (Recommender.attach_state)
+        self._shared = False  # other processes write to that state too
+        self._applied = 0  # the sequence number of the last logged write applied here
         self._loader = loader
         self._engine: ModelRecommender | None = None
         self._vectors: ServingVectors | None = vectors

@@ -6,7 +6,10 @@ a 404, a request the model cannot serve (``fold_in`` on a ranking model, ``k`` l
 catalogue ...) a 400, a body over the size limit a 413, a write the state did not keep a 503;
 with a token, a request without it a 401. Handlers run in a thread pool; the
 :class:`~peftrec.app.recommender.Recommender` holds one lock, so concurrent reads and writes
-(``POST /items`` while others ``/recommend``) are safe.
+(``POST /items`` while others ``/recommend``) are safe. With ``--workers N`` each of N processes
+loads the model and serves one shared state; a request first applies the writes the others
+committed (:meth:`~peftrec.app.recommender.Recommender.sync`), so a write acknowledged by one
+process is served by all.
 
     peftrec serve runs/minilm_lora_rating/model --port 8000
     curl -s localhost:8000/recommend -d '{"user": "196", "k": 5}'
@@ -14,6 +17,8 @@ with a token, a request without it a 401. Handlers run in a thread pool; the
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 from typing import Annotated, Any
 
@@ -151,12 +156,15 @@ def create_app(recommender: Recommender, token: str | None = None) -> FastAPI:
         if not secrets.compare_digest(given.encode(), token.encode()):
             raise Unauthorized
 
+    def synced() -> None:  # what the other processes serving the state wrote, first
+        recommender.sync()
+
     app = FastAPIOffline(
         title="peftrec",
         version=__version__,
         description=f"A peftrec {recommender.spec.task} model on {recommender.spec.backbone}.",
         responses=ERRORS,
-        dependencies=[Depends(authorized)],
+        dependencies=[Depends(authorized), Depends(synced)],
     )
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     label = "rating" if recommender.traits.ratings else "score"
@@ -337,3 +345,35 @@ def serve(
     import uvicorn
 
     uvicorn.run(create_app(recommender, token), host=host, port=port, log_level="info")
+
+
+WORKER_SETTINGS = "PEFTREC_SERVE_WORKER"
+"""The environment variable that tells each worker process what to load (JSON)."""
+
+
+def serve_workers(
+    settings: dict[str, Any], workers: int, host: str = "127.0.0.1", port: int = 8000
+) -> None:
+    """Run ``workers`` processes that share one state (``settings``: ``model``, ``state``,
+    ``exact``, ``index_above``; the token, if any, in ``PEFTREC_TOKEN``) until interrupted."""
+    import uvicorn
+
+    os.environ[WORKER_SETTINGS] = json.dumps(settings)
+    uvicorn.run(
+        "peftrec.app.server:worker_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="info",
+    )
+
+
+def worker_app() -> FastAPI:
+    """One worker of :func:`serve_workers`: the model loaded, attached to the shared state."""
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    recommender = Recommender.from_pretrained(settings["model"], exact=settings["exact"])
+    recommender.attach_state(settings["state"], shared=True)
+    if settings.get("index_above") is not None:
+        recommender.use_index(above=settings["index_above"])
+    return create_app(recommender, os.environ.get("PEFTREC_TOKEN") or None)

@@ -7,6 +7,11 @@ any SQLAlchemy URL works (``postgresql://...`` for a database on another host).
 
 A log belongs to one model: it records the model folder's digest and refuses to replay onto
 another one (an updated model starts a new log, or replays this one explicitly).
+
+Several processes may serve one log (``peftrec serve --workers N``, or hosts sharing a
+PostgreSQL database): a write takes the database's write lock (:meth:`ServedState.writing`),
+applies the events the others committed before it, then its own, and commits, so every process
+applies the same events in the same order; reads first apply what the others wrote since.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import operator
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,30 +119,61 @@ class ServedState:
                 f"this one {model_digest[:12]}); name a new state for this model"
             )
 
-    def events(self) -> Iterator[tuple[int, str, dict[str, Any]]]:
-        """``(seq, kind, payload)`` of every recorded write, in the order they were made."""
+    def events(self, after: int = 0) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """``(seq, kind, payload)`` of every recorded write after sequence number ``after``, in
+        the order they were made."""
         sa = self._sa
-        query = sa.select(self._events).order_by(self._events.c.seq)
         try:
             with self._engine.connect() as db:
-                rows = db.execute(query).all()
+                rows = self._after(db, after)
         except sa.exc.SQLAlchemyError as err:
             raise StateError(f"state {self.url}: {err.__class__.__name__}: {err}") from None
-        for row in rows:
-            yield row.seq, row.kind, json.loads(row.payload)
+        yield from rows
 
-    def append(self, kind: str, payload: dict[str, Any]) -> int:
+    def _after(self, db, after: int) -> list[tuple[int, str, dict[str, Any]]]:
+        events = self._events
+        query = self._sa.select(events).where(events.c.seq > after).order_by(events.c.seq)
+        return [(row.seq, row.kind, json.loads(row.payload)) for row in db.execute(query)]
+
+    def append(self, kind: str, payload: dict[str, Any], writing: Writing | None = None) -> int:
         """Commit one write; returns its sequence number. Raises :class:`StateError` when the
-        database does not take it (the write is then not acknowledged)."""
+        database does not take it (the write is then not acknowledged). Inside
+        :meth:`writing`, pass its handle: the row joins that transaction."""
         if kind not in EVENTS:
             raise ValueError(f"unknown event kind {kind!r}; one of {EVENTS}")
         sa = self._sa
         row = {"at": time.time(), "kind": kind, "payload": json.dumps(payload)}
+        insert = sa.insert(self._events).values(**row)
         try:
+            if writing is not None:
+                return int(writing.db.execute(insert).inserted_primary_key[0])
             with self._engine.begin() as db:
-                return int(
-                    db.execute(sa.insert(self._events).values(**row)).inserted_primary_key[0]
-                )
+                return int(db.execute(insert).inserted_primary_key[0])
+        except sa.exc.SQLAlchemyError as err:
+            raise StateError(f"state {self.url}: {err.__class__.__name__}: {err}") from None
+
+    @contextmanager
+    def writing(self) -> Iterator[Writing]:
+        """A transaction that holds the log's write lock until it commits (on leaving the block;
+        an exception rolls it back): no other process appends meanwhile, so the events it reads
+        (:meth:`Writing.events`) and the one it appends keep their order everywhere."""
+        sa = self._sa
+        try:
+            with self._engine.connect() as db:
+                if self.url.startswith("sqlite"):  # the database's write lock, taken now
+                    db = db.execution_options(isolation_level="AUTOCOMMIT")
+                    db.exec_driver_sql("BEGIN IMMEDIATE")
+                    try:
+                        yield Writing(self, db)
+                    except BaseException:
+                        db.exec_driver_sql("ROLLBACK")
+                        raise
+                    db.exec_driver_sql("COMMIT")
+                    return
+                with db.begin():  # a row lock every writer takes first (PostgreSQL, MySQL ...)
+                    info = self._info
+                    db.execute(sa.select(info).where(info.c.key == "model").with_for_update())
+                    yield Writing(self, db)
         except sa.exc.SQLAlchemyError as err:
             raise StateError(f"state {self.url}: {err.__class__.__name__}: {err}") from None
 
@@ -147,6 +184,17 @@ class ServedState:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+class Writing:
+    """An open :meth:`ServedState.writing` transaction."""
+
+    def __init__(self, state: ServedState, db):
+        self.state, self.db = state, db
+
+    def events(self, after: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """The events committed after ``after``, read inside the transaction."""
+        return self.state._after(self.db, after)
 
 
 def _durable_sqlite(connection, _record) -> None:

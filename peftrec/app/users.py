@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -164,10 +165,12 @@ class RecommenderUsers:
             "be encoded the same way; fold_in(id, {item_id: rating}) works"
         )
 
-    def add_users(self, users: Mapping[str, str], then=None) -> None:
+    def add_users(
+        self, users: Mapping[str, str], publishing: AbstractContextManager | None = None
+    ) -> None:
         """The network side of :meth:`peftrec.Recommender.add_users`: all checked first, the
-        profiles encoded without holding the lock reads take, then published in one step (with
-        ``then``)."""
+        profiles encoded without holding the lock reads take, then published in one step, inside
+        ``publishing`` (as :meth:`add_items`)."""
         head = self.model.head
         if head.user_text_proj is None:
             raise ValueError(
@@ -192,7 +195,7 @@ class RecommenderUsers:
         # the adapters are off for this pass only: no other encode runs meanwhile
         with self._network_lock, self._profile_encoding(), torch.no_grad():
             vectors = head.user_text_proj(self._encode(list(users.values())).to(self.device))
-        with self._lock:  # publish: nothing below raises
+        with self._lock, publishing or nullcontext():  # publish: nothing below raises
             rows = self._put_users(list(users), vectors, vectors.new_zeros(len(users)))
             for row, vector, text in zip(rows, vectors, users.values(), strict=True):
                 self._profiles[row] = vector
@@ -202,8 +205,6 @@ class RecommenderUsers:
                     self._fit(row, *self._folded[row])
                 elif row in self._interacted:
                     self._fit_interactions(row)
-            if then is not None:  # the caller's part of publishing, under the same lock
-                then()
         logger.info("encoded %d user profiles; %d users", len(users), len(self.user_ids))
 
     def fold_in(self, user_id: str, ratings: Mapping[str, float], l2: float = 10.0) -> None:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 
@@ -115,10 +116,10 @@ def free_port() -> int:
     return port
 
 
-def start(folder, db, port):  # noqa: F811
+def start(folder, db, port, *options):  # noqa: F811
     command = [sys.executable, "-m", "peftrec.cli", "serve", str(folder), "--port", str(port)]
     process = subprocess.Popen(
-        [*command, "--state", str(db)],
+        [*command, "--state", str(db), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -169,3 +170,82 @@ def test_every_acknowledged_write_survives_a_sigkill(folder, tmp_path):  # noqa:
     # what the service served is what the Python API replays
     rec = Recommender.from_pretrained(folder, state=db)
     assert np.isfinite(rec.score_all(["v0"])).all()
+
+
+def test_processes_sharing_a_state_apply_the_same_writes_in_the_same_order(
+    folder,  # noqa: F811
+    tmp_path,
+):
+    db = tmp_path / "state.sqlite"
+    a, b = Recommender.from_pretrained(folder), Recommender.from_pretrained(folder)
+    assert a.attach_state(db, shared=True) == 0 and b.attach_state(db, shared=True) == 0
+    a.add_items({"n1": ITEM["n1"]})
+    b.add_items({"n2": ITEM["n2"]})  # a's item is applied first, as the log has it
+    assert b.item_ids[-2:] == ["n1", "n2"]
+    b.add_interactions({"newcomer": ["n1"]})
+    a.add_interactions({"newcomer": ["i3"]})  # a writes after b's writes, which it applies
+    b.fold_in("u1", {"n2": 5.0, "i4": 1.0})
+    assert "n2" in a.item_ids and "u1" in a.user_ids
+    assert a.sync() == 1 and b.sync() == 0 and a.sync() == 0  # only b's fold_in was new to a
+    expected = state_of(a)
+    assert state_of(b) == expected
+    assert state_of(Recommender.from_pretrained(folder, state=db)) == expected
+    assert {"n1", "i3"}.isdisjoint(i for i, _ in b.recommend("newcomer", k=5))
+    alone = Recommender.from_pretrained(folder, state=tmp_path / "alone.sqlite")
+    alone.add_items({"n1": ITEM["n1"]})
+    assert alone.sync() == 0  # not shared: nothing to apply
+
+
+def test_workers_serve_every_write_any_of_them_acknowledged(folder, tmp_path, capsys):  # noqa: F811
+    db, port = tmp_path / "state.sqlite", free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = start(folder, db, port, "--workers", "2")
+    try:
+        for k in range(4):
+            status, _ = call(base, "/items", {"items": {f"w{k}": f"Shared item number {k}."}})
+            assert status == 200
+            for _ in range(6):  # whichever worker answers has it
+                status, info = call(base, f"/items/w{k}")
+                assert status == 200 and info["text"] == f"Shared item number {k}."
+            status, _ = call(base, "/interactions", {"interactions": {"walker": [f"w{k}"]}})
+            assert status == 200
+        for _ in range(6):
+            status, top = call(base, "/recommend", {"user": "walker", "k": 5})
+            assert status == 200 and not {f"w{k}" for k in range(4)} & {
+                r["item"] for r in top["items"]
+            }
+
+        def write(w: int) -> None:  # two writers at once, answered by either worker
+            for k in range(4):
+                item = {f"c{w}-{k}": f"Concurrent item {w} {k}."}
+                assert call(base, "/items", {"items": item})[0] == 200
+                assert (
+                    call(base, "/ratings", {"user": "rater", "ratings": {"i1": 1 + w + k}})[0]
+                    == 200
+                )
+
+        writers = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+        for thread in writers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        served = [
+            call(base, "/predict", {"users": ["rater"] * 3, "items": ["i1", "i2", "c0-3"]})[1][
+                "scores"
+            ]
+            for _ in range(6)
+        ]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    rec = Recommender.from_pretrained(folder, state=db)
+    assert rec.item_ids[len(rec.item_ids) - 12 : len(rec.item_ids) - 8] == [
+        f"w{k}" for k in range(4)
+    ]
+    # every worker applied the same last rating (the log's last) as the replay does
+    expected = rec.predict(["rater"] * 3, ["i1", "i2", "c0-3"]).tolist()
+    assert all(s == pytest.approx(expected, rel=1e-5) for s in served)
+    from peftrec import cli
+
+    assert cli.main(["serve", str(folder), "--workers", "2", "--state", "none"]) == 2
+    assert "--workers shares the served writes through --state" in capsys.readouterr().err
