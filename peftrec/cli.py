@@ -170,6 +170,8 @@ def serve(args: argparse.Namespace) -> None:
         serve_shared(args, state, token)
         return
     recommender = Recommender.from_pretrained(args.model, state=state, exact=args.exact)
+    if state is not None and recommender.carry_over():  # an update of a served model
+        print("carried over the writes its parent's service recorded after the update")
     if args.index_above is not None:
         recommender.use_index(above=args.index_above)
     if recommender.index is not None:
@@ -179,26 +181,21 @@ def serve(args: argparse.Namespace) -> None:
         print("serving in memory: writes are lost when the service stops (--state keeps them)")
     else:
         print(f"writes are kept in {recommender.state_url}")
-    run_server(recommender, host=args.host, port=args.port, token=token)
+    run_server(recommender, host=args.host, port=args.port, token=token, swap=args.allow_swap)
 
 
 def serve_shared(args: argparse.Namespace, state, token: str | None) -> None:
-    """``peftrec serve --workers N``: N processes over one state (checked here, once)."""
-    from peftrec.app.server import serve_workers
-    from peftrec.app.state import ServedState
-    from peftrec.artifact.vectors import folder_digest
+    """``peftrec serve --workers N``: N processes over one state."""
+    from peftrec.app.workers import serve_workers
 
-    if state is None:
+    if args.allow_swap:
         raise ValueError(
-            "--workers shares the served writes through --state; with --state none each "
-            "worker would keep its own"
+            "--allow-swap swaps one process's model; with --workers, restart the service "
+            "with the updated model (it carries the writes over when it starts)"
         )
-    ServedState(state, folder_digest(args.model)).close()  # this model's log, or refused
-    if token is not None:
-        os.environ["PEFTREC_TOKEN"] = token  # the workers' environment, not the command line
-    settings = {"model": str(args.model), "state": str(state), "exact": args.exact}
-    print(f"{args.workers} workers; writes are kept in {state} and shared")
-    serve_workers({**settings, "index_above": args.index_above}, args.workers, args.host, args.port)
+    settings = {"model": str(args.model), "state": state, "exact": args.exact}
+    settings["index_above"] = args.index_above
+    serve_workers(settings, args.workers, args.host, args.port, token)
 
 
 def explain(args: argparse.Namespace) -> None:
@@ -337,6 +334,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--exact", action="store_true", help="ignore an index saved with the model: exact top-k"
+    )
+    p.add_argument(
+        "--allow-swap",
+        action="store_true",
+        help='accept POST /admin/swap {"model": <folder>}: serve an update of this model '
+        "(peftrec update --state) without a restart, its writes carried over (protect it with "
+        "a token when others can reach the service)",
     )
     p.add_argument(
         "--workers",

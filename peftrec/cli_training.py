@@ -60,6 +60,8 @@ def update_model(args: argparse.Namespace) -> None:
         warm_start=args.warm_start,
         settings=args.set,
         allow_fewer=args.allow_fewer,
+        state=args.state,
+        interaction_rating=args.interaction_rating,
     )
     score = next((k for k in metrics if k.startswith("valid_")), None)
     if score is not None:
@@ -133,6 +135,21 @@ def add_training_commands(commands) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="another recipe setting, e.g. train.lr=5e-4 (repeat for several)",
+    )
+    p.add_argument(
+        "--state",
+        default=None,
+        help="also train on what the model's service was told (its served state: an SQLite "
+        "file or SQLAlchemy URL, e.g. <model>.state.sqlite): items, interactions and ratings "
+        "up to now; the new model records where it stopped, and a service swapping to it "
+        "carries the later writes over",
+    )
+    p.add_argument(
+        "--interaction-rating",
+        type=float,
+        default=None,
+        help="with --state: the rating a served interaction counts as (default: the highest "
+        "rating in --data)",
     )
     p.add_argument(
         "--allow-fewer",

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from peftrec.app.durable import DurableWrites
 from peftrec.app.inputs import (
     check_aligned,
     check_id,
@@ -33,7 +33,6 @@ from peftrec.app.inputs import (
     labelled_pairs,
 )
 from peftrec.app.served import ServedModel
-from peftrec.app.state import ServedState, StateError, jsonable
 
 if TYPE_CHECKING:
     from peftrec.app.explain import Explanation
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class Recommender(ServedModel):
+class Recommender(DurableWrites, ServedModel):
     """A trained peftrec model and its catalogue, served from their vectors.
 
     Items are scored from their text (and, for items the model was trained on, their ID
@@ -133,63 +132,6 @@ class Recommender(ServedModel):
             recommender.attach_state(state)
         return recommender
 
-    # -- durable state -----------------------------------------------------------------------
-    def attach_state(self, state: str | Path, shared: bool = False) -> int:
-        """Keep every write from now on in ``state`` (an SQLite file, or any SQLAlchemy URL), and
-        first replay the writes it holds (:mod:`peftrec.app.state`); returns how many.
-
-        A write returns only once it is committed there, so a model loaded again with the same
-        state serves every write that returned, also after a crash. With ``shared``, other
-        processes serve the same state: each write first applies theirs (in the log's order,
-        under the database's write lock), and :meth:`sync` applies what they wrote since."""
-        if self._digest is None:
-            raise ValueError("attach_state needs a model loaded with from_pretrained (a folder)")
-        with self._lock:
-            if self._state is not None:
-                raise ValueError(f"this model already keeps its writes in {self._state.url}")
-            log = ServedState(state, self._digest)
-            replayed = self._replay(log, log.events())
-            if replayed:
-                logger.info("replayed %d writes from %s", replayed, log.url)
-            self._state, self._shared = log, shared
-            return replayed
-
-    def sync(self) -> int:
-        """A model serving a shared state (``attach_state(shared=True)``): apply the writes
-        other processes committed since this one last looked; returns how many (0 unshared)."""
-        if self._state is None or not self._shared:
-            return 0
-        pending = list(self._state.events(self._applied))
-        if not pending:
-            return 0
-        with self._lock:  # another thread may have applied some meanwhile: _replay skips them
-            return self._replay(self._state, pending)
-
-    def _replay(self, log: ServedState, events) -> int:
-        """Apply logged ``(seq, kind, payload)`` events after the last one applied, in order."""
-        replayed, items = 0, set()
-        for seq, kind, payload in events:
-            if seq <= self._applied:
-                continue
-            try:
-                self._apply(kind, payload)
-            except (KeyError, ValueError, TypeError) as err:
-                raise StateError(
-                    f"state {log.url}: write {seq} ({kind}) no longer applies: {err}"
-                ) from None
-            if kind == "items":
-                items.update(payload["items"])
-            self._applied, replayed = seq, replayed + 1
-        if replayed:
-            self._changed()
-            self._items_written(self.item_rows(sorted(items), "state"))
-        return replayed
-
-    @property
-    def state_url(self) -> str | None:
-        """Where writes are kept (:meth:`attach_state`); None: in memory only."""
-        return None if self._state is None else self._state.url
-
     def _apply(self, kind: str, payload: dict[str, Any], publishing=None) -> None:
         engine = self.engine
         if kind == "items":  # encodes without the lock; publishes inside ``publishing``
@@ -218,35 +160,6 @@ class Recommender(ServedModel):
         self._index_items(rows)
         if self._neighbours is not None and len(rows):
             self._neighbours.put_facts(rows, self.engine.facts_of(rows).cpu().numpy())
-
-    @contextmanager
-    def _publishing(self, kind: str, payload: dict[str, Any]) -> Iterator[None]:
-        """Entered under the lock, around the moment a write changes what reads see: with a
-        shared state, the database's write lock is taken and the others' writes applied first;
-        on leaving, the new vectors are published and the write committed (an exception inside
-        rolls the transaction back)."""
-        with ExitStack() as stack:
-            writing = None
-            if self._state is not None and self._shared:
-                writing = stack.enter_context(self._state.writing())
-                self._replay(self._state, writing.events(self._applied))
-            yield
-            self._changed()
-            if kind == "items":
-                self._items_written(self.item_rows(list(payload["items"]), "add_items"))
-            if self._state is not None:
-                self._applied = self._state.append(kind, jsonable(payload), writing)
-
-    def _write(self, kind: str, **payload: Any) -> None:
-        """Apply a write and, with a state attached, commit it there before returning; the new
-        vectors and the commit are published together, under the lock reads take."""
-        self.engine  # noqa: B018 (loaded first, without the lock reads take)
-        publishing = self._publishing(kind, payload)
-        if kind in ("items", "users"):  # the engine holds the lock only to check and publish
-            self._apply(kind, payload, publishing)
-            return
-        with self._lock, publishing:
-            self._apply(kind, payload)
 
     def predict_proba(
         self,

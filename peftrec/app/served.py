@@ -118,7 +118,7 @@ class ServedModel(IndexedTopK):
 
         recommender = cls.__new__(cls)
         recommender._start(spec, {**meta, "spec": spec}, catalog, vectors, loader=load)
-        recommender._digest = digest
+        recommender._digest, recommender._folder = digest, folder
         if spec.head.get("recency"):  # what is popular now: the gate from the saved head
             recommender._recent = ServedRecency.from_folder(folder, *recency_log(catalog, folder))
         if spec.head.get("fact_neighbours"):  # the pair term: weights and ratings in the head
@@ -139,9 +139,11 @@ class ServedModel(IndexedTopK):
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()  # one thread loads the network
         self._digest: str | None = None  # loaded from a folder: the model the writes apply to
+        self._folder: Path | None = None  # that folder
         self._state = None  # the durable state writes are kept in (Recommender.attach_state)
         self._shared = False  # other processes write to that state too
         self._applied = 0  # the sequence number of the last logged write applied here
+        self._retired: str | None = None  # swapped out for this model: writes are refused
         self._loader = loader
         self._engine: ModelRecommender | None = None
         self._vectors: ServingVectors | None = vectors

@@ -17,8 +17,6 @@ process is served by all.
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 from typing import Annotated, Any
 
@@ -32,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from peftrec import __version__
 from peftrec.app.recommender import Recommender
 from peftrec.app.state import StateError
+from peftrec.app.swap import Serving, swap_to
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]  # as given: no stripping
 Text = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
@@ -129,6 +128,11 @@ class Counts(BaseModel):
     users: int
 
 
+class SwapRequest(Request_):
+    model: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    state: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+
+
 ERRORS = {
     status: {"model": Error, "description": what}
     for status, what in (
@@ -142,9 +146,12 @@ ERRORS = {
 }
 
 
-def create_app(recommender: Recommender, token: str | None = None) -> FastAPI:
+def create_app(recommender: Recommender, token: str | None = None, swap: bool = False) -> FastAPI:
     """The HTTP service over one loaded recommender; with ``token``, every endpoint but
-    ``/health`` needs ``Authorization: Bearer <token>``."""
+    ``/health`` needs ``Authorization: Bearer <token>``; with ``swap``, ``POST /admin/swap``
+    replaces the model by an update of it without a restart."""
+    serving = Serving(recommender)
+    recommender = serving  # every handler reads the recommender served now
 
     def authorized(
         request: Request,
@@ -286,6 +293,16 @@ def create_app(recommender: Recommender, token: str | None = None) -> FastAPI:
         the past items) that raised or lowered the score most."""
         return recommender.explain(body.user, body.item, steps=body.steps).to_dict()
 
+    if swap:
+
+        @app.post("/admin/swap")
+        def swap_model(body: SwapRequest) -> Counts:
+            """Serve an update of this model (``peftrec update --state``) from now on, without a
+            restart: it is loaded with its state (default: beside its folder), the writes this
+            service recorded after the update read its state are carried over to it, and it
+            replaces this model; a write that races the swap gets a 503 and is sent again."""
+            return counts_of(swap_to(serving, body.model, body.state))
+
     return app
 
 
@@ -338,42 +355,18 @@ class BodyTooLarge(Exception):
     pass
 
 
+def counts_of(recommender: Recommender) -> Counts:
+    return Counts(items=len(recommender.item_ids), users=len(recommender.user_ids))
+
+
 def serve(
-    recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, token: str | None = None
+    recommender: Recommender,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    swap: bool = False,
 ) -> None:
     """Run the service until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(recommender, token), host=host, port=port, log_level="info")
-
-
-WORKER_SETTINGS = "PEFTREC_SERVE_WORKER"
-"""The environment variable that tells each worker process what to load (JSON)."""
-
-
-def serve_workers(
-    settings: dict[str, Any], workers: int, host: str = "127.0.0.1", port: int = 8000
-) -> None:
-    """Run ``workers`` processes that share one state (``settings``: ``model``, ``state``,
-    ``exact``, ``index_above``; the token, if any, in ``PEFTREC_TOKEN``) until interrupted."""
-    import uvicorn
-
-    os.environ[WORKER_SETTINGS] = json.dumps(settings)
-    uvicorn.run(
-        "peftrec.app.server:worker_app",
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        log_level="info",
-    )
-
-
-def worker_app() -> FastAPI:
-    """One worker of :func:`serve_workers`: the model loaded, attached to the shared state."""
-    settings = json.loads(os.environ[WORKER_SETTINGS])
-    recommender = Recommender.from_pretrained(settings["model"], exact=settings["exact"])
-    recommender.attach_state(settings["state"], shared=True)
-    if settings.get("index_above") is not None:
-        recommender.use_index(above=settings["index_above"])
-    return create_app(recommender, os.environ.get("PEFTREC_TOKEN") or None)
+    uvicorn.run(create_app(recommender, token, swap), host=host, port=port, log_level="info")

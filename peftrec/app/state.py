@@ -119,21 +119,25 @@ class ServedState:
                 f"this one {model_digest[:12]}); name a new state for this model"
             )
 
-    def events(self, after: int = 0) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    def events(self, after: int = 0, timed: bool = False) -> Iterator[tuple]:
         """``(seq, kind, payload)`` of every recorded write after sequence number ``after``, in
-        the order they were made."""
+        the order they were made; ``timed``: ``(seq, kind, payload, at)``, ``at`` when it was
+        committed (seconds since the epoch)."""
         sa = self._sa
         try:
             with self._engine.connect() as db:
-                rows = self._after(db, after)
+                rows = self._after(db, after, timed)
         except sa.exc.SQLAlchemyError as err:
             raise StateError(f"state {self.url}: {err.__class__.__name__}: {err}") from None
         yield from rows
 
-    def _after(self, db, after: int) -> list[tuple[int, str, dict[str, Any]]]:
+    def _after(self, db, after: int, timed: bool = False) -> list[tuple]:
         events = self._events
         query = self._sa.select(events).where(events.c.seq > after).order_by(events.c.seq)
-        return [(row.seq, row.kind, json.loads(row.payload)) for row in db.execute(query)]
+        return [
+            (row.seq, row.kind, json.loads(row.payload), *((row.at,) if timed else ()))
+            for row in db.execute(query)
+        ]
 
     def append(self, kind: str, payload: dict[str, Any], writing: Writing | None = None) -> int:
         """Commit one write; returns its sequence number. Raises :class:`StateError` when the
@@ -177,6 +181,13 @@ class ServedState:
         except sa.exc.SQLAlchemyError as err:
             raise StateError(f"state {self.url}: {err.__class__.__name__}: {err}") from None
 
+    def info(self, key: str) -> str | None:
+        """A value the state keeps beside its events (None: not set)."""
+        sa, table = self._sa, self._info
+        with self._engine.connect() as db:
+            row = db.execute(sa.select(table.c.value).where(table.c.key == key)).first()
+        return None if row is None else row.value
+
     def __len__(self) -> int:
         sa = self._sa
         with self._engine.connect() as db:
@@ -195,6 +206,12 @@ class Writing:
     def events(self, after: int) -> list[tuple[int, str, dict[str, Any]]]:
         """The events committed after ``after``, read inside the transaction."""
         return self.state._after(self.db, after)
+
+    def set_info(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` beside the events, committed with them."""
+        sa, table = self.state._sa, self.state._info
+        self.db.execute(sa.delete(table).where(table.c.key == key))
+        self.db.execute(sa.insert(table).values(key=key, value=value))
 
 
 def _durable_sqlite(connection, _record) -> None:

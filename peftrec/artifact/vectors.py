@@ -28,7 +28,9 @@ SERVING_FILE = "serving.safetensors"
 INDEX_FILE = "index.safetensors"  # the app's approximate item index (peftrec.app.index)
 SERVING_VERSION = "1"
 # what the vectors do not depend on (the index is derived from them)
-UNHASHED = {SERVING_FILE, INDEX_FILE, "README.md", "config.yaml"}
+CUT_FILE = "served_cut.json"
+"""In an updated model folder: the served state it was trained from, and the last write read."""
+UNHASHED = {SERVING_FILE, INDEX_FILE, CUT_FILE, "README.md", "config.yaml"}
 LINKS = ("identity", "sigmoid")
 
 logger = logging.getLogger("peftrec.app.recommender")

@@ -24,13 +24,17 @@ from pathlib import Path
 
 import yaml
 
+from peftrec.app.state import StateError
 from peftrec.artifact.folder import check_folder, read_json
+from peftrec.artifact.vectors import CUT_FILE
 from peftrec.config import load_config
+from peftrec.data.errors import DataError
 from peftrec.data.text import render_texts
 from peftrec.files import write_folder_atomic
 from peftrec.shipped import load_recipe
 from peftrec.tasks import task_of
 from peftrec.training.recipe import USER_ERRORS
+from peftrec.training.served_data import TEXT_FIELD, served_data
 
 logger = logging.getLogger(__name__)
 
@@ -141,19 +145,38 @@ def update(
     warm_start: str = "continue",
     settings: Sequence[str] = (),
     allow_fewer: bool = False,
+    state: str | Path | None = None,
+    interaction_rating: float | None = None,
 ) -> dict:
     """Train the update and write the new model to ``out``; its ``metrics.json`` contents.
 
     ``settings``: more recipe overrides (``key=value``), applied last. A model knows the users
     and items its data names, so data that leaves out some of the parent's (a window of recent
     interactions) would write a model without them: refused, writing nothing, unless
-    ``allow_fewer``."""
+    ``allow_fewer``. With ``state`` (the served model's state), what the service was told
+    trains too (:mod:`peftrec.training.served_data`; ``interaction_rating``: what a served
+    interaction counts as), and the new folder records the last write it read."""
     model, data, out = Path(model), Path(data), Path(out)
     items, users = (Path(p) if p is not None else None for p in (items, users))
     task, config = check_update(model, data, out, items, users)
+    if state is not None and items is not None:
+        raise UpdateError(
+            "--state reads the items from the model's catalogue and the service's writes "
+            "(POST /items changes them); leave out --items"
+        )
     with tempfile.TemporaryDirectory(prefix="peftrec-update-") as tmp:
         run = Path(tmp)
-        if items is None:
+        served, texts = None, []
+        if state is not None:
+            try:
+                served = served_data(model, state, data, task, run, interaction_rating)
+            except (DataError, StateError) as err:
+                raise UpdateError(f"--state {state}: {err}; nothing was written") from None
+            for note in served.notes:
+                logger.info("update: %s", note)
+            data, items = served.interactions, served.items
+            texts = [f"data.item_template={{{TEXT_FIELD}}}"]  # the texts as served
+        elif items is None:
             template = (config.get("data") or {}).get("item_template", "")
             items = catalogue_items(model, template, run)
         overrides = [
@@ -169,12 +192,15 @@ def update(
             "train.checkpoint_every=null",
             "train.log_with=[]",
             f"output_dir={run / 'run'}",
+            *texts,
             *settings,
         ]
         run_recipe(task, model / "config.yaml", overrides)
         trained = run / "run" / "model"
         if not allow_fewer:
             check_nothing_dropped(model, trained, data)
+        if served is not None:  # a service swapping to it replays only the writes after these
+            (trained / CUT_FILE).write_text(json.dumps(served.cut, indent=2) + "\n")
         write_folder_atomic(
             out, lambda folder: shutil.copytree(trained, folder, dirs_exist_ok=True)
         )

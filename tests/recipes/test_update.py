@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from peftrec import cli
@@ -112,3 +113,49 @@ def test_a_window_that_leaves_out_users_is_refused_unless_asked(parent, tmp_path
     assert not out.exists()
     assert cli.main([*argv, "--allow-fewer"]) == 0
     assert len(Recommender.from_pretrained(out).user_ids) == 3
+
+
+def test_the_daily_loop_trains_on_the_served_state_and_swaps_keeping_every_write(
+    parent, tmp_path, toy_files, capsys
+):
+    from fastapi.testclient import TestClient
+
+    from peftrec.app.server import create_app
+    from peftrec.app.state import StateError, default_state
+
+    served, state = tmp_path / "served", tmp_path / "state.sqlite"
+    shutil.copytree(parent, served)
+    rec = Recommender.from_pretrained(served, state=state)
+    rec.add_items({"s1": "A served film about a sailing race."})
+    rec.fold_in("walker", {"s1": 5.0, "i2": 2.0})
+    rec.add_interactions({"u0": ["i3"]})  # no rating: a rating model does not train on it
+    out = tmp_path / "today"
+    argv = ["update", str(served), "--data", str(toy_files["interactions"]), "--out", str(out)]
+    assert cli.main([*argv, "--state", str(state), "--epochs", "1"]) == 0
+    cut = json.loads((out / "served_cut.json").read_text())
+    assert cut["seq"] == 3 and cut["state"] == rec.state_url
+    child = Recommender.from_pretrained(out)
+    assert "s1" in child.item_ids and "walker" in child.user_ids  # trained on what was served
+    assert child.item_info("s1")["text"] == "A served film about a sailing race."
+    # the service goes on after the cut, then swaps to the update over HTTP
+    rec.add_items({"s2": "Another served film, after the cut."})
+    rec.fold_in("walker", {"s2": 4.0, "i1": 3.0})
+    client = TestClient(create_app(rec, swap=True))
+    reply = client.post("/admin/swap", json={"model": str(parent)})
+    assert reply.status_code == 400 and "was not updated from this service" in reply.json()["error"]
+    reply = client.post("/admin/swap", json={"model": str(out)})
+    assert reply.status_code == 200 and reply.json()["items"] == len(child.item_ids) + 1
+    assert client.get("/items/s2").json()["text"] == "Another served film, after the cut."
+    with pytest.raises(StateError, match="now serves"):
+        rec.add_items({"late": "A write to the retired model."})
+    reply = client.post("/items", json={"items": {"s3": "A film after the swap."}})
+    assert reply.status_code == 200
+    # the update's own state holds the carried writes: a restart serves them, carries none twice
+    again = Recommender.from_pretrained(out, state=default_state(out))
+    assert again.carry_over() == 0 and again.item_ids[-2:] == ["s2", "s3"]
+    np.testing.assert_allclose(
+        again.predict(["walker"], ["s2"]),
+        client.post("/predict", json={"users": ["walker"], "items": ["s2"]}).json()["scores"],
+        rtol=1e-5,
+    )
+    assert not TestClient(create_app(rec)).post("/admin/swap", json={"model": str(out)}).is_success
