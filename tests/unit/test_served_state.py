@@ -249,3 +249,5 @@ def test_workers_serve_every_write_any_of_them_acknowledged(folder, tmp_path, ca
 
     assert cli.main(["serve", str(folder), "--workers", "2", "--state", "none"]) == 2
     assert "--workers shares the served writes through --state" in capsys.readouterr().err
+    assert cli.main(["serve", str(folder), "--workers", "2", "--allow-swap"]) == 2
+    assert "with --workers, restart the service" in capsys.readouterr().err
