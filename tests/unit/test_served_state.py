@@ -172,11 +172,39 @@ def test_every_acknowledged_write_survives_a_sigkill(folder, tmp_path):  # noqa:
     assert np.isfinite(rec.score_all(["v0"])).all()
 
 
+POSTGRES = os.environ.get("PEFTREC_TEST_POSTGRES")  # e.g. postgresql+psycopg://u:p@host/db
+
+
+def empty_postgres(url: str) -> str:
+    """The database at ``url`` without peftrec's tables (each test starts a new log)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as db:
+        db.exec_driver_sql("DROP TABLE IF EXISTS peftrec_events, peftrec_state")
+    engine.dispose()
+    return url
+
+
+WHERE = pytest.mark.parametrize(
+    "where",
+    [
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=pytest.mark.skipif(not POSTGRES, reason="set PEFTREC_TEST_POSTGRES to a URL"),
+        ),
+    ],
+)
+
+
+@WHERE
 def test_processes_sharing_a_state_apply_the_same_writes_in_the_same_order(
     folder,  # noqa: F811
     tmp_path,
+    where,
 ):
-    db = tmp_path / "state.sqlite"
+    db = tmp_path / "state.sqlite" if where == "sqlite" else empty_postgres(POSTGRES)
     a, b = Recommender.from_pretrained(folder), Recommender.from_pretrained(folder)
     assert a.attach_state(db, shared=True) == 0 and b.attach_state(db, shared=True) == 0
     a.add_items({"n1": ITEM["n1"]})
@@ -196,8 +224,15 @@ def test_processes_sharing_a_state_apply_the_same_writes_in_the_same_order(
     assert alone.sync() == 0  # not shared: nothing to apply
 
 
-def test_workers_serve_every_write_any_of_them_acknowledged(folder, tmp_path, capsys):  # noqa: F811
-    db, port = tmp_path / "state.sqlite", free_port()
+@WHERE
+def test_workers_serve_every_write_any_of_them_acknowledged(
+    folder,  # noqa: F811
+    tmp_path,
+    capsys,
+    where,
+):
+    db = tmp_path / "state.sqlite" if where == "sqlite" else empty_postgres(POSTGRES)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     process = start(folder, db, port, "--workers", "2")
     try:
