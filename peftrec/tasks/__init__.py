@@ -108,6 +108,7 @@ def sequential_head_options(cfg, head: dict) -> dict:
         "text_norm": seq.text_norm,
         "empty_state": seq.empty_state,
         **({"recency": True} if seq.recency else {}),  # older saved specs lack the key
+        **({"members": seq.members} if seq.members > 1 else {}),
     }
 
 

@@ -37,6 +37,7 @@ def assert_app_reproduces(rec, users, scores, targets, metrics) -> None:
     [
         ("minilm_frozen_sequential.yaml", []),
         ("minilm_idonly_sequential.yaml", ["sequence.loss=sampled", "sequence.negatives=20"]),
+        ("minilm_frozen_sequential.yaml", ["sequence.members=2"]),  # an ensemble in one model
     ],
 )
 def test_sequential_recipe_trains_and_the_app_reproduces_its_test_metrics(

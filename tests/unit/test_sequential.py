@@ -295,3 +295,39 @@ def test_p3_recency_counts_the_training_then_the_validation_rows_never_a_test_ro
     assert histories.ages[1][0] == inter.timestamps[split.test[0]] - valid_time[user] >= 0
     flat = np.concatenate(histories.times)
     assert len(flat) == len(split.train) and np.isin(flat, inter.timestamps[split.train]).all()
+
+
+def test_members_train_apart_and_score_as_the_mean_of_their_scores():
+    from peftrec.tasks.sequential.head import history_states
+
+    torch.manual_seed(0)
+    head = SequentialHead(12, 6, dim=8, max_history=4, members=3, empty_state=True).eval()
+    table = torch.randn(6, 12)
+    items = head.items(table, torch.arange(6))
+    assert items[0].shape == (6, 24) and len(head.more_encoders) == 2
+    history = torch.tensor([[PAD, 1, 2, 3], [4, 5, 0, 1]])
+    states = head.states(items, history)
+    # each member alone: its slice of the item vectors under its own encoder
+    encoders = (head.encoder, *head.more_encoders)
+    alone = [
+        enc(items[0][:, 8 * k : 8 * (k + 1)], history) @ items[0][:, 8 * k : 8 * (k + 1)].T
+        for k, enc in enumerate(encoders)
+    ]
+    mean = sum(alone) / 3 + items[1]
+    torch.testing.assert_close(head.score_states(states, items), mean, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(alone[0], alone[1])  # the members differ
+    # training: every member's own logits, on the same targets, one block per member
+    collator = SequenceCollator([np.array([1, 2, 3, 4])], 4, [[0]] * 6, 0)
+    batch = collator([0])
+    output = head.step(None, None, table.new_zeros(()), batch["history"], batch["targets"], table)
+    assert output.targets.tolist() == [2, 3, 4] * 3 and output.logits.shape == (9, 6)
+    last = history_states(head, head.items(table, torch.arange(6)), [[1, 2, 3]])
+    blocks = output.logits.detach().view(3, 3, 6)[:, -1]  # each member after item 3
+    torch.testing.assert_close(
+        last @ items[0].T + items[1], blocks.mean(0, keepdim=True), atol=1e-5, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="one alone with recency"):
+        SequentialHead(12, 6, dim=8, members=2, recency=True)
+    config = SequentialRecipeConfig()
+    config.sequence.members, config.sequence.recency = 2, True
+    assert any("recency gate reads one state" in p for p in config.conflicts())

@@ -33,6 +33,13 @@ class SequenceConfig:
         "recent interactions (all, and users' first ones; half-lives 1, 7, 30, 365 days) as of "
         "the moment of prediction, from the seen events of the days before it (needs timestamps)",
     )
+    members: int = option(
+        1,
+        "an ensemble in one model: this many history models (item towers of model.dim and "
+        "encoders), each trained on its own loss, scored by the mean of their scores (served as "
+        "one dot product); costs as many times the head's training",
+        at_least(1),
+    )
     loss: Literal["softmax", "sampled"] = option(
         "softmax",
         "softmax: cross-entropy over the whole catalogue at every position; sampled: "
@@ -67,5 +74,10 @@ class SequentialRecipeConfig(RecipeConfig):
         if self.model.user_text:
             problems.append(
                 "model.user_text=true: a sequential model's user is their history, not a profile"
+            )
+        if self.sequence.members > 1 and self.sequence.recency:
+            problems.append(
+                f"sequence.members={self.sequence.members} with sequence.recency=true: the "
+                "recency gate reads one state; use one member"
             )
         return problems

@@ -133,16 +133,29 @@ class SequentialHead(TwoTowers):
         text_norm: bool = False,
         empty_state: bool = False,
         recency: bool = False,
+        members: int = 1,
         num_users: int = 0,
         **towers,
     ):
         if num_users:
             raise ValueError("a sequential head has no user table: num_users must be 0")
-        super().__init__(text_dim, 0, num_items, dim, **towers)
+        if members < 1 or (members > 1 and recency):
+            raise ValueError(
+                f"members={members}: at least 1, and one alone with recency (its gate reads "
+                "one state)"
+            )
+        # members: an ensemble in one head; member k owns the k-th dim-slice of every item
+        # vector and an encoder of its own, and trains on its own loss (see ``step``)
+        super().__init__(text_dim, 0, num_items, dim * members, **towers)
+        self.members, self.member_dim = members, dim
         self.encoder = HistoryEncoder(dim, max_history, blocks, heads, history_dropout)
+        self.more_encoders = nn.ModuleList(
+            HistoryEncoder(dim, max_history, blocks, heads, history_dropout)
+            for _ in range(members - 1)
+        )
         self.text_norm = text_norm
         # the state of an empty history (a new user): learned from users' first items, or zero
-        self.start = nn.Parameter(torch.zeros(dim)) if empty_state else None
+        self.start = nn.Parameter(torch.zeros(dim * members)) if empty_state else None
         # what is popular now, weighed per state (peftrec.models.recency); zero at the start
         # its input: the state and how old the history is (log days since its last event)
         self.recency_gate = nn.Linear(dim + 1, 2 * len(HALF_LIVES)) if recency else None
@@ -173,7 +186,24 @@ class SequentialHead(TwoTowers):
     def states(
         self, items: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor
     ) -> torch.Tensor:
-        return self.encoder(items[0], history)
+        """States after each position; with several members, their states side by side over
+        their number, so that a state's dot product with an item vector is the mean of the
+        members' (the item bias is shared)."""
+        if self.members == 1:
+            return self.encoder(items[0], history)
+        parts = items[0].split(self.member_dim, -1)
+        encoders = (self.encoder, *self.more_encoders)
+        states = [encoder(part, history) for encoder, part in zip(encoders, parts, strict=True)]
+        return torch.cat(states, -1) / self.members
+
+    def member_logits(
+        self, states: torch.Tensor, items: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """``(members * states, items)``: each member's own scores (``members`` blocks of rows),
+        which each member trains on, so that the members learn apart, as an ensemble's do."""
+        vectors = items[0].split(self.member_dim, -1)
+        parts = (states * self.members).split(self.member_dim, -1)
+        return torch.cat([s @ v.T + items[1] for s, v in zip(parts, vectors, strict=True)])
 
     @property
     def history_length(self) -> int:
@@ -265,6 +295,9 @@ class SequentialHead(TwoTowers):
                 when = torch.cat([when, first_moments[starting]])
                 age = torch.cat([age, torch.zeros_like(first_moments[starting])])
         penalty = states.square().sum(-1).mean() + items[0][next_items].square().sum(-1).mean()
+        if self.members > 1:  # each member on its own loss
+            logits = self.member_logits(states, items)
+            return SequenceOutput(logits, next_items.repeat(self.members), penalty, source)
         logits = self.score_states(states, items)
         if self.recency_gate is not None:  # the moment of each prediction: its target's time
             logits = logits + self.recency_scores(states, when, age)
