@@ -12,7 +12,7 @@ committed (:meth:`~peftrec.app.recommender.Recommender.sync`), so a write acknow
 process is served by all.
 
     peftrec serve runs/minilm_lora_rating/model --port 8000
-    curl -s localhost:8000/recommend -d '{"user": "196", "k": 5}'
+    curl -s localhost:8000/recommend -H 'Content-Type: application/json' -d '{"user": "196"}'
 """
 
 from __future__ import annotations
