@@ -216,13 +216,14 @@ def create_app(recommender: Recommender, token: str | None = None, swap: bool = 
         ]
         return Recommendations(user=user, score=label, items=items)
 
-    def counts() -> Counts:
-        return Counts(items=len(recommender.item_ids), users=len(recommender.user_ids))
-
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness, catalogue size, and whether the language model has been loaded."""
-        return {"status": "ok", **counts().model_dump(), "network": recommender.network_loaded}
+        return {
+            "status": "ok",
+            **counts_of(recommender).model_dump(),
+            "network": recommender.network_loaded,
+        }
 
     @app.get("/model")
     def model_card() -> dict[str, Any]:
@@ -236,7 +237,7 @@ def create_app(recommender: Recommender, token: str | None = None, swap: bool = 
             "scores": label,
             "rating_scale": recommender.rating_scale,
             "peftrec_version": recommender.meta.get("peftrec_version", __version__),
-            **counts().model_dump(),
+            **counts_of(recommender).model_dump(),
             **(recommender.meta.get("card") or {}),
         }
 
@@ -267,25 +268,25 @@ def create_app(recommender: Recommender, token: str | None = None, swap: bool = 
     def add_items(body: AddItemsRequest) -> Counts:
         """Add items (or change their texts) as {id: text}; scored at once, from their text."""
         recommender.add_items(body.items, body.fields)
-        return counts()
+        return counts_of(recommender)
 
     @app.post("/users")
     def add_users(body: AddUsersRequest) -> Counts:
         """Add users by profile text (models trained with user profiles)."""
         recommender.add_users(body.users)
-        return counts()
+        return counts_of(recommender)
 
     @app.post("/interactions")
     def add_interactions(body: InteractionsRequest) -> Counts:
         """Record interactions {user: [items, in time order]}; unknown users are added."""
         recommender.add_interactions(body.interactions)
-        return counts()
+        return counts_of(recommender)
 
     @app.post("/ratings")
     def fold_in(body: RatingsRequest) -> Counts:
         """Fit a user to a few ratings (rating models)."""
         recommender.fold_in(body.user, body.ratings)
-        return counts()
+        return counts_of(recommender)
 
     @app.post("/explain")
     def explain(body: ExplainRequest) -> dict[str, Any]:

@@ -184,8 +184,11 @@ class ServedState:
     def info(self, key: str) -> str | None:
         """A value the state keeps beside its events (None: not set)."""
         sa, table = self._sa, self._info
-        with self._engine.connect() as db:
-            row = db.execute(sa.select(table.c.value).where(table.c.key == key)).first()
+        try:
+            with self._engine.connect() as db:
+                row = db.execute(sa.select(table.c.value).where(table.c.key == key)).first()
+        except sa.exc.SQLAlchemyError as err:
+            raise StateError(f"state {self.url}: {err.__class__.__name__}: {err}") from None
         return None if row is None else row.value
 
     def __len__(self) -> int:

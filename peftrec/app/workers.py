@@ -28,8 +28,8 @@ def serve_workers(
     token: str | None = None,
 ) -> None:
     """Run ``workers`` processes that share one state (``settings``: ``model``, ``state``,
-    ``exact``, ``index_above``) until interrupted; the state is checked, and an update's
-    writes carried over, once, here."""
+    ``exact``, ``index_above``) until interrupted; the state is checked (and an update's writes
+    carried over) once, here."""
     import uvicorn
 
     state, model = settings["state"], Path(settings["model"])
@@ -38,9 +38,10 @@ def serve_workers(
             "--workers shares the served writes through --state; with --state none each "
             "worker would keep its own"
         )
-    ServedState(state, folder_digest(model)).close()  # this model's log, or refused
-    if (model / CUT_FILE).is_file():  # an update of a served model
+    if (model / CUT_FILE).is_file():  # an update of a served model: its writes carried once
         Recommender.from_pretrained(model, state=state).carry_over()
+    else:
+        ServedState(state, folder_digest(model)).close()  # this model's log, or refused
     if token is not None:
         os.environ["PEFTREC_TOKEN"] = token  # the workers' environment, not the command line
     os.environ[WORKER_SETTINGS] = json.dumps({**settings, "state": str(state)})

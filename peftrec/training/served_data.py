@@ -50,12 +50,13 @@ def served_data(
 ) -> ServedData:
     """The interactions file ``data`` and the model's catalogue merged with the writes of
     ``model``'s served ``state``, as an interactions and an items file in ``folder``."""
-    log = ServedState(state, folder_digest(model))
+    digest = folder_digest(model)
+    log = ServedState(state, digest)
     try:
         events = list(log.events(timed=True))
     finally:
         log.close()
-    cut = {"state": log.url, "parent": folder_digest(model), "seq": events[-1][0] if events else 0}
+    cut = {"state": log.url, "parent": digest, "seq": events[-1][0] if events else 0}
     if any(kind == "users" for _, kind, _, _ in events):
         raise DataError(
             f"{log.url}: the service added users by profile (POST /users), which an update cannot "
@@ -73,17 +74,17 @@ def served_data(
     except DataError as err:
         raise DataError(f"--data {data}: {err}") from None
     inter = dataset.interactions
+    timed = inter.timestamps is not None
     rows = [
-        {
-            "user_id": dataset.user_ids[u],
-            "item_id": dataset.item_ids[i],
-            "rating": float(r),
-            **({"timestamp": float(inter.timestamps[k])} if inter.timestamps is not None else {}),
-        }
+        interaction_row(
+            dataset.user_ids[u],
+            dataset.item_ids[i],
+            float(r),
+            float(inter.timestamps[k]) if timed else None,
+        )
         for k, (u, i, r) in enumerate(zip(inter.users, inter.items, inter.ratings, strict=True))
     ]
     rating = float(inter.ratings.max()) if interaction_rating is None else interaction_rating
-    timed = inter.timestamps is not None
     added, notes = served_rows(events, task, rating, timed)
     rows += added
     interactions_path = folder / "interactions.jsonl"
@@ -92,6 +93,12 @@ def served_data(
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     notes.insert(0, f"read {len(events)} served writes from {log.url} (up to write {cut['seq']})")
     return ServedData(interactions_path, items_path, cut, notes)
+
+
+def interaction_row(user: str, item: str, rating: float, at: float | None) -> dict[str, Any]:
+    """One row of the merged interactions file (a timestamp only where the data has them)."""
+    row = {"user_id": user, "item_id": item, "rating": rating}
+    return row if at is None else {**row, "timestamp": at}
 
 
 def served_items(model: Path, events: list) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -134,15 +141,17 @@ def served_rows(
                 skipped += sum(len(items) for items in payload["interactions"].values())
                 continue
             for user, items in payload["interactions"].items():
-                for item in items:
-                    row = {"user_id": user, "item_id": item, "rating": interaction_rating}
-                    rows.append({**row, **({"timestamp": at} if timed else {})})
+                rows += [
+                    interaction_row(user, item, interaction_rating, at if timed else None)
+                    for item in items
+                ]
         elif kind == "ratings":
             folded[payload["user"]] = (payload["ratings"], at)  # the last fold-in counts
     for user, (ratings, at) in folded.items():
-        for item, value in ratings.items():
-            row = {"user_id": user, "item_id": item, "rating": float(value)}
-            rows.append({**row, **({"timestamp": at} if timed else {})})
+        rows += [
+            interaction_row(user, item, float(value), at if timed else None)
+            for item, value in ratings.items()
+        ]
     notes = [f"{len(rows)} served interactions and ratings added to the training data"]
     if skipped:
         notes.append(
